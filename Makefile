@@ -1,0 +1,42 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The pin is for the set-up path only (a CPU build from local disk on our machines);
+# pyproject.toml allows a range so users can keep their own torch.
+TORCH_PIN ?= torch==2.13.0
+OUT ?= out
+
+.PHONY: setup demo test lint bench graphviz clean
+
+setup: $(VENV)/.installed graphviz
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_PIN)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+# Graphviz's `dot` draws the nicer pictures; without it autogradlens falls back to matplotlib.
+graphviz:
+	@if command -v dot >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Graphviz (dot) with apt-get ..."; \
+	  (apt-get install -y -qq graphviz >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq graphviz >/dev/null 2>&1)) \
+	  || echo "could not install Graphviz; continuing with the matplotlib fallback"; \
+	else echo "Graphviz 'dot' not found (install it with apt/brew/conda for nicer pictures); continuing without it"; fi
+
+demo: setup
+	$(PY) -m autogradlens demo --out $(OUT)
+
+test: setup
+	MPLBACKEND=Agg $(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check autogradlens tests tutorials benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_trace.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

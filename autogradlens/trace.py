@@ -1,0 +1,417 @@
+"""`trace`: the real autograd graph behind a tensor, as a plain networkx graph.
+
+Schema (documented once, consumed by render, mirror, watch and diff):
+
+node id   "<Type>:<k>" (k counts nodes of that type in walk order) or "param:<name>" for named leaves
+node      type, is_leaf, param, shape, dtype, device, saved, attrs, seq, is_root
+          (seq: autograd sequence number counted from the graph's first node; forward creation order)
+          + outputs (shape per forward output), not_saved (slots that hold None, with the reason)
+saved     name, shape, dtype, device, nbytes, storage, storage_nbytes, is_output, alias, state, version
+edge      u -> v: u sends gradient to v; key = slot = position in u.next_functions; input_nr
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+import networkx as nx
+import torch
+
+__all__ = ["Trace", "trace"]
+
+_U64 = 2**64
+_REDUCTION = {0: "none", 1: "mean", 2: "sum"}
+# Slot pairs where one input is saved only for the other's gradient (conditional saving).
+_PARTNER = {"mat1": "mat2", "mat2": "mat1", "self": "other", "other": "self", "batch1": "batch2",
+            "batch2": "batch1", "vec": "self", "tensor": "self"}
+_SCHEMA = "autogradlens.trace/1"
+
+
+# ----------------------------------------------------------------------------- walking
+
+def _node_type(fn) -> str:
+    return type(fn).__name__
+
+
+def _walk(roots: list) -> list:
+    """Nodes reachable from `roots` (grad_fns), deterministic DFS pre-order, iterative."""
+    order, seen, stack = [], set(), list(reversed(roots))
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        order.append(fn)
+        stack.extend(f for f, _ in reversed(fn.next_functions) if f is not None and f not in seen)
+    return order
+
+
+def _assign_ids(order: list, names: dict[int, str]) -> dict:
+    ids, counts = {}, {}
+    for fn in order:
+        t = _node_type(fn)
+        var = getattr(fn, "variable", None) if t == "AccumulateGrad" else None
+        if var is not None and id(var) in names:
+            ids[fn] = f"param:{names[id(var)]}"
+            continue
+        k = counts.get(t, 0)
+        counts[t] = k + 1
+        ids[fn] = f"{t}:{k}"
+    return ids
+
+
+def _named(params) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs from a module, mapping or iterable of pairs."""
+    if params is None:
+        return []
+    if isinstance(params, torch.nn.Module):
+        pairs = params.named_parameters()
+    elif isinstance(params, Mapping):
+        pairs = params.items()
+    elif isinstance(params, Iterable) and not isinstance(params, (str, torch.Tensor)):
+        pairs = params
+    else:
+        raise TypeError(f"params must be an nn.Module, a mapping name -> tensor or (name, tensor) pairs, "
+                        f"got {type(params).__name__}")
+    out = []
+    for item in pairs:
+        try:
+            name, t = item
+        except (TypeError, ValueError):
+            raise TypeError(f"params entries must be (name, tensor) pairs, got {item!r:.60}") from None
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"params[{name!r}] is a {type(t).__name__}, expected a tensor")
+        out.append((str(name), t))
+    return out
+
+
+def _roots(root) -> list:
+    tensors = list(root) if isinstance(root, (list, tuple)) else [root]
+    if not tensors:
+        raise ValueError("nothing to trace: got an empty list of roots")
+    fns = []
+    for i, t in enumerate(tensors):
+        where = f"root[{i}]" if isinstance(root, (list, tuple)) else "root"
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{where} must be a torch.Tensor with a grad_fn (usually the loss), "
+                            f"got {type(t).__name__}")
+        if not t.requires_grad:
+            raise ValueError(f"nothing to trace: {where} does not require grad (was it created under "
+                             "torch.no_grad() or from tensors without requires_grad=True?)")
+        if t.grad_fn is None:
+            raise ValueError(f"a leaf has no graph: {where} is a leaf tensor {tuple(t.shape)}; "
+                             "trace the loss computed from it instead")
+        if t.grad_fn not in fns:
+            fns.append(t.grad_fn)
+    return fns
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _dtype(d) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def _decode(v):
+    if isinstance(v, bool) or v is None or isinstance(v, (float, str)):
+        return v
+    if isinstance(v, int):
+        return v - _U64 if v >= 2**63 else v
+    if isinstance(v, (tuple, list, torch.Size)):
+        return [_decode(x) for x in v]
+    if isinstance(v, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+        return str(v).removeprefix("torch.")
+    if isinstance(v, torch.SymInt):
+        return int(v)
+    return f"<{type(v).__name__}>"
+
+
+def _decode_attr(name: str, v):
+    v = _decode(v)
+    if name == "reduction" and v in _REDUCTION:
+        return _REDUCTION[v]
+    return v
+
+
+def _saved_names(fn, cache: dict) -> tuple[list, list]:
+    """(tensor slot names, other attribute names) of a node; C++ node types are cached."""
+    t = type(fn)
+    hit = cache.get(t)
+    if hit is not None:
+        return hit
+    names = dir(fn)
+    raw = {a[len("_raw_saved_"):] for a in names if a.startswith("_raw_saved_")}
+    slots = [a[len("_saved_"):] for a in names if a.startswith("_saved_") and a[len("_saved_"):] in raw]
+    other = [a[len("_saved_"):] for a in names if a.startswith("_saved_") and a[len("_saved_"):] not in raw]
+    if hasattr(fn, "_raw_saved_tensors"):  # custom Function / compiled region (a ctx object)
+        slots.append("saved_tensors")
+    res = (slots, other)
+    if t.__module__ == "builtins" or "torch._C" in t.__module__:
+        cache[t] = res
+    return res
+
+
+def _ctx_attrs(fn) -> dict:
+    d = getattr(fn, "__dict__", None) or {}
+    return {k: _decode(v) for k, v in sorted(d.items()) if not k.startswith("_")
+            and not isinstance(v, torch.Tensor)}
+
+
+# ----------------------------------------------------------------------------- saved tensors
+
+class _Ledger:
+    """Canonical storage keys ("s0", "s1", ... in order of first sight) and aliases."""
+
+    def __init__(self, param_ptrs: dict[int, str]):
+        self.keys: dict[int, str] = {}
+        self.first: dict[str, str] = {}
+        self.param_ptrs = param_ptrs
+
+    def slot(self, nid: str, name: str, t: torch.Tensor | None, state: str, fn=None, sizes=None) -> dict:
+        if t is None:
+            return {"name": name, "shape": tuple(sizes) if sizes is not None else None, "dtype": None,
+                    "device": None, "nbytes": None, "storage": None, "storage_nbytes": None,
+                    "is_output": False, "alias": None, "state": state, "version": None}
+        st = t.untyped_storage()
+        ptr, snb = st.data_ptr(), st.nbytes()
+        key = self.keys.setdefault(ptr if snb else -len(self.keys) - 1, f"s{len(self.keys)}")
+        alias = self.param_ptrs.get(ptr) if snb else None
+        if alias is None:
+            alias = self.first.get(key)
+        self.first.setdefault(key, f"{nid}.{name}")
+        return {"name": name, "shape": tuple(t.shape), "dtype": _dtype(t.dtype), "device": str(t.device),
+                "nbytes": t.numel() * t.element_size(), "storage": key, "storage_nbytes": snb,
+                "is_output": fn is not None and t.grad_fn is fn, "alias": alias, "state": state,
+                "version": t._version}
+
+
+def _read_slot(fn, name: str):
+    """-> list of (slot name, tensor|None, state, reason) for one `_saved_<name>` field."""
+    if name == "saved_tensors":
+        raws = fn._raw_saved_tensors
+        try:
+            vals = fn.saved_tensors
+            return [(f"saved_tensors[{i}]", v, "live", None) for i, v in enumerate(vals)]
+        except RuntimeError as e:
+            return _unreadable([f"saved_tensors[{i}]" for i in range(len(raws))], raws, e)
+    try:
+        v = getattr(fn, "_saved_" + name)
+    except RuntimeError as e:
+        raw = getattr(fn, "_raw_saved_" + name)
+        if isinstance(raw, tuple):
+            return _unreadable([f"{name}[{i}]" for i in range(len(raw))], raw, e)
+        return _unreadable([name], [raw], e)
+    if isinstance(v, tuple):
+        return [(f"{name}[{i}]", x, "live", None if x is not None else "none") for i, x in enumerate(v)]
+    return [(name, v, "live", None if v is not None else "none")]
+
+
+def _unreadable(names, raws, err):
+    msg = str(err)
+    state = "stale" if "modified by an inplace operation" in msg else "freed"
+    out = []
+    for n, r in zip(names, raws):
+        data = getattr(r, "data", None) if r is not None else None
+        out.append((n, data if state == "stale" else None, state, None))
+    return out
+
+
+def _not_saved_reason(ntype: str, slot: str) -> str:
+    partner = _PARTNER.get(slot)
+    if partner and ntype.startswith(("Addmm", "Mm", "Mul", "Bmm", "Div", "Addbmm", "Baddbmm", "Mv", "Dot")):
+        return f"not saved: only needed for the gradient of {partner}, which does not require grad"
+    return "not saved: optional input not given, or no gradient needs it"
+
+
+# ----------------------------------------------------------------------------- the graph
+
+def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict) -> dict:
+    t = _node_type(fn)
+    saved, not_saved, attrs = [], [], {}
+    if t == "AccumulateGrad":
+        var = fn.variable
+        shapes = [tuple(var.shape)]
+        dtype, device, seq = _dtype(var.dtype), str(var.device), None
+        param = names.get(id(var))
+    else:
+        meta = fn._input_metadata
+        shapes = [tuple(m.shape) for m in meta]
+        dtype = _dtype(meta[0].dtype) if meta else None
+        device = str(meta[0].device) if meta else None
+        seq, param = fn._sequence_nr(), None
+        slots, other = _saved_names(fn, cache)
+        for a in other:
+            try:
+                attrs[a] = _decode_attr(a, getattr(fn, "_saved_" + a))
+            except RuntimeError:
+                attrs[a] = "<freed>"
+        for a in slots:
+            for sname, tensor, state, none in _read_slot(fn, a):
+                if none == "none":
+                    not_saved.append({"name": sname, "reason": _not_saved_reason(t, sname)})
+                    continue
+                sizes = attrs.get(f"{sname}_sym_sizes") if tensor is None else None
+                saved.append(ledger.slot(nid, sname, tensor, state, fn, sizes))
+        if hasattr(fn, "_raw_saved_tensors"):
+            attrs.update(_ctx_attrs(fn))
+    return {"type": t, "is_leaf": t == "AccumulateGrad", "param": param,
+            "shape": shapes[0] if shapes else None, "dtype": dtype, "device": device,
+            "saved": saved, "attrs": attrs, "seq": seq, "is_root": False,
+            "outputs": shapes, "not_saved": not_saved}
+
+
+def trace(root, *, params=None) -> Trace:
+    """Trace the autograd graph behind `root` into a :class:`Trace`.
+
+    `root` is a tensor with a ``grad_fn`` (usually the loss) or a list of them. `params` names the
+    leaves: an ``nn.Module``, a mapping name -> tensor, or ``(name, tensor)`` pairs.
+
+    Example:
+        >>> import torch, autogradlens as lens
+        >>> w = torch.tensor([2.0, -3.0], requires_grad=True)
+        >>> t = lens.trace((w * w).sum(), params={"w": w})
+        >>> sorted(t.graph.nodes)
+        ['MulBackward0:0', 'SumBackward0:0', 'param:w']
+        >>> t.graph.number_of_edges("MulBackward0:0", "param:w")   # a * a: two edges
+        2
+    """
+    fns = _roots(root)
+    named = _named(params)
+    names: dict[int, str] = {}  # id(tensor) -> name, for this call only (never stored)
+    for n, t in named:
+        names.setdefault(id(t), n)
+    param_ptrs = {p.untyped_storage().data_ptr(): n for n, p in named if p.untyped_storage().nbytes()}
+    order = _walk(fns)
+    ids = _assign_ids(order, names)
+    g = nx.MultiDiGraph()
+    ledger, cache = _Ledger(param_ptrs), {}
+    for fn in order:
+        nid = ids[fn]
+        g.add_node(nid, **_node_attrs(fn, nid, ledger, cache, names))
+    for fn in order:
+        u = ids[fn]
+        for slot, (f, nr) in enumerate(fn.next_functions):
+            if f is not None:
+                g.add_edge(u, ids[f], key=slot, input_nr=nr, slot=slot)
+    seqs = [d["seq"] for _, d in g.nodes(data=True) if d["seq"] is not None]
+    base = min(seqs, default=0)  # the counter is per thread and global: keep it relative, so reruns agree
+    for _, d in g.nodes(data=True):
+        if d["seq"] is not None:
+            d["seq"] -= base
+    root_ids = [ids[f] for f in fns]
+    for r in root_ids:
+        g.nodes[r]["is_root"] = True
+    return Trace(g, root_ids[0] if not isinstance(root, (list, tuple)) else root_ids)
+
+
+class Trace:
+    """The autograd graph of one (or several) roots. ``graph`` is a ``networkx.MultiDiGraph``.
+
+    Example:
+        >>> import torch, autogradlens as lens
+        >>> x = torch.randn(3, 2, requires_grad=True)
+        >>> t = lens.trace(x.tanh().sum())
+        >>> t.summary()["by_type"]
+        {'AccumulateGrad': 1, 'SumBackward0': 1, 'TanhBackward0': 1}
+    """
+
+    def __init__(self, graph: nx.MultiDiGraph, root):
+        self.graph = graph
+        self.root = root
+
+    @property
+    def roots(self) -> list[str]:
+        return list(self.root) if isinstance(self.root, list) else [self.root]
+
+    def __len__(self) -> int:
+        return self.graph.number_of_nodes()
+
+    def summary(self) -> dict:
+        """Counts: nodes, edges, by_type, leaves, params, saved_tensors, saved_bytes (deduplicated)."""
+        g = self.graph
+        by_type: dict[str, int] = {}
+        storages: dict[str, int] = {}
+        n_saved = 0
+        for _, d in g.nodes(data=True):
+            by_type[d["type"]] = by_type.get(d["type"], 0) + 1
+            for s in d["saved"]:
+                n_saved += 1
+                if s["storage"] is not None and s["state"] != "freed":
+                    storages[s["storage"]] = s["storage_nbytes"]
+        leaves = [n for n, d in g.nodes(data=True) if d["is_leaf"]]
+        return {"nodes": g.number_of_nodes(), "edges": g.number_of_edges(),
+                "by_type": dict(sorted(by_type.items())), "leaves": len(leaves),
+                "params": sum(1 for n in leaves if g.nodes[n]["param"] is not None),
+                "saved_tensors": n_saved, "saved_bytes": sum(storages.values()),
+                "saved_storages": len(storages)}
+
+    # renderers live in render.py; thin methods keep the API flat
+    def to_text(self, **opts) -> str:
+        """An indented tree (shared subgraphs shown once, then referenced)."""
+        from .render import to_text
+        return to_text(self, **opts)
+
+    def to_dot(self, **opts) -> str:
+        """Graphviz DOT source (no dependency). Options: show_saved, show_attrs, rankdir, legend."""
+        from .render import to_dot
+        return to_dot(self, **opts)
+
+    def to_graphviz(self, **opts):
+        """A ``graphviz.Digraph`` (shows itself in a notebook when Graphviz's ``dot`` is installed)."""
+        from .render import to_graphviz
+        return to_graphviz(self, **opts)
+
+    def render(self, path, **opts):
+        """Write the graph to `path`; the format comes from the suffix: svg, png, pdf, dot, json, txt."""
+        from .render import render
+        return render(self, path, **opts)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from .render import to_svg
+        return {"image/svg+xml": to_svg(self), "text/plain": repr(self)}
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (f"<Trace {s['nodes']} nodes, root {self.root}, {s['saved_tensors']} saved tensors, "
+                f"{s['saved_bytes']} bytes>")
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    # ---- JSON: plain, lossless for the graph
+    def to_json(self, indent: int | None = None) -> str:
+        """Plain JSON (never pickle); ``Trace.from_json`` gives back an equal graph."""
+        g = self.graph
+        nodes = [{"id": n, **d} for n, d in g.nodes(data=True)]
+        edges = [{"u": u, "v": v, "key": k, **d} for u, v, k, d in g.edges(keys=True, data=True)]
+        return json.dumps({"schema": _SCHEMA, "root": self.root, "nodes": nodes, "edges": edges},
+                          indent=indent, allow_nan=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> Trace:
+        """Rebuild a Trace from ``to_json()`` output."""
+        try:
+            doc = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a trace JSON document: {e}") from None
+        if not isinstance(doc, dict) or doc.get("schema") != _SCHEMA:
+            raise ValueError(f"not an autogradlens trace (expected schema {_SCHEMA!r}); "
+                             "write one with Trace.to_json() or `autogradlens trace TARGET -o x.json`")
+        g = nx.MultiDiGraph()
+        for n in doc["nodes"]:
+            d = dict(n)
+            nid = d.pop("id")
+            d["shape"] = _tup(d["shape"])
+            d["outputs"] = [_tup(x) for x in d["outputs"]]
+            d["saved"] = [{**s, "shape": _tup(s["shape"])} for s in d["saved"]]
+            g.add_node(nid, **d)
+        for e in doc["edges"]:
+            d = dict(e)
+            u, v, k = d.pop("u"), d.pop("v"), d.pop("key")
+            g.add_edge(u, v, key=k, **d)
+        return cls(g, doc["root"])
+
+
+def _tup(x):
+    return tuple(x) if isinstance(x, list) else x
