@@ -1,10 +1,10 @@
 """autogradlens: make PyTorch's autograd visible and checkable.
 
-    >>> import autogradlens as lens
-    >>> t = lens.trace(loss, params=model)      # the real autograd graph, as a networkx graph
-    >>> r = lens.mirror(loss, params=model)     # a micrograd-style Value re-derives every gradient
-    >>> with lens.watch(model, optimizer=opt) as w: ...   # hooks while training
-    >>> d = lens.diff(t_a, t_b)                 # two graphs side by side
+    import autogradlens as lens
+    t = lens.trace(loss, params=model)      # the real autograd graph, as a networkx graph
+    r = lens.mirror(loss, params=model)     # a micrograd-style Value re-derives every gradient
+    with lens.watch(model, optimizer=opt) as w: ...   # hooks while training
+    d = lens.diff(t_a, t_b)                 # two graphs side by side
 """
 
 from .trace import Trace, trace

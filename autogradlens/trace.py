@@ -12,6 +12,7 @@ edge      u -> v: u sends gradient to v; key = slot = position in u.next_functio
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterable, Mapping
 
@@ -34,17 +35,23 @@ def _node_type(fn) -> str:
     return type(fn).__name__
 
 
-def _walk(roots: list) -> list:
-    """Nodes reachable from `roots` (grad_fns), deterministic DFS pre-order, iterative."""
-    order, seen, stack = [], set(), list(reversed(roots))
+def _walk(roots: list) -> tuple[list, list]:
+    """Nodes reachable from `roots` (grad_fns) in deterministic DFS pre-order (iterative), with their
+    next_functions (read once: each access builds a new tuple)."""
+    order, nexts, seen, stack = [], [], set(), list(reversed(roots))
+    push, add = stack.append, seen.add
     while stack:
         fn = stack.pop()
         if fn in seen:
             continue
-        seen.add(fn)
+        add(fn)
+        nf = fn.next_functions
         order.append(fn)
-        stack.extend(f for f, _ in reversed(fn.next_functions) if f is not None and f not in seen)
-    return order
+        nexts.append(nf)
+        for f, _ in reversed(nf):
+            if f is not None and f not in seen:
+                push(f)
+    return order, nexts
 
 
 def _assign_ids(order: list, names: dict[int, str]) -> dict:
@@ -109,13 +116,24 @@ def _roots(root) -> list:
 
 # ----------------------------------------------------------------------------- decoding
 
+_STR: dict = {}  # torch.dtype / torch.device -> display string (str() of a device costs ~0.5 us)
+
+
 def _dtype(d) -> str:
-    return str(d).removeprefix("torch.")
+    s = _STR.get(d)
+    if s is None:
+        s = _STR[d] = str(d).removeprefix("torch.")
+    return s
 
 
 def _decode(v):
-    if isinstance(v, bool) or v is None or isinstance(v, (float, str)):
+    tv = type(v)
+    if tv is int:
+        return v - _U64 if v >= 2**63 else v
+    if tv is bool or v is None or tv is float or tv is str:
         return v
+    if tv is tuple and all(type(x) is int and x < 2**63 for x in v):
+        return list(v)
     if isinstance(v, int):
         return v - _U64 if v >= 2**63 else v
     if isinstance(v, (tuple, list, torch.Size)):
@@ -180,7 +198,7 @@ class _Ledger:
         if alias is None:
             alias = self.first.get(key)
         self.first.setdefault(key, f"{nid}.{name}")
-        return {"name": name, "shape": tuple(t.shape), "dtype": _dtype(t.dtype), "device": str(t.device),
+        return {"name": name, "shape": tuple(t.shape), "dtype": _dtype(t.dtype), "device": _dtype(t.device),
                 "nbytes": t.numel() * t.element_size(), "storage": key, "storage_nbytes": snb,
                 "is_output": fn is not None and t.grad_fn is fn, "alias": alias, "state": state,
                 "version": t._version}
@@ -232,13 +250,13 @@ def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict) -> dict
     if t == "AccumulateGrad":
         var = fn.variable
         shapes = [tuple(var.shape)]
-        dtype, device, seq = _dtype(var.dtype), str(var.device), None
+        dtype, device, seq = _dtype(var.dtype), _dtype(var.device), None
         param = names.get(id(var))
     else:
         meta = fn._input_metadata
         shapes = [tuple(m.shape) for m in meta]
         dtype = _dtype(meta[0].dtype) if meta else None
-        device = str(meta[0].device) if meta else None
+        device = _dtype(meta[0].device) if meta else None
         seq, param = fn._sequence_nr(), None
         slots, other = _saved_names(fn, cache)
         for a in other:
@@ -282,18 +300,19 @@ def trace(root, *, params=None) -> Trace:
     for n, t in named:
         names.setdefault(id(t), n)
     param_ptrs = {p.untyped_storage().data_ptr(): n for n, p in named if p.untyped_storage().nbytes()}
-    order = _walk(fns)
+    order, nexts = _walk(fns)
     ids = _assign_ids(order, names)
     g = nx.MultiDiGraph()
     ledger, cache = _Ledger(param_ptrs), {}
-    for fn in order:
-        nid = ids[fn]
-        g.add_node(nid, **_node_attrs(fn, nid, ledger, cache, names))
-    for fn in order:
-        u = ids[fn]
-        for slot, (f, nr) in enumerate(fn.next_functions):
-            if f is not None:
-                g.add_edge(u, ids[f], key=slot, input_nr=nr, slot=slot)
+    gc_was = gc.isenabled()
+    gc.disable()  # many small dicts and no cycles: the collector would only rescan them
+    try:
+        g.add_nodes_from((ids[fn], _node_attrs(fn, ids[fn], ledger, cache, names)) for fn in order)
+        g.add_edges_from((ids[fn], ids[f], slot, {"input_nr": nr, "slot": slot})
+                         for fn, nf in zip(order, nexts) for slot, (f, nr) in enumerate(nf) if f is not None)
+    finally:
+        if gc_was:
+            gc.enable()
     seqs = [d["seq"] for _, d in g.nodes(data=True) if d["seq"] is not None]
     base = min(seqs, default=0)  # the counter is per thread and global: keep it relative, so reruns agree
     for _, d in g.nodes(data=True):

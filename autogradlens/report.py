@@ -1,0 +1,82 @@
+"""A self-contained HTML page (pictures inline, opens offline) from a list of sections."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from pathlib import Path
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{border-bottom:2px solid #ffd166}h2{margin-top:2em;border-bottom:1px solid #ddd}
+pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:12px}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+th{background:#f0f3f8}.pic{overflow:auto;border:1px solid #eee;padding:.5em;margin:.5em 0}
+.pic svg{max-width:100%;height:auto}.note{color:#555;font-size:14px;background:#fffbea;padding:.5em .8em;
+border-left:3px solid #ffd166}.ok{color:#2a7a2a}.bad{color:#b00020}
+"""
+
+
+def esc(s) -> str:
+    return html.escape(str(s))
+
+
+def svg(svg_text: str) -> str:
+    """Inline an SVG document (the XML prolog and doctype are dropped)."""
+    body = re.sub(r"^.*?(?=<svg)", "", svg_text, flags=re.S)
+    return f'<div class="pic">{body}</div>'
+
+
+def figure(fig) -> str:
+    """Inline a matplotlib figure as a PNG and close it."""
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<div class="pic"><img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></div>'
+
+
+def pre(text: str) -> str:
+    return f"<pre>{esc(text)}</pre>"
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{esc(text)}</p>'
+
+
+def table(rows: list[dict], columns: list[str] | None = None, limit: int = 400) -> str:
+    if not rows:
+        return "<p><i>(none)</i></p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+                   for r in rows[:limit])
+    more = f"<p><i>… {len(rows) - limit} more rows</i></p>" if len(rows) > limit else ""
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def page(title: str, sections: list[tuple[str, str]], intro: str = "") -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>", intro]
+    toc = "".join(f"<li><a href='#s{i}'>{esc(h)}</a></li>" for i, (h, _) in enumerate(sections))
+    parts.append(f"<ul>{toc}</ul>")
+    for i, (heading, body) in enumerate(sections):
+        parts.append(f"<h2 id='s{i}'>{esc(heading)}</h2>{body}")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write(path, title: str, sections: list[tuple[str, str]], intro: str = "") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page(title, sections, intro), encoding="utf-8")
+    return path
