@@ -7,8 +7,10 @@
     d = lens.diff(t_a, t_b)                 # two graphs side by side
 """
 
+from .mirror import MirrorReport, mirror
 from .trace import Trace, trace
+from .value import Value
 
 __version__ = "0.1.0"
 
-__all__ = ["Trace", "__version__", "trace"]
+__all__ = ["MirrorReport", "Trace", "Value", "__version__", "mirror", "trace"]
