@@ -1,0 +1,118 @@
+"""The rule catalogue as small programs: each case(r) builds a loss from leaves made by r (a Rand)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class Rand:
+    def __init__(self, seed: int, dtype=torch.float64, n: int = 3):
+        self.g = torch.Generator().manual_seed(seed)
+        self.dtype, self.n, self.leaves = dtype, n, {}
+
+    def __call__(self, *shape, grad=True, positive=False, name=None):
+        t = torch.randn(*shape, generator=self.g, dtype=self.dtype)
+        if positive:
+            t = t.abs() + 0.5
+        t.requires_grad_(grad)
+        if grad:
+            self.leaves[name or f"p{len(self.leaves)}"] = t
+        return t
+
+    def ints(self, high, *shape):
+        return torch.randint(0, high, shape, generator=self.g)
+
+
+def weighted(r, out):
+    """A scalar loss with a random upstream gradient (not all ones)."""
+    return (out * torch.randn(out.shape, generator=r.g, dtype=out.dtype)).sum()
+
+
+def _bn(r, training):
+    x, w, b = r(r.n + 3, 4), r(4), r(4)
+    rm, rv = torch.randn(4, dtype=r.dtype).abs(), torch.rand(4, dtype=r.dtype) + 0.5
+    return weighted(r, F.batch_norm(x, rm, rv, w, b, training=training))
+
+
+CASES = {
+    "linear": lambda r: weighted(r, F.linear(r(r.n, 4), r(5, 4), r(5))),
+    "linear_3d": lambda r: weighted(r, F.linear(r(2, r.n, 4), r(5, 4), r(5))),
+    "linear_no_bias": lambda r: weighted(r, F.linear(r(r.n, 4), r(5, 4))),
+    "linear_data_input": lambda r: weighted(r, F.linear(r(r.n, 4, grad=False), r(5, 4), r(5))),
+    "relu": lambda r: weighted(r, torch.relu(r(r.n, 5))),
+    "tanh": lambda r: weighted(r, torch.tanh(r(r.n, 5))),
+    "sigmoid": lambda r: weighted(r, torch.sigmoid(r(r.n, 5))),
+    "gelu": lambda r: weighted(r, F.gelu(r(r.n, 5))),
+    "gelu_tanh": lambda r: weighted(r, F.gelu(r(r.n, 5), approximate="tanh")),
+    "leaky_relu": lambda r: weighted(r, F.leaky_relu(r(r.n, 5), 0.1)),
+    "silu": lambda r: weighted(r, F.silu(r(r.n, 5))),
+    "dropout_train": lambda r: weighted(r, F.dropout(r(r.n, 6), 0.5, training=True)),
+    "batchnorm_train": lambda r: _bn(r, True),
+    "batchnorm_eval": lambda r: _bn(r, False),
+    "layernorm": lambda r: weighted(r, F.layer_norm(r(r.n, 2, 6), (6,), r(6), r(6))),
+    "flatten_view_reshape": lambda r: weighted(r, r(r.n, 2, 3).flatten(1).view(-1).reshape(r.n, 6)),
+    "contiguous_reshape": lambda r: weighted(r, r(r.n, 4).transpose(0, 1).contiguous().reshape(2, -1)),
+    "cross_entropy_weights_ignore": lambda r: F.cross_entropy(
+        r(r.n + 2, 4), torch.tensor([0, 3, -100, 1, 2][: r.n + 2] + [1] * max(0, r.n - 3)),
+        weight=torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=r.dtype)),
+    "cross_entropy_label_smoothing": lambda r: F.cross_entropy(r(r.n, 4), r.ints(4, r.n), label_smoothing=0.1),
+    "cross_entropy_sum": lambda r: F.cross_entropy(r(r.n, 4), r.ints(4, r.n), reduction="sum"),
+    "nll_loss": lambda r: F.nll_loss(torch.log_softmax(r(r.n, 4), dim=1), r.ints(4, r.n)),
+    "mse_loss": lambda r: F.mse_loss(r(r.n, 3), r(r.n, 3)),
+    "mse_loss_sum": lambda r: F.mse_loss(r(r.n, 3), torch.randn(r.n, 3, dtype=r.dtype), reduction="sum"),
+    "log_softmax": lambda r: weighted(r, torch.log_softmax(r(r.n, 5), dim=-1)),
+    "softmax": lambda r: weighted(r, torch.softmax(r(r.n, 5), dim=0)),
+    "logsumexp": lambda r: weighted(r, torch.logsumexp(r(r.n, 5), dim=1)),
+    "embedding": lambda r: weighted(r, F.embedding(torch.tensor([[1, 2, 1], [0, 4, 4]]), r(6, 3), padding_idx=4)),
+    "conv2d": lambda r: weighted(r, F.conv2d(r(2, 2, 6, 6), r(3, 2, 3, 3), r(3), stride=2, padding=1)),
+    "conv2d_dilated": lambda r: weighted(r, F.conv2d(r(1, 2, 7, 7), r(2, 2, 3, 3), dilation=2)),
+    "max_pool2d": lambda r: weighted(r, F.max_pool2d(r(2, 2, 6, 6), 2)),
+    "max_pool2d_overlap": lambda r: weighted(r, F.max_pool2d(r(1, 2, 5, 5), 3, stride=1)),
+    "avg_pool2d": lambda r: weighted(r, F.avg_pool2d(r(2, 2, 6, 6), 2)),
+    "avg_pool2d_padded": lambda r: weighted(r, F.avg_pool2d(r(1, 2, 5, 5), 3, stride=2, padding=1)),
+    "mean_sum_all": lambda r: r(r.n, 4).mean() + r(r.n, 4).sum(),
+    "mean_sum_dim": lambda r: weighted(r, r(r.n, 4, 2).mean(dim=1) + r(r.n, 2, 3).sum(dim=2)
+                                       + r(r.n, 4, 2).mean(dim=(1, 2), keepdim=True)[:, 0]),
+    "pow_exp_log_sqrt": lambda r: weighted(r, r(r.n, 4).pow(3) + r(r.n, 4).exp() + r(r.n, 4, positive=True).log()
+                                            + r(r.n, 4, positive=True).sqrt() + r(r.n, 4) ** 2),
+    "abs_neg": lambda r: weighted(r, r(r.n, 4).abs() - r(r.n, 4)),
+    "broadcast_arith": lambda r: weighted(r, (r(r.n, 4) + r(4)) * r(r.n, 1) - r(1, 4) / r(r.n, 4, positive=True)),
+    "scalar_arith": lambda r: weighted(r, 2 * r(r.n, 3) + 1 - (3 - r(r.n, 3)) / 2 + 2 / r(r.n, 3, positive=True)),
+    "tensor_pow": lambda r: weighted(r, r(r.n, 3, positive=True) ** r(r.n, 3) + 2 ** r(r.n, 3)),
+    "matmul_mm_bmm": lambda r: weighted(r, (r(2, r.n, 4) @ r(2, 4, 3)) @ r(3, 2) + torch.mm(r(r.n, 2), r(2, 2))),
+    "matmul_vec": lambda r: weighted(r, r(r.n, 4) @ r(4)) + r(4) @ r(4),
+    "transpose_permute_t": lambda r: weighted(r, r(2, r.n, 4).transpose(0, 1).permute(2, 0, 1) + r(2, 4).T[:, None]),
+    "expand_squeeze_unsqueeze": lambda r: weighted(r, r(r.n, 1).expand(r.n, 4).unsqueeze(1).squeeze(1)
+                                                    + r(1, r.n, 1, 4).squeeze()),
+    "select_slice": lambda r: weighted(r, r(4, 5)[1] + r(5, 4)[:, 1] + r(4, 5)[1:3].sum(0) + r(4, 5)[::2, 1:5:2].sum()),
+    "index_duplicates": lambda r: weighted(r, r(5, 3)[torch.tensor([0, 2, 2, 4])] + r(4, 3)[:, [1, 1, 0]].sum(1,
+                                                                                                      True)),
+    "cat_stack": lambda r: weighted(r, torch.cat([r(r.n, 2), r(r.n, 3)], dim=1).sum(1) + torch.stack([r(r.n),
+                                                                                                     r(r.n)]).sum(0)),
+    "split_chunk": lambda r: weighted(r, sum(p.sum(1) for p in r(r.n, 6).split([1, 2, 3], dim=1))
+                                      + r(r.n, 4).chunk(2, dim=1)[1].sum(1)),
+    "unbind": lambda r: weighted(r, torch.unbind(r(3, r.n))[2]),
+    "where_clamp": lambda r: weighted(r, torch.where(r(r.n, 4, grad=False) > 0, r(r.n, 4), r(r.n, 4))
+                                      + r(r.n, 4).clamp(-0.5, 0.5) + torch.clamp_min(r(r.n, 4), 0)),
+    "max_amax": lambda r: weighted(r, r(r.n, 4).max(dim=1).values + r(r.n, 4).amax(dim=0).sum() + r(r.n, 4).max()),
+    "max_ties": lambda r: (torch.tensor([1.0, 3.0, 3.0, 2.0], dtype=r.dtype, requires_grad=True) * 1).max() * 2
+                          + (torch.tensor([[1.0, 3.0], [3.0, 3.0]], dtype=r.dtype, requires_grad=True) + 0).amax(1).sum(),
+    "masked_fill_flip": lambda r: weighted(r, r(r.n, 4).masked_fill(torch.arange(4) % 2 == 0, 0.0).flip(0, 1)),
+}
+
+# Node types the catalogue must produce (the issue's coverage list).
+EXPECTED_TYPES = {
+    "AddmmBackward0", "MmBackward0", "BmmBackward0", "TBackward0", "ReluBackward0", "TanhBackward0",
+    "SigmoidBackward0", "GeluBackward0", "LeakyReluBackward0", "MulBackward0", "NativeBatchNormBackward0",
+    "NativeLayerNormBackward0", "ViewBackward0", "UnsafeViewBackward0", "CloneBackward0", "NllLossBackward0",
+    "LogSoftmaxBackward0", "MseLossBackward0", "SoftmaxBackward0", "LogsumexpBackward0", "EmbeddingBackward0",
+    "ConvolutionBackward0", "MaxPool2DWithIndicesBackward0", "AvgPool2DBackward0", "MeanBackward0",
+    "MeanBackward1", "SumBackward0", "SumBackward1", "PowBackward0", "PowBackward1", "PowBackward2", "ExpBackward0",
+    "LogBackward0", "SqrtBackward0", "AbsBackward0", "NegBackward0", "AddBackward0", "SubBackward0",
+    "DivBackward0", "RsubBackward1", "TransposeBackward0", "PermuteBackward0", "ExpandBackward0",
+    "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0", "SelectBackward0", "SliceBackward0",
+    "IndexBackward0", "CatBackward0", "StackBackward0", "SplitBackward0", "SplitWithSizesBackward0",
+    "WhereBackward0", "ClampBackward1", "ClampMinBackward0", "MaxBackward0", "MaxBackward1", "AmaxBackward0",
+    "MaskedFillBackward0", "FlipBackward0", "ReciprocalBackward0", "MvBackward0", "DotBackward0",
+}
