@@ -7,8 +7,11 @@ Two checks, both reported:
   with each node's incoming gradient compared on the way (which locates where they part).
 
 Tolerance: |mirror - torch| <= rtol * |torch| + atol, with rtol 1e-12 (float64 graphs) or 1e-5 (float32
-graphs, mirrored in float64), and atol = 64 ulp of the largest magnitude in the tensor. "exact" means
-bitwise equal (for float32 graphs: after rounding the mirror to float32), reported separately.
+graphs, mirrored in float64), and atol = 64 ulp of the largest gradient magnitude involved: the compared
+tensor's, and for end-to-end comparisons the largest gradient on the way from the root (rounding errors
+made upstream are absolute: when a layer such as LayerNorm cancels a gradient down to almost nothing,
+they do not shrink with it). "exact" means bitwise equal (for float32 graphs: after rounding the mirror
+to float32), reported separately.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class _Node:
     saved: dict = field(default_factory=dict)
     attrs: dict = field(default_factory=dict)
     in_shapes: list = field(default_factory=list)
+    in_dtypes: list = field(default_factory=list)
     out_shapes: list = field(default_factory=list)
     dtype: str = "float32"
     error: str | None = None
@@ -103,6 +107,7 @@ def _snapshot(fn, nid, nf, cache) -> _Node:
     n.out_shapes = [tuple(m.shape) for m in meta]
     n.dtype = str(meta[0].dtype).removeprefix("torch.") if meta else "float32"
     n.in_shapes = [tuple(f._input_metadata[nr].shape) if f is not None else None for f, nr in nf]
+    n.in_dtypes = [str(f._input_metadata[nr].dtype).removeprefix("torch.") if f is not None else None for f, nr in nf]
     if t not in RULES:
         return n
     slots, other = _saved_names(fn, cache)
@@ -147,11 +152,13 @@ class MirrorReport:
     Each row is a dict: ``id``, ``type``, ``name`` (parameter name or type), ``kind`` ("node"/"leaf"),
     ``status`` (match / mismatch / unmirrored), ``exact``, ``max_abs``, ``max_rel`` (the local check
     for nodes, the end-to-end check for leaves) and, for nodes, ``e2e_status`` / ``e2e_max_abs`` (the
-    mirror's own incoming gradient at that node vs PyTorch's).
+    mirror's own incoming gradient at that node vs PyTorch's). ``grads`` maps each leaf's name to the
+    mirror's own gradient (a float64 numpy array), ``diverges_at`` lists where the mirror and PyTorch part.
     """
 
-    def __init__(self, rows, trace, mode, diverges_at):
+    def __init__(self, rows, trace, mode, diverges_at, grads=None):
         self.rows = rows
+        self.grads = grads or {}  # leaf name -> the mirror's own end-to-end gradient (float64 array)
         self.trace = trace
         self.mode = mode
         self.diverges_at = diverges_at
@@ -206,7 +213,7 @@ class MirrorReport:
 
     def to_dot(self, **opts) -> str:
         """The traced graph coloured by verdict: green match, red mismatch, grey unmirrored."""
-        from .render import spec_to_dot, trace_spec
+        from .render import spec_to_dot
         return spec_to_dot(self._spec(**opts))
 
     def _spec(self, **opts):
@@ -325,7 +332,8 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
     for n in nodes:
         for f, _ in n.nexts:
             if f is not None:
-                consumers.setdefault(pos[f], []).append(n.id)
+                consumers.setdefault(pos[f], []).append(pos[n.fn])
+    upstream: dict = {}  # index -> largest gradient magnitude PyTorch saw on any path from the root to it
     e2e: dict = {}
     for i in topo:
         n = nodes[i]
@@ -335,6 +343,7 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
             continue  # PyTorch did not run this node (no leaf needs it)
         torch_in = seen_in[n.id]
         torch_out = seen_out[n.id]
+        upstream[i] = max([_scale(torch_in)] + [upstream.get(u, 0.0) for u in consumers.get(i, ())])
         # local check
         status, exact, max_abs, max_rel = "unmirrored", False, 0.0, 0.0
         local_out = None
@@ -359,8 +368,9 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
         mine_in = incoming.get(i)
         e2e_status, e2e_abs = None, None
         if mine_in is not None:
-            ref = max((_scale(seen_in.get(u, ())) for u in consumers.get(i, ())), default=0.0)
-            checks = [_compare(m, t, n.dtype, ref) for m, t in zip(mine_in, torch_in) if m is not None and t is not None]
+            ref = max((upstream.get(u, 0.0) for u in consumers.get(i, ())), default=0.0)
+            checks = [_compare(m, t, n.dtype, ref) for m, t in zip(mine_in, torch_in)
+                      if m is not None and t is not None]
             if checks:
                 e2e_status = "mismatch" if any(c[0] == "mismatch" for c in checks) else "match"
                 e2e_abs = max(c[2] for c in checks)
@@ -387,28 +397,31 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
         rows.append({"id": n.id, "type": n.type, "name": n.id, "kind": "node", "status": status, "exact": exact,
                      "max_abs": max_abs, "max_rel": max_rel, "e2e_status": e2e_status, "e2e_max_abs": e2e_abs,
                      "note": n.error})
+    grads = {}
     for n in leaves:
         t = leaf_in.get(n.id)
         mine = incoming.get(pos[n.fn], [None])[0]
         var = n.fn.variable
         name = names.get(id(var), n.id)
         dtype = str(var.dtype).removeprefix("torch.")
+        if mine is not None:
+            grads[name] = _floats(mine)
         if t is None or mine is None:
             row = ("unmirrored", False, 0.0, 0.0)
         else:
-            ref = max((_scale(seen_in.get(u, ())) for u in consumers.get(pos[n.fn], ())), default=0.0)
+            ref = max((upstream.get(u, 0.0) for u in consumers.get(pos[n.fn], ())), default=0.0)
             row = _compare(mine, t, dtype, ref)
         rows.append({"id": n.id, "type": "AccumulateGrad", "name": name, "kind": "leaf", "status": row[0],
                      "exact": row[1], "max_abs": row[2], "max_rel": row[3], "e2e_status": row[0],
                      "e2e_max_abs": row[2], "note": None})
     diverges = _divergence(nodes, pos, e2e, rows)
-    return MirrorReport(rows, tr, mode, diverges)
+    return MirrorReport(rows, tr, mode, diverges, grads)
 
 
 def _apply(n: _Node, gs, scalar: bool):
     if all(g is None for g in gs):
         return [None] * len(n.nexts)
-    c = Ctx(n.type, gs, n.saved, n.attrs, n.in_shapes, n.out_shapes, scalar)
+    c = Ctx(n.type, gs, n.saved, n.attrs, n.in_shapes, n.out_shapes, scalar, n.in_dtypes)
     if gs[0] is None and len(gs) == 1:
         return [None] * len(n.nexts)
     out = RULES[n.type](c)

@@ -3,7 +3,7 @@
 Convention: ``RULES[type](c)`` returns one gradient per slot of the node's ``next_functions`` (None where
 no gradient flows). ``c`` is a :class:`Ctx`: ``c.g`` (incoming gradient of output 0), ``c.gs`` (all
 outputs), ``c.s[name]`` (saved tensors as float64 / int64 numpy arrays), ``c.a[name]`` (decoded saved
-attributes), ``c.in_shapes[slot]`` (forward input shapes), ``c.zeros(shape)``.
+attributes), ``c.in_shapes[slot]`` / ``c.in_dtypes[slot]`` (forward inputs), ``c.zeros(shape)``.
 Gradients are numpy arrays: float64 in tensor mode, object arrays of :class:`Value` in scalar mode;
 every rule is linear in the incoming gradient, so the same code serves both. Rules do not reduce
 broadcasting: the driver sums each result to its input's shape, as the engine does.
@@ -32,11 +32,11 @@ def rule(*names):
 
 
 class Ctx:
-    __slots__ = ("type", "gs", "s", "a", "in_shapes", "out_shapes", "scalar")
+    __slots__ = ("type", "gs", "s", "a", "in_shapes", "in_dtypes", "out_shapes", "scalar")
 
-    def __init__(self, type_, gs, saved, attrs, in_shapes, out_shapes, scalar):
+    def __init__(self, type_, gs, saved, attrs, in_shapes, out_shapes, scalar, in_dtypes=()):
         self.type, self.gs, self.s, self.a = type_, gs, saved, attrs
-        self.in_shapes, self.out_shapes, self.scalar = in_shapes, out_shapes, scalar
+        self.in_shapes, self.out_shapes, self.scalar, self.in_dtypes = in_shapes, out_shapes, scalar, in_dtypes
 
     @property
     def g(self):
@@ -81,9 +81,23 @@ def _neg(c):
     return (-c.g,)
 
 
-@rule("CloneBackward0", "AliasBackward0", "ToCopyBackward0", "LiftFreshBackward0")
+@rule("CloneBackward0", "AliasBackward0")
 def _identity(c):
     return (c.g,)
+
+
+@rule("ToCopyBackward0")
+def _to_copy(c):  # the gradient is cast back to the input's dtype, rounding it
+    dt = c.in_dtypes[0]
+    if dt not in ("float32", "float16", "bfloat16"):
+        return (c.g,)
+    rnd = {"float32": np.float32, "float16": np.float16}.get(dt)
+    if rnd is None:
+        raise Unsupported("a cast to bfloat16")
+    if c.scalar:
+        from .value import Value
+        return (np.vectorize(lambda v: Value(float(rnd(v.data if isinstance(v, Value) else v))), otypes=[object])(c.g),)
+    return (c.g.astype(rnd).astype(np.float64),)
 
 
 @rule("ReluBackward0")
@@ -137,6 +151,51 @@ def _silu(c):
     x = c.s["self"]
     s = 1 / (1 + np.exp(-x))
     return (c.g * (s * (1 + x * (1 - s))),)
+
+
+@rule("HardtanhBackward0")
+def _hardtanh(c):
+    x = c.s["self"]
+    return (np.where((x > c.a["min_val"]) & (x < c.a["max_val"]), c.g, 0.0),)
+
+
+@rule("EluBackward0")
+def _elu(c):
+    x, alpha, scale, iscale = c.s["self"], c.a["alpha"], c.a["scale"], c.a["input_scale"]
+    return (np.where(x > 0, c.g * scale, c.g * (iscale * alpha * scale * np.exp(x * iscale))),)
+
+
+@rule("SoftplusBackward0")
+def _softplus(c):
+    x, beta = c.s["self"], c.a["beta"]
+    z = np.exp(np.minimum(x * beta, c.a["threshold"]))
+    return (np.where(x * beta > c.a["threshold"], c.g, c.g * (z / (z + 1))),)
+
+
+@rule("SinBackward0")
+def _sin(c):
+    return (c.g * np.cos(c.s["self"]),)
+
+
+@rule("CosBackward0")
+def _cos(c):
+    return (c.g * -np.sin(c.s["self"]),)
+
+
+@rule("Log1PBackward0")
+def _log1p(c):
+    return (c.g / (c.s["self"] + 1),)
+
+
+@rule("RsqrtBackward0")
+def _rsqrt(c):
+    y = c.s["result"]
+    return (c.g * (-0.5 * y**3),)
+
+
+@rule("SignBackward0")
+def _sign(c):
+    return (c.g * 0.0,)
 
 
 @rule("ExpBackward0")
@@ -219,20 +278,10 @@ def _add(c):
     return (c.g, c.g if alpha == 1 else c.g * alpha)
 
 
-@rule("AddBackward1")
-def _add_scalar(c):
-    return (c.g,)
-
-
 @rule("SubBackward0")
 def _sub(c):
     alpha = c.a.get("alpha", 1)
     return (c.g, -c.g if alpha == 1 else -c.g * alpha)
-
-
-@rule("SubBackward1")
-def _sub_scalar(c):
-    return (c.g,)
 
 
 @rule("RsubBackward0")
@@ -322,6 +371,42 @@ def _max_dim(c):
     return (out,)
 
 
+@rule("CumsumBackward0")
+def _cumsum(c):
+    d = c.a["dim"] % c.g.ndim
+    return (np.flip(np.cumsum(np.flip(c.g, d), axis=d), d),)
+
+
+@rule("VarBackward0", "StdBackward0")
+def _var(c):
+    x = c.s["self"]
+    dims = _dims(c.a["dim"] if c.a["dim"] is not None else [], x.ndim)
+    n = math.prod(x.shape[d] for d in dims)
+    corr = 1 if c.a["correction"] is None else c.a["correction"]
+    g = _unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"])
+    if c.type == "StdBackward0":
+        g = g / (2 * _unsqueeze_to(c.s["result"], x.shape, dims, c.a["keepdim"]))
+    return (g * (2.0 / (n - corr)) * (x - x.mean(axis=tuple(dims), keepdims=True)),)
+
+
+@rule("LinalgVectorNormBackward0")
+def _norm(c):
+    if c.a["ord"] != 2:
+        raise Unsupported("vector norms other than ord=2")
+    x, y = c.s["self"], c.s["result"]
+    dims = _dims(c.a["dim"] if c.a["dim"] is not None else [], x.ndim)
+    ye = _unsqueeze_to(y, x.shape, dims, c.a["keepdim"])
+    return (_unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"]) * np.where(ye == 0, 0.0, x / np.where(ye == 0, 1, ye)),)
+
+
+@rule("MaximumBackward0", "MinimumBackward0")
+def _maximum(c):
+    a, b = c.s["self"], c.s["other"]
+    win = a > b if c.type == "MaximumBackward0" else a < b
+    tie = a == b
+    return (np.where(win, c.g, np.where(tie, c.g / 2, 0.0)), np.where(win, 0.0, np.where(tie, c.g / 2, c.g)))
+
+
 @rule("LogsumexpBackward0")
 def _logsumexp(c):
     x, y = c.s["self"], c.s["result"]
@@ -382,7 +467,7 @@ def _permute(c):
 
 
 @rule("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0", "SqueezeBackward1",
-      "SqueezeBackward2", "SqueezeBackward3")
+      "SqueezeBackward2")
 def _view(c):
     return (c.g.reshape(c.in_shapes[0] if c.in_shapes[0] is not None else c.a["self_sym_sizes"]),)
 
@@ -428,6 +513,47 @@ def _index(c):
     return (out,)
 
 
+@rule("RepeatBackward0")
+def _repeat(c):
+    sizes, reps = c.a["self_sym_sizes"], c.a["repeats"]
+    lead = len(reps) - len(sizes)
+    g = c.g.reshape([x for r, s in zip(reps[lead:], sizes) for x in (r, s)] if not lead else
+                    list(reps[:lead]) + [x for r, s in zip(reps[lead:], sizes) for x in (r, s)])
+    axes = tuple(range(lead)) + tuple(lead + 2 * i for i in range(len(sizes)))
+    return (g.sum(axis=axes).reshape(sizes),)
+
+
+@rule("GatherBackward0")
+def _gather(c):
+    x, idx, d = c.s["self"], c.s["index"], c.a["dim"] % c.s["self"].ndim
+    out = c.zeros(x.shape)
+    lead = list(np.indices(idx.shape))
+    lead[d] = idx
+    np.add.at(out, tuple(lead), c.g)
+    return (out,)
+
+
+@rule("IndexSelectBackward0")
+def _index_select(c):
+    out = c.zeros(c.a["self_sym_sizes"])
+    d = c.a["dim"] % out.ndim
+    np.add.at(np.moveaxis(out, d, 0), c.s["index"], np.moveaxis(c.g, d, 0))
+    return (out,)
+
+
+@rule("ConstantPadNdBackward0")
+def _pad(c):
+    pad, g = c.a["pad"], c.g
+    idx = [slice(None)] * g.ndim
+    for i in range(len(pad) // 2):
+        d = g.ndim - 1 - i
+        lo, hi = pad[2 * i], pad[2 * i + 1]
+        idx[d] = slice(lo, g.shape[d] - hi)
+    if any(p < 0 for p in pad):
+        raise Unsupported("negative padding")
+    return (g[tuple(idx)],)
+
+
 @rule("CatBackward0")
 def _cat(c):
     d = c.a["dim"] % c.g.ndim
@@ -466,7 +592,7 @@ def _log_softmax(c):
     return (c.g - np.exp(c.s["result"]) * c.g.sum(axis=d, keepdims=True),)
 
 
-@rule("SoftmaxBackward0")
+@rule("SoftmaxBackward0", "SafeSoftmaxBackward0")
 def _softmax(c):
     y, d = c.s["result"], c.a["dim"]
     return (y * (c.g - (c.g * y).sum(axis=d, keepdims=True)),)
@@ -487,6 +613,17 @@ def _nll(c):
         gi = -gi if w is None else -float(w[ti]) * gi
         out[i, ti] = gi / tw if red == "mean" else gi
     return (out.reshape(x.shape),)
+
+
+@rule("BinaryCrossEntropyWithLogitsBackward0")
+def _bce_logits(c):
+    x, t, w, pw, red = c.s["self"], c.s["target"], c.s.get("weight"), c.s.get("pos_weight"), c.a["reduction"]
+    sig = 1 / (1 + np.exp(-x))
+    d = sig - t if pw is None else (pw * t + 1 - t) * sig - pw * t
+    if w is not None:
+        d = d * w
+    d = d * c.g if red == "none" else d * (c.g[()] / x.size if red == "mean" else c.g[()])
+    return (d, None)
 
 
 @rule("MseLossBackward0")

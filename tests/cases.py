@@ -99,6 +99,35 @@ CASES = {
     "max_ties": lambda r: (torch.tensor([1.0, 3.0, 3.0, 2.0], dtype=r.dtype, requires_grad=True) * 1).max() * 2
                           + (torch.tensor([[1.0, 3.0], [3.0, 3.0]], dtype=r.dtype, requires_grad=True) + 0).amax(1).sum(),
     "masked_fill_flip": lambda r: weighted(r, r(r.n, 4).masked_fill(torch.arange(4) % 2 == 0, 0.0).flip(0, 1)),
+    "rsub_tensor_sub_alpha": lambda r: weighted(r, torch.rsub(r(r.n, 3), r(r.n, 3), alpha=2)
+                                                 + torch.sub(r(r.n, 3), r(r.n, 3), alpha=3)),
+    "masked_fill_tensor_value": lambda r: weighted(r, r(r.n, 4).masked_fill(torch.arange(4) > 1, r(()))),
+    "min_amin_minimum_maximum": lambda r: weighted(r, r(r.n, 4).min(dim=1).values + r(r.n, 4).amin(1) + r(r.n, 4).min()
+                                                   + torch.minimum(r(r.n, 4), r(r.n, 4)).sum(1)
+                                                   + torch.maximum(r(r.n, 4), r(r.n, 4)).sum(1)),
+    "clamp_max_threshold_hardtanh": lambda r: weighted(r, torch.clamp_max(r(r.n, 4), 0.1) + F.threshold(r(r.n, 4), 0.1, 0.)
+                                                       + F.hardtanh(r(r.n, 4), -0.5, 0.7) + F.relu6(r(r.n, 4))),
+    "to_alias_squeeze_dims": lambda r: weighted(r, r(r.n, 4).to(torch.float32).to(r.dtype) + torch.ops.aten.alias(r(r.n, 4))
+                                                + r(1, r.n, 4).squeeze((0,))),
+    "leaky_relu_inplace": lambda r: weighted(r, F.leaky_relu(r(r.n, 4) * 1, 0.2, inplace=True)),
+    "elu_softplus": lambda r: weighted(r, F.elu(r(r.n, 4)) + F.softplus(3 * r(r.n, 4), beta=2, threshold=5)),
+    "sin_cos_log1p_rsqrt_sign": lambda r: weighted(r, r(r.n, 4).sin() + r(r.n, 4).cos() + r(r.n, 4, positive=True).log1p()
+                                                   + r(r.n, 4, positive=True).rsqrt() + r(r.n, 4).sign() * 2),
+    "repeat_gather_index_select_pad": lambda r: weighted(r, r(r.n, 4).repeat(2, 1)[: r.n]
+                                                         + r(r.n, 4).gather(1, torch.tensor([[3, 0, 0, 1]] * r.n))
+                                                         + r(5, 4).index_select(0, torch.arange(r.n) % 2)
+                                                         + F.pad(r(r.n, 1), (1, 2))),
+    "repeat_more_dims": lambda r: weighted(r, r(2, 3).repeat(2, 1, 2)),
+    "bce_with_logits": lambda r: F.binary_cross_entropy_with_logits(
+        r(r.n, 4), torch.rand(r.n, 4, generator=r.g, dtype=r.dtype), weight=torch.full((4,), 0.5, dtype=r.dtype),
+        pos_weight=torch.full((4,), 2.0, dtype=r.dtype)) + F.binary_cross_entropy_with_logits(
+        r(r.n, 2), torch.rand(r.n, 2, generator=r.g, dtype=r.dtype), reduction="sum"),
+    "cumsum_var_std_norm": lambda r: weighted(r, r(r.n, 4).cumsum(1) + r(r.n, 4).var(1, keepdim=True)
+                                              + r(r.n, 4).std() + r(r.n, 4).norm(dim=1, keepdim=True)),
+    "normalize": lambda r: weighted(r, F.normalize(r(r.n, 4), dim=1)),
+    "cross_entropy_probabilities": lambda r: F.cross_entropy(r(r.n, 4), torch.softmax(torch.randn(r.n, 4, dtype=r.dtype),
+                                                                                       1)),
+    "einsum": lambda r: weighted(r, torch.einsum("bij,bkj->bik", r(2, r.n, 4), r(2, 3, 4))),
 }
 
 # Node types the catalogue must produce (the coverage list).

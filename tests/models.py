@@ -111,5 +111,14 @@ def inplace(dtype=torch.float64):
     return (h * h).sum(), {"w": w}
 
 
-MODELS = {f.__name__: f for f in (mlp_ce, mlp_mse, dropout, batchnorm, layernorm, residual, linear3d,
+def transformer(dtype=torch.float64):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True), 1,
+                                  enable_nested_tensor=False).to(dtype).train()
+    return m(torch.randn(2, 4, 8, dtype=dtype)).pow(2).mean(), m
+
+
+MODELS = {f.__name__: f for f in (transformer, mlp_ce, mlp_mse, dropout, batchnorm, layernorm, residual, linear3d,
                                   attention, embedding, conv, custom, inplace)}

@@ -50,6 +50,11 @@ def test_catalogue_covers_the_issue_list_and_every_type_has_a_rule():
         seen |= {row["type"] for row in lens.mirror(case(r), params=r.leaves, mode="tensor").rows}
     assert EXPECTED_TYPES <= seen
     assert EXPECTED_TYPES <= set(rules.RULES)
+    for name, build in MODELS.items():  # the zoo adds e.g. SafeSoftmaxBackward0 (attention)
+        torch.manual_seed(0)
+        loss, params = build()
+        seen |= {row["type"] for row in lens.mirror(loss, params=params, mode="tensor").rows}
+    assert set(rules.RULES) <= seen, f"rules no test exercises: {sorted(set(rules.RULES) - seen)}"
 
 
 def test_end_to_end_leaf_gradients_equal_torch_autograd_grad():
