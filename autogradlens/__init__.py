@@ -7,10 +7,11 @@
     d = lens.diff(t_a, t_b)                 # two graphs side by side
 """
 
+from .diff import GraphDiff, diff
 from .mirror import MirrorReport, mirror
 from .trace import Trace, trace
 from .value import Value
 
 __version__ = "0.1.0"
 
-__all__ = ["MirrorReport", "Trace", "Value", "__version__", "mirror", "trace"]
+__all__ = ["GraphDiff", "MirrorReport", "Trace", "Value", "__version__", "diff", "mirror", "trace"]

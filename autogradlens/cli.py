@@ -75,6 +75,29 @@ def _cmd_trace(a) -> int:
     return 0
 
 
+def _cmd_mirror(a) -> int:
+    from .mirror import mirror
+
+    t = load_target(a.target)
+    if not isinstance(t, tuple):
+        raise TargetError("mirror needs a live graph: give file.py:function or module:function, not a saved trace")
+    rep = mirror(t[0], params=t[1], mode=a.mode)
+    print(rep.to_text())
+    if a.output:
+        print(f"wrote {rep.render(a.output)}")
+    return 0 if rep.ok else 1
+
+
+def _cmd_diff(a) -> int:
+    from .diff import diff
+
+    d = diff(_trace_of(a.a), _trace_of(a.b))
+    if a.output:
+        print(f"wrote {d.render(a.output)}")
+    print(d.to_text())
+    return 0
+
+
 def _cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -95,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("target")
     t.add_argument("-o", "--output", help="write to FILE (.svg .png .pdf .dot .json .txt)")
     t.set_defaults(func=_cmd_trace)
+    m = sub.add_parser("mirror", help="re-derive TARGET's backward with the Value mirror and compare with PyTorch")
+    m.add_argument("target")
+    m.add_argument("--mode", default="auto", choices=["auto", "scalar", "tensor"])
+    m.add_argument("-o", "--output", help="also write the verdict-coloured graph (.svg .png .pdf .dot) or .txt")
+    m.set_defaults(func=_cmd_mirror)
+    d = sub.add_parser("diff", help="compare two graphs (targets or saved trace JSON files)")
+    d.add_argument("a")
+    d.add_argument("b")
+    d.add_argument("-o", "--output", help="write .html, .svg, .png, .pdf, .dot or .txt")
+    d.set_defaults(func=_cmd_diff)
     return p
 
 

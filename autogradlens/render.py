@@ -124,7 +124,7 @@ def trace_spec(trace, *, show_saved: bool | None = None, show_attrs: bool | None
     pindex = {d["param"]: n for n, d in g.nodes(data=True) if d["param"] is not None}
     for nid, d in g.nodes(data=True):
         kind = node_kind(d)
-        lines = [node_title(nid, d), short_shape(d["shape"])]
+        lines = [node_title(nid, d)] + ([] if d["is_leaf"] and d["param"] is None else [short_shape(d["shape"])])
         if d["is_root"]:
             lines[0] = f"{lines[0]}  (root)"
         if show_attrs and not d["is_leaf"]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from numpy import ndarray
+
 __all__ = ["Value"]
 
 
@@ -47,11 +49,17 @@ class Value:
 
     # ---- micrograd's primitives
     def __add__(self, other):
-        other = other if isinstance(other, Value) else Value(other)
+        if not isinstance(other, Value):
+            if isinstance(other, ndarray):
+                return NotImplemented  # let numpy apply it elementwise (object arrays of Values)
+            other = Value(other)
         return Value(self.data + other.data, (self, other), "+")
 
     def __mul__(self, other):
-        other = other if isinstance(other, Value) else Value(other)
+        if not isinstance(other, Value):
+            if isinstance(other, ndarray):
+                return NotImplemented
+            other = Value(other)
         return Value(self.data * other.data, (self, other), "*")
 
     def __pow__(self, other):
