@@ -11,7 +11,9 @@ from .diff import GraphDiff, diff
 from .mirror import MirrorReport, mirror
 from .trace import Trace, trace
 from .value import Value
+from .watch import Event, Watch, watch
 
 __version__ = "0.1.0"
 
-__all__ = ["GraphDiff", "MirrorReport", "Trace", "Value", "__version__", "diff", "mirror", "trace"]
+__all__ = ["Event", "GraphDiff", "MirrorReport", "Trace", "Value", "Watch", "__version__", "diff", "mirror", "trace",
+           "watch"]

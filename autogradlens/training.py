@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +20,7 @@ DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
 class History:
     optimizer: str
     loss: list = field(default_factory=list)        # per step
+    watch: object = None                            # the Watch, when fit(watch=True)
     train_acc: list = field(default_factory=list)   # per epoch
     test_acc: list = field(default_factory=list)    # per epoch
     seconds: float = 0.0
@@ -47,11 +50,11 @@ def accuracy(model, x, y) -> float:
 
 
 def fit(model, data, optimizer="sgd", *, lr=None, epochs: int = 20, batch_size: int = 32, seed: int = 0,
-        watch=None, progress: bool = True) -> History:
+        watch=False, progress: bool = True) -> History:
     """Train `model` on `data` (a :class:`autogradlens.data.Split`) with cross-entropy.
 
-    `optimizer` is 'sgd' (lr 0.1), 'adam' (lr 1e-3) or an optimizer. Pass a running
-    :class:`autogradlens.Watch` as `watch` to tell it each step's loss. Returns a :class:`History`.
+    `optimizer` is 'sgd' (lr 0.1), 'adam' (lr 1e-3) or an optimizer. With ``watch=True`` the loop
+    runs inside :func:`autogradlens.watch` (``History.watch`` holds it). Returns a :class:`History`.
 
     Example:
         >>> from autogradlens import data, training
@@ -60,17 +63,27 @@ def fit(model, data, optimizer="sgd", *, lr=None, epochs: int = 20, batch_size: 
         >>> len(h.test_acc)
         1
     """
-    import time
-
     from tqdm.auto import tqdm
+
+    from .watch import watch as make_watch
 
     opt = make_optimizer(optimizer, model.parameters(), lr)
     name = type(opt).__name__
     hist = History(name)
+    opts = watch if isinstance(watch, dict) else {}
+    ctx = make_watch(model, optimizer=opt, **opts) if watch else contextlib.nullcontext()
     gen = torch.Generator().manual_seed(seed)
-    n = len(data.x_train)
     t0 = time.perf_counter()
     bar = tqdm(range(epochs), desc=f"{name:>4}", disable=not progress, leave=False)
+    with ctx as w:
+        hist.watch = w
+        _loop(model, data, opt, bar, gen, batch_size, hist)
+    hist.seconds = time.perf_counter() - t0
+    return hist
+
+
+def _loop(model, data, opt, bar, gen, batch_size, hist):
+    n = len(data.x_train)
     for _ in bar:
         model.train()
         perm = torch.randperm(n, generator=gen)
@@ -79,15 +92,11 @@ def fit(model, data, optimizer="sgd", *, lr=None, epochs: int = 20, batch_size: 
             loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
             opt.zero_grad()
             loss.backward()
-            if watch is not None:
-                watch.record_loss(loss)
             opt.step()
             hist.loss.append(loss.item())
         hist.train_acc.append(accuracy(model, data.x_train, data.y_train))
         hist.test_acc.append(accuracy(model, data.x_test, data.y_test))
         bar.set_postfix(loss=f"{hist.loss[-1]:.3f}", test_acc=f"{hist.test_acc[-1]:.3f}")
-    hist.seconds = time.perf_counter() - t0
-    return hist
 
 
 def _load(data: str):
