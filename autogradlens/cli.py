@@ -101,7 +101,7 @@ def _cmd_diff(a) -> int:
 def _cmd_demo(a) -> int:
     from .demo import run_demo
 
-    path = run_demo(out=a.out, data=a.data, epochs=a.epochs)
+    path = run_demo(out=a.out, data=a.data, epochs=a.epochs, progress=sys.stderr.isatty())
     print(f"report: {path}")
     return 0
 

@@ -10,8 +10,8 @@ Tolerance: |mirror - torch| <= rtol * |torch| + atol, with rtol 1e-12 (float64 g
 graphs, mirrored in float64), and atol = 64 ulp of the largest gradient magnitude involved: the compared
 tensor's, and for end-to-end comparisons the largest gradient on the way from the root (rounding errors
 made upstream are absolute: when a layer such as LayerNorm cancels a gradient down to almost nothing,
-they do not shrink with it). "exact" means bitwise equal (for float32 graphs: after rounding the mirror
-to float32), reported separately.
+they do not shrink with it). For float32 graphs the float64 mirror is rounded to float32 before it is
+compared. "exact" means bitwise equal, reported separately from the tolerance verdict.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ def _compare(m, t, dtype: str, ref: float = 0.0) -> tuple[str, bool, float, floa
         except ValueError:
             return "mismatch", False, math.inf, math.inf
     f32 = dtype in ("float32", "float16", "bfloat16")
-    exact = bool(np.array_equal(m.astype(np.float32) if f32 else m, t, equal_nan=True))
+    if f32:  # compare as the graph would hold it: the float64 mirror rounded to float32
+        m = m.astype(np.float32).astype(np.float64)
+    exact = bool(np.array_equal(m, t, equal_nan=True))
     diff = np.abs(m - t)
     scale = float(np.max(np.abs(t), initial=0.0))
     max_abs = float(np.max(diff, initial=0.0))

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .examples import MLP
-
 __all__ = ["History", "fit", "make_optimizer"]
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
@@ -98,44 +96,3 @@ def _loop(model, data, opt, bar, gen, batch_size, hist):
         hist.test_acc.append(accuracy(model, data.x_test, data.y_test))
         bar.set_postfix(loss=f"{hist.loss[-1]:.3f}", test_acc=f"{hist.test_acc[-1]:.3f}")
 
-
-def _load(data: str):
-    from . import data as datasets
-
-    if data == "digits":
-        return datasets.digits()
-    if data.startswith("mnist:"):
-        return datasets.mnist(data.split(":", 1)[1], limit=10_000)
-    raise ValueError(f"--data must be 'digits' or 'mnist:DIR', got {data!r}")
-
-
-def demo_sections(data: str = "digits", epochs: int | None = None, out=None) -> list:
-    """The training part of the demo report: an MLP graph, then SGD vs Adam."""
-    from . import report
-    from .demo import _graph_section, saved_table
-    from .trace import trace
-
-    d = _load(data)
-    epochs = epochs or 30
-    torch.manual_seed(0)
-    model = MLP((d.n_features, 64, d.n_classes))
-    x, y = d.x_train[:32], d.y_train[:32]
-    loss = F.cross_entropy(model(x), y)
-    t = trace(loss, params=model)
-    sections = [("An MLP on digits: one training step's graph", _graph_section(
-        t, "Linear layers show up as AddmmBackward0 (bias + x @ W.t()) fed by TBackward0 (the transpose of the "
-           "weight); the loss is LogSoftmaxBackward0 + NllLossBackward0. Pink notes are the tensors autograd "
-           "saved for the backward pass; each storage is drawn once, whoever saves it.")
-        + "<h3>Saved tensors</h3>" + saved_table(t))]
-    if out is not None:
-        t.render(out / "mlp_graph.svg")
-        t.render(out / "mlp_graph.json")
-    hists = {}
-    for name in ("sgd", "adam"):
-        torch.manual_seed(0)
-        hists[name] = fit(MLP((d.n_features, 64, d.n_classes)), d, name, epochs=epochs)
-    rows = [{"optimizer": h.optimizer, "lr": DEFAULT_LR[k], "epochs": epochs, "steps": len(h.loss),
-             "final loss": h.loss[-1], "test accuracy": h.final_test_acc, "seconds": round(h.seconds, 2)}
-            for k, h in hists.items()]
-    sections.append(("SGD vs Adam", report.table(rows)))
-    return sections

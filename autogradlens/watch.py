@@ -53,7 +53,17 @@ class _Packed:
 
 
 def _norm(t) -> float:
-    return float(torch.linalg.vector_norm(t.detach().double()))
+    return float(torch.linalg.vector_norm(t.detach()))
+
+
+def _norms(ts) -> list[float]:
+    """Norms of many tensors in one call and one sync."""
+    if not ts:
+        return []
+    return torch.stack([n.double() for n in torch._foreach_norm([t.detach() for t in ts])]).tolist()
+
+
+_SAMPLE = 1024  # Adam's effective step size: median over up to this many evenly spaced elements
 
 
 RETAIN_NOTE = ("retain_grad() keeps .grad on this module's output; every other intermediate tensor has "
@@ -87,11 +97,14 @@ class Watch:
         self._step = 0
         self._cur = self._new_step()
         self._packs: dict = {}       # handle idx -> its pack event (this step)
+        self._sig: list = []         # (shape, dtype, producer type) per pack this step
+        self._attr_cache: dict = {}  # pack signature -> [(node, slot)]
         self._attributing = None     # during the walk: the node and slot being read
         self._pack_count = 0
         self._last_acc_step: dict = {}
         self._fresh: dict = {}
         self._before: dict = {}
+        self._buffers: dict = {}     # copies of the parameters before a step (numbers only leave the Watch)
         self._warned = False
 
     # ------------------------------------------------------------------ life cycle
@@ -120,6 +133,7 @@ class Watch:
         if self._flags["saved"]:
             self._sth = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
             self._sth.__enter__()
+        self._names_cache: dict = {}  # node type -> its saved slot names (dir() is slow)
         self._orig_backward = torch.autograd.backward
         torch.autograd.backward = self._backward
         if self._flags["grads"]:
@@ -152,6 +166,7 @@ class Watch:
                 self._close_step()
             self._state = "done"
         self._before.clear()
+        self._buffers.clear()
         self._packs.clear()
 
     # ------------------------------------------------------------------ events and steps
@@ -183,6 +198,7 @@ class Watch:
         self._step += 1
         self._cur = self._new_step()
         self._packs = {}
+        self._sig = []
 
     def record_loss(self, loss) -> None:
         """Tell the watch this step's loss (``loss.backward()`` inside the watch does it by itself)."""
@@ -199,6 +215,8 @@ class Watch:
         key = keys.setdefault(ptr if nbytes else -idx - 1, f"s{len(keys)}")
         storages.setdefault(key, (nbytes, None))
         self._cur["saved_tensors"] += 1
+        fn = t.grad_fn
+        self._sig.append((t.shape, t.dtype, None if fn is None else type(fn)))
         self._packs[idx] = self._emit("pack", node=None, slot=None, shape=tuple(t.shape),
                                       dtype=str(t.dtype).removeprefix("torch."), nbytes=t.numel() * t.element_size(),
                                       storage=key)
@@ -224,7 +242,7 @@ class Watch:
         except (TypeError, ValueError):
             return
         order, _ = _walk(fns)
-        cache: dict = {}
+        cache = self._names_cache
         for fn in order:
             if type(fn).__name__ == "AccumulateGrad":
                 continue
@@ -241,10 +259,26 @@ class Watch:
                 finally:
                     self._attributing = None
 
+    def _attribute_step(self, roots):
+        """Attribute this step's packs; a training loop packs the same sequence every step, so the walk's
+        answer is reused while the sequence of (shape, dtype, producer) is unchanged."""
+        pending = [e for e in self._packs.values() if e["node"] is None]
+        if not pending:
+            return
+        sig = tuple(self._sig[-len(pending):])
+        cached = self._attr_cache.get(sig)
+        if cached is not None:
+            for e, (node, slot) in zip(pending, cached):
+                e["node"], e["slot"] = node, slot
+            return
+        self._attribute(roots)
+        if all(e["node"] is not None for e in pending):
+            self._attr_cache[sig] = [(e["node"], e["slot"]) for e in pending]
+
     def _backward(self, tensors, *args, **kwargs):
         roots = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
         if self._flags["saved"]:
-            self._attribute(roots)
+            self._attribute_step(roots)
         if len(roots) == 1 and isinstance(roots[0], torch.Tensor) and roots[0].numel() == 1:
             self._cur["loss"] = float(roots[0].detach())
         self._cur["backward_passes"] += 1
@@ -301,28 +335,48 @@ class Watch:
     # ------------------------------------------------------------------ optimizer
     def _opt_pre(self, opt, args, kwargs):
         if self._flags["updates"]:
-            self._before = {id(p): p.detach().clone() for g in opt.param_groups for p in g["params"]
-                            if p.grad is not None}
+            for g in opt.param_groups:
+                for p in g["params"]:
+                    if p.grad is None:
+                        continue
+                    buf = self._buffers.get(id(p))
+                    if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
+                        buf = self._buffers[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format)
+                    self._before[id(p)] = buf.copy_(p.detach())
 
     def _opt_post(self, opt, args, kwargs):
         if self._flags["updates"]:
             for group in opt.param_groups:
-                for p in group["params"]:
-                    before = self._before.get(id(p))
-                    if before is None:
-                        continue
-                    name = self._names.get(id(p), f"param{len(self._cur['update_norm'])}")
-                    un, pn = _norm(p.detach() - before), _norm(p)
-                    ratio = un / pn if pn else math.inf
-                    fields = {"param": name, "update_norm": un, "param_norm": pn, "ratio": ratio,
-                              "lr": group["lr"]}
-                    fields.update(_opt_state(opt, p, group))
-                    self._cur["update_norm"][name] = un
-                    self._cur["update_ratio"][name] = ratio
-                    self._cur["effective_lr"][name] = fields.get("effective_lr", group["lr"])
-                    self._emit("update", **fields)
+                ps = [p for p in group["params"] if id(p) in self._before]
+                if ps:
+                    self._updates(opt, group, ps)
             self._before = {}
         self._close_step()
+
+    def _updates(self, opt, group, ps):
+        diffs = [self._before[id(p)] for p in ps]
+        torch._foreach_sub_(diffs, [p.detach() for p in ps])  # the copies become before - after
+        states = [opt.state.get(p, {}) for p in ps]
+        adam = all("exp_avg" in st for st in states)
+        moms = [st.get("momentum_buffer") for st in states]
+        momentum = not adam and all(m is not None for m in moms)
+        extra = [st[k] for k in ("exp_avg", "exp_avg_sq") for st in states] if adam else moms if momentum else []
+        n = len(ps)
+        norms = _norms(diffs + list(ps) + extra)  # one call, one sync
+        for i, p in enumerate(ps):
+            name = self._names.get(id(p), f"param{i}")
+            u, pn = norms[i], norms[n + i]
+            ratio = u / pn if pn else math.inf
+            fields = {"param": name, "update_norm": u, "param_norm": pn, "ratio": ratio, "lr": group["lr"],
+                      "effective_lr": group["lr"]}
+            if adam:
+                fields.update(_adam(states[i], group), exp_avg_norm=norms[2 * n + i], exp_avg_sq_norm=norms[3 * n + i])
+            elif momentum:
+                fields["momentum_norm"] = norms[2 * n + i]
+            self._cur["update_norm"][name] = u
+            self._cur["update_ratio"][name] = ratio
+            self._cur["effective_lr"][name] = fields["effective_lr"]
+            self._emit("update", **fields)
 
     # ------------------------------------------------------------------ output
     def to_records(self) -> list[dict]:
@@ -370,24 +424,16 @@ class Watch:
         return saved_bytes(self, ax=ax)
 
 
-def _opt_state(opt, p, group) -> dict:
-    st = opt.state.get(p, {})
-    out = {}
-    if "exp_avg" in st:
-        step = float(st["step"])
-        b1, b2 = group["betas"]
-        bc1, bc2 = 1 - b1**step, 1 - b2**step
-        v = st["exp_avg_sq"].detach().double()
-        eff = (group["lr"] / bc1) / (v.sqrt() / math.sqrt(bc2) + group["eps"])
-        # lr / (sqrt(v_hat) + eps) per element: its median (the mean is dominated by elements whose
-        # gradient has been ~0, where Adam would take huge steps if a gradient came)
-        out.update(exp_avg_norm=_norm(st["exp_avg"]), exp_avg_sq_norm=_norm(st["exp_avg_sq"]), adam_step=int(step),
-                   effective_lr=float(eff.median()), effective_lr_mean=float(eff.mean()))
-    elif "momentum_buffer" in st and st["momentum_buffer"] is not None:
-        out.update(momentum_norm=_norm(st["momentum_buffer"]), effective_lr=group["lr"])
-    else:
-        out.update(effective_lr=group["lr"])
-    return out
+def _adam(st, group) -> dict:
+    """Adam's step count and effective step size lr / (sqrt(v_hat) + eps): the median over up to _SAMPLE
+    evenly spaced elements (the mean is dominated by elements whose gradient stayed ~0, where Adam would
+    take a huge step if a gradient came). The map is decreasing in v, so its median sits at v's median."""
+    step = float(st["step"])
+    b1, b2 = group["betas"]
+    v = st["exp_avg_sq"].detach().reshape(-1)
+    med = float(v[:: max(1, v.numel() // _SAMPLE)].median())
+    eff = (group["lr"] / (1 - b1**step)) / (math.sqrt(med) / math.sqrt(1 - b2**step) + group["eps"])
+    return {"adam_step": int(step), "effective_lr": eff}
 
 
 def watch(model, *, optimizer=None, retain=None, saved: bool = True, grads: bool = True,

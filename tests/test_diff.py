@@ -148,7 +148,8 @@ def test_cli_round_trip_through_json(tmp_path, capsys):
     prog = tmp_path / "progs.py"
     prog.write_text("import torch\n"
                     "def relu():\n    x = torch.ones(3, requires_grad=True)\n    return torch.relu(x).sum(), {'x': x}\n"
-                    "def tanh():\n    x = torch.ones(3, requires_grad=True)\n    return torch.tanh(x).sum(), {'x': x}\n")
+                    "def tanh():\n    x = torch.ones(3, requires_grad=True)\n"
+                    "    return torch.tanh(x).sum(), {'x': x}\n")
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     assert cli.main(["trace", f"{prog}:relu", "-o", str(a)]) == 0
     assert cli.main(["trace", f"{prog}:tanh", "-o", str(b)]) == 0
