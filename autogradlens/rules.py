@@ -296,9 +296,9 @@ def _rsub_scalar(c):
     return (-c.g if alpha == 1 else -c.g * alpha,)
 
 
-@rule("MulBackward0")
-def _mul(c):
-    a, b = c.s.get("self"), c.s.get("other")
+@rule("MulBackward0", "DotBackward0")
+def _mul(c):  # a * b; a dot product has the same rule (the engine sums nothing: G is a scalar)
+    a, b = c.s.get("self"), c.s.get("other", c.s.get("tensor"))
     return (None if b is None else c.g * b, None if a is None else c.g * a)
 
 
@@ -441,12 +441,6 @@ def _bmm(c):
 def _mv(c):
     a, v = c.s.get("self"), c.s.get("vec")
     return (None if v is None else np.outer(c.g, v), None if a is None else a.T @ c.g)
-
-
-@rule("DotBackward0")
-def _dot(c):
-    a, b = c.s.get("self"), c.s.get("tensor")
-    return (None if b is None else c.g * b, None if a is None else c.g * a)
 
 
 # ============================================================================ shape

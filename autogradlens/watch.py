@@ -103,6 +103,8 @@ class Watch:
         self._pack_count = 0
         self._last_acc_step: dict = {}
         self._fresh: dict = {}
+        self._stale: dict = {}
+        self._last_grad: dict = {}   # param -> (weakref to the .grad we saw, its version)
         self._before: dict = {}
         self._buffers: dict = {}     # copies of the parameters before a step (numbers only leave the Watch)
         self._warned = False
@@ -293,19 +295,26 @@ class Watch:
     def _pre_acc(self, name, p):
         ref = weakref.ref(p)
 
-        def hook(grad):  # runs before AccumulateGrad: is there a .grad to add onto?
+        def hook(grad):  # runs before AccumulateGrad: is there a .grad to add onto, and is it stale?
             q = ref()
-            self._fresh[name] = q is None or q.grad is None
+            g = None if q is None else q.grad
+            self._fresh[name] = g is None
+            # stale: the very tensor (and version) our last accumulation left, untouched since; zero_grad()
+            # sets it to None, or zeroes it in place (set_to_none=False), which bumps its version
+            last = self._last_grad.get(name)
+            self._stale[name] = g is not None and last is not None and last[0]() is g and last[1] == g._version
         return hook
 
     def _post_acc(self, name):
         def hook(p):
             accumulated = not self._fresh.pop(name, True)
+            stale = self._stale.pop(name, False)
             n = _norm(p.grad)
             self._cur["grad_norm"][name] = n
             self._emit("accumulate", param=name, norm=n, accumulated=accumulated)
+            self._last_grad[name] = (weakref.ref(p.grad), p.grad._version)
             last = self._last_acc_step.get(name)
-            if accumulated and last is not None and last < self._step:
+            if stale and last is not None and last < self._step:
                 msg = (f"gradients of {name} accumulated across steps: .grad still held step {last}'s gradient "
                        f"when step {self._step}'s backward added to it; call optimizer.zero_grad() (or "
                        "model.zero_grad()) before each backward unless you accumulate on purpose")

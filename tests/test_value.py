@@ -26,10 +26,13 @@ def lecture(V):
     return g, a, b
 
 
-def test_lecture_expression_equals_micrograd_exactly():
+def test_lecture_expression_equals_micrograd():
     g, a, b = lecture(Value)
     mg_g, mg_a, mg_b = lecture(mg.Value)
-    assert (g.data, a.grad, b.grad) == (mg_g.data, mg_a.grad, mg_b.grad)
+    assert g.data == mg_g.data  # the forward is the same arithmetic, bit for bit
+    # micrograd walks children in set (hash) order, so gradient sums into shared nodes may add in another
+    # order from run to run: equal to the last bit or so
+    assert a.grad == pytest.approx(mg_a.grad, rel=1e-15) and b.grad == pytest.approx(mg_b.grad, rel=1e-15)
     assert f"{g.data:.4f} {a.grad:.4f} {b.grad:.4f}" == "24.7041 138.8338 645.5773"
 
 

@@ -126,6 +126,22 @@ def test_forgetting_zero_grad_warns_once_and_logs():
     assert not [e for e in w2.events if e.kind == "warning"]
 
 
+def test_zero_grad_in_place_is_not_a_warning():
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with lens.watch(model, optimizer=opt) as w:
+            for _ in range(3):
+                opt.zero_grad(set_to_none=False)  # zeroes .grad in place: the same tensor, a new version
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+    acc = [e.accumulated for e in w.events if e.kind == "accumulate"]
+    assert acc == [False] * 4 + [True] * 8  # added onto the zeroed .grad, which is fine
+    assert not [e for e in w.events if e.kind == "warning"]
+
+
 def test_gradient_accumulation_within_a_step_is_not_a_warning():
     model = tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
