@@ -135,14 +135,17 @@ def _snapshot(fn, nid, nf, cache) -> _Node:
 
 
 def _scalar_cost(nodes) -> int:
+    """About how many Values mode="scalar" would create: elementwise work, plus K multiply-adds per output
+    element of a matrix product or convolution (for its two gradients)."""
     cost = 0
     for n in nodes:
         outs = sum(math.prod(s) for s in n.out_shapes)
-        ins = sum(math.prod(s) for s in n.in_shapes if s is not None)
-        if n.type in ("AddmmBackward0", "MmBackward0", "BmmBackward0", "ConvolutionBackward0"):
-            k = max((math.prod(s) for s in n.in_shapes if s is not None), default=1)
-            cost += 2 * outs * max(1, k // max(1, n.out_shapes[0][0] if n.out_shapes[0] else 1))
-        cost += outs + ins
+        cost += outs + sum(math.prod(s) for s in n.in_shapes if s is not None)
+        last = n.in_shapes[-1] if n.in_shapes else None
+        if n.type == "ConvolutionBackward0" and len(n.in_shapes) > 1 and n.in_shapes[1]:
+            cost += 4 * outs * math.prod(n.in_shapes[1][1:])
+        elif n.type in ("AddmmBackward0", "MmBackward0", "BmmBackward0") and last and len(last) >= 2:
+            cost += 4 * outs * last[-2]
     return cost
 
 
@@ -285,46 +288,13 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
         mode = "scalar" if cost <= AUTO_SCALAR else "tensor"
     scalar = mode == "scalar"
 
-    # 1. a real backward with node hooks: PyTorch's incoming and outgoing gradient at every node
-    seen_in, seen_out, leaf_in, handles = {}, {}, {}, []
-    by_fn = {n.fn: n for n in nodes}
-
-    def post_hook(n):
-        def hook(grad_inputs, grad_outputs):
-            seen_in[n.id] = [None if g is None else _np(g) for g in grad_outputs]
-            seen_out[n.id] = [None if g is None else _np(g) for g in grad_inputs]
-        return hook
-
-    def acc_hook(n):
-        def hook(grad_outputs):
-            g = grad_outputs[0]
-            leaf_in[n.id] = None if g is None else _np(g)
-        return hook
-
     leaves = [n for n in nodes if n.type == "AccumulateGrad"]
-    try:
-        for n in ops:
-            handles.append(n.fn.register_hook(post_hook(n)))
-        grads = [torch.ones_like(r) for r in roots]
-        if backward:
-            for n in leaves:
-                handles.append(n.fn.register_prehook(acc_hook(n)))
-            torch.autograd.backward(roots, grads)
-        else:
-            variables = [n.fn.variable for n in leaves]
-            got = torch.autograd.grad(roots, variables, grads, retain_graph=True, allow_unused=True)
-            for n, g in zip(leaves, got):
-                leaf_in[n.id] = None if g is None else _np(g)
-    finally:
-        for h in handles:
-            h.remove()
-    del by_fn
-
+    seen_in, seen_out, leaf_in = _capture(roots, ops, leaves, backward)
     wrap = _as_values if scalar else (lambda a: a)
     pos = {n.fn: i for i, n in enumerate(nodes)}
 
     # 2. local checks, and 3. the mirror's own backward (nodes in topological order: consumers first)
-    rows, mine_out = [], {}
+    rows = []
     incoming: dict = {}  # node index -> list per output of accumulated gradient (mirror's own)
     for r, g in zip(fns, roots):
         incoming.setdefault(pos[r], [None] * max(1, len(nodes[pos[r]].out_shapes)))
@@ -376,16 +346,14 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
             if checks:
                 e2e_status = "mismatch" if any(c[0] == "mismatch" for c in checks) else "match"
                 e2e_abs = max(c[2] for c in checks)
-            gs = [g if g is not None else None for g in mine_in]
             out = None
             if n.type in RULES and n.error is None and local_out is not None:
                 try:
-                    out = _apply(n, gs, scalar)
+                    out = _apply(n, mine_in, scalar)
                 except Unsupported:
                     out = None
             if out is None:  # no rule: pass PyTorch's own gradients through
                 out = [None if t is None else wrap(t) for t in torch_out]
-            mine_out[i] = out
             for slot, (f, nr) in enumerate(n.nexts):
                 if f is None or out[slot] is None:
                     continue
@@ -420,12 +388,46 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
     return MirrorReport(rows, tr, mode, diverges, grads)
 
 
+def _capture(roots, ops, leaves, backward: bool):
+    """A real backward with node hooks: PyTorch's incoming and outgoing gradients at every node, and each
+    leaf's gradient (from autograd.grad, which leaves .grad alone, or from AccumulateGrad pre-hooks when
+    ``backward`` runs the real thing). Hooks are removed whatever happens."""
+    seen_in, seen_out, leaf_in, handles = {}, {}, {}, []
+
+    def post_hook(n):
+        def hook(grad_inputs, grad_outputs):
+            seen_in[n.id] = [None if g is None else _np(g) for g in grad_outputs]
+            seen_out[n.id] = [None if g is None else _np(g) for g in grad_inputs]
+        return hook
+
+    def acc_hook(n):
+        def hook(grad_outputs):
+            leaf_in[n.id] = None if grad_outputs[0] is None else _np(grad_outputs[0])
+        return hook
+
+    try:
+        for n in ops:
+            handles.append(n.fn.register_hook(post_hook(n)))
+        grads = [torch.ones_like(r) for r in roots]
+        if backward:
+            for n in leaves:
+                handles.append(n.fn.register_prehook(acc_hook(n)))
+            torch.autograd.backward(roots, grads)
+        else:
+            got = torch.autograd.grad(roots, [n.fn.variable for n in leaves], grads, retain_graph=True,
+                                      allow_unused=True)
+            for n, g in zip(leaves, got):
+                leaf_in[n.id] = None if g is None else _np(g)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen_in, seen_out, leaf_in
+
+
 def _apply(n: _Node, gs, scalar: bool):
     if all(g is None for g in gs):
         return [None] * len(n.nexts)
     c = Ctx(n.type, gs, n.saved, n.attrs, n.in_shapes, n.out_shapes, scalar, n.in_dtypes)
-    if gs[0] is None and len(gs) == 1:
-        return [None] * len(n.nexts)
     out = RULES[n.type](c)
     if len(out) != len(n.nexts):
         raise Unsupported(f"rule for {n.type} returned {len(out)} gradients for {len(n.nexts)} inputs")
