@@ -191,10 +191,10 @@ class Watch:
             e = self._packs[idx]
             owner.setdefault(e["storage"], e["node"])
         seen_types: dict = {}
-        for key, (nbytes, _) in storages.items():
+        for key, nbytes in storages.items():
             ntype = owner.get(key) or "(never backwarded)"
             seen_types[ntype] = seen_types.get(ntype, 0) + nbytes
-        cur["saved_bytes"] = sum(nb for nb, _ in storages.values())
+        cur["saved_bytes"] = sum(storages.values())
         cur["saved_by_type"] = dict(sorted(seen_types.items()))
         self.steps.append(cur)
         self._step += 1
@@ -215,7 +215,7 @@ class Watch:
         storages = self._cur["_storages"]
         keys = self._cur.setdefault("_keys", {})
         key = keys.setdefault(ptr if nbytes else -idx - 1, f"s{len(keys)}")
-        storages.setdefault(key, (nbytes, None))
+        storages.setdefault(key, nbytes)
         self._cur["saved_tensors"] += 1
         fn = t.grad_fn
         self._sig.append((t.shape, t.dtype, None if fn is None else type(fn)))
