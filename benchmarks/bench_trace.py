@@ -3,6 +3,8 @@
     python benchmarks/bench_trace.py            # prints a table of medians and ratios
 
 Targets (issue 2): trace <= 0.5x torchviz.make_dot(show_attrs=True, show_saved=True); <= 10x the bare walk.
+The "nx build" column is the cost of only inserting the finished nodes and edges (with their attribute
+dicts) into a networkx.MultiDiGraph: a floor for any trace that returns the graph DESIGN.md asks for.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import statistics
 import time
 import warnings
 
+import networkx as nx
 import torch
 import torch.nn as nn
 
@@ -46,6 +49,17 @@ def bare_walk(loss):
     return len(seen)
 
 
+def nx_build(g):
+    nodes = list(g.nodes(data=True))
+    edges = list(g.edges(keys=True, data=True))
+
+    def build():
+        h = nx.MultiDiGraph()
+        h.add_nodes_from(nodes)
+        h.add_edges_from(edges)
+    return build
+
+
 def timeit(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -64,15 +78,17 @@ def main():
         make_dot = None
     cases = [("MLP 10 layers", lambda: mlp(10)), ("MLP 100 layers", lambda: mlp(100)),
              ("MLP 1000 layers", lambda: mlp(1000)), ("transformer x4", transformer)]
-    print(f"{'graph':18s} {'nodes':>6s} {'walk ms':>9s} {'trace ms':>9s} {'torchviz ms':>12s} "
-          f"{'trace/walk':>10s} {'trace/torchviz':>15s}")
+    print(f"{'graph':18s} {'nodes':>6s} {'walk ms':>9s} {'nx build':>9s} {'trace ms':>9s} {'torchviz ms':>12s} "
+          f"{'trace/walk':>10s} {'nx/walk':>8s} {'trace/torchviz':>15s}")
     for name, build in cases:
         loss, m = build()
         params = dict(m.named_parameters())
         repeat = 3 if "1000" in name else 7
         walk = timeit(lambda loss=loss: bare_walk(loss), repeat)
         tr = timeit(lambda loss=loss, m=m: lens.trace(loss, params=m), repeat)
-        nodes = lens.trace(loss, params=m).summary()["nodes"]
+        t = lens.trace(loss, params=m)
+        nodes = t.summary()["nodes"]
+        floor = timeit(nx_build(t.graph), repeat)
         if make_dot is not None:
             try:
                 with warnings.catch_warnings():
@@ -84,7 +100,8 @@ def main():
                 tv_s, ratio = f"{'RecursionErr':>12s}", f"{'(torchviz died)':>15s}"
         else:
             tv_s, ratio = f"{'(absent)':>12s}", f"{'-':>15s}"
-        print(f"{name:18s} {nodes:6d} {walk * 1e3:9.2f} {tr * 1e3:9.1f} {tv_s} {tr / walk:10.1f} {ratio}")
+        print(f"{name:18s} {nodes:6d} {walk * 1e3:9.2f} {floor * 1e3:9.2f} {tr * 1e3:9.1f} {tv_s} {tr / walk:10.1f} "
+              f"{floor / walk:8.1f} {ratio}")
 
 
 if __name__ == "__main__":
