@@ -153,7 +153,7 @@ def trace_spec(trace, *, show_saved: bool | None = None, show_attrs: bool | None
                                                                           else ""), "style": "dashed",
                                                      "color": "red" if s["state"] == "stale" else "#b56576",
                                                      "arrowhead": "none",
-                                                     "fontsize": "8", "constraint": "false"}))
+                                                     "fontsize": "8"}))
     for u, v, k, ed in sorted(g.edges(keys=True, data=True), key=lambda e: (e[0], e[2])):
         edges.append((prefix + u, prefix + v, {"slot": k}))
     spec = {"attrs": {"rankdir": rankdir}, "nodes": nodes + sorted(storages.items()), "edges": edges,
