@@ -21,6 +21,7 @@ from .trace import Trace, trace
 __all__ = ["GraphDiff", "diff"]
 
 _COMPARED = ("type", "shape", "dtype", "param")
+ALIGN_LIMIT = 400  # up to this many matched pairs, the picture puts each pair on one rank
 
 
 def _as_trace(x, which: str) -> Trace:
@@ -241,11 +242,14 @@ class GraphDiff:
         opts.setdefault("show_saved", False)
         sa = trace_spec(self.a, prefix="a/", colors=ca, legend=False, **opts)
         sb = trace_spec(self.b, prefix="b/", colors=cb, legend=False, **opts)
-        spec = {"attrs": sa["attrs"], "nodes": [], "edges": sa["edges"] + sb["edges"], "label": None,
+        spec = {"attrs": dict(sa["attrs"]), "nodes": [], "edges": sa["edges"] + sb["edges"], "label": None,
                 "clusters": [{"label": "a", "nodes": sa["nodes"], "edges": sa["edges"]},
                              {"label": "b", "nodes": sb["nodes"], "edges": sb["edges"]}],
                 "legend": [("removed (only in a)", "removed", "box"), ("added (only in b)", "added", "box"),
                            ("changed", "changed", "box"), ("same", "op", "box")]}
+        if len(self.matched) <= ALIGN_LIMIT:  # matched pairs side by side (newrank lets ranks cross clusters)
+            spec["attrs"]["newrank"] = "true"
+            spec["same_rank"] = [("a/" + x, "b/" + y) for x, y in self.matched]
         return spec
 
     def to_dot(self, **opts) -> str:

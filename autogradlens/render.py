@@ -198,6 +198,7 @@ def spec_to_dot(spec: dict, name: str = "autograd") -> str:
         out.append("  }")
     out += [f"  {_q(n)} {_attrs(a)};" for n, a in spec["nodes"]]
     out += [f"  {_q(u)} -> {_q(v)} {_attrs(a)};" for u, v, a in spec["edges"]]
+    out += ["  { rank=same; " + " ".join(_q(n) for n in group) + " }" for group in spec.get("same_rank", [])]
     if spec.get("legend"):
         out.append('  subgraph cluster_legend { label="legend"; style=rounded; color="#bbbbbb"; fontsize="10";')
         prev = None
