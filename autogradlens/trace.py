@@ -23,9 +23,10 @@ __all__ = ["Trace", "trace"]
 
 _U64 = 2**64
 _REDUCTION = {0: "none", 1: "mean", 2: "sum"}
-# Slot pairs where one input is saved only for the other's gradient (conditional saving).
-_PARTNER = {"mat1": "mat2", "mat2": "mat1", "self": "other", "other": "self", "batch1": "batch2",
-            "batch2": "batch1", "vec": "self", "tensor": "self"}
+# Binary ops save each input only for the other's gradient (conditional saving): node type -> input pair.
+_PAIRS = {"AddmmBackward0": ("mat1", "mat2"), "MmBackward0": ("self", "mat2"), "BmmBackward0": ("self", "mat2"),
+          "MvBackward0": ("self", "vec"), "DotBackward0": ("self", "tensor"), "MulBackward0": ("self", "other"),
+          "DivBackward0": ("self", "other")}
 _SCHEMA = "autogradlens.trace/1"
 
 
@@ -236,8 +237,9 @@ def _unreadable(names, raws, err):
 
 
 def _not_saved_reason(ntype: str, slot: str) -> str:
-    partner = _PARTNER.get(slot)
-    if partner and ntype.startswith(("Addmm", "Mm", "Mul", "Bmm", "Div", "Addbmm", "Baddbmm", "Mv", "Dot")):
+    pair = _PAIRS.get(ntype, ())
+    if slot in pair:
+        partner = pair[1 - pair.index(slot)]
         return f"not saved: only needed for the gradient of {partner}, which does not require grad"
     return "not saved: optional input not given, or no gradient needs it"
 
