@@ -7,7 +7,7 @@ Two checks, both reported:
   with each node's incoming gradient compared on the way (which locates where they part).
 
 Tolerance: |mirror - torch| <= rtol * |torch| + atol, with rtol 1e-12 (float64 graphs) or 1e-5 (float32
-graphs, mirrored in float64), and atol = 64 ulp of the largest gradient magnitude involved: the compared
+graphs, mirrored in float64), and atol = 4 ulp of the largest gradient magnitude involved: the compared
 tensor's, and for end-to-end comparisons the largest gradient on the way from the root (rounding errors
 made upstream are absolute: when a layer such as LayerNorm cancels a gradient down to almost nothing,
 they do not shrink with it). For float32 graphs the float64 mirror is rounded to float32 before it is
@@ -80,7 +80,7 @@ def _compare(m, t, dtype: str, ref: float = 0.0) -> tuple[str, bool, float, floa
     max_abs = float(np.max(diff, initial=0.0))
     max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
     rtol = 1e-5 if f32 else 1e-12
-    atol = 64 * float(np.finfo(np.float32 if f32 else np.float64).eps) * max(scale, ref)
+    atol = 4 * float(np.finfo(np.float32 if f32 else np.float64).eps) * max(scale, ref)
     ok = bool(np.all((diff <= rtol * np.abs(t) + atol) | (np.isnan(m) & np.isnan(t))))
     return ("match" if ok else "mismatch"), exact, max_abs, max_rel
 
