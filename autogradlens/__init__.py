@@ -5,8 +5,10 @@
     r = lens.mirror(loss, params=model)     # a micrograd-style Value re-derives every gradient
     with lens.watch(model, optimizer=opt) as w: ...   # hooks while training
     d = lens.diff(t_a, t_b)                 # two graphs side by side
+    lens.data.digits()                      # scikit-learn's 8x8 digits (offline); lens.data.mnist(path)
 """
 
+from . import data
 from .diff import GraphDiff, diff
 from .mirror import MirrorReport, mirror
 from .trace import Trace, trace
@@ -15,5 +17,5 @@ from .watch import Event, Watch, watch
 
 __version__ = "0.1.0"
 
-__all__ = ["Event", "GraphDiff", "MirrorReport", "Trace", "Value", "Watch", "__version__", "diff", "mirror", "trace",
-           "watch"]
+__all__ = ["Event", "GraphDiff", "MirrorReport", "Trace", "Value", "Watch", "__version__", "data", "diff", "mirror",
+           "trace", "watch"]

@@ -11,7 +11,9 @@ def test_all_is_sorted_flat_and_importable():
     assert lens.__all__ == sorted(lens.__all__)
     for name in lens.__all__:
         assert hasattr(lens, name)
-    assert {"trace", "Trace"} <= set(lens.__all__)
+    assert {"trace", "Trace", "mirror", "MirrorReport", "Value", "watch", "Watch", "diff", "GraphDiff", "data"} <= \
+        set(lens.__all__)
+    assert callable(lens.data.digits) and callable(lens.data.mnist)  # DESIGN: lens.data.digits()
 
 
 MODULES = [m.name for m in pkgutil.iter_modules(lens.__path__, "autogradlens.") if m.name != "autogradlens.__main__"]
