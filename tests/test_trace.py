@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from models import MODELS, mlp_ce
+from models import MODELS, mlp_ce, saved_storages
 
 import autogradlens as lens
 
@@ -120,15 +120,7 @@ def test_decoded_attributes():
 def test_dedup_bytes_equal_saved_tensors_hooks_measurement():
     for name in ("mlp_ce", "batchnorm", "layernorm", "conv", "residual", "embedding"):
         torch.manual_seed(1)
-        storages = {}
-
-        def pack(x):
-            st = x.untyped_storage()
-            storages[st.data_ptr()] = st.nbytes()
-            return x
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-            loss, params = MODELS[name]()
+        storages, (loss, params) = saved_storages(MODELS[name])
         t = lens.trace(loss, params=params)
         assert t.summary()["saved_bytes"] == sum(storages.values()), name
         assert t.summary()["saved_storages"] == len(storages), name

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from models import MODELS
+from models import MODELS, saved_storages
 
 import autogradlens as lens
 from autogradlens.examples import MLP
@@ -86,15 +86,7 @@ def test_every_pack_is_attributed_to_the_node_and_slot_that_saved_it(name):
 def test_saved_bytes_are_deduplicated_like_a_direct_measurement():
     model = MLP((64, 32, 10))
     x, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
-    storages = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        storages[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        F.cross_entropy(model(x), y)
+    storages, _ = saved_storages(lambda: F.cross_entropy(model(x), y))
     with lens.watch(model) as w:
         F.cross_entropy(model(x), y).backward()
     (step,) = w.steps
@@ -126,35 +118,34 @@ def test_forgetting_zero_grad_warns_once_and_logs():
     assert not [e for e in w2.events if e.kind == "warning"]
 
 
-def test_zero_grad_in_place_is_not_a_warning():
+def zero_in_place(model, opt, x, y):
+    for _ in range(3):
+        opt.zero_grad(set_to_none=False)  # zeroes .grad in place: the same tensor, a new version
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def accumulate_within_a_step(model, opt, x, y):
+    opt.zero_grad()
+    for half in (slice(0, 4), slice(4, 8)):
+        F.cross_entropy(model(x[half]), y[half]).backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("loop,accumulated,passes", [
+    (zero_in_place, [False] * 4 + [True] * 8, 1),  # added onto the zeroed .grad, which is fine
+    (accumulate_within_a_step, [False] * 4 + [True] * 4, 2),  # deliberate accumulation before one step
+])
+def test_legitimate_accumulation_is_not_a_warning(loop, accumulated, passes):
     model = tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = batch()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with lens.watch(model, optimizer=opt) as w:
-            for _ in range(3):
-                opt.zero_grad(set_to_none=False)  # zeroes .grad in place: the same tensor, a new version
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-    acc = [e.accumulated for e in w.events if e.kind == "accumulate"]
-    assert acc == [False] * 4 + [True] * 8  # added onto the zeroed .grad, which is fine
+            loop(model, opt, *batch())
+    assert [e.accumulated for e in w.events if e.kind == "accumulate"] == accumulated
+    assert w.steps[0]["backward_passes"] == passes
     assert not [e for e in w.events if e.kind == "warning"]
-
-
-def test_gradient_accumulation_within_a_step_is_not_a_warning():
-    model = tiny()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = batch()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with lens.watch(model, optimizer=opt) as w:
-            opt.zero_grad()
-            for half in (slice(0, 4), slice(4, 8)):
-                F.cross_entropy(model(x[half]), y[half]).backward()
-            opt.step()
-    acc = [e.accumulated for e in w.events if e.kind == "accumulate"]
-    assert acc == [False] * 4 + [True] * 4 and w.steps[0]["backward_passes"] == 2
 
 
 def test_retain_grad_on_named_modules_and_other_intermediates_stay_none():
