@@ -37,6 +37,8 @@ def test_trace_file_target_to_json_and_text(target, tmp_path, capsys):
 def test_trace_module_target(capsys):
     assert cli.main(["trace", "autogradlens.examples:neuron"]) == 0
     assert "TanhBackward0:0" in capsys.readouterr().out
+    assert cli.main(["trace", "autogradlens.examples:mlp_loss"]) == 0  # returns (loss, model)
+    assert "param:net.0.weight" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("spec,msg", [
