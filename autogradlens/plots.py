@@ -25,7 +25,7 @@ def training_curves(histories: dict):
     import matplotlib.pyplot as plt
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, h in histories.items():
-        a1.plot(_smooth(h.loss), label=f"{name} (lr {h.lr:g})" if getattr(h, "lr", None) else name)
+        a1.plot(_smooth(h.loss), label=name)
         a2.plot(range(1, len(h.test_acc) + 1), h.test_acc, marker="o", ms=3, label=name)
     a1.set(xlabel="step", ylabel="training loss (moving average)", yscale="log", title="loss")
     a2.set(xlabel="epoch", ylabel="test accuracy", title="accuracy")
