@@ -99,7 +99,7 @@ def run_demo(out="out", data: str = "digits", epochs: int | None = None, progres
         f"with the gradients PyTorch computed: {c['match']} rows agree, {c['exact']} of them bit for bit, "
         f"{c['mismatch']} disagree. Elementwise rules agree to the bit; matrix products and batch sums agree "
         "to the last bits only, because BLAS adds in a different order.")
-        + report.pre(rep.to_text()) + report.svg(_mirror_svg(rep))))
+        + report.pre(rep.to_text()) + report.svg(rep.to_svg())))
 
     # 3. SGD vs Adam under watch
     hists = {}
@@ -153,7 +153,3 @@ def run_demo(out="out", data: str = "digits", epochs: int | None = None, progres
              f"{d.shape[0]}×{d.shape[1]} pixels).</p>")
     return report.write(out / "report.html", "autogradlens report", sections, intro)
 
-
-def _mirror_svg(rep) -> str:
-    from .render import spec_picture
-    return spec_picture(rep._spec(), "svg").decode("utf-8")

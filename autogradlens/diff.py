@@ -277,22 +277,9 @@ class GraphDiff:
 
     def render(self, path, **opts):
         """Write the diff: .html, .svg/.png/.pdf (the picture), .dot or .txt."""
-        from pathlib import Path
-
-        from .render import spec_picture
-        path = Path(path)
-        fmt = path.suffix.lstrip(".").lower()
-        if fmt == "html":
-            path.write_text(self.to_html(**opts), encoding="utf-8")
-        elif fmt in ("svg", "png", "pdf"):
-            path.write_bytes(spec_picture(self._spec(**opts), fmt))
-        elif fmt in ("dot", "gv"):
-            path.write_text(self.to_dot(**opts))
-        elif fmt == "txt":
-            path.write_text(self.to_text() + "\n")
-        else:
-            raise ValueError(f"cannot write a diff to {path.name!r}: use .html, .svg, .png, .pdf, .dot or .txt")
-        return path
+        from .render import save
+        return save(path, "a diff", lambda: self._spec(**opts), name="diff", html=lambda: self.to_html(**opts),
+                    txt=lambda: self.to_text() + "\n")
 
     def _repr_html_(self) -> str:
         from . import report

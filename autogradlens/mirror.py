@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .rules import RULES, Ctx, Unsupported, sum_to
-from .trace import _assign_ids, _decode_attr, _named, _roots, _saved_names, _walk, trace
+from .trace import _decode_attr, _dtype, _saved_names, _trace
 from .value import Value
 
 __all__ = ["MirrorReport", "mirror"]
@@ -107,9 +107,9 @@ def _snapshot(fn, nid, nf, cache) -> _Node:
         return n
     meta = fn._input_metadata
     n.out_shapes = [tuple(m.shape) for m in meta]
-    n.dtype = str(meta[0].dtype).removeprefix("torch.") if meta else "float32"
+    n.dtype = _dtype(meta[0].dtype) if meta else "float32"
     n.in_shapes = [tuple(f._input_metadata[nr].shape) if f is not None else None for f, nr in nf]
-    n.in_dtypes = [str(f._input_metadata[nr].dtype).removeprefix("torch.") if f is not None else None for f, nr in nf]
+    n.in_dtypes = [_dtype(f._input_metadata[nr].dtype) if f is not None else None for f, nr in nf]
     if t not in RULES:
         return n
     slots, other = _saved_names(fn, cache)
@@ -229,20 +229,13 @@ class MirrorReport:
 
     def render(self, path, **opts):
         """Write the verdict-coloured graph (svg, png, pdf, dot) or the table (txt)."""
-        from pathlib import Path
+        from .render import save
+        return save(path, "a mirror report", lambda: self._spec(**opts), txt=lambda: self.to_text() + "\n")
 
+    def to_svg(self, **opts) -> str:
+        """The verdict-coloured graph as SVG text."""
         from .render import spec_picture
-        path = Path(path)
-        fmt = path.suffix.lstrip(".").lower()
-        if fmt == "txt":
-            path.write_text(self.to_text() + "\n")
-        elif fmt in ("dot", "gv"):
-            path.write_text(self.to_dot(**opts))
-        elif fmt in ("svg", "png", "pdf"):
-            path.write_bytes(spec_picture(self._spec(**opts), fmt))
-        else:
-            raise ValueError(f"cannot render a mirror report to {path.name!r}: use .svg, .png, .pdf, .dot or .txt")
-        return path
+        return spec_picture(self._spec(**opts), "svg").decode("utf-8")
 
     def _repr_html_(self) -> str:
         from . import report
@@ -268,17 +261,11 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
     """
     if mode not in ("auto", "scalar", "tensor"):
         raise ValueError(f"mode must be 'auto', 'scalar' or 'tensor', got {mode!r}")
-    fns = _roots(root)
+    tr, walk = _trace(root, params)  # one walk: the report's graph and the live nodes the rules need
+    fns, names = walk.fns, walk.names
     roots = list(root) if isinstance(root, (list, tuple)) else [root]
-    named = _named(params)
-    names: dict[int, str] = {}
-    for n, t in named:
-        names.setdefault(id(t), n)
-    order, nexts = _walk(fns)
-    ids = _assign_ids(order, names)
     cache: dict = {}
-    nodes = [_snapshot(fn, ids[fn], nf, cache) for fn, nf in zip(order, nexts)]
-    tr = trace(root, params=params)
+    nodes = [_snapshot(fn, walk.ids[fn], nf, cache) for fn, nf in zip(walk.order, walk.nexts)]
     ops = [n for n in nodes if n.type != "AccumulateGrad"]
     cost = _scalar_cost(ops)
     if mode == "scalar" and cost > SCALAR_LIMIT:
@@ -373,7 +360,7 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
         mine = incoming.get(pos[n.fn], [None])[0]
         var = n.fn.variable
         name = names.get(id(var), n.id)
-        dtype = str(var.dtype).removeprefix("torch.")
+        dtype = _dtype(var.dtype)
         if mine is not None:
             grads[name] = _floats(mine)
         if t is None or mine is None:

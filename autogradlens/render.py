@@ -260,21 +260,27 @@ def to_svg(trace, **opts) -> str:
     return spec_picture(trace_spec(trace, **opts), "svg").decode("utf-8")
 
 
-def render(trace, path, **opts) -> Path:
-    """Write `trace` to `path`; the suffix picks the format: svg, png, pdf, dot, json, txt."""
+def save(path, what: str, spec, *, name: str = "autograd", **writers) -> Path:
+    """Write `path` by its suffix: svg/png/pdf (the picture of ``spec()``), dot, or one of `writers`
+    (suffix -> function returning the text, e.g. txt=..., json=..., html=...)."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt in ("svg", "png", "pdf"):
-        path.write_bytes(spec_picture(trace_spec(trace, **opts), fmt))
+        path.write_bytes(spec_picture(spec(), fmt))
     elif fmt in ("dot", "gv"):
-        path.write_text(to_dot(trace, **opts))
-    elif fmt == "json":
-        path.write_text(trace.to_json(indent=1))
-    elif fmt == "txt":
-        path.write_text(to_text(trace) + "\n")
+        path.write_text(spec_to_dot(spec(), name))
+    elif fmt in writers:
+        path.write_text(writers[fmt](), encoding="utf-8")
     else:
-        raise ValueError(f"cannot render to {path.name!r}: use a .svg, .png, .pdf, .dot, .json or .txt file")
+        fmts = [f".{f}" for f in ("svg", "png", "pdf", "dot", *writers)]
+        raise ValueError(f"cannot write {what} to {path.name!r}: use a {', '.join(fmts[:-1])} or {fmts[-1]} file")
     return path
+
+
+def render(trace, path, **opts) -> Path:
+    """Write `trace` to `path`; the suffix picks the format: svg, png, pdf, dot, json, txt."""
+    return save(path, "a trace", lambda: trace_spec(trace, **opts), json=lambda: trace.to_json(indent=1),
+                txt=lambda: to_text(trace) + "\n")
 
 
 def layers(nodes: list, edges: list) -> dict:

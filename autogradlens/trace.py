@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import networkx as nx
 import torch
@@ -296,6 +297,19 @@ def trace(root, *, params=None) -> Trace:
         >>> t.graph.number_of_edges("MulBackward0:0", "param:w")   # a * a: two edges
         2
     """
+    return _trace(root, params)[0]
+
+
+class _Walk(NamedTuple):
+    """What a trace walked, for the mirror (live node objects: never stored on a Trace)."""
+    fns: list
+    order: list
+    nexts: list
+    ids: dict
+    names: dict
+
+
+def _trace(root, params) -> tuple[Trace, _Walk]:
     fns = _roots(root)
     named = _named(params)
     names: dict[int, str] = {}  # id(tensor) -> name, for this call only (never stored)
@@ -323,7 +337,8 @@ def trace(root, *, params=None) -> Trace:
     root_ids = [ids[f] for f in fns]
     for r in root_ids:
         g.nodes[r]["is_root"] = True
-    return Trace(g, root_ids[0] if not isinstance(root, (list, tuple)) else root_ids)
+    t = Trace(g, root_ids[0] if not isinstance(root, (list, tuple)) else root_ids)
+    return t, _Walk(fns, order, nexts, ids, names)
 
 
 class Trace:

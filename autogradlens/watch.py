@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from .trace import _dtype
+
 __all__ = ["Event", "Watch", "watch"]
 
 _ACTIVE: list = []
@@ -220,7 +222,7 @@ class Watch:
         fn = t.grad_fn
         self._sig.append((t.shape, t.dtype, None if fn is None else type(fn)))
         self._packs[idx] = self._emit("pack", node=None, slot=None, shape=tuple(t.shape),
-                                      dtype=str(t.dtype).removeprefix("torch."), nbytes=t.numel() * t.element_size(),
+                                      dtype=_dtype(t.dtype), nbytes=t.numel() * t.element_size(),
                                       storage=key)
         return _Packed(idx, t.detach())
 

@@ -128,7 +128,7 @@ def test_renderers(tmp_path, no_dot):
     assert html.startswith("<!doctype html>") and "<svg" in html and "TanhBackward0" in html
     for suffix in ("html", "svg", "png", "dot", "txt"):
         assert d.render(tmp_path / f"d.{suffix}").stat().st_size > 100
-    with pytest.raises(ValueError, match="use .html"):
+    with pytest.raises(ValueError, match="use a .svg, .png, .pdf, .dot, .html or .txt file"):
         d.render(tmp_path / "d.bmp")
     assert "changed" in d._repr_html_() and "changed" in d.to_text()
 
