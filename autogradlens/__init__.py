@@ -9,13 +9,14 @@
 """
 
 from . import data
-from .diff import GraphDiff, diff
-from .mirror import MirrorReport, mirror
-from .trace import Trace, trace
+from .diffing import GraphDiff, diff
+from .errors import LensError
+from .mirroring import MirrorReport, mirror
+from .tracing import Trace, trace
 from .value import Value
-from .watch import Event, Watch, watch
+from .watching import Event, Watch, watch
 
 __version__ = "0.1.0"
 
-__all__ = ["Event", "GraphDiff", "MirrorReport", "Trace", "Value", "Watch", "__version__", "data", "diff", "mirror",
-           "trace", "watch"]
+__all__ = ["Event", "GraphDiff", "LensError", "MirrorReport", "Trace", "Value", "Watch", "__version__", "data",
+           "diff", "mirror", "trace", "watch"]

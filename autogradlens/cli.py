@@ -17,7 +17,7 @@ class TargetError(Exception):
 
 def load_target(spec: str):
     """`file.py:function` or `package.module:function` -> (tensor, params); `x.json` -> Trace."""
-    from .trace import Trace
+    from .tracing import Trace
 
     if spec.endswith(".json"):
         p = Path(spec)
@@ -58,7 +58,7 @@ def load_target(spec: str):
 
 
 def _trace_of(spec: str):
-    from .trace import Trace, trace
+    from .tracing import Trace, trace
 
     t = load_target(spec)
     return t if isinstance(t, Trace) else trace(t[0], params=t[1])
@@ -76,7 +76,7 @@ def _cmd_trace(a) -> int:
 
 
 def _cmd_mirror(a) -> int:
-    from .mirror import mirror
+    from .mirroring import mirror
 
     t = load_target(a.target)
     if not isinstance(t, tuple):
@@ -89,7 +89,7 @@ def _cmd_mirror(a) -> int:
 
 
 def _cmd_diff(a) -> int:
-    from .diff import diff
+    from .diffing import diff
 
     d = diff(_trace_of(a.a), _trace_of(a.b))
     if a.output:

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from . import plots, report
-from .diff import diff
+from .diffing import diff
 from .examples import MLP, neuron, neuron_formula
-from .mirror import mirror
+from .mirroring import mirror
 from .render import to_svg
-from .trace import trace
+from .tracing import trace
 from .training import DEFAULT_LR, fit
 
 

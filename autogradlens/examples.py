@@ -80,3 +80,61 @@ def mlp_loss(batch: int = 16, sizes=(64, 32, 10), act: str = "relu", seed: int =
     x = torch.randn(batch, sizes[0], generator=g, dtype=dtype)
     y = torch.randint(0, sizes[-1], (batch,), generator=g)
     return F.cross_entropy(model(x), y), model
+
+
+# Karpathy's makemore part 4 ("becoming a backprop ninja"): the names of its intermediates, in forward order.
+MAKEMORE_NAMES = ("emb", "embcat", "hprebn", "bnmeani", "bndiff", "bndiff2", "bnvar", "bnvar_inv", "bnraw",
+                  "hpreact", "h", "logits", "logit_maxes", "norm_logits", "counts", "counts_sum",
+                  "counts_sum_inv", "probs", "logprobs")
+
+
+def makemore(batch: int = 32, *, n_embd: int = 10, n_hidden: int = 64, block_size: int = 3, vocab_size: int = 27,
+             seed: int = 42, dtype=torch.float32, retain_grad: bool = False):
+    """The makemore part 4 network, written out op by op as in the lecture, on random characters (offline).
+
+    Returns ``(loss, names)``: ``names`` maps the lecture's names (``C``, ``W1``, ..., ``emb``, ``hprebn``,
+    ``bnvar_inv``, ``logprobs``, ...) to the parameters and intermediate tensors, ready for
+    ``lens.mirror(loss, params=names)``. ``retain_grad=True`` calls ``retain_grad()`` on every intermediate,
+    as the lecture does.
+    """
+    g = torch.Generator().manual_seed(seed)
+    C = torch.randn((vocab_size, n_embd), generator=g)
+    W1 = torch.randn((n_embd * block_size, n_hidden), generator=g) * (5 / 3) / ((n_embd * block_size) ** 0.5)
+    b1 = torch.randn(n_hidden, generator=g) * 0.1
+    W2 = torch.randn((n_hidden, vocab_size), generator=g) * 0.1
+    b2 = torch.randn(vocab_size, generator=g) * 0.1
+    bngain = torch.randn((1, n_hidden), generator=g) * 0.1 + 1.0
+    bnbias = torch.randn((1, n_hidden), generator=g) * 0.1
+    params = {"C": C, "W1": W1, "b1": b1, "W2": W2, "b2": b2, "bngain": bngain, "bnbias": bnbias}
+    for k, p in params.items():
+        params[k] = p.to(dtype).requires_grad_()
+    C, W1, b1, W2, b2, bngain, bnbias = params.values()
+    Xb = torch.randint(0, vocab_size, (batch, block_size), generator=g)
+    Yb = torch.randint(0, vocab_size, (batch,), generator=g)
+    n = batch
+    emb = C[Xb]
+    embcat = emb.view(emb.shape[0], -1)
+    hprebn = embcat @ W1 + b1
+    bnmeani = 1 / n * hprebn.sum(0, keepdim=True)
+    bndiff = hprebn - bnmeani
+    bndiff2 = bndiff**2
+    bnvar = 1 / (n - 1) * bndiff2.sum(0, keepdim=True)
+    bnvar_inv = (bnvar + 1e-5) ** -0.5
+    bnraw = bndiff * bnvar_inv
+    hpreact = bngain * bnraw + bnbias
+    h = torch.tanh(hpreact)
+    logits = h @ W2 + b2
+    logit_maxes = logits.max(1, keepdim=True).values
+    norm_logits = logits - logit_maxes
+    counts = norm_logits.exp()
+    counts_sum = counts.sum(1, keepdim=True)
+    counts_sum_inv = counts_sum**-1
+    probs = counts * counts_sum_inv
+    logprobs = probs.log()
+    loss = -logprobs[range(n), Yb].mean()
+    local = locals()
+    inter = {k: local[k] for k in MAKEMORE_NAMES}
+    if retain_grad:
+        for t in inter.values():
+            t.retain_grad()
+    return loss, {**params, **inter}

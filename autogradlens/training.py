@@ -63,7 +63,7 @@ def fit(model, data, optimizer="sgd", *, lr=None, epochs: int = 20, batch_size: 
     """
     from tqdm.auto import tqdm
 
-    from .watch import watch as make_watch
+    from .watching import watch as make_watch
 
     opt = make_optimizer(optimizer, model.parameters(), lr)
     name = type(opt).__name__

@@ -10,7 +10,7 @@ from models import MODELS
 
 import autogradlens as lens
 from autogradlens import rules
-from autogradlens.mirror import SCALAR_LIMIT
+from autogradlens.scalar import SCALAR_LIMIT
 
 
 def check(rep, allowed_unmirrored=()):

@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import torch
 
-from .trace import Trace, trace
+from .tracing import Trace, trace
 
 __all__ = ["GraphDiff", "diff"]
 

@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ._torch import input_metadata, saved_names
 from .rules import RULES, Ctx, Unsupported, sum_to
-from .trace import _decode_attr, _dtype, _saved_names, _trace
-from .value import Value
+from .scalar import AUTO_SCALAR, SCALAR_LIMIT, as_values, floats, scalar_cost
+from .tracing import _decode_attr, _dtype, _trace
 
 __all__ = ["MirrorReport", "mirror"]
 
-SCALAR_LIMIT = 100_000  # scalar operations mode="scalar" accepts
-AUTO_SCALAR = 5_000     # mode="auto" picks scalar mode up to this many
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -43,29 +42,13 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.to("cpu").numpy().copy()
 
 
-def _as_values(a: np.ndarray) -> np.ndarray:
-    out = np.empty(a.shape, dtype=object)
-    flat = out.reshape(-1)
-    for i, x in enumerate(a.reshape(-1).tolist()):
-        flat[i] = Value(x)
-    return out
-
-
-_data = np.vectorize(lambda v: v.data if isinstance(v, Value) else v, otypes=[np.float64])
-
-
-def _floats(a) -> np.ndarray:
-    a = np.asarray(a)
-    return _data(a) if a.dtype == object else a.astype(np.float64, copy=False)
-
-
 def _scale(gs) -> float:
-    return max((float(np.max(np.abs(_floats(g)), initial=0.0)) for g in gs if g is not None), default=0.0)
+    return max((float(np.max(np.abs(floats(g)), initial=0.0)) for g in gs if g is not None), default=0.0)
 
 
 def _compare(m, t, dtype: str, ref: float = 0.0) -> tuple[str, bool, float, float]:
     """ref: magnitude of the gradient the computation started from (rounding scales with the operands)."""
-    m, t = _floats(m), _floats(t)
+    m, t = floats(m), floats(t)
     if m.shape != t.shape:
         try:
             m = np.broadcast_to(m, t.shape)
@@ -105,14 +88,14 @@ def _snapshot(fn, nid, nf, cache) -> _Node:
     n = _Node(fn, nid, t, nf)
     if t == "AccumulateGrad":
         return n
-    meta = fn._input_metadata
+    meta = input_metadata(fn)
     n.out_shapes = [tuple(m.shape) for m in meta]
     n.dtype = _dtype(meta[0].dtype) if meta else "float32"
-    n.in_shapes = [tuple(f._input_metadata[nr].shape) if f is not None else None for f, nr in nf]
-    n.in_dtypes = [_dtype(f._input_metadata[nr].dtype) if f is not None else None for f, nr in nf]
+    n.in_shapes = [tuple(input_metadata(f)[nr].shape) if f is not None else None for f, nr in nf]
+    n.in_dtypes = [_dtype(input_metadata(f)[nr].dtype) if f is not None else None for f, nr in nf]
     if t not in RULES:
         return n
-    slots, other = _saved_names(fn, cache)
+    slots, other = saved_names(fn, cache)
     for a in other:
         n.attrs[a] = _decode_attr(a, getattr(fn, "_saved_" + a))
     try:
@@ -132,21 +115,6 @@ def _snapshot(fn, nid, nf, cache) -> _Node:
     except Unsupported as e:
         n.error = str(e)
     return n
-
-
-def _scalar_cost(nodes) -> int:
-    """About how many Values mode="scalar" would create: elementwise work, plus K multiply-adds per output
-    element of a matrix product or convolution (for its two gradients)."""
-    cost = 0
-    for n in nodes:
-        outs = sum(math.prod(s) for s in n.out_shapes)
-        cost += outs + sum(math.prod(s) for s in n.in_shapes if s is not None)
-        last = n.in_shapes[-1] if n.in_shapes else None
-        if n.type == "ConvolutionBackward0" and len(n.in_shapes) > 1 and n.in_shapes[1]:
-            cost += 4 * outs * math.prod(n.in_shapes[1][1:])
-        elif n.type in ("AddmmBackward0", "MmBackward0", "BmmBackward0") and last and len(last) >= 2:
-            cost += 4 * outs * last[-2]
-    return cost
 
 
 # ----------------------------------------------------------------------------- the report
@@ -267,7 +235,7 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
     cache: dict = {}
     nodes = [_snapshot(fn, walk.ids[fn], nf, cache) for fn, nf in zip(walk.order, walk.nexts)]
     ops = [n for n in nodes if n.type != "AccumulateGrad"]
-    cost = _scalar_cost(ops)
+    cost = scalar_cost(ops)
     if mode == "scalar" and cost > SCALAR_LIMIT:
         raise ValueError(f"mode='scalar' would build about {cost:,} Values (limit {SCALAR_LIMIT:,}); "
                          "use mode='tensor' for a graph this size")
@@ -277,7 +245,7 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
 
     leaves = [n for n in nodes if n.type == "AccumulateGrad"]
     seen_in, seen_out, leaf_in = _capture(roots, ops, leaves, backward)
-    wrap = _as_values if scalar else (lambda a: a)
+    wrap = as_values if scalar else (lambda a: a)
     pos = {n.fn: i for i, n in enumerate(nodes)}
 
     # 2. local checks, and 3. the mirror's own backward (nodes in topological order: consumers first)
@@ -362,7 +330,7 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
         name = names.get(id(var), n.id)
         dtype = _dtype(var.dtype)
         if mine is not None:
-            grads[name] = _floats(mine)
+            grads[name] = floats(mine)
         if t is None or mine is None:
             row = ("unmirrored", False, 0.0, 0.0)
         else:

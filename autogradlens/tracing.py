@@ -20,6 +20,8 @@ from typing import NamedTuple
 import networkx as nx
 import torch
 
+from ._torch import input_metadata, read_slot, saved_names, sequence_nr
+
 __all__ = ["Trace", "trace"]
 
 _U64 = 2**64
@@ -154,24 +156,6 @@ def _decode_attr(name: str, v):
     return v
 
 
-def _saved_names(fn, cache: dict) -> tuple[list, list]:
-    """(tensor slot names, other attribute names) of a node; C++ node types are cached."""
-    t = type(fn)
-    hit = cache.get(t)
-    if hit is not None:
-        return hit
-    names = dir(fn)
-    raw = {a[len("_raw_saved_"):] for a in names if a.startswith("_raw_saved_")}
-    slots = [a[len("_saved_"):] for a in names if a.startswith("_saved_") and a[len("_saved_"):] in raw]
-    other = [a[len("_saved_"):] for a in names if a.startswith("_saved_") and a[len("_saved_"):] not in raw]
-    if hasattr(fn, "_raw_saved_tensors"):  # custom Function / compiled region (a ctx object)
-        slots.append("saved_tensors")
-    res = (slots, other)
-    if t.__module__ == "builtins" or "torch._C" in t.__module__:
-        cache[t] = res
-    return res
-
-
 def _ctx_attrs(fn) -> dict:
     d = getattr(fn, "__dict__", None) or {}
     return {k: _decode(v) for k, v in sorted(d.items()) if not k.startswith("_")
@@ -206,37 +190,6 @@ class _Ledger:
                 "version": t._version}
 
 
-def _read_slot(fn, name: str):
-    """-> list of (slot name, tensor|None, state, reason) for one `_saved_<name>` field."""
-    if name == "saved_tensors":
-        raws = fn._raw_saved_tensors
-        try:
-            vals = fn.saved_tensors
-            return [(f"saved_tensors[{i}]", v, "live", None) for i, v in enumerate(vals)]
-        except RuntimeError as e:
-            return _unreadable([f"saved_tensors[{i}]" for i in range(len(raws))], raws, e)
-    try:
-        v = getattr(fn, "_saved_" + name)
-    except RuntimeError as e:
-        raw = getattr(fn, "_raw_saved_" + name)
-        if isinstance(raw, tuple):
-            return _unreadable([f"{name}[{i}]" for i in range(len(raw))], raw, e)
-        return _unreadable([name], [raw], e)
-    if isinstance(v, tuple):
-        return [(f"{name}[{i}]", x, "live", None if x is not None else "none") for i, x in enumerate(v)]
-    return [(name, v, "live", None if v is not None else "none")]
-
-
-def _unreadable(names, raws, err):
-    msg = str(err)
-    state = "stale" if "modified by an inplace operation" in msg else "freed"
-    out = []
-    for n, r in zip(names, raws):
-        data = getattr(r, "data", None) if r is not None else None
-        out.append((n, data if state == "stale" else None, state, None))
-    return out
-
-
 def _not_saved_reason(ntype: str, slot: str) -> str:
     pair = _PAIRS.get(ntype, ())
     if slot in pair:
@@ -256,19 +209,19 @@ def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict) -> dict
         dtype, device, seq = _dtype(var.dtype), _dtype(var.device), None
         param = names.get(id(var))
     else:
-        meta = fn._input_metadata
+        meta = input_metadata(fn)
         shapes = [tuple(m.shape) for m in meta]
         dtype = _dtype(meta[0].dtype) if meta else None
         device = _dtype(meta[0].device) if meta else None
-        seq, param = fn._sequence_nr(), None
-        slots, other = _saved_names(fn, cache)
+        seq, param = sequence_nr(fn), None
+        slots, other = saved_names(fn, cache)
         for a in other:
             try:
                 attrs[a] = _decode_attr(a, getattr(fn, "_saved_" + a))
             except RuntimeError:
                 attrs[a] = "<freed>"
         for a in slots:
-            for sname, tensor, state, none in _read_slot(fn, a):
+            for sname, tensor, state, none in read_slot(fn, a):
                 if none == "none":
                     not_saved.append({"name": sname, "reason": _not_saved_reason(t, sname)})
                     continue

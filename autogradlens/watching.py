@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .trace import _dtype
+from ._torch import current_node, saved_names
+from .tracing import _dtype
 
 __all__ = ["Event", "Watch", "watch"]
 
@@ -232,14 +233,14 @@ class Watch:
             if e is not None and e["node"] is None:
                 e["node"], e["slot"] = self._attributing
         else:
-            node = torch._C._current_autograd_node()
+            node = current_node()
             if node is not None:  # during backward (reads of _saved_* attributes by other code are not logged)
                 e = self._packs.get(p.idx)
                 self._emit("unpack", node=type(node).__name__, slot=e["slot"] if e is not None else None)
         return p.tensor
 
     def _attribute(self, roots):
-        from .trace import _roots, _saved_names, _walk
+        from .tracing import _roots, _walk
 
         try:
             fns = _roots(roots)
@@ -250,7 +251,7 @@ class Watch:
         for fn in order:
             if type(fn).__name__ == "AccumulateGrad":
                 continue
-            slots, _ = _saved_names(fn, cache)
+            slots, _ = saved_names(fn, cache)
             for a in slots:
                 self._attributing = (type(fn).__name__, a)
                 try:

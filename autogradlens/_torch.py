@@ -1,0 +1,86 @@
+"""Every read of PyTorch's private autograd attributes, in one place (tests/test_torch_contract.py names each).
+
+A new torch release that renames one of these breaks the contract test loudly, instead of quietly turning
+"stale" into "freed" elsewhere. Public code never touches `_saved_*`, `_raw_saved_*`, `_input_metadata`,
+`_sequence_nr`, `_version` or PyTorch's error texts directly; it calls the functions here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# PyTorch's error texts we recognise (matched as substrings).
+STALE_TEXT = "modified by an inplace operation"
+
+
+# ----------------------------------------------------------------------------- graph reading (trace, mirror)
+
+def input_metadata(fn) -> tuple:
+    """Per forward output of node `fn`: an object with `shape`, `dtype`, `device`."""
+    return fn._input_metadata
+
+
+def sequence_nr(fn) -> int:
+    return fn._sequence_nr()
+
+
+def version(t: torch.Tensor) -> int:
+    return t._version
+
+
+def saved_names(fn, cache: dict) -> tuple[list, list]:
+    """(tensor slot names, other attribute names) of a node; C++ node types are cached."""
+    t = type(fn)
+    hit = cache.get(t)
+    if hit is not None:
+        return hit
+    names = dir(fn)
+    raw = {a[len("_raw_saved_"):] for a in names if a.startswith("_raw_saved_")}
+    slots = [a[len("_saved_"):] for a in names if a.startswith("_saved_") and a[len("_saved_"):] in raw]
+    other = [a[len("_saved_"):] for a in names if a.startswith("_saved_") and a[len("_saved_"):] not in raw]
+    if hasattr(fn, "_raw_saved_tensors"):  # custom Function / compiled region (a ctx object)
+        slots.append("saved_tensors")
+    res = (slots, other)
+    if t.__module__ == "builtins" or "torch._C" in t.__module__:
+        cache[t] = res
+    return res
+
+
+def read_slot(fn, name: str):
+    """-> list of (slot name, tensor|None, state, reason) for one `_saved_<name>` field."""
+    if name == "saved_tensors":
+        raws = fn._raw_saved_tensors
+        try:
+            vals = fn.saved_tensors
+            return [(f"saved_tensors[{i}]", v, "live", None) for i, v in enumerate(vals)]
+        except RuntimeError as e:
+            return _unreadable([f"saved_tensors[{i}]" for i in range(len(raws))], raws, e)
+    try:
+        v = getattr(fn, "_saved_" + name)
+    except RuntimeError as e:
+        raw = getattr(fn, "_raw_saved_" + name)
+        if isinstance(raw, tuple):
+            return _unreadable([f"{name}[{i}]" for i in range(len(raw))], raw, e)
+        return _unreadable([name], [raw], e)
+    if isinstance(v, tuple):
+        return [(f"{name}[{i}]", x, "live", None if x is not None else "none") for i, x in enumerate(v)]
+    return [(name, v, "live", None if v is not None else "none")]
+
+
+def _unreadable(names, raws, err):
+    msg = str(err)
+    state = "stale" if STALE_TEXT in msg else "freed"
+    out = []
+    for n, r in zip(names, raws):
+        data = getattr(r, "data", None) if r is not None else None
+        out.append((n, data if state == "stale" else None, state, None))
+    return out
+
+
+
+
+# ----------------------------------------------------------------------------- hooks (watch)
+
+def current_node():
+    """The autograd node being executed (inside hooks during backward), else None."""
+    return torch._C._current_autograd_node()
