@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ._torch import input_metadata, saved_names
+from .capture import capture
 from .rules import RULES, Ctx, Unsupported, sum_to
 from .scalar import AUTO_SCALAR, SCALAR_LIMIT, as_values, floats, scalar_cost
 from .tracing import _decode_attr, _dtype, _trace
@@ -244,7 +245,7 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
     scalar = mode == "scalar"
 
     leaves = [n for n in nodes if n.type == "AccumulateGrad"]
-    seen_in, seen_out, leaf_in = _capture(roots, ops, leaves, backward)
+    seen_in, seen_out, leaf_in = capture(roots, {n.fn: n.id for n in ops}, {n.fn: n.id for n in leaves}, backward)
     wrap = as_values if scalar else (lambda a: a)
     pos = {n.fn: i for i, n in enumerate(nodes)}
 
@@ -341,42 +342,6 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
                      "e2e_max_abs": row[2], "note": None})
     diverges = _divergence(nodes, pos, e2e, rows)
     return MirrorReport(rows, tr, mode, diverges, grads)
-
-
-def _capture(roots, ops, leaves, backward: bool):
-    """A real backward with node hooks: PyTorch's incoming and outgoing gradients at every node, and each
-    leaf's gradient (from autograd.grad, which leaves .grad alone, or from AccumulateGrad pre-hooks when
-    ``backward`` runs the real thing). Hooks are removed whatever happens."""
-    seen_in, seen_out, leaf_in, handles = {}, {}, {}, []
-
-    def post_hook(n):
-        def hook(grad_inputs, grad_outputs):
-            seen_in[n.id] = [None if g is None else _np(g) for g in grad_outputs]
-            seen_out[n.id] = [None if g is None else _np(g) for g in grad_inputs]
-        return hook
-
-    def acc_hook(n):
-        def hook(grad_outputs):
-            leaf_in[n.id] = None if grad_outputs[0] is None else _np(grad_outputs[0])
-        return hook
-
-    try:
-        for n in ops:
-            handles.append(n.fn.register_hook(post_hook(n)))
-        grads = [torch.ones_like(r) for r in roots]
-        if backward:
-            for n in leaves:
-                handles.append(n.fn.register_prehook(acc_hook(n)))
-            torch.autograd.backward(roots, grads)
-        else:
-            got = torch.autograd.grad(roots, [n.fn.variable for n in leaves], grads, retain_graph=True,
-                                      allow_unused=True)
-            for n, g in zip(leaves, got):
-                leaf_in[n.id] = None if g is None else _np(g)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen_in, seen_out, leaf_in
 
 
 def _apply(n: _Node, gs, scalar: bool):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -43,3 +44,22 @@ def scalar_cost(nodes) -> int:
     return cost
 
 
+
+
+def choose_mode(mode: str, cost: int) -> tuple[str, str]:
+    """("scalar" | "tensor", why) for a graph that would build about `cost` Values in scalar mode."""
+    from .errors import LensValueError
+    if mode == "scalar" and cost > SCALAR_LIMIT:
+        raise LensValueError(f"mode='scalar' would build about {cost:,} Values (limit {SCALAR_LIMIT:,}); "
+                             "use mode='tensor' for a graph this size")
+    if mode == "auto":
+        if cost <= AUTO_SCALAR:
+            return "scalar", f"auto: about {cost:,} scalar operations (<= {AUTO_SCALAR:,}), so every element a Value"
+        return "tensor", f"auto: about {cost:,} scalar operations (> {AUTO_SCALAR:,}), so float64 arrays"
+    return mode, f"{mode}: as asked"
+
+
+@contextmanager
+def running(n_nodes: int, scalar: bool):
+    """Context for the mirror's node loop: yields ``tick()``, to be called once per node processed."""
+    yield lambda: None
