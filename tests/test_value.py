@@ -160,3 +160,146 @@ def test_random_programs_match_micrograd(prog):
     for g, m in zip(grads, mgrads):
         # micrograd visits children in set order, so sums into a shared node may add in another order
         assert g == pytest.approx(m, rel=1e-12, abs=1e-12 * max(1.0, abs(m))) or (math.isnan(g) and math.isnan(m))
+
+
+# ---- the lecture's own code, unchanged (DESIGN §2)
+def lecture_tanh(self):  # the lecture's way of adding an operation
+    x = self.data
+    t = (math.exp(2 * x) - 1) / (math.exp(2 * x) + 1)
+    out = Value(t, (self,), "tanh")
+
+    def _backward():
+        self.grad += (1 - t**2) * out.grad
+
+    out._backward = _backward
+    return out
+
+
+def lecture_exp(self):
+    x = self.data
+    out = Value(math.exp(x), (self,), "exp")
+
+    def _backward():
+        self.grad += out.data * out.grad
+
+    out._backward = _backward
+    return out
+
+
+def test_lecture_code_runs_unchanged(monkeypatch):
+    monkeypatch.setattr(Value, "tanh", lecture_tanh)
+    x1, x2 = Value(2.0, label="x1"), Value(0.0, label="x2")
+    w1, w2 = Value(-3.0, label="w1"), Value(1.0, label="w2")
+    b = Value(6.8813735870195432, label="b")
+    x1w1 = x1 * w1
+    x1w1.label = "x1*w1"
+    x2w2 = x2 * w2
+    x2w2.label = "x2*w2"
+    n = x1w1 + x2w2 + b
+    n.label = "n"
+    o = n.tanh()
+    o.label = "o"
+    o.backward()
+    assert (o._op, o._prev, o.label, x1.label) == ("tanh", (n,), "o", "x1")
+    assert round(o.data, 4) == 0.7071 and round(n.grad, 4) == 0.5
+    assert [round(v.grad, 4) for v in (x1, w1, x2, w2)] == [-1.5, 1.0, 0.5, 0.0]
+    # PyTorch agrees to the last bits
+    t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in NEURON.items()}
+    torch.tanh(t["x1"] * t["w1"] + t["x2"] * t["w2"] + t["b"]).backward()
+    for k, v in zip(("x1", "w1", "x2", "w2", "b"), (x1, w1, x2, w2, b)):
+        assert v.grad == pytest.approx(t[k].grad.item(), rel=1e-12, abs=1e-15)
+
+
+def test_lecture_exp_closure_and_hand_built_nodes():
+    a = Value(0.5, label="a")
+    e = lecture_exp(a * 2)
+    e.backward()
+    assert a.grad == pytest.approx(2 * math.exp(1.0), rel=1e-15)
+    assert e._backward.__name__ == "_backward"  # the closure the lecture assigned, readable back
+    a, b = Value(2.0), Value(3.0)
+    c = Value(a.data + b.data, (a, b), "+")  # positional children and op, as the lecture's class takes them
+    assert (c.data, c._prev, c._op, c.label) == (5.0, (a, b), "+", "")
+    c.backward()  # micrograd: a node built by hand sends nothing back until _backward is set
+    assert (a.grad, b.grad) == (0, 0)
+    d = Value(1.0, [a, b, c], "f")  # any number of children, any iterable
+    assert d._prev == (a, b, c)
+
+
+def test_values_have_no_dict_and_few_containers():
+    v = Value(1.0) * 2.0 + Value(3.0)
+    assert not hasattr(v, "__dict__")
+    with pytest.raises(AttributeError):
+        v.colour = "red"  # a typo does not silently add a field
+
+
+def test_number_operands_become_micrograd_values_with_micrograd_gradients():
+    def build(V):
+        a = V(1.5)
+        c = a * 3.0
+        d = (c + 2.0) * c
+        e = 2.0 - d / 4.0  # __rsub__, __truediv__ through the constants micrograd makes
+        e.backward()
+        return a, c, d, e
+
+    a, c, d, e = build(Value)
+    ma, mc, md, me = build(mg.Value)
+    assert (e.data, a.grad) == (me.data, ma.grad)
+    k = [x for x in c._prev if x is not a][0]
+    mk = [x for x in mc._prev if x is not ma][0]
+    assert (k.data, k.grad) == (mk.data, mk.grad) == (3.0, 1.5 * c.grad)
+    assert c._prev[1] is k  # read twice: the same Value
+    two = [x for x in d._prev if x is not c][0]._prev[1]
+    mtwo = [y for x in md._prev if x is not mc for y in x._prev if y is not mc][0]
+    assert (two.data, two.grad) == (mtwo.data, mtwo.grad)
+    e.backward()  # a later backward adds into the constant, now a Value, as in micrograd
+    me.backward()
+    assert (k.grad, a.grad) == (mk.grad, ma.grad)
+
+
+def test_gradients_are_the_same_bits_every_run():
+    # micrograd's set of children adds shared gradients in hash order: its last bits vary between runs
+    assert len({lecture(Value)[1].grad for _ in range(300)}) == 1
+
+
+# ---- IEEE values where Python's math raises: as PyTorch gives them (float64)
+IEEE = [
+    ("sqrt at 0", 0.0, lambda v: v**0.5, lambda t: t**0.5),
+    ("x**-1 at 0", 0.0, lambda v: v**-1, lambda t: t**-1),
+    ("x**-1 at -0.0", -0.0, lambda v: v**-1, lambda t: t**-1),
+    ("x**-2 at 0", 0.0, lambda v: v**-2, lambda t: t**-2),
+    ("x**0 at 0", 0.0, lambda v: v**0, lambda t: t**0),
+    ("1/x at 0", 0.0, lambda v: 1 / v, lambda t: 1 / t),
+    ("x/0", 2.0, lambda v: v / 0.0, lambda t: t / 0.0),
+    ("0/0", 0.0, lambda v: v / v, lambda t: t / t),
+    ("log at 0", 0.0, lambda v: v.log(), torch.log),
+    ("log below 0", -1.0, lambda v: v.log(), torch.log),
+    ("sqrt below 0", -4.0, lambda v: v**0.5, lambda t: t**0.5),
+    ("exp overflow", 1000.0, lambda v: v.exp(), torch.exp),
+    ("pow overflow", 1e200, lambda v: v**2, lambda t: t**2),
+    ("sigmoid far left", -1000.0, lambda v: v.sigmoid(), torch.sigmoid),
+    ("tanh far right", 1000.0, lambda v: v.tanh(), torch.tanh),
+    ("inf times 0", 0.0, lambda v: (v + 1000.0).exp() * v, lambda t: (t + 1000.0).exp() * t),
+]
+
+
+def same(x, y):
+    return (math.isnan(x) and math.isnan(y)) or (x == y and math.copysign(1, x) == math.copysign(1, y))
+
+
+@pytest.mark.parametrize("name,x,f,tf", IEEE, ids=[c[0] for c in IEEE])
+def test_values_at_zero_and_overflow_match_pytorch(name, x, f, tf):
+    v = Value(x)
+    out = f(v)
+    out.backward()
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    tout = tf(t)
+    tout.backward()
+    assert same(out.data, tout.item()), (name, out.data, tout.item())
+    assert same(v.grad, t.grad.item()), (name, v.grad, t.grad.item())
+
+
+def test_object_arrays_apply_elementwise():
+    import numpy as np
+    a = np.array([Value(1.0), Value(2.0)], dtype=object)
+    for out in (Value(3.0) * a, Value(3.0) + a, a * Value(3.0), a * np.array([3.0, 3.0])):
+        assert out.dtype == object and out.shape == (2,) and all(isinstance(x, Value) for x in out)
