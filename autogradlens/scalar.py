@@ -12,11 +12,12 @@ rules on those object arrays, so every scalar operation of the backward pass is 
 The rules need no fast path of their own: numpy's object-array loops (``@``, ``*``, ``sum``) call
 ``Value.__mul__``/``__add__`` from C, about 0.3 µs per Value once the collector is paused.
 
-Sizing. A Value costs 88 bytes (7 slots, no ``__dict__``) plus 24 for its float, and 8 for its place in an
-object array: about 120 bytes, measured with tracemalloc (``benchmarks/bench_scalar.py`` prints it).
-``SCALAR_LIMIT`` = 4,000,000 Values is about 0.5 GB, and at the measured ~1 µs per Value about 5 s of
-work: the largest graph that stays comfortable on a laptop. Karpathy's makemore part 4 network at batch
-32 needs about 0.5 million.
+Sizing. A Value made by a rule costs about 144 bytes, measured with tracemalloc
+(``benchmarks/bench_scalar.py`` prints it): 88 for the Value (7 slots, no ``__dict__``), 24 for its float,
+24 for the float operand it keeps (micrograd's constant), 8 for its place in an object array.
+``SCALAR_LIMIT`` = 4,000,000 Values is then about 0.6 GB, and at the measured 1 to 1.5 µs per Value
+(collector paused, a loaded 2-core machine) 4 to 6 s of work: the largest graph that stays comfortable on
+a laptop. Karpathy's makemore part 4 network at batch 32 makes about a million.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import numpy as np
 
 from .value import Value, _b_none, _new
 
-SCALAR_LIMIT = 4_000_000  # Values mode="scalar" accepts (about 0.5 GB; see the module docstring)
+SCALAR_LIMIT = 4_000_000  # Values mode="scalar" accepts (about 0.6 GB; see the module docstring)
 AUTO_SCALAR = 5_000       # mode="auto" picks scalar mode up to this many (a few milliseconds)
-BYTES_PER_VALUE = 120     # measured: the Value, its float, its place in an object array
+BYTES_PER_VALUE = 144     # measured: the Value, its float, its number operand, its place in an object array
 
 
 def _leaf(x):
