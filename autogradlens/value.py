@@ -173,6 +173,8 @@ class Value:
     @property
     def _backward(self):
         """The local backward step of this node, callable as in micrograd; assignable as in the lecture."""
+        if self._bw is _b_addk or self._bw is _b_mulk:
+            self._prev  # noqa: B018 (called by hand, it adds into the number operand too: make it a Value)
         return self._bw.__get__(self, Value)
 
     @_backward.setter
