@@ -7,7 +7,8 @@
    over 32 samples of the digits data, squared error against one-hot targets summed as micrograd's demo
    does, one SGD step (forward, backward, update): about 111,000 Values per step, the collector on, as in a
    notebook. Each timed run starts after gc.collect() (micrograd's closures make reference cycles that
-   only the collector frees; without it the next run pays for them).
+   only the collector frees; without it the next run pays for them). For reference, the same step with a
+   minimal __slots__ engine (tuple ``_prev``, shared backward functions; written below).
 3. Memory per Value (tracemalloc): the Value object with its float, in a chain of 100,000 products.
 
 Both engines compute the same numbers: the forward bit for bit, the gradients to the last bits
@@ -127,6 +128,73 @@ def count_nodes(root) -> int:
     return len(seen)
 
 
+class Slots:
+    """A reference point: a minimal micrograd with __slots__, a tuple _prev and shared backward functions."""
+
+    __slots__ = ("data", "grad", "_prev", "_op", "_bw")
+
+    def __init__(self, data, _children=(), _op="", _bw=None):
+        self.data, self.grad, self._prev, self._op, self._bw = data, 0, _children, _op, _bw
+
+    def __add__(self, other):
+        other = other if isinstance(other, Slots) else Slots(other)
+        return Slots(self.data + other.data, (self, other), "+", _slots_add)
+
+    def __mul__(self, other):
+        other = other if isinstance(other, Slots) else Slots(other)
+        return Slots(self.data * other.data, (self, other), "*", _slots_mul)
+
+    def __pow__(self, p):
+        return Slots(self.data**p, (self,), p, _slots_pow)
+
+    def relu(self):
+        return Slots(0 if self.data < 0 else self.data, (self,), "ReLU", _slots_relu)
+
+    __radd__, __rmul__ = __add__, __mul__
+
+    def __neg__(self):
+        return self * -1
+
+    def __sub__(self, other):
+        return self + (-other)
+
+    def backward(self):
+        topo, seen, stack = [], set(), [(self, False)]
+        while stack:
+            v, done = stack.pop()
+            if done:
+                topo.append(v)
+            elif v not in seen:
+                seen.add(v)
+                stack.append((v, True))
+                stack.extend((c, False) for c in reversed(v._prev) if c not in seen)
+        self.grad = 1
+        for v in reversed(topo):
+            if v._bw:
+                v._bw(v)
+
+
+def _slots_add(v):
+    a, b = v._prev
+    a.grad += v.grad
+    b.grad += v.grad
+
+
+def _slots_mul(v):
+    a, b = v._prev
+    a.grad += b.data * v.grad
+    b.grad += a.data * v.grad
+
+
+def _slots_pow(v):
+    (a,) = v._prev
+    a.grad += (v._op * a.data ** (v._op - 1)) * v.grad
+
+
+def _slots_relu(v):
+    v._prev[0].grad += (v.data > 0) * v.grad
+
+
 # ---------------------------------------------------------------- 3. memory
 def bytes_per_value(V, n=100_000) -> float:
     gc.collect()
@@ -169,12 +237,13 @@ def main():
 
     sx, sy = digits_batch()
     w = step_weights()
-    s_mg, s_lens = [], []
+    s_mg, s_lens, s_slots = [], [], []
     for _ in range(args.repeats):
         dt, lm, pm, _ = one_step(mg.Value, w, sx, sy)
         s_mg.append(dt)
         dt, ll, pl, nodes = one_step(Value, w, sx, sy)
         s_lens.append(dt)
+        s_slots.append(one_step(Slots, w, sx, sy)[0])
     worst = max(abs(p - q) / max(abs(q), 1e-300) for p, q in zip(pl, pm))
     paused = []
     for _ in range(args.repeats):  # for reference: what the collector still costs lens.Value
@@ -190,8 +259,8 @@ def main():
           f"(goal <= 0.15)   loss {ll!r} vs {lm!r} (forward {'bit-identical' if ll == lm else 'DIFFERS'}), "
           f"updated weights equal to {worst:.1e} relative")
     print(f"   runs (ms)  micrograd {[round(x * 1e3) for x in s_mg]}  lens {[round(x * 1e3) for x in s_lens]}")
-    print(f"   lens.Value with the collector paused (reference, not a user's setting): "
-          f"{statistics.median(paused) * 1e3:.1f} ms")
+    print(f"   references: a minimal __slots__ engine (tuple _prev) {statistics.median(s_slots) * 1e3:.1f} ms; "
+          f"lens.Value with the collector paused (not a user's setting) {statistics.median(paused) * 1e3:.1f} ms")
 
     bm, bl = bytes_per_value(mg.Value), bytes_per_value(Value)
     print(f"3. memory per Value (tracemalloc, a chain of 100,000 products): micrograd {bm:.0f} B, "
