@@ -136,3 +136,17 @@ def test_values_at_zero_in_scalar_mode_match_pytorch():
         r = lens.mirror(f(w).sum(), params={"w": w}, mode="scalar")
         g = torch.autograd.grad(f(w).sum(), w)[0]
         assert np.array_equal(r.grads["w"], g.numpy(), equal_nan=True)
+
+
+def test_memory_per_scalar_mode_value_is_what_the_limit_assumes():
+    import tracemalloc
+    x = np.random.default_rng(0).standard_normal(20_000)
+    g = scalar.as_values(x)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        out = g * x  # what a rule makes: one Value per element, its float, the number operand, the array
+        per = (tracemalloc.get_traced_memory()[0] - before) / x.size
+    finally:
+        tracemalloc.stop()
+    assert out.shape == x.shape and per <= scalar.BYTES_PER_VALUE + 8, per
