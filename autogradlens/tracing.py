@@ -197,7 +197,7 @@ class _Ledger:
 def _shape(t: torch.Tensor):
     try:
         return tuple(int(s) for s in t.shape)
-    except (RuntimeError, TypeError, ValueError):  # nested tensors: no single shape
+    except Exception:  # nested tensors: no single shape (RuntimeError, or AttributeError on a jagged size)
         return None
 
 
