@@ -41,8 +41,11 @@ def dumps(obj, **kw) -> str:
         return json.dumps(finite(obj), allow_nan=False, **kw)
 
 
-def loads(s, *, what: str = "JSON document", max_depth: int = 100):
-    """Parse JSON text; bad text or nesting deeper than `max_depth` -> LensValueError."""
+def loads(s, *, what: str = "JSON document", max_depth: int | None = 100):
+    """Parse JSON text; bad text or nesting deeper than `max_depth` -> LensValueError.
+
+    Nesting beyond Python's recursion limit is always refused; ``max_depth=None`` skips the (linear) walk that
+    checks the limit, for readers that check the nesting of their free-form fields themselves."""
     if isinstance(s, (bytes, bytearray)):
         try:
             s = s.decode("utf-8")
@@ -57,8 +60,8 @@ def loads(s, *, what: str = "JSON document", max_depth: int = 100):
     except json.JSONDecodeError as e:
         raise LensValueError(f"not a {what}: {e}") from None
     except RecursionError:
-        raise LensValueError(f"not a {what}: nested too deeply (more than {max_depth} levels)") from None
-    if depth(doc) > max_depth:
+        raise LensValueError(f"not a {what}: nested too deeply (deeper than Python's recursion limit)") from None
+    if max_depth is not None and depth(doc) > max_depth:
         raise LensValueError(f"not a {what}: nested too deeply (more than {max_depth} levels)")
     return doc
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import networkx as nx
 import torch
 
-from ._files import dumps, loads, numbers
+from ._files import depth, dumps, loads, numbers
 from ._torch import input_metadata, read_slot, saved_names, sequence_nr, storage_of, version
 from .errors import LensValueError
 
@@ -411,7 +411,7 @@ class Trace:
             ...
             autogradlens.errors.LensValueError: damaged trace JSON: nodes: expected a list, got int; ...
         """
-        doc = loads(s, what="trace JSON document")
+        doc = loads(s, what="trace JSON document", max_depth=None)  # _build bounds the free-form fields
         if not isinstance(doc, dict) or doc.get("schema") != _SCHEMA:
             raise LensValueError(f"not an autogradlens trace (expected schema {_SCHEMA!r}); "
                                  "write one with Trace.to_json() or `autogradlens trace TARGET -o x.json`")
@@ -437,27 +437,27 @@ _SLOT_KEYS = {"name": _STR_, "shape": _SHAPE, "dtype": _OPT_STR, "nbytes": _OPT_
               "is_output": _BOOL, "alias": _OPT_STR, "state": _STR_}
 _SLOT_OPTIONAL = {"device": _OPT_STR, "storage_nbytes": _OPT_INT, "version": _OPT_INT, "unmeasured": _OPT_STR}
 _EDGE_KEYS = {"u": _STR_, "v": _STR_, "key": _INT, "input_nr": _INT, "slot": _INT}
+_FIXED = {"type", "is_leaf", "param", "shape", "dtype", "device", "seq", "is_root", "saved", "outputs"}  # typed
+_MAX_DEPTH = 80  # a gradient's `values` nest once per dimension (at most 64)
 _NAMES = {list: "a list", dict: "an object", _STR_: "a string", _OPT_STR: "a string or null", _INT: "an integer",
           _OPT_INT: "an integer or null", _BOOL: "true or false", _SHAPE: "a list of integers or null",
           "dict|None": "an object or null"}
 
 
-def _is(v, kind) -> bool:
-    if kind is list or kind is dict:
-        return type(v) is kind
-    if kind == _STR_:
-        return type(v) is str
-    if kind == _OPT_STR:
-        return v is None or type(v) is str
-    if kind == _INT:
-        return type(v) is int
-    if kind == _OPT_INT:
-        return v is None or type(v) is int
-    if kind == _BOOL:
-        return type(v) is bool
-    if kind == _SHAPE:
-        return v is None or (type(v) is list and all(type(x) is int and x >= 0 for x in v))
-    return v is None or type(v) is dict  # "dict|None"
+def _shape_ok(v) -> bool:
+    return v is None or (type(v) is list and (not v or (set(map(type, v)) == {int} and min(v) >= 0)))
+
+
+_IS = {list: lambda v: type(v) is list, dict: lambda v: type(v) is dict, _STR_: lambda v: type(v) is str,
+       _OPT_STR: lambda v: v is None or type(v) is str, _INT: lambda v: type(v) is int,
+       _OPT_INT: lambda v: v is None or type(v) is int, _BOOL: lambda v: type(v) is bool, _SHAPE: _shape_ok,
+       "dict|None": lambda v: v is None or type(v) is dict}
+
+
+_MISSING = object()
+_NODE_KEYS, _NODE_OPTIONAL, _SLOT_KEYS, _SLOT_OPTIONAL, _EDGE_KEYS = (  # key -> (check, kind)
+    {k: (_IS[kind], kind) for k, kind in d.items()} for d in (_NODE_KEYS, _NODE_OPTIONAL, _SLOT_KEYS,
+                                                                _SLOT_OPTIONAL, _EDGE_KEYS))
 
 
 def _kind(v) -> str:
@@ -468,13 +468,14 @@ def _kind(v) -> str:
 def _check(obj, where: str, required: dict, optional: dict):
     if type(obj) is not dict:
         raise _Damaged(f"{where}: expected an object, got {_kind(obj)}")
-    for k, kind in required.items():
-        if k not in obj:
-            raise _Damaged(f"{where}: missing key {k!r}")
-        if not _is(obj[k], kind):
-            raise _Damaged(f"{where}.{k}: expected {_NAMES[kind]}, got {_kind(obj[k])}")
-    for k, kind in optional.items():
-        if k in obj and not _is(obj[k], kind):
+    for k, (ok, kind) in required.items():
+        v = obj.get(k, _MISSING)
+        if not ok(v):
+            if v is _MISSING:
+                raise _Damaged(f"{where}: missing key {k!r}")
+            raise _Damaged(f"{where}.{k}: expected {_NAMES[kind]}, got {_kind(v)}")
+    for k, (ok, kind) in optional.items():
+        if k in obj and not ok(obj[k]):
             raise _Damaged(f"{where}.{k}: expected {_NAMES[kind]}, got {_kind(obj[k])}")
 
 
@@ -507,19 +508,26 @@ def _build(doc: dict):
         if nid in g:
             raise _Damaged(f"{where}.id: {nid!r} appears twice")
         d = {k: v for k, v in n.items() if k != "id"}
+        for k, v in d.items():  # free-form values (attrs, grad, keys of later versions) stay shallow
+            if k not in _FIXED and type(v) in (dict, list) and v and depth(v) > _MAX_DEPTH:
+                raise _Damaged(f"{where}.{k}: nested more than {_MAX_DEPTH} levels deep")
         d["shape"] = _tup(d["shape"])
         outputs = d.get("outputs", [n["shape"]] if n["shape"] is not None else [])
         for j, x in enumerate(outputs):
-            if not _is(x, _SHAPE):
+            if not _shape_ok(x):
                 raise _Damaged(f"{where}.outputs[{j}]: expected {_NAMES[_SHAPE]}, got {_kind(x)}")
         d["outputs"] = [_tup(x) for x in outputs]
         d.setdefault("not_saved", [])
         saved = []
         for j, sl in enumerate(d["saved"]):
             _check(sl, f"{where}.saved[{j}]", _SLOT_KEYS, _SLOT_OPTIONAL)
+            if len(sl) > len(_SLOT_KEYS) + len(_SLOT_OPTIONAL) and depth(sl) > _MAX_DEPTH:  # keys of later versions
+                raise _Damaged(f"{where}.saved[{j}]: nested more than {_MAX_DEPTH} levels deep")
             saved.append({**sl, "shape": _tup(sl["shape"])})
         d["saved"] = saved
-        d["attrs"] = {k: numbers(v) for k, v in d["attrs"].items()}
+        attrs = d["attrs"]
+        if attrs:
+            d["attrs"] = {k: numbers(v) if type(v) in (str, list) else v for k, v in attrs.items()}
         if d.get("grad") is not None:
             d["grad"] = {k: numbers(v) for k, v in d["grad"].items()}
         g.add_node(nid, **d)

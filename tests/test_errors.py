@@ -126,7 +126,12 @@ DAMAGED = {
     "edges: null": (lambda d: d.update(edges=None), r"edges: expected a list, got null"),
     "duplicate edge": (lambda d: d["edges"].append(dict(d["edges"][0])), "a second edge"),
     "deep nesting (100,000)": (_deep(100_000), "nested too deeply"),
-    "deep nesting (500)": (_deep(500), "nested too deeply"),
+    "deep nesting (500)": (_deep(500), r"nodes\[0\]: expected an object, got list"),
+    "deep attrs": (lambda d: d["nodes"][0]["attrs"].update(x=json.loads("[" * 300 + "]" * 300)),
+                   r"nodes\[0\]\.attrs: nested more than 80 levels deep"),
+    "deep slot extra": (lambda d: next(n for n in d["nodes"] if n["saved"])["saved"][0].update(
+        x=json.loads("[" * 300 + "]" * 300)), r"saved\[0\]: nested more than 80 levels deep"),
+    "name a number": (lambda d: d["nodes"][0].update(name=5), r"nodes\[0\]\.name: expected a string or null"),
 }
 
 
