@@ -79,6 +79,12 @@ def load_target(spec: str):
     Raises:
         TargetError: (a LensValueError) the file, module or function is missing, the function fails or
             returns something other than a tensor with a graph or ``(tensor, params)``, or the JSON is damaged.
+
+    Example:
+        >>> from autogradlens.cli import load_target
+        >>> loss, params = load_target("autogradlens.examples:neuron")
+        >>> loss.grad_fn.name(), sorted(params)
+        ('TanhBackward0', ['b', 'w1', 'w2', 'x1', 'x2'])
     """
     from .tracing import Trace
 
@@ -260,7 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit status (see the module docstring)."""
+    """Run the command line; returns the exit status (see the module docstring).
+
+    Example:
+        >>> from autogradlens.cli import main
+        >>> main(["trace", "no_such_module:f"])
+        2
+    """
     args = build_parser().parse_args(argv)
     if args.cmd is None:
         print("usage: autogradlens {demo,trace,mirror,diff} ... (autogradlens --help for more)\n\n" + COMMANDS,
