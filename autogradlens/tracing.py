@@ -455,6 +455,8 @@ _IS = {list: lambda v: type(v) is list, dict: lambda v: type(v) is dict, _STR_: 
 
 
 _MISSING = object()
+_STATES = ("live", "freed", "stale")
+_SLOT_ALL = set(_SLOT_KEYS) | set(_SLOT_OPTIONAL)
 _NODE_KEYS, _NODE_OPTIONAL, _SLOT_KEYS, _SLOT_OPTIONAL, _EDGE_KEYS = (  # key -> (check, kind)
     {k: (_IS[kind], kind) for k, kind in d.items()} for d in (_NODE_KEYS, _NODE_OPTIONAL, _SLOT_KEYS,
                                                                 _SLOT_OPTIONAL, _EDGE_KEYS))
@@ -521,7 +523,9 @@ def _build(doc: dict):
         saved = []
         for j, sl in enumerate(d["saved"]):
             _check(sl, f"{where}.saved[{j}]", _SLOT_KEYS, _SLOT_OPTIONAL)
-            if len(sl) > len(_SLOT_KEYS) + len(_SLOT_OPTIONAL) and depth(sl) > _MAX_DEPTH:  # keys of later versions
+            if sl["state"] not in _STATES:
+                raise _Damaged(f"{where}.saved[{j}].state: expected one of {', '.join(_STATES)}, got {sl['state']!r}")
+            if not _SLOT_ALL.issuperset(sl) and depth(sl) > _MAX_DEPTH:  # keys of later versions stay shallow
                 raise _Damaged(f"{where}.saved[{j}]: nested more than {_MAX_DEPTH} levels deep")
             saved.append({**sl, "shape": _tup(sl["shape"])})
         d["saved"] = saved

@@ -112,6 +112,8 @@ DAMAGED = {
     "saved not a list": (lambda d: d["nodes"][0].update(saved={}), r"nodes\[0\]\.saved: expected a list"),
     "slot without state": (lambda d: next(n for n in d["nodes"] if n["saved"])["saved"][0].pop("state"),
                            r"nodes\[\d+\]\.saved\[0\]: missing key 'state'"),
+    "unknown state": (lambda d: next(n for n in d["nodes"] if n["saved"])["saved"][0].update(state="gone"),
+                      r"saved\[0\]\.state: expected one of live, freed, stale, got 'gone'"),
     "attrs a list": (lambda d: d["nodes"][0].update(attrs=[]), r"nodes\[0\]\.attrs: expected an object"),
     "seq a string": (lambda d: d["nodes"][0].update(seq="1"), r"nodes\[0\]\.seq: expected an integer or null"),
     "is_leaf 0": (lambda d: d["nodes"][0].update(is_leaf=0), r"nodes\[0\]\.is_leaf: expected true or false"),
