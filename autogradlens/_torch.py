@@ -84,3 +84,27 @@ def _unreadable(names, raws, err):
 def current_node():
     """The autograd node being executed (inside hooks during backward), else None."""
     return torch._C._current_autograd_node()
+
+
+# ----------------------------------------------------------------------------- storages (trace's ledger)
+
+_NO_STORAGE = {torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc}
+
+
+def storage_of(t: torch.Tensor) -> tuple:
+    """(data_ptr, storage nbytes, None) for a tensor with one plain storage; (None, None, reason) for layouts
+    whose memory cannot be measured that way: sparse (no single storage), nested, meta (no memory)."""
+    layout = t.layout
+    if layout in _NO_STORAGE:
+        return None, None, (f"a {str(layout).removeprefix('torch.')} tensor has no single storage: "
+                            "its bytes and storage sharing are not measured")
+    if t.is_meta:
+        return None, None, ("a meta tensor holds no memory: nbytes is its size on a real device; "
+                            "storage sharing is not measured")
+    if t.is_nested:
+        return None, None, "a nested tensor has no single plain storage: storage sharing is not measured"
+    try:
+        st = t.untyped_storage()
+        return st.data_ptr(), st.nbytes(), None
+    except (NotImplementedError, RuntimeError) as e:  # tensor subclasses, functional/fake tensors
+        return None, None, f"its storage cannot be read ({e}): bytes and storage sharing are not measured"

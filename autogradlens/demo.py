@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from . import plots, report
 from .diffing import diff
+from .errors import LensTypeError, LensValueError
 from .examples import MLP, neuron, neuron_formula
 from .mirroring import mirror
 from .render import to_svg
@@ -28,7 +29,7 @@ def load_data(spec: str):
         return datasets.digits()
     if spec.startswith("mnist:"):
         return datasets.mnist(spec.split(":", 1)[1], limit=10_000)
-    raise ValueError(f"--data must be 'digits' or 'mnist:DIR' (a folder with the MNIST IDX files), got {spec!r}")
+    raise LensValueError(f"--data must be 'digits' or 'mnist:DIR' (a folder with the MNIST IDX files), got {spec!r}")
 
 
 def graph_section(t, reading: str, **opts) -> str:
@@ -59,16 +60,30 @@ def _timeline(w, step: int) -> str:
     return report.table(rows, limit=80)
 
 
-def run_demo(out="out", data: str = "digits", epochs: int | None = None, progress: bool = True) -> Path:
-    """Run the whole lens on an MLP and write ``out/report.html``; returns its path."""
+def run_demo(out="out", data: str = "digits", epochs: int = 30, progress: bool = True, log=None) -> Path:
+    """Run the whole lens on an MLP and write ``out/report.html``; returns its path.
+
+    `progress` shows tqdm bars while training; `log`, when given, is called with one line per phase
+    (the command line prints them, so a pipe or a log file shows progress too).
+
+    Raises:
+        LensValueError: `epochs` below 1, or `data` neither 'digits' nor 'mnist:DIR'.
+        LensFileNotFoundError: 'mnist:DIR' names a folder without the MNIST files.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise LensTypeError(f"epochs must be an int, got {type(epochs).__name__}")
+    if epochs < 1:
+        raise LensValueError(f"epochs must be at least 1 (each optimizer trains this many epochs), got {epochs}")
+    say = log or (lambda line: None)
     t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     d = load_data(data)
-    epochs = epochs or 30
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"data: {data}, {len(d.x_train)} training and {len(d.x_test)} test images")
     sections = []
 
     # 1. the lecture neuron
+    say("1/5 tracing the lecture neuron")
     o, p = neuron()
     tn = trace(o, params=p)
     sections.append(("The lecture neuron: what grad_fn is", graph_section(
@@ -79,6 +94,7 @@ def run_demo(out="out", data: str = "digits", epochs: int | None = None, progres
         + report.pre(tn.to_text())))
 
     # 2. one MLP step: graph, saved tensors, mirror
+    say("2/5 tracing and mirroring one training step of the MLP")
     torch.manual_seed(0)
     model = MLP((d.n_features, 64, d.n_classes))
     x, y = d.x_train[:32].clone(), d.y_train[:32].clone()  # a batch of its own (a view would keep the whole set)
@@ -103,10 +119,14 @@ def run_demo(out="out", data: str = "digits", epochs: int | None = None, progres
 
     # 3. SGD vs Adam under watch
     hists = {}
-    for name in ("sgd", "adam"):
+    for i, name in enumerate(("sgd", "adam")):
+        say(f"{3 + i}/5 training with {name.upper() if name == 'sgd' else name.capitalize()} under watch, "
+            f"{epochs} epoch{'s' if epochs != 1 else ''}")
         torch.manual_seed(0)
         hists[name] = fit(MLP((d.n_features, 64, d.n_classes)), d, name, epochs=epochs,
                           watch={"retain": ["net.1"]}, progress=progress)
+        say(f"    test accuracy {hists[name].final_test_acc:.3f} after {hists[name].seconds:.1f} s")
+    say("    plotting what watch recorded")
     ws = {h.optimizer: h.watch for h in hists.values()}
     rows = [{"optimizer": h.optimizer, "lr": DEFAULT_LR[k], "epochs": epochs, "steps": len(h.loss),
              "final loss": h.loss[-1], "test accuracy": h.final_test_acc, "seconds": round(h.seconds, 2),
@@ -141,6 +161,7 @@ def run_demo(out="out", data: str = "digits", epochs: int | None = None, progres
         "v̂ is small, then settling per layer.") + report.figure(plots.step_sizes(ws))))
 
     # 4. a diff
+    say("5/5 diffing two graphs and writing the report")
     f, q = neuron_formula()
     dn = diff(tn, trace(f, params=q))
     sections.append(("Two graphs side by side: tanh vs its formula", report.note(

@@ -16,6 +16,7 @@ from collections import defaultdict
 
 import torch
 
+from .errors import LensTypeError
 from .tracing import Trace, trace
 
 __all__ = ["GraphDiff", "diff"]
@@ -29,7 +30,8 @@ def _as_trace(x, which: str) -> Trace:
         return x
     if isinstance(x, torch.Tensor):
         return trace(x)
-    raise TypeError(f"diff({which}=...) takes a Trace or a tensor with a grad_fn, got {type(x).__name__}")
+    raise LensTypeError(f"diff({which}=...) takes a Trace (lens.trace(loss)) or a tensor with a grad_fn, "
+                        f"got {type(x).__name__}")
 
 
 def _children(g) -> dict:
@@ -310,6 +312,10 @@ def _what(w: dict) -> list[str]:
 
 def diff(a, b) -> GraphDiff:
     """Structurally match two graphs (Traces, or root tensors traced on the fly) and list the differences.
+
+    Raises:
+        LensTypeError: `a` or `b` is neither a Trace nor a tensor (a tensor is traced: see :func:`trace`
+            for what it raises).
 
     Example:
         >>> import torch, autogradlens as lens

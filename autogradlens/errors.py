@@ -1,5 +1,11 @@
 """One error hierarchy: everything autogradlens refuses derives from :class:`LensError` and from the matching
-built-in, so both ``except lens.LensError`` and ``except ValueError`` work.
+built-in, so both ``except lens.LensError`` and ``except ValueError`` work::
+
+    LensError
+    ├── LensTypeError(TypeError)                   an argument of the wrong type
+    ├── LensValueError(ValueError)                 a wrong value, a damaged file
+    ├── LensFileNotFoundError(FileNotFoundError)   a file or folder that is not there
+    └── LensRuntimeError(RuntimeError)             a request impossible in the current state
 
 Example:
     >>> import autogradlens as lens
@@ -11,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["LensError", "LensRuntimeError", "LensTypeError", "LensValueError"]
+__all__ = ["LensError", "LensFileNotFoundError", "LensRuntimeError", "LensTypeError", "LensValueError"]
 
 
 class LensError(Exception):
@@ -24,6 +30,10 @@ class LensTypeError(LensError, TypeError):
 
 class LensValueError(LensError, ValueError):
     """An argument of the right type with a wrong value (also: a damaged file)."""
+
+
+class LensFileNotFoundError(LensError, FileNotFoundError):
+    """A file or folder the caller named does not exist."""
 
 
 class LensRuntimeError(LensError, RuntimeError):

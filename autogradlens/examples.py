@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import LensValueError
+
 # The neuron from the micrograd lecture: o = tanh(x1*w1 + x2*w2 + b).
 NEURON = {"x1": 2.0, "x2": 0.0, "w1": -3.0, "w2": 1.0, "b": 6.8813735870195432}
 
@@ -56,7 +58,7 @@ class MLP(nn.Module):
         super().__init__()
         acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
         if act not in acts:
-            raise ValueError(f"act must be one of {sorted(acts)}, got {act!r}")
+            raise LensValueError(f"act must be one of {sorted(acts)}, got {act!r}")
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(a, b))

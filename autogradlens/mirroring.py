@@ -111,7 +111,7 @@ def _snapshot(fn, nid, nf, cache) -> _Node:
         if "freed" in msg or "second time" in msg:
             raise RuntimeError("mirror needs the tensors autograd saved, and backward() has freed them: call "
                                "lens.mirror(loss) before loss.backward() (or backward(retain_graph=True))") from None
-        raise RuntimeError(f"{nid}: a saved tensor was changed in place after it was saved ({msg.split('.')[0]}); "
+        raise RuntimeError(f"{nid}: a saved tensor was changed in place after it was saved ({msg.split('. Hint')[0]}); "
                            "mirror the graph before optimizer.step() or other in-place updates") from None
     except Unsupported as e:
         n.error = str(e)

@@ -6,21 +6,23 @@ node id   "<Type>:<k>" (k counts nodes of that type in walk order) or "param:<na
 node      type, is_leaf, param, shape, dtype, device, saved, attrs, seq, is_root
           (seq: autograd sequence number counted from the graph's first node; forward creation order)
           + outputs (shape per forward output), not_saved (slots that hold None, with the reason)
-saved     name, shape, dtype, device, nbytes, storage, storage_nbytes, is_output, alias, state, version
+saved     name, shape, dtype, device, nbytes, storage, storage_nbytes, is_output, alias, state, version,
+          unmeasured (None, or what cannot be measured for this slot and why: sparse, nested, meta)
 edge      u -> v: u sends gradient to v; key = slot = position in u.next_functions; input_nr
 """
 
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import networkx as nx
 import torch
 
-from ._torch import input_metadata, read_slot, saved_names, sequence_nr
+from ._files import depth, dumps, loads, numbers
+from ._torch import input_metadata, read_slot, saved_names, sequence_nr, storage_of, version
+from .errors import LensValueError
 
 __all__ = ["Trace", "trace"]
 
@@ -176,18 +178,27 @@ class _Ledger:
         if t is None:
             return {"name": name, "shape": tuple(sizes) if sizes is not None else None, "dtype": None,
                     "device": None, "nbytes": None, "storage": None, "storage_nbytes": None,
-                    "is_output": False, "alias": None, "state": state, "version": None}
-        st = t.untyped_storage()
-        ptr, snb = st.data_ptr(), st.nbytes()
-        key = self.keys.setdefault(ptr if snb else -len(self.keys) - 1, f"s{len(self.keys)}")
-        alias = self.param_ptrs.get(ptr) if snb else None
-        if alias is None:
-            alias = self.first.get(key)
-        self.first.setdefault(key, f"{nid}.{name}")
-        return {"name": name, "shape": tuple(t.shape), "dtype": _dtype(t.dtype), "device": _dtype(t.device),
-                "nbytes": t.numel() * t.element_size(), "storage": key, "storage_nbytes": snb,
+                    "is_output": False, "alias": None, "state": state, "version": None, "unmeasured": None}
+        ptr, snb, why = storage_of(t)
+        key = alias = None
+        if why is None:
+            key = self.keys.setdefault(ptr if snb else -len(self.keys) - 1, f"s{len(self.keys)}")
+            alias = self.param_ptrs.get(ptr) if snb else None
+            if alias is None:
+                alias = self.first.get(key)
+            self.first.setdefault(key, f"{nid}.{name}")
+        sparse = t.layout not in (torch.strided, torch.jagged)  # numel() counts the zeros: not its bytes
+        return {"name": name, "shape": _shape(t), "dtype": _dtype(t.dtype), "device": _dtype(t.device),
+                "nbytes": None if sparse else t.numel() * t.element_size(), "storage": key, "storage_nbytes": snb,
                 "is_output": fn is not None and t.grad_fn is fn, "alias": alias, "state": state,
-                "version": t._version}
+                "version": version(t), "unmeasured": why}
+
+
+def _shape(t: torch.Tensor):
+    try:
+        return tuple(int(s) for s in t.shape)
+    except Exception:  # nested tensors: no single shape (RuntimeError, or AttributeError on a jagged size)
+        return None
 
 
 def _not_saved_reason(ntype: str, slot: str) -> str:
@@ -268,7 +279,7 @@ def _trace(root, params) -> tuple[Trace, _Walk]:
     names: dict[int, str] = {}  # id(tensor) -> name, for this call only (never stored)
     for n, t in named:
         names.setdefault(id(t), n)
-    param_ptrs = {p.untyped_storage().data_ptr(): n for n, p in named if p.untyped_storage().nbytes()}
+    param_ptrs = {ptr: n for n, p in named for ptr, snb, _ in [storage_of(p)] if snb}
     order, nexts = _walk(fns)
     ids = _assign_ids(order, names)
     g = nx.MultiDiGraph()
@@ -370,37 +381,178 @@ class Trace:
 
     # ---- JSON: plain, lossless for the graph
     def to_json(self, indent: int | None = None) -> str:
-        """Plain JSON (never pickle); ``Trace.from_json`` gives back an equal graph."""
+        """Plain, strict JSON (never pickle); ``Trace.from_json`` gives back an equal graph.
+
+        Non-finite numbers (an attribute ``ord=inf``, a gradient norm) are written as "inf", "-inf", "nan"
+        and read back as floats.
+        """
         g = self.graph
         nodes = [{"id": n, **d} for n, d in g.nodes(data=True)]
         edges = [{"u": u, "v": v, "key": k, **d} for u, v, k, d in g.edges(keys=True, data=True)]
-        return json.dumps({"schema": _SCHEMA, "root": self.root, "nodes": nodes, "edges": edges},
-                          indent=indent, allow_nan=True)
+        return dumps({"schema": _SCHEMA, "root": self.root, "nodes": nodes, "edges": edges}, indent=indent)
 
     @classmethod
-    def from_json(cls, s: str) -> Trace:
-        """Rebuild a Trace from ``to_json()`` output."""
-        try:
-            doc = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"not a trace JSON document: {e}") from None
+    def from_json(cls, s: str | bytes) -> Trace:
+        """Rebuild a Trace from ``to_json()`` output, checking its structure first.
+
+        Raises:
+            LensValueError: (a ``ValueError``) when `s` is not JSON, not a trace, or damaged; the message
+                names the place, e.g. ``nodes[3].saved[0]: missing key 'state'`` or
+                ``edges[7].v: 'MulBackward0:9' is not a node``.
+
+        Example:
+            >>> import torch, autogradlens as lens
+            >>> x = torch.randn(2, requires_grad=True)
+            >>> t = lens.trace(x.exp().sum())
+            >>> lens.Trace.from_json(t.to_json()).to_text() == t.to_text()
+            True
+            >>> lens.Trace.from_json('{"schema": "autogradlens.trace/1", "root": "A", "nodes": 5, "edges": []}')
+            Traceback (most recent call last):
+            ...
+            autogradlens.errors.LensValueError: damaged trace JSON: nodes: expected a list, got int; ...
+        """
+        doc = loads(s, what="trace JSON document", max_depth=None)  # _build bounds the free-form fields
         if not isinstance(doc, dict) or doc.get("schema") != _SCHEMA:
-            raise ValueError(f"not an autogradlens trace (expected schema {_SCHEMA!r}); "
-                             "write one with Trace.to_json() or `autogradlens trace TARGET -o x.json`")
-        g = nx.MultiDiGraph()
-        for n in doc["nodes"]:
-            d = dict(n)
-            nid = d.pop("id")
-            d["shape"] = _tup(d["shape"])
-            d["outputs"] = [_tup(x) for x in d["outputs"]]
-            d["saved"] = [{**s, "shape": _tup(s["shape"])} for s in d["saved"]]
-            g.add_node(nid, **d)
-        for e in doc["edges"]:
-            d = dict(e)
-            u, v, k = d.pop("u"), d.pop("v"), d.pop("key")
-            g.add_edge(u, v, key=k, **d)
-        return cls(g, doc["root"])
+            raise LensValueError(f"not an autogradlens trace (expected schema {_SCHEMA!r}); "
+                                 "write one with Trace.to_json() or `autogradlens trace TARGET -o x.json`")
+        g, root = _graph_from_doc(doc)
+        return cls(g, root)
 
 
 def _tup(x):
     return tuple(x) if isinstance(x, list) else x
+
+
+# ----------------------------------------------------------------------------- reading JSON back, checked
+
+class _Damaged(Exception):
+    pass
+
+
+_SHAPE, _INT, _STR_, _OPT_STR, _OPT_INT, _BOOL = "shape", "int", "str", "str|None", "int|None", "bool"
+_NODE_KEYS = {"type": _STR_, "is_leaf": _BOOL, "param": _OPT_STR, "shape": _SHAPE, "dtype": _OPT_STR,
+              "device": _OPT_STR, "saved": list, "attrs": dict, "seq": _OPT_INT, "is_root": _BOOL}
+_NODE_OPTIONAL = {"outputs": list, "not_saved": list, "name": _OPT_STR, "module": _OPT_STR, "grad": "dict|None"}
+_SLOT_KEYS = {"name": _STR_, "shape": _SHAPE, "dtype": _OPT_STR, "nbytes": _OPT_INT, "storage": _OPT_STR,
+              "is_output": _BOOL, "alias": _OPT_STR, "state": _STR_}
+_SLOT_OPTIONAL = {"device": _OPT_STR, "storage_nbytes": _OPT_INT, "version": _OPT_INT, "unmeasured": _OPT_STR}
+_EDGE_KEYS = {"u": _STR_, "v": _STR_, "key": _INT, "input_nr": _INT, "slot": _INT}
+_FIXED = {"type", "is_leaf", "param", "shape", "dtype", "device", "seq", "is_root", "saved", "outputs"}  # typed
+_MAX_DEPTH = 80  # a gradient's `values` nest once per dimension (at most 64)
+_NAMES = {list: "a list", dict: "an object", _STR_: "a string", _OPT_STR: "a string or null", _INT: "an integer",
+          _OPT_INT: "an integer or null", _BOOL: "true or false", _SHAPE: "a list of integers or null",
+          "dict|None": "an object or null"}
+
+
+def _shape_ok(v) -> bool:
+    return v is None or (type(v) is list and (not v or (set(map(type, v)) == {int} and min(v) >= 0)))
+
+
+_IS = {list: lambda v: type(v) is list, dict: lambda v: type(v) is dict, _STR_: lambda v: type(v) is str,
+       _OPT_STR: lambda v: v is None or type(v) is str, _INT: lambda v: type(v) is int,
+       _OPT_INT: lambda v: v is None or type(v) is int, _BOOL: lambda v: type(v) is bool, _SHAPE: _shape_ok,
+       "dict|None": lambda v: v is None or type(v) is dict}
+
+
+_MISSING = object()
+_STATES = ("live", "freed", "stale")
+_SLOT_ALL = set(_SLOT_KEYS) | set(_SLOT_OPTIONAL)
+_NODE_KEYS, _NODE_OPTIONAL, _SLOT_KEYS, _SLOT_OPTIONAL, _EDGE_KEYS = (  # key -> (check, kind)
+    {k: (_IS[kind], kind) for k, kind in d.items()} for d in (_NODE_KEYS, _NODE_OPTIONAL, _SLOT_KEYS,
+                                                                _SLOT_OPTIONAL, _EDGE_KEYS))
+
+
+def _kind(v) -> str:
+    return "null" if v is None else {bool: "bool", int: "int", float: "float", str: "str", list: "list",
+                                     dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _check(obj, where: str, required: dict, optional: dict):
+    if type(obj) is not dict:
+        raise _Damaged(f"{where}: expected an object, got {_kind(obj)}")
+    for k, (ok, kind) in required.items():
+        v = obj.get(k, _MISSING)
+        if not ok(v):
+            if v is _MISSING:
+                raise _Damaged(f"{where}: missing key {k!r}")
+            raise _Damaged(f"{where}.{k}: expected {_NAMES[kind]}, got {_kind(v)}")
+    for k, (ok, kind) in optional.items():
+        if k in obj and not ok(obj[k]):
+            raise _Damaged(f"{where}.{k}: expected {_NAMES[kind]}, got {_kind(obj[k])}")
+
+
+def _list(doc, key: str) -> list:
+    if key not in doc:
+        raise _Damaged(f"missing key {key!r}")
+    if type(doc[key]) is not list:
+        raise _Damaged(f"{key}: expected a list, got {_kind(doc[key])}")
+    return doc[key]
+
+
+def _graph_from_doc(doc: dict):
+    try:
+        return _build(doc)
+    except _Damaged as e:
+        raise LensValueError(f"damaged trace JSON: {e}; write traces with Trace.to_json() or "
+                             "`autogradlens trace TARGET -o file.json`") from None
+
+
+def _build(doc: dict):
+    g = nx.MultiDiGraph()
+    for i, n in enumerate(_list(doc, "nodes")):
+        where = f"nodes[{i}]"
+        if type(n) is not dict:
+            raise _Damaged(f"{where}: expected an object, got {_kind(n)}")
+        if type(n.get("id")) is not str:
+            raise _Damaged(f"{where}: missing key 'id'" if "id" not in n else f"{where}.id: expected a string")
+        _check(n, where, _NODE_KEYS, _NODE_OPTIONAL)
+        nid = n["id"]
+        if nid in g:
+            raise _Damaged(f"{where}.id: {nid!r} appears twice")
+        d = {k: v for k, v in n.items() if k != "id"}
+        for k, v in d.items():  # free-form values (attrs, grad, keys of later versions) stay shallow
+            if k not in _FIXED and type(v) in (dict, list) and v and depth(v) > _MAX_DEPTH:
+                raise _Damaged(f"{where}.{k}: nested more than {_MAX_DEPTH} levels deep")
+        d["shape"] = _tup(d["shape"])
+        outputs = d.get("outputs", [n["shape"]] if n["shape"] is not None else [])
+        for j, x in enumerate(outputs):
+            if not _shape_ok(x):
+                raise _Damaged(f"{where}.outputs[{j}]: expected {_NAMES[_SHAPE]}, got {_kind(x)}")
+        d["outputs"] = [_tup(x) for x in outputs]
+        d.setdefault("not_saved", [])
+        saved = []
+        for j, sl in enumerate(d["saved"]):
+            _check(sl, f"{where}.saved[{j}]", _SLOT_KEYS, _SLOT_OPTIONAL)
+            if sl["state"] not in _STATES:
+                raise _Damaged(f"{where}.saved[{j}].state: expected one of {', '.join(_STATES)}, got {sl['state']!r}")
+            if not _SLOT_ALL.issuperset(sl) and depth(sl) > _MAX_DEPTH:  # keys of later versions stay shallow
+                raise _Damaged(f"{where}.saved[{j}]: nested more than {_MAX_DEPTH} levels deep")
+            saved.append({**sl, "shape": _tup(sl["shape"])})
+        d["saved"] = saved
+        attrs = d["attrs"]
+        if attrs:
+            d["attrs"] = {k: numbers(v) if type(v) in (str, list) else v for k, v in attrs.items()}
+        if d.get("grad") is not None:
+            d["grad"] = {k: numbers(v) for k, v in d["grad"].items()}
+        g.add_node(nid, **d)
+    root = doc.get("root")
+    roots = root if type(root) is list else [root]
+    if "root" not in doc or not roots:
+        raise _Damaged("missing key 'root'" if "root" not in doc else "root: an empty list")
+    for r in roots:
+        if type(r) is not str:
+            raise _Damaged(f"root: expected a node id (a string) or a list of them, got {_kind(r)}")
+        if r not in g:
+            raise _Damaged(f"root: {r!r} is not a node")
+    for i, e in enumerate(_list(doc, "edges")):
+        where = f"edges[{i}]"
+        _check(e, where, _EDGE_KEYS, {})
+        d = dict(e)
+        u, v, k = d.pop("u"), d.pop("v"), d.pop("key")
+        for end, x in (("u", u), ("v", v)):
+            if x not in g:
+                raise _Damaged(f"{where}.{end}: {x!r} is not a node")
+        if g.has_edge(u, v, key=k):
+            raise _Damaged(f"{where}: a second edge {u!r} -> {v!r} with key {k}")
+        g.add_edge(u, v, key=k, **d)
+    return g, root

@@ -84,3 +84,54 @@ def test_mnist_mismatched_counts_and_missing(tmp_path):
         data.mnist(tmp_path)
     with pytest.raises(FileNotFoundError):
         data.read_idx(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("test_size", [1.5, 1.0, 0.0, -0.5, 1e-6, 0.99999])
+def test_digits_test_size_strictly_between_0_and_1(test_size):
+    with pytest.raises(ValueError, match="test_size"):
+        data.digits(test_size=test_size)
+
+
+def test_digits_other_arguments():
+    d = data.digits(test_size=0.5, seed=3)
+    assert len(d.x_test) in (898, 899) and len(d.x_train) + len(d.x_test) == 1797
+    assert not torch.equal(d.x_train[:5], data.digits(test_size=0.5, seed=4).x_train[:5])
+    with pytest.raises(TypeError, match="test_size must be a fraction"):
+        data.digits(test_size="0.25")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        data.digits(seed=1.5)
+
+
+def test_truncated_header_and_huge_dimensions(tmp_path):
+    p = tmp_path / "x.idx"
+    p.write_bytes(bytes([0, 0, 8, 3]) + b"\0\0\0\2")  # three sizes announced, one given
+    with pytest.raises(ValueError, match="truncated header: 3 dimensions need 16 bytes, the file has 8"):
+        data.read_idx(p)
+    p.write_bytes(bytes([0, 0, 8, 3]) + b"\xff\xff\xff\xff" * 3 + b"\0" * 10)  # 2^96 bytes promised
+    with pytest.raises(ValueError, match="truncated: the header says"):
+        data.read_idx(p)
+
+
+def test_mnist_argument_and_layout_errors(tmp_path):
+    fake_mnist(tmp_path)
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        data.mnist(tmp_path, limit=0)
+    with pytest.raises(TypeError, match="limit must be an int"):
+        data.mnist(tmp_path, limit=2.5)
+    with pytest.raises(FileNotFoundError, match="it is a file"):
+        data.mnist(tmp_path / "train-images-idx3-ubyte")
+    with pytest.raises(FileNotFoundError, match="it is a folder"):
+        data.read_idx(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes((tmp_path / "t10k-images-idx3-ubyte").read_bytes())
+    with pytest.raises(ValueError, match="swapped"):
+        data.mnist(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncated"])
+def test_mnist_names_the_damaged_file(tmp_path, damage):
+    fake_mnist(tmp_path)
+    p = tmp_path / "train-labels-idx1-ubyte"
+    raw = p.read_bytes()
+    p.write_bytes(b"PK\x03\x04" + raw[4:] if damage == "magic" else raw[:-3])
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: (wrong magic|truncated)"):
+        data.mnist(tmp_path)

@@ -1,4 +1,8 @@
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from autogradlens import cli
 from autogradlens.demo import run_demo
@@ -7,7 +11,11 @@ from autogradlens.demo import run_demo
 def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "2"]) == 0
     path = tmp_path / "report.html"
-    assert f"report: {path}" in capsys.readouterr().out
+    out = capsys.readouterr().out  # not a terminal: a line per phase, then where the report is
+    assert f"report: {path}" in out and f"open {path.resolve().as_uri()} in a browser" in out
+    phases = [line for line in out.splitlines() if re.match(r"\d/5 ", line)]
+    assert [p[:3] for p in phases] == ["1/5", "2/5", "3/5", "4/5", "5/5"], out
+    assert "training with SGD under watch, 2 epochs" in out and "test accuracy" in out
     html = path.read_text()
     for heading in ("The lecture neuron", "One training step", "Value mirror", "SGD vs Adam",
                     "What happens in one step", "Gradient norms", "Update / parameter ratio",
@@ -32,3 +40,17 @@ def test_demo_on_mnist_files(tmp_path):
     fake_mnist(root, n_train=64, n_test=16)
     path = run_demo(out=tmp_path / "out", data=f"mnist:{root}", epochs=1, progress=False)
     assert "4×4 pixels" in path.read_text()
+
+
+def test_demo_through_a_pipe_shows_progress_as_it_goes(tmp_path):
+    """`make demo | cat`: the first phase line arrives while the demo is still working (flushed, not buffered)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen([sys.executable, "-m", "autogradlens", "demo", "--out", str(tmp_path), "--epochs", "30"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        first = p.stdout.readline()
+        assert first.startswith("data: digits, 1348 training and 449 test images"), first
+        assert p.poll() is None  # still running: 60 epochs of training and a report are ahead of it
+    finally:
+        p.kill()
+        p.wait()

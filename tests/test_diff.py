@@ -1,5 +1,3 @@
-import time
-
 import pytest
 import torch
 import torch.nn as nn
@@ -107,16 +105,14 @@ def chain(n, change_at=None):
     return lens.trace(h.sum(), params={f"w{i}": w for i, w in enumerate(ws)})
 
 
-def test_five_thousand_nodes_one_op_differs_fast():
+def test_five_thousand_nodes_one_op_differs():
+    """Correctness at size; the time it takes is measured by benchmarks/bench_diff.py, not asserted here."""
     a, b = chain(1667), chain(1667, change_at=900)
     assert len(a) >= 5000
-    t0 = time.perf_counter()
     d = lens.diff(a, b)
-    seconds = time.perf_counter() - t0
     assert [(d.a.graph.nodes[c["a"]]["type"], d.b.graph.nodes[c["b"]]["type"]) for c in d.changed] == \
         [("ReluBackward0", "TanhBackward0")]
     assert not d.added and not d.removed
-    assert seconds < 5  # generous for loaded CI machines; benchmarks/bench_diff.py measures it properly
 
 
 def test_renderers(tmp_path, no_dot):
@@ -140,7 +136,7 @@ def test_renderers_with_dot_if_present(tmp_path):
 
 
 def test_bad_input():
-    with pytest.raises(TypeError, match="takes a Trace or a tensor"):
+    with pytest.raises(TypeError, match="takes a Trace .* or a tensor"):
         lens.diff("a.json", chain(1))
 
 

@@ -24,3 +24,29 @@ def test_docstring_examples(name):
     mod = importlib.import_module(name)
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.failed == 0
+
+
+def test_modules_are_not_shadowed_by_the_functions_they_export():
+    import autogradlens.diffing
+    import autogradlens.mirroring
+    import autogradlens.tracing
+    import autogradlens.watching
+
+    assert autogradlens.tracing.Trace is lens.Trace and autogradlens.mirroring.MirrorReport is lens.MirrorReport
+    assert autogradlens.watching.Watch is lens.Watch and autogradlens.diffing.GraphDiff is lens.GraphDiff
+    assert callable(lens.trace) and callable(lens.mirror) and callable(lens.watch) and callable(lens.diff)
+    assert lens.LensError is importlib.import_module("autogradlens.errors").LensError
+
+
+def _entries():
+    from autogradlens import data, training
+    return {"trace": lens.trace, "mirror": lens.mirror, "watch": lens.watch, "diff": lens.diff,
+            "Trace.from_json": lens.Trace.from_json, "Trace.render": lens.Trace.render, "data.digits": data.digits,
+            "data.mnist": data.mnist, "data.read_idx": data.read_idx, "training.fit": training.fit,
+            "training.make_optimizer": training.make_optimizer}
+
+
+@pytest.mark.parametrize("name", sorted(_entries()))
+def test_public_entries_say_what_they_raise(name):
+    doc = _entries()[name].__doc__ or ""
+    assert "Raises:" in doc and "Lens" in doc.split("Raises:")[1], f"{name}: docstring lists no Lens error it raises"
