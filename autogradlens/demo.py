@@ -16,7 +16,6 @@ from . import plots, report
 from .diffing import diff
 from .examples import MLP, neuron, neuron_formula
 from .mirroring import mirror
-from .render import to_svg
 from .tracing import trace
 from .training import DEFAULT_LR, fit
 
@@ -34,7 +33,7 @@ def load_data(spec: str):
 def graph_section(t, reading: str, **opts) -> str:
     s = t.summary()
     counts = ", ".join(f"{k} ×{v}" for k, v in s["by_type"].items())
-    return (report.note(reading) + report.svg(to_svg(t, **opts)) +
+    return (report.note(reading) + report.svg(t.to_svg(**opts)) +
             f"<p>{s['nodes']} nodes ({report.esc(counts)}); {s['saved_tensors']} saved tensor slots in "
             f"{s['saved_storages']} storages, {s['saved_bytes']:,} bytes.</p>")
 

@@ -1,0 +1,112 @@
+"""Which module made each node: stamped during forward by :func:`modules`, else inferred from parameters."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from .errors import LensTypeError
+
+__all__ = ["KEY", "infer_modules", "module_of", "modules"]
+
+KEY = "autogradlens.module"  # the key in grad_fn.metadata (a dict PyTorch keeps on the C++ node)
+# nodes that only reshape a parameter (Linear's W.t()): they belong to the parameter's module too
+_VIEWS = ("TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0", "ReshapeAliasBackward0",
+          "UnsqueezeBackward0", "ExpandBackward0", "SqueezeBackward0", "SqueezeBackward1", "AliasBackward0")
+
+
+def _grad_fns(x, out: list) -> list:
+    stack = [x]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, torch.Tensor):
+            if v.grad_fn is not None:
+                out.append(v.grad_fn)
+        elif isinstance(v, (list, tuple)):
+            stack += v
+        elif isinstance(v, dict):
+            stack += v.values()
+    return out
+
+
+def _stamp(output, name: str, stops: set) -> None:
+    """Stamp `name` on every unstamped node between the module's output and its inputs."""
+    stack = _grad_fns(output, [])
+    while stack:
+        fn = stack.pop()
+        if fn in stops or type(fn).__name__ == "AccumulateGrad":
+            continue
+        meta = fn.metadata
+        if KEY in meta:
+            continue
+        meta[KEY] = name
+        stack += [f for f, _ in fn.next_functions if f is not None]
+
+
+@contextmanager
+def modules(model: torch.nn.Module):
+    """Record, during the forward passes inside the ``with`` block, which module of `model` made each
+    autograd node; ``lens.trace`` then puts nodes in module clusters (and collapses big modules).
+
+    Forward hooks stamp ``grad_fn.metadata["autogradlens.module"]``; they are removed on exit, also when
+    the body raises. Without it, ``trace`` still attributes the nodes that use a parameter.
+
+    Example:
+        >>> import torch, autogradlens as lens
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        >>> with lens.modules(model):
+        ...     loss = model(torch.randn(2, 3)).sum()
+        >>> t = lens.trace(loss, params=model)
+        >>> t.graph.nodes["TanhBackward0:0"]["module"]
+        '1'
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise LensTypeError(f"lens.modules() takes an nn.Module, got {type(model).__name__}")
+    pending: dict = {}  # module -> stack of its inputs' grad_fns (a module may run twice, or inside itself)
+    handles = []
+
+    def pre(mod, args):
+        pending.setdefault(mod, []).append(set(_grad_fns(args, [])))
+
+    def post(name):
+        def hook(mod, args, output):
+            stops = pending[mod].pop() if pending.get(mod) else set()
+            _stamp(output, name, stops)
+        return hook
+
+    try:
+        for name, m in model.named_modules():
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post(name)))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        pending.clear()
+
+
+def module_of(fn) -> str | None:
+    """The module name stamped on node `fn` by :func:`modules`, else None."""
+    meta = getattr(fn, "metadata", None)
+    return meta.get(KEY) if meta else None
+
+
+def infer_modules(g) -> None:
+    """Fill ``module`` from parameter names: a leaf ``0.weight`` belongs to module ``0``, and so do the
+    nodes that consume it (through a transpose or view) when nothing better is known."""
+    for nid, d in g.nodes(data=True):
+        p = d["param"]
+        if p is None or not d["is_leaf"] or "." not in p:
+            continue
+        owner = p.rsplit(".", 1)[0]
+        d["module"] = d["module"] or owner
+        todo = list(g.predecessors(nid))
+        while todo:
+            u = todo.pop()
+            du = g.nodes[u]
+            if du["module"] is not None:
+                continue
+            du["module"] = owner
+            if du["type"] in _VIEWS and g.out_degree(u) == 1:
+                todo += g.predecessors(u)
