@@ -31,17 +31,18 @@ def _grad_fns(x, out: list) -> list:
 
 
 def _stamp(output, name: str, stops: set) -> None:
-    """Stamp `name` on every unstamped node between the module's output and its inputs."""
-    stack = _grad_fns(output, [])
+    """Stamp `name` on every unstamped node between the module's output and its inputs (inner modules,
+    which finished first, keep their own names)."""
+    stack, seen = _grad_fns(output, []), set()
     while stack:
         fn = stack.pop()
-        if fn in stops or type(fn).__name__ == "AccumulateGrad":
+        if fn in seen or fn in stops or type(fn).__name__ == "AccumulateGrad":
             continue
+        seen.add(fn)
         meta = fn.metadata
-        if KEY in meta:
-            continue
-        meta[KEY] = name
-        stack += [f for f, _ in fn.next_functions if f is not None]
+        if KEY not in meta:
+            meta[KEY] = name
+        stack += [f for f, _ in fn.next_functions if f is not None and f not in seen]
 
 
 @contextmanager

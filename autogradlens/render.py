@@ -144,15 +144,15 @@ def to_text(trace, *, show_saved: bool = True, show_attrs: bool = False) -> str:
     """
     g = trace.graph
     lines, seen = [], set()
-    stack = [(r, 0, "", None) for r in reversed(trace.roots)]
+    stack = [(r, 0, "", "", None) for r in reversed(trace.roots)]
     while stack:
-        nid, depth, branch, via = stack.pop()
+        nid, depth, prefix, branch, via = stack.pop()
         d = g.nodes[nid]
-        level = depth % _INDENT
-        prefix = "    " * max(level - 1, 0) if level else (f"┆{depth} " if depth else "")
-        head = f"{prefix}{branch if level else ''}{nid}"
+        if depth and not depth % _INDENT:  # start the indentation again
+            prefix, branch = "", f"┆{depth} "
+        head = f"{prefix}{branch}{nid}"
         if d["is_leaf"] and "data" not in d:
-            head = f"{prefix}{branch if level else ''}{node_title(nid, d)} {short_shape(d['shape'])}  [leaf: {nid}]"
+            head = f"{prefix}{branch}{node_title(nid, d)} {short_shape(d['shape'])}  [leaf: {nid}]"
         if via is not None:
             head += f"  (output {via})"
         if nid in seen:
@@ -176,10 +176,12 @@ def to_text(trace, *, show_saved: bool = True, show_attrs: bool = False) -> str:
         if gt:
             extra.append(gt)
         lines.append(head + ("  " + "  ".join(extra) if extra else ""))
+        child_prefix = prefix + ("" if not branch or branch.startswith("┆") else
+                                 "    " if branch.startswith("└") else "│   ")
         kids = sorted(g.out_edges(nid, keys=True, data=True), key=lambda e: e[2])
         for i, (_, v, _k, ed) in reversed(list(enumerate(kids))):
             via_nr = ed["input_nr"] if len(g.nodes[v].get("outputs", ())) > 1 else None
-            stack.append((v, depth + 1, "└── " if i == len(kids) - 1 else "├── ", via_nr))
+            stack.append((v, depth + 1, child_prefix, "└── " if i == len(kids) - 1 else "├── ", via_nr))
     return "\n".join(lines)
 
 
@@ -282,7 +284,7 @@ def trace_spec(trace, *, show_saved: bool | None = None, show_attrs: bool | None
     if scale is not None:
         notes.append(f"colour: log10 of the gradient's norm, from {scale[0]:.1f} (pale) to {scale[1]:.1f} (red)")
     text = "\n".join(x for x in [label, *notes] if x)
-    spec = {"attrs": {"rankdir": rankdir or "TB"}, "nodes": top + sorted(storages.items()), "edges": edges,
+    spec = {"attrs": {"rankdir": rankdir or "TB", "ranksep": "0.3", "nodesep": "0.25"}, "nodes": top + sorted(storages.items()), "edges": edges,
             "clusters": clusters, "label": text or None}
     if legend:
         spec["legend"] = _legend(show_saved, {"collapsed module / chain": "box"} if boxes else None)
@@ -461,7 +463,7 @@ def _attrs(d: dict) -> str:
 
 def _html_id(nid: str) -> str:
     """The id a node's SVG element gets (the report links timeline rows to it)."""
-    return "node-" + re.sub(r"[^A-Za-z0-9_.:-]", "_", nid)
+    return "node-" + re.sub(r"[^A-Za-z0-9.:-]", lambda m: f"_{ord(m.group()):x}", nid)
 
 
 def _dot_cluster(c: dict, out: list, counter: list, indent: str) -> None:
