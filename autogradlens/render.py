@@ -284,7 +284,8 @@ def trace_spec(trace, *, show_saved: bool | None = None, show_attrs: bool | None
     if scale is not None:
         notes.append(f"colour: log10 of the gradient's norm, from {scale[0]:.1f} (pale) to {scale[1]:.1f} (red)")
     text = "\n".join(x for x in [label, *notes] if x)
-    spec = {"attrs": {"rankdir": rankdir or "TB", "ranksep": "0.3", "nodesep": "0.25"}, "nodes": top + sorted(storages.items()), "edges": edges,
+    spec = {"attrs": {"rankdir": rankdir or "TB", "ranksep": "0.3", "nodesep": "0.25"},
+            "nodes": top + sorted(storages.items()), "edges": edges,
             "clusters": clusters, "label": text or None}
     if legend:
         spec["legend"] = _legend(show_saved, {"collapsed module / chain": "box"} if boxes else None)
