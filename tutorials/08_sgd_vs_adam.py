@@ -25,7 +25,7 @@ from autogradlens import data, plots, training
 from autogradlens.examples import MLP
 
 d = data.digits()
-epochs = 3
+epochs = 2
 runs = {}
 for name in ("sgd", "adam"):
     torch.manual_seed(0)
