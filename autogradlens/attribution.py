@@ -95,7 +95,9 @@ def module_of(fn) -> str | None:
 
 def infer_modules(g) -> None:
     """Fill ``module`` from parameter names: a leaf ``0.weight`` belongs to module ``0``, and so do the
-    nodes that consume it (through a transpose or view) when nothing better is known."""
+    nodes that consume it (through a transpose or view) when nothing better is known. A node between
+    two nodes of known modules gets what they share: between ``layers.0.norm1`` and
+    ``layers.0.self_attn.out_proj`` lies ``layers.0``."""
     for nid, d in g.nodes(data=True):
         p = d["param"]
         if p is None or not d["is_leaf"] or "." not in p:
@@ -111,3 +113,43 @@ def infer_modules(g) -> None:
             du["module"] = owner
             if du["type"] in _VIEWS and g.out_degree(u) == 1:
                 todo += g.predecessors(u)
+    _sandwich(g)
+
+
+def _common(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a if b is None else b
+    pa, pb = a.split("."), b.split(".")
+    k = 0
+    while k < min(len(pa), len(pb)) and pa[k] == pb[k]:
+        k += 1
+    return ".".join(pa[:k])
+
+
+def _sandwich(g) -> None:
+    """Unknown op nodes get the common module of the nearest known nodes on both sides."""
+    import networkx as nx
+
+    order = list(nx.topological_sort(g))  # root first, leaves last
+    mod = {n: g.nodes[n]["module"] for n in order}
+    up: dict = {}  # nearest known module towards the root
+    for n in order:
+        cands = [mod[u] if mod[u] is not None else up.get(u) for u in g.predecessors(n)]
+        acc = None
+        for c in cands:
+            if c is None:
+                continue
+            acc = c if acc is None else _common(acc, c)
+        up[n] = acc
+    down: dict = {}  # nearest known module towards the leaves
+    for n in reversed(order):
+        acc = None
+        for v in g.successors(n):
+            c = mod[v] if mod[v] is not None else down.get(v)
+            if c is not None:
+                acc = c if acc is None else _common(acc, c)
+        down[n] = acc
+    for n in order:
+        d = g.nodes[n]
+        if d["module"] is None and not d["is_leaf"] and up[n] is not None and down[n] is not None:
+            d["module"] = _common(up[n], down[n]) or None

@@ -195,8 +195,8 @@ def trace_spec(trace, *, show_saved: bool | None = None, show_attrs: bool | None
 
     Nodes are grouped in clusters by ``module``. When the graph has more than `limit` nodes, modules
     deeper than `depth` levels are collapsed into one box each (``depth=None`` picks the deepest level
-    that fits; ``depth=99`` expands all), then long chains fold into one box, then only the nodes
-    nearest the root are drawn; a note says what is hidden. ``limit=None`` draws every node.
+    that fits; ``depth=99`` expands all), then (with ``depth=None`` only) long chains fold into one box,
+    then only the nodes nearest the root are drawn; a note says what is hidden. ``limit=None`` draws all.
     """
     g = trace.graph
     if is_value_graph(g):
@@ -326,6 +326,8 @@ def _collapse(trace, depth, limit) -> tuple[dict, dict, list]:
              for b, ns in members.items()}
     notes = [f"{len(item)} nodes inside {len(boxes)} collapsed modules (depth={depth if depth is not None else dp}; "
              "depth=99 expands all)"] if boxes else []
+    if depth is not None:  # the user chose what to expand: no folding, no cut
+        return item, boxes, notes
     if visible > limit:
         folded = _fold_chains(g, item, boxes)
         if folded:
