@@ -165,8 +165,8 @@ def step_sizes(watches: dict, ax=None):
 
 # ----------------------------------------------------------------------------- gradients per layer
 
-def _layer_grads(source) -> list[tuple[str, float, float]]:
-    """(parameter name, RMS of its gradient, largest |gradient|) in forward order."""
+def _layer_grads(source) -> list[tuple[str, float, float, int]]:
+    """(parameter name, RMS of its gradient, largest |gradient|, its number of dimensions) in forward order."""
     import torch
 
     from .tracing import Trace
@@ -176,7 +176,8 @@ def _layer_grads(source) -> list[tuple[str, float, float]]:
         for _, d in g.nodes(data=True):
             if d["is_leaf"] and d["param"] is not None and d.get("grad"):
                 n = math.prod(d["shape"]) if d["shape"] else 1
-                rows.append((d["param"], d["grad"]["norm"] / math.sqrt(max(n, 1)), d["grad"]["abs_max"]))
+                rows.append((d["param"], d["grad"]["norm"] / math.sqrt(max(n, 1)), d["grad"]["abs_max"],
+                             len(d["shape"] or ())))
         order = {n: i for i, n in enumerate(_param_order(source))}
         rows.sort(key=lambda r: order.get(r[0], len(order)))
         if not rows:
@@ -184,7 +185,7 @@ def _layer_grads(source) -> list[tuple[str, float, float]]:
                                  "lens.trace(loss, params=model, grads=True)")
         return rows
     if isinstance(source, torch.nn.Module):
-        rows = [(n, float(p.grad.pow(2).mean().sqrt()), float(p.grad.abs().max()))
+        rows = [(n, float(p.grad.pow(2).mean().sqrt()), float(p.grad.abs().max()), p.dim())
                 for n, p in source.named_parameters() if p.grad is not None]
         if not rows:
             raise LensValueError("no parameter of this model has a .grad: call loss.backward() first, "
@@ -204,11 +205,12 @@ def _natural(name: str):
 
 
 def gradient_flow(source, ax=None, *, weights_only: bool = True):
-    """Where gradients vanish or explode: per layer (parameter, in forward order) the RMS of its gradient
-    (dots, joined) and its largest element (bars), on a log scale.
+    """Where gradients vanish or explode: per layer (in forward order: first layer on the left) the RMS of
+    its weight's gradient (dots, joined) and its largest element (bars), on a log scale.
 
     `source`: a Trace made with ``grads=True``, an ``nn.Module`` after ``backward()``, or a dict
-    name -> either, drawn in distinct colours on the same axes (e.g. without and with BatchNorm).
+    name -> either, drawn in distinct colours on the same axes (e.g. without and with BatchNorm), layer by
+    layer. ``weights_only`` keeps parameters with 2 or more dimensions (no biases, no norm scales).
 
     Example:
         >>> import torch, autogradlens as lens
@@ -219,20 +221,19 @@ def gradient_flow(source, ax=None, *, weights_only: bool = True):
         'log'
     """
     sources = source if isinstance(source, dict) else {"": source}
-    fig, ax = _axes(ax, (max(6.4, 0.5 * max(len(_layer_grads(s)) for s in sources.values()) + 3), 3.8))
-    names: list = []
-    data = {}
-    for k, s in sources.items():
-        rows = [r for r in _layer_grads(s) if not weights_only or not r[0].endswith("bias")]
-        data[k] = rows
-        names += [r[0] for r in rows if r[0] not in names]
-    width = 0.8 / max(len(sources), 1)
+    data = {k: [r for r in _layer_grads(s) if not weights_only or r[3] >= 2] for k, s in sources.items()}
+    n = max(len(rows) for rows in data.values())
+    fig, ax = _axes(ax, (max(6.4, 0.45 * n + 3), 3.8))
+    width = 0.8 / max(len(data), 1)
     for i, ((k, rows), c) in enumerate(zip(data.items(), _colors(len(data)))):
-        xs = [names.index(r[0]) + (i - (len(data) - 1) / 2) * width for r in rows]
+        xs = [j + (i - (len(data) - 1) / 2) * width for j in range(len(rows))]
         ax.bar(xs, [r[2] for r in rows], width=width, color=c, alpha=0.3)
         ax.plot(xs, [r[1] for r in rows], "o-", color=c, lw=1.4, ms=4, label=(k + ": " if k else "") + "RMS")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    names = [[r[0] for r in rows] for rows in data.values()]
+    ticks = names[0] if all(x == names[0] for x in names) else [f"layer {j + 1}" for j in range(n)]
+    ax.set_xticks(range(len(ticks)))
+    ax.set_xticklabels(ticks, rotation=60 if len(data) == 1 else 0, ha="right" if len(data) == 1 else "center",
+                       fontsize=7)
     ax.set(yscale="log", ylabel="|gradient|", title="gradient flow per layer (dots: RMS, bars: largest element)")
     ax.axhspan(1e-12, 1e-6, color="#cccccc", alpha=0.25, lw=0)
     ax.legend(fontsize=7)

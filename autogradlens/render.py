@@ -625,6 +625,16 @@ def _record_text(label: str) -> str:
     return " | ".join(p.strip() for p in label.strip("{} ").split("|"))
 
 
+def _port(p, q, lr: bool):
+    """Where an edge from p towards q leaves p's box (boxes are about 0.5 high, 1.2 wide in data units)."""
+    (x1, y1), (x2, y2) = p, q
+    if lr:
+        return (x1 + (0.75 if x2 > x1 else -0.75 if x2 < x1 else 0), y1 + (0.2 if y2 > y1 else -0.2 if y2 < y1 else 0))
+    if y1 == y2:  # side by side (a saved note beside its node)
+        return (x1 + (0.6 if x2 > x1 else -0.6), y1)
+    return (x1 + (0.3 if x2 > x1 + 0.5 else -0.3 if x2 < x1 - 0.5 else 0), y1 + (0.22 if y2 > y1 else -0.22))
+
+
 def spec_to_matplotlib(spec: dict):
     """The fallback picture, drawn on a ``matplotlib.figure.Figure`` (the user's backend is left alone):
     a layered drawing with arrowheads on every edge, slot labels, saved tensors beside their node."""
@@ -674,10 +684,10 @@ def spec_to_matplotlib(spec: dict):
         if u not in pos or v not in pos or a.get("style") == "invis":
             continue
         dashed = a.get("style") == "dashed"
-        arrow = FancyArrowPatch(pos[u], pos[v], patchA=artists[u].get_bbox_patch(),
-                                patchB=artists[v].get_bbox_patch(), shrinkA=2, shrinkB=2,
-                                arrowstyle="-" if dashed else "-|>", mutation_scale=9, lw=0.7, zorder=2,
-                                color=a.get("color", "#666666"), linestyle="--" if dashed else "-")
+        arrow = FancyArrowPatch(_port(pos[u], pos[v], lr), _port(pos[v], pos[u], lr),
+                                arrowstyle="-" if dashed else "-|>", mutation_scale=10, lw=0.8, zorder=5,
+                                shrinkA=0, shrinkB=0, color=a.get("color", "#555555"),
+                                linestyle="--" if dashed else "-")
         ax.add_patch(arrow)
         if a.get("label"):
             (x1, y1), (x2, y2) = pos[u], pos[v]
