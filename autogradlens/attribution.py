@@ -113,7 +113,14 @@ def infer_modules(g) -> None:
             du["module"] = owner
             if du["type"] in _VIEWS and g.out_degree(u) == 1:
                 todo += g.predecessors(u)
-    _sandwich(g)
+    known = unknown = False
+    for _, d in g.nodes(data=True):
+        if d["module"] is not None:
+            known = True
+        elif not d["is_leaf"]:
+            unknown = True
+    if known and unknown:
+        _sandwich(g)
 
 
 def _common(a: str | None, b: str | None) -> str | None:

@@ -272,6 +272,9 @@ def trace(root, *, params=None, grads: bool = False) -> Trace:
     """
     first = root[0] if isinstance(root, (list, tuple)) and root else root
     if is_value(first):
+        if params is not None or grads:
+            raise LensValueError("params= and grads= are for tensor graphs: a Value carries its own label, data "
+                                 "and grad; call root.backward() before tracing to see the gradients")
         g = trace_value(root)
         ids = [n for n, d in g.nodes(data=True) if d["is_root"]]
         return Trace(g, ids if isinstance(root, (list, tuple)) else ids[0])

@@ -291,3 +291,16 @@ def test_report_links_timeline_rows_to_svg_nodes():
     assert report.link(None) == ""
     table = report.table([{"node": link, "x": "<b>"}], html_columns=("node",))
     assert link in table and "&lt;b&gt;" in table
+
+
+def test_value_and_gradient_traces_round_trip_through_json():
+    L, _ = lecture_expression(lens.Value)
+    t = lens.trace(L)
+    assert Trace.from_json(t.to_json()).to_dot() == t.to_dot()
+    x = torch.randn(3, requires_grad=True)
+    tg = lens.trace((x * x).sum(), params={"x": x}, grads=True)
+    back = Trace.from_json(tg.to_json())
+    assert back.graph.nodes["param:x"]["grad"] == tg.graph.nodes["param:x"]["grad"]
+    assert back.to_dot() == tg.to_dot()
+    with pytest.raises(lens.LensError, match="carries its own label"):
+        lens.trace(L, params={"x": x})
