@@ -135,13 +135,18 @@ def _common(a: str | None, b: str | None) -> str | None:
 
 def _sandwich(g) -> None:
     """Unknown op nodes get the common module of the nearest known nodes on both sides."""
-    import networkx as nx
-
-    order = list(nx.topological_sort(g))  # root first, leaves last
-    mod = {n: g.nodes[n]["module"] for n in order}
+    succ, pred = g._succ, g._pred  # plain dicts: networkx's views cost more than the work here
+    indeg = {n: len(pred[n]) for n in succ}
+    order = [n for n, k in indeg.items() if k == 0]  # Kahn: root first, leaves last
+    for n in order:
+        for v in succ[n]:
+            indeg[v] -= 1
+            if not indeg[v]:
+                order.append(v)
+    mod = {n: d["module"] for n, d in g.nodes(data=True)}
     up: dict = {}  # nearest known module towards the root
     for n in order:
-        cands = [mod[u] if mod[u] is not None else up.get(u) for u in g.predecessors(n)]
+        cands = [mod[u] if mod[u] is not None else up.get(u) for u in pred[n]]
         acc = None
         for c in cands:
             if c is None:
@@ -151,7 +156,7 @@ def _sandwich(g) -> None:
     down: dict = {}  # nearest known module towards the leaves
     for n in reversed(order):
         acc = None
-        for v in g.successors(n):
+        for v in succ[n]:
             c = mod[v] if mod[v] is not None else down.get(v)
             if c is not None:
                 acc = c if acc is None else _common(acc, c)
