@@ -24,7 +24,7 @@ import torch
 from ._torch import input_metadata, read_slot, saved_names, sequence_nr
 from .attribution import infer_modules, module_of
 from .capture import capture
-from .errors import LensValueError
+from .errors import LensRuntimeError, LensValueError
 from .render import Drawable, trace_spec
 from .render import to_text as _to_text
 from .valuegraph import is_value, trace_value
@@ -301,8 +301,12 @@ def _retained(ops: set) -> list:
     """Tensors of this graph with retain_grad(): autograd.grad would write their .grad (found via gc)."""
     out = []
     for o in gc.get_objects():
-        if issubclass(type(o), torch.Tensor) and o.grad_fn in ops and o.retains_grad:
-            out.append((o, o.grad))
+        if issubclass(type(o), torch.Tensor):
+            try:
+                if o.retains_grad and o.grad_fn in ops:
+                    out.append((o, o.grad))
+            except RuntimeError:  # a tensor kind that cannot answer (e.g. some subclasses): not ours
+                continue
     return out
 
 
@@ -311,6 +315,11 @@ def _attach_grads(t: Trace, w: _Walk, roots: list) -> None:
     leaves = {fn: w.ids[fn] for fn in w.order if _node_type(fn) == "AccumulateGrad"}
     if not leaves:
         raise LensValueError("grads=True needs a graph that reaches at least one leaf tensor with requires_grad")
+    gone = {s["state"] for _, d in t.graph.nodes(data=True) for s in d["saved"]} & {"freed", "stale"}
+    if gone:
+        raise LensRuntimeError(f"grads=True runs a backward pass, but saved tensors of this graph are "
+                               f"{' and '.join(sorted(gone))}: trace with grads=True before backward() (or "
+                               "backward(retain_graph=True)) and before changing its tensors in place")
     kept = _retained(set(ops))
     try:
         seen_in, _, leaf_in = capture(roots, ops, leaves)

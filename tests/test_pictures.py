@@ -304,3 +304,13 @@ def test_value_and_gradient_traces_round_trip_through_json():
     assert back.to_dot() == tg.to_dot()
     with pytest.raises(lens.LensError, match="carries its own label"):
         lens.trace(L, params={"x": x})
+
+
+def test_grads_after_backward_says_what_to_do():
+    x = torch.randn(3, requires_grad=True)
+    loss = (x.exp() * 2).sum()
+    loss.backward()
+    with pytest.raises(lens.LensError, match="before backward") as e:
+        lens.trace(loss, grads=True)
+    assert isinstance(e.value, RuntimeError)
+    assert lens.trace(loss).graph.nodes["ExpBackward0:0"]["grad"] is None  # structure still readable
