@@ -63,11 +63,11 @@ def test_value_labels_are_read_when_the_value_has_them():
 def test_value_a_times_a_and_deep_chains():
     a = lens.Value(3.0)
     y = a
-    for _ in range(20_000):  # iterative walk: no recursion limit
+    for _ in range(5_000):  # iterative walk: no recursion limit (1000)
         y = y + 0.0
     (y * a).backward()
     t = lens.trace(y * a)
-    assert len(t) > 20_000 and isinstance(lens.trace(a * a).to_dot(), str)
+    assert len(t) > 5_000 and isinstance(lens.trace(a * a).to_dot(), str)
 
 
 def test_value_trace_rejects_mixed_roots():
