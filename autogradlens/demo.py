@@ -71,9 +71,10 @@ def lecture_neuron():
 
     x1, x2, w1, w2, b = v(2.0, "x1"), v(0.0, "x2"), v(-3.0, "w1"), v(1.0, "w2"), v(6.8813735870195432, "b")
     x1w1, x2w2 = x1 * w1, x2 * w2
-    n = x1w1 + x2w2 + b
+    x1w1x2w2 = x1w1 + x2w2
+    n = x1w1x2w2 + b
     o = n.tanh()
-    for val, name in ((x1w1, "x1*w1"), (x2w2, "x2*w2"), (n, "n"), (o, "o")):
+    for val, name in ((x1w1, "x1*w1"), (x2w2, "x2*w2"), (x1w1x2w2, "x1*w1 + x2*w2"), (n, "n"), (o, "o")):
         try:
             val.label = name
         except AttributeError:
