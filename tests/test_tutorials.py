@@ -27,34 +27,50 @@ def test_tutorials_exist_and_are_numbered():
         assert "AUTOGRADLENS_" not in text, f"{p.name}: no hidden environment switches"
 
 
-def _run(path: Path, workdir: Path):
-    import jupytext
-    import nbclient
-
-    nb = jupytext.read(path)
+def _kernel_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel's own (inline) backend
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT), env.get("PYTHONPATH")) if x)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=240, allow_errors=False,
-                                     resources={"metadata": {"path": str(workdir)}})
-    client.execute(env=env)
-    return nb
+    return env
+
+
+def _run_group(paths: list, tmp_path_factory) -> dict:
+    """Run notebooks one after the other in one kernel (started once: torch imports once), each from a
+    clean namespace (%reset) in its own folder."""
+    import jupytext
+    import nbclient
+    import nbformat
+    from jupyter_client.manager import KernelManager
+
+    out = {}
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=_kernel_env(), cwd=str(tmp_path_factory.mktemp("kernel")))
+    try:
+        for path in paths:
+            try:
+                nb = jupytext.read(path)
+                work = tmp_path_factory.mktemp(path.stem)
+                nb.cells.insert(0, nbformat.v4.new_code_cell(f"%reset -f\nimport os\nos.chdir({str(work)!r})"))
+                nbclient.NotebookClient(nb, km=km, timeout=240, allow_errors=False).execute()
+                nb.cells.pop(0)
+                out[path.name] = nb
+            except Exception as e:  # reported by the test of that tutorial
+                out[path.name] = e
+    finally:
+        km.shutdown_kernel(now=True)
+    return out
 
 
 @pytest.fixture(scope="module")
 def notebooks(tmp_path_factory):
-    """Run all tutorials as notebooks, a few at a time (kernel start-up dominates small ones)."""
+    """Run all tutorials as notebooks in a few kernels side by side (kernel start-up dominates small ones)."""
     pytest.importorskip("nbclient", reason="pip install -e '.[dev]' (nbclient, ipykernel)")
     pytest.importorskip("ipykernel", reason="pip install -e '.[dev]' (nbclient, ipykernel)")
+    workers = max(2, min(3, os.cpu_count() or 2))
+    groups = [TUTORIALS[i::workers] for i in range(workers)]
     out = {}
-
-    def one(p):
-        try:
-            return p.name, _run(p, tmp_path_factory.mktemp(p.stem))
-        except Exception as e:  # reported by the test of that tutorial
-            return p.name, e
-
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        out.update(pool.map(one, TUTORIALS))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(lambda g: _run_group(g, tmp_path_factory), groups):
+            out.update(part)
     return out
 
 
