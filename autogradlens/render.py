@@ -208,7 +208,8 @@ def trace_spec(trace, *, show_saved: bool | None = None, show_attrs: bool | None
     show_attrs = not big if show_attrs is None else show_attrs
     has_grads = any(d.get("grad") is not None for _, d in g.nodes(data=True))
     grads = has_grads if grads is None else grads and has_grads
-    colors = dict(colors or {})
+    marks = dict(colors or {})  # the caller's colours (a verdict, a diff): a collapsed box shows the worst
+    colors = dict(marks)
     scale = None
     if grads:
         gcol, scale = grad_colors(g)
@@ -272,9 +273,13 @@ def trace_spec(trace, *, show_saved: bool | None = None, show_attrs: bool | None
         if v in multi:
             a["label"] = f":{ed['input_nr']}"
         edges.append((prefix + u, prefix + v, a))
+    members: dict = {}
+    for nid, bid in item.items():
+        members.setdefault(bid, []).append(nid)
     for bid, b in boxes.items():
         placed[prefix + bid] = b["parent"]
-        nodes.append((prefix + bid, {"label": b["label"], "fillcolor": COLORS["box"], "shape": "box3d",
+        fill = _worst([marks.get(n) for n in members.get(bid, ())])
+        nodes.append((prefix + bid, {"label": b["label"], "fillcolor": fill, "shape": "box3d",
                                      "kind": "box", "id": prefix + bid}))
     if hidden_saved and show_saved:
         notes.append(f"{hidden_saved} saved tensor slots are inside collapsed boxes")
@@ -290,6 +295,14 @@ def trace_spec(trace, *, show_saved: bool | None = None, show_attrs: bool | None
     if legend:
         spec["legend"] = _legend(show_saved, {"collapsed module / chain": "box"} if boxes else None)
     return spec
+
+
+_SEVERITY = (COLORS["removed"], COLORS["changed"], COLORS["added"])  # mismatch/removed, changed, match/added
+
+
+def _worst(cols: list) -> str:
+    present = set(cols)
+    return next((c for c in _SEVERITY if c in present), COLORS["box"])
 
 
 def _collapse(trace, depth, limit) -> tuple[dict, dict, list]:

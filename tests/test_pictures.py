@@ -314,3 +314,16 @@ def test_grads_after_backward_says_what_to_do():
         lens.trace(loss, grads=True)
     assert isinstance(e.value, RuntimeError)
     assert lens.trace(loss).graph.nodes["ExpBackward0:0"]["grad"] is None  # structure still readable
+
+
+def test_a_collapsed_box_shows_the_worst_verdict_inside_it():
+    m = _transformer2()
+    x = torch.randn(2, 4, 8)
+    with lens.modules(m):
+        loss = m(x).pow(2).mean()
+    t = lens.trace(loss, params=m)
+    inside = next(n for n, d in t.graph.nodes(data=True) if d["module"] == "layers.1.self_attn")
+    spec = render.trace_spec(t, colors={inside: render.COLORS["removed"]})
+    boxes = {s["label"].split("\n")[0]: s["fillcolor"] for _, s in _drawn(spec) if s["kind"] == "box"}
+    assert boxes["layers.1.self_attn"] == render.COLORS["removed"]
+    assert boxes["layers.0.self_attn"] == render.COLORS["box"]
