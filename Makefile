@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 OUT ?= out
 
-.PHONY: setup demo test lint bench graphviz clean
+.PHONY: setup demo test lint bench notebooks graphviz clean
 
 setup: $(VENV)/.installed graphviz
 
@@ -37,6 +37,11 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_trace.py
+
+# The tutorials are jupytext scripts; JupyterLab with jupytext opens each .py as a notebook.
+notebooks: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,notebooks]"
+	$(VENV)/bin/jupyter lab --notebook-dir=tutorials  # right-click a .py: Open With > Notebook
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import warnings
 
 _warned = False
@@ -22,4 +24,12 @@ def warn_no_dot() -> None:
     if not _warned:
         _warned = True
         warnings.warn(f"Graphviz's `dot` was not found, so autogradlens drew the graph with matplotlib; "
-                      f"{INSTALL_DOT}.", stacklevel=3)
+                      f"{INSTALL_DOT}.", stacklevel=user_stacklevel())
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` that makes a warning point at the first caller outside autogradlens."""
+    here, f, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(1), 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(here):
+        f, level = f.f_back, level + 1
+    return level

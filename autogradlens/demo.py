@@ -17,9 +17,9 @@ from .diffing import diff
 from .errors import LensTypeError, LensValueError
 from .examples import MLP, neuron, neuron_formula
 from .mirroring import mirror
-from .render import to_svg
 from .tracing import trace
 from .training import DEFAULT_LR, fit
+from .value import Value
 
 
 def load_data(spec: str):
@@ -35,7 +35,7 @@ def load_data(spec: str):
 def graph_section(t, reading: str, **opts) -> str:
     s = t.summary()
     counts = ", ".join(f"{k} ×{v}" for k, v in s["by_type"].items())
-    return (report.note(reading) + report.svg(to_svg(t, **opts)) +
+    return (report.note(reading) + report.svg(t.to_svg(**opts)) +
             f"<p>{s['nodes']} nodes ({report.esc(counts)}); {s['saved_tensors']} saved tensor slots in "
             f"{s['saved_storages']} storages, {s['saved_bytes']:,} bytes.</p>")
 
@@ -53,11 +53,35 @@ def _timeline(w, step: int) -> str:
     for e in w.events:
         if e["step"] != step:
             continue
-        detail = {k: v for k, v in e.items() if k not in ("kind", "step", "note")}
-        rows.append({"#": len(rows), "kind": e["kind"],
+        detail = {k: v for k, v in e.items() if k not in ("kind", "step", "note", "node_id")}
+        rows.append({"#": len(rows), "kind": e["kind"], "node": report.link(e.get("node_id")),
                      "detail": ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in detail.items())})
-    return report.table(rows, limit=80)
+    return report.table(rows, limit=80, html_columns=("node",))
+
+
+def lecture_neuron():
+    """The lecture's neuron with Value, labelled as in the lecture, after backward()."""
+    def v(x, name):
+        out = Value(x)
+        try:
+            out.label = name
+        except AttributeError:  # a Value without labels still draws, with node ids
+            pass
+        return out
+
+    x1, x2, w1, w2, b = v(2.0, "x1"), v(0.0, "x2"), v(-3.0, "w1"), v(1.0, "w2"), v(6.8813735870195432, "b")
+    x1w1, x2w2 = x1 * w1, x2 * w2
+    x1w1x2w2 = x1w1 + x2w2
+    n = x1w1x2w2 + b
+    o = n.tanh()
+    for val, name in ((x1w1, "x1*w1"), (x2w2, "x2*w2"), (x1w1x2w2, "x1*w1 + x2*w2"), (n, "n"), (o, "o")):
+        try:
+            val.label = name
+        except AttributeError:
+            pass
+    o.backward()
+    return o
 
 
 def run_demo(out="out", data: str = "digits", epochs: int = 30, progress: bool = True, log=None) -> Path:
@@ -82,11 +106,17 @@ def run_demo(out="out", data: str = "digits", epochs: int = 30, progress: bool =
     say(f"data: {data}, {len(d.x_train)} training and {len(d.x_test)} test images")
     sections = []
 
+    # 0. the lecture neuron as Values: data and grad on every node
+    sections.append(("The lecture neuron as Values: data and grad", report.note(
+        "The micrograd lecture's picture: every value is a record label | data | grad, every operation a small "
+        "node between. After o.backward() each grad is do/dvalue: w2 gets 0 because x2 = 0, and the gradient "
+        "passes through + unchanged.") + report.svg(trace(lecture_neuron()).to_svg())))
+
     # 1. the lecture neuron
     say("1/5 tracing the lecture neuron")
     o, p = neuron()
     tn = trace(o, params=p)
-    sections.append(("The lecture neuron: what grad_fn is", graph_section(
+    sections.append(("The lecture neuron in PyTorch: what grad_fn is", graph_section(
         tn, "o = tanh(x1·w1 + x2·w2 + b). Each box is a grad_fn node; arrows point the way gradients flow, from "
             "the output back to the leaves, where AccumulateGrad writes .grad. AddBackward0 has two successors: "
             "the graph is a DAG, not a linked list. The pink notes are what each node saved for backward: "
@@ -107,6 +137,12 @@ def run_demo(out="out", data: str = "digits", epochs: int = 30, progress: bool =
            "weight); cross-entropy is LogSoftmaxBackward0 then NllLossBackward0. The first Linear saves no weight "
            "view: its input (the images) needs no gradient. ReLU's result and the next Linear's input are one "
            "storage, counted once.") + "<h3>Saved tensors</h3>" + saved_table(t)))
+    tg = trace(loss, params=model, grads=True)
+    sections.append(("Gradients on the graph", report.note(
+        "The same step traced with grads=True: one extra backward pass recorded the gradient flowing into every "
+        "node (.grad untouched). Nodes are coloured by the log of the gradient's norm (pale: small, red: large); "
+        "the figure below shows it per layer: a layer whose dots sink towards the grey band is not learning.")
+        + report.svg(tg.to_svg()) + report.figure(plots.gradient_flow(tg))))
     rep = mirror(loss, params=model)
     rep.render(out / "mirror.svg")
     c = rep.counts()
@@ -135,6 +171,7 @@ def run_demo(out="out", data: str = "digits", epochs: int = 30, progress: bool =
         "Both learn the digits. SGD moves every weight by lr × gradient; Adam divides each gradient by a running "
         "estimate of its own size, so every parameter gets its own step size.")
         + report.figure(plots.training_curves(hists))))
+    opt_watches = {"SGD": ws["SGD"], "Adam": ws["Adam"]}
     wa = hists["adam"].watch
     step = min(5, len(wa.steps) - 1)
     sections.append((f"What happens in one step (Adam, step {step})", report.note(
@@ -142,15 +179,15 @@ def run_demo(out="out", data: str = "digits", epochs: int = 30, progress: bool =
         "node and slot saved it); backward: loss.backward() starts; unpack: backward reads a saved tensor back; "
         "retain: retain_grad() on the hidden ReLU output received its gradient (other intermediates keep .grad "
         "None); accumulate: AccumulateGrad wrote .grad (fresh, since zero_grad() ran); update: the optimizer moved "
-        "the parameter.") + _timeline(wa, step)))
+        "the parameter. Node ids link to the graph of the MLP step above.") + _timeline(wa, step)))
     sections.append(("Gradient norms per layer", report.note(
         "The norm of each parameter's .grad at every step. Gradients shrink as the loss falls; noisy because each "
-        "step sees a different mini-batch.") + report.figure(plots.grad_norms(ws["SGD"]))
-        + report.figure(plots.grad_norms(ws["Adam"]))))
+        "step sees a different mini-batch (faint: every step; line: moving average). SGD left, Adam right, on "
+        "the same scale.") + report.figure(plots.grad_norms(opt_watches))))
     sections.append(("Update / parameter ratio", report.note(
         "‖update‖ / ‖parameter‖ per step: how fast each layer changes. A common rule of thumb (dashed) is about "
         "1e-3; far above means a layer is being rewritten every step, far below means it barely learns.")
-        + report.figure(plots.update_ratios(ws["SGD"])) + report.figure(plots.update_ratios(ws["Adam"]))))
+        + report.figure(plots.update_ratios(opt_watches))))
     sections.append(("Memory kept for backward", report.note(
         f"Bytes autograd saved each step, by the node type that saved them (each storage counted once). "
         f"About {ws['SGD'].steps[0]['saved_bytes']:,} bytes per step at batch 32; it grows linearly with the "

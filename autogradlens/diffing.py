@@ -16,7 +16,9 @@ from collections import defaultdict
 
 import torch
 
+from . import report
 from .errors import LensTypeError
+from .render import COLORS, Drawable, short_shape, trace_spec
 from .tracing import Trace, trace
 
 __all__ = ["GraphDiff", "diff"]
@@ -188,7 +190,7 @@ class _Matcher:
             pass
 
 
-class GraphDiff:
+class GraphDiff(Drawable):
     """The difference between two traced graphs.
 
     ``matched`` (pairs of ids), ``removed`` (ids in a only), ``added`` (ids in b only), ``changed``
@@ -235,8 +237,12 @@ class GraphDiff:
     def __str__(self) -> str:
         return self.to_text()
 
-    def _spec(self, **opts):
-        from .render import COLORS, trace_spec
+    # drawing (to_dot, to_graphviz, to_svg, render, notebook display) comes from render.Drawable
+    _dot_name = "diff"
+    _what = "a diff"
+
+    def _spec(self, **opts) -> dict:
+        """The two graphs side by side in two clusters: removed red, added green, changed orange."""
         ca = {n: COLORS["removed"] for n in self.removed}
         cb = {n: COLORS["added"] for n in self.added}
         for c in self.changed:
@@ -245,31 +251,22 @@ class GraphDiff:
         sa = trace_spec(self.a, prefix="a/", colors=ca, legend=False, **opts)
         sb = trace_spec(self.b, prefix="b/", colors=cb, legend=False, **opts)
         spec = {"attrs": dict(sa["attrs"]), "nodes": [], "edges": sa["edges"] + sb["edges"], "label": None,
-                "clusters": [{"label": "a", "nodes": sa["nodes"], "edges": sa["edges"]},
-                             {"label": "b", "nodes": sb["nodes"], "edges": sb["edges"]}],
+                "clusters": [{"label": "a", "nodes": sa["nodes"], "clusters": sa["clusters"]},
+                             {"label": "b", "nodes": sb["nodes"], "clusters": sb["clusters"]}],
                 "legend": [("removed (only in a)", "removed", "box"), ("added (only in b)", "added", "box"),
                            ("changed", "changed", "box"), ("same", "op", "box")]}
-        if len(self.matched) <= ALIGN_LIMIT:  # matched pairs side by side (newrank lets ranks cross clusters)
+        shown = {n for c in spec["clusters"] for n, _ in _all_nodes(c)}
+        pairs = [("a/" + x, "b/" + y) for x, y in self.matched if "a/" + x in shown and "b/" + y in shown]
+        if len(pairs) <= ALIGN_LIMIT:  # matched pairs side by side (newrank lets ranks cross clusters)
             spec["attrs"]["newrank"] = "true"
-            spec["same_rank"] = [("a/" + x, "b/" + y) for x, y in self.matched]
+            spec["same_rank"] = pairs
         return spec
 
-    def to_dot(self, **opts) -> str:
-        from .render import spec_to_dot
-        return spec_to_dot(self._spec(**opts), "diff")
-
-    def to_graphviz(self, **opts):
-        """The two graphs side by side in two clusters: removed red, added green, changed orange."""
-        from .render import spec_to_graphviz
-        return spec_to_graphviz(self._spec(**opts), "diff")
-
-    def to_svg(self, **opts) -> str:
-        from .render import spec_picture
-        return spec_picture(self._spec(**opts), "svg").decode("utf-8")
+    def _text_formats(self, **opts) -> dict:
+        return {"html": lambda: self.to_html(**opts), "txt": lambda: self.to_text() + "\n"}
 
     def to_html(self, **opts) -> str:
         """A self-contained page: both graphs side by side and the table of differences."""
-        from . import report
         rows = [{"kind": "removed", "a": n, "b": "", "what": _brief(self.a.graph.nodes[n])} for n in self.removed]
         rows += [{"kind": "added", "a": "", "b": n, "what": _brief(self.b.graph.nodes[n])} for n in self.added]
         rows += [{"kind": "changed", "a": c["a"], "b": c["b"], "what": "; ".join(_what(c["what"]))}
@@ -277,19 +274,20 @@ class GraphDiff:
         return report.page("autogradlens diff", [("Side by side", report.svg(self.to_svg(**opts))),
                                                  ("Differences", report.pre(self.to_text()) + report.table(rows))])
 
-    def render(self, path, **opts):
-        """Write the diff: .html, .svg/.png/.pdf (the picture), .dot or .txt."""
-        from .render import save
-        return save(path, "a diff", lambda: self._spec(**opts), name="diff", html=lambda: self.to_html(**opts),
-                    txt=lambda: self.to_text() + "\n")
-
     def _repr_html_(self) -> str:
-        from . import report
         return f"<p><b>{report.esc(repr(self))}</b></p>" + report.svg(self.to_svg()) + report.pre(self.to_text())
 
 
+def _all_nodes(c: dict) -> list:
+    out, stack = [], [c]
+    while stack:
+        x = stack.pop()
+        out += x["nodes"]
+        stack += x.get("clusters", [])
+    return out
+
+
 def _brief(d: dict) -> str:
-    from .render import short_shape
     name = d["param"] or d["type"]
     return f"{name} {short_shape(d['shape'])}"
 

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import report
 from ._torch import input_metadata, saved_names
 from .capture import capture
+from .render import Drawable, trace_spec
 from .rules import RULES, Ctx, Unsupported, sum_to
 from .scalar import AUTO_SCALAR, SCALAR_LIMIT, as_values, floats, scalar_cost
 from .tracing import _decode_attr, _dtype, _trace
@@ -120,7 +122,7 @@ def _snapshot(fn, nid, nf, cache) -> _Node:
 
 # ----------------------------------------------------------------------------- the report
 
-class MirrorReport:
+class MirrorReport(Drawable):
     """What the mirror found: ``ok``, ``rows`` (one per node and one per leaf), ``unmirrored``.
 
     Each row is a dict: ``id``, ``type``, ``name`` (parameter name or type), ``kind`` ("node"/"leaf"),
@@ -185,31 +187,21 @@ class MirrorReport:
         pal = {"match": "#a8e6a3", "mismatch": "#f4a6a6", "unmirrored": "#e5e5e5"}
         return {r["id"]: pal["mismatch" if r.get("e2e_status") == "mismatch" else r["status"]] for r in self.rows}
 
-    def to_dot(self, **opts) -> str:
-        """The traced graph coloured by verdict: green match, red mismatch, grey unmirrored."""
-        from .render import spec_to_dot
-        return spec_to_dot(self._spec(**opts))
+    # drawing (to_dot, to_graphviz, to_svg, render, notebook display) comes from render.Drawable
+    _what = "a mirror report"
 
-    def _spec(self, **opts):
-        from .render import trace_spec
+    def _spec(self, **opts) -> dict:
+        """The traced graph coloured by verdict: green match, red mismatch, grey unmirrored."""
         spec = trace_spec(self.trace, colors=self.colors(), legend=False, **opts)
         spec["legend"] = [("match", "added", "box"), ("mismatch", "removed", "box"), ("unmirrored", "freed", "box")]
         return spec
 
-    def render(self, path, **opts):
-        """Write the verdict-coloured graph (svg, png, pdf, dot) or the table (txt)."""
-        from .render import save
-        return save(path, "a mirror report", lambda: self._spec(**opts), txt=lambda: self.to_text() + "\n")
-
-    def to_svg(self, **opts) -> str:
-        """The verdict-coloured graph as SVG text."""
-        from .render import spec_picture
-        return spec_picture(self._spec(**opts), "svg").decode("utf-8")
+    def _text_formats(self, **opts) -> dict:
+        return {"txt": lambda: self.to_text() + "\n"}
 
     def _repr_html_(self) -> str:
-        from . import report
         cols = ["name", "type", "status", "exact", "max_abs", "max_rel", "e2e_status"]
-        return f"<p><b>{report.esc(repr(self))}</b></p>" + report.table(self.rows, cols)
+        return f"<p><b>{report.esc(repr(self))}</b></p>" + report.table(self.rows, cols) + report.svg(self.to_svg())
 
 
 # ----------------------------------------------------------------------------- the mirror

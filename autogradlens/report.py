@@ -31,12 +31,18 @@ def svg(svg_text: str) -> str:
 
 
 def figure(fig) -> str:
-    """Inline a matplotlib figure as a PNG and close it."""
-    import matplotlib.pyplot as plt
+    """Inline a matplotlib figure as a PNG."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return f'<div class="pic"><img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></div>'
+
+
+def link(node_id) -> str:
+    """A link to a node of a graph drawn on the same page (its SVG element's id)."""
+    if not node_id:
+        return ""
+    from .render import _html_id
+    return f'<a href="#{esc(_html_id(str(node_id)))}">{esc(node_id)}</a>'
 
 
 def pre(text: str) -> str:
@@ -47,13 +53,14 @@ def note(text: str) -> str:
     return f'<p class="note">{esc(text)}</p>'
 
 
-def table(rows: list[dict], columns: list[str] | None = None, limit: int = 400) -> str:
+def table(rows: list[dict], columns: list[str] | None = None, limit: int = 400, html_columns=()) -> str:
+    """An HTML table; cells are escaped except in `html_columns` (already HTML, e.g. from :func:`link`)."""
     if not rows:
         return "<p><i>(none)</i></p>"
     columns = columns or list(rows[0])
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
-                   for r in rows[:limit])
+    body = "".join("<tr>" + "".join(f"<td>{r.get(c) or '' if c in html_columns else esc(_fmt(r.get(c)))}</td>"
+                                    for c in columns) + "</tr>" for r in rows[:limit])
     more = f"<p><i>… {len(rows) - limit} more rows</i></p>" if len(rows) > limit else ""
     return f"<table><tr>{head}</tr>{body}</table>{more}"
 

@@ -3,7 +3,7 @@
 Schema (documented once, consumed by render, mirror, watch and diff):
 
 node id   "<Type>:<k>" (k counts nodes of that type in walk order) or "param:<name>" for named leaves
-node      type, is_leaf, param, shape, dtype, device, saved, attrs, seq, is_root
+node      type, is_leaf, param, shape, dtype, device, saved, attrs, seq, is_root, module, grad
           (seq: autograd sequence number counted from the graph's first node; forward creation order)
           + outputs (shape per forward output), not_saved (slots that hold None, with the reason)
 saved     name, shape, dtype, device, nbytes, storage, storage_nbytes, is_output, alias, state, version,
@@ -14,6 +14,7 @@ edge      u -> v: u sends gradient to v; key = slot = position in u.next_functio
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
@@ -22,7 +23,12 @@ import torch
 
 from ._files import depth, dumps, loads, numbers
 from ._torch import input_metadata, read_slot, saved_names, sequence_nr, storage_of, version
-from .errors import LensValueError
+from .attribution import infer_modules, module_of
+from .capture import capture
+from .errors import LensRuntimeError, LensValueError
+from .render import Drawable, trace_spec
+from .render import to_text as _to_text
+from .valuegraph import is_value, trace_value
 
 __all__ = ["Trace", "trace"]
 
@@ -243,14 +249,22 @@ def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict) -> dict
     return {"type": t, "is_leaf": t == "AccumulateGrad", "param": param,
             "shape": shapes[0] if shapes else None, "dtype": dtype, "device": device,
             "saved": saved, "attrs": attrs, "seq": seq, "is_root": False,
+            "module": None if t == "AccumulateGrad" else module_of(fn),
+            "grad": None,
             "outputs": shapes, "not_saved": not_saved}
 
 
-def trace(root, *, params=None) -> Trace:
+def trace(root, *, params=None, grads: bool = False) -> Trace:
     """Trace the autograd graph behind `root` into a :class:`Trace`.
 
     `root` is a tensor with a ``grad_fn`` (usually the loss) or a list of them. `params` names the
-    leaves: an ``nn.Module``, a mapping name -> tensor, or ``(name, tensor)`` pairs.
+    leaves: an ``nn.Module``, a mapping name -> tensor, or ``(name, tensor)`` pairs. With ``grads=True``
+    one backward pass records on each node the gradient flowing into it (``grad``: norm, abs_max, mean,
+    values when it has at most 8 elements); every ``.grad`` is left as it was.
+
+    `root` may also be a micrograd-style scalar (a ``lens.Value`` or anything with ``data``, ``grad``,
+    ``_prev``, ``_op``): then each node is one value with ``data``, ``grad``, ``label``, and the picture
+    is the lecture's ``draw_dot``.
 
     Example:
         >>> import torch, autogradlens as lens
@@ -260,8 +274,74 @@ def trace(root, *, params=None) -> Trace:
         ['MulBackward0:0', 'SumBackward0:0', 'param:w']
         >>> t.graph.number_of_edges("MulBackward0:0", "param:w")   # a * a: two edges
         2
+        >>> round(lens.trace((w * w).sum(), params={"w": w}, grads=True).graph.nodes["param:w"]["grad"]["norm"], 3)
+        7.211
+        >>> a = lens.Value(2.0); b = a * 3.0; b.backward()
+        >>> lens.trace(b).graph.nodes["*:0"]["data"], lens.trace(b).graph.nodes["leaf:0"]["grad"]
+        (6.0, 3.0)
     """
-    return _trace(root, params)[0]
+    first = root[0] if isinstance(root, (list, tuple)) and root else root
+    if is_value(first):
+        if params is not None or grads:
+            raise LensValueError("params= and grads= are for tensor graphs: a Value carries its own label, data "
+                                 "and grad; call root.backward() before tracing to see the gradients")
+        g = trace_value(root)
+        ids = [n for n, d in g.nodes(data=True) if d["is_root"]]
+        return Trace(g, ids if isinstance(root, (list, tuple)) else ids[0])
+    t, w = _trace(root, params)
+    if grads:
+        _attach_grads(t, w, list(root) if isinstance(root, (list, tuple)) else [root])
+    return t
+
+
+def _grad_stats(gs: list) -> dict | None:
+    gs = [x for x in gs if x is not None]
+    if not gs:
+        return None
+    n = sum(x.size for x in gs)
+    sq = sum(float((x.astype("float64") ** 2).sum()) for x in gs)
+    out = {"norm": math.sqrt(sq), "abs_max": max(float(abs(x).max()) if x.size else 0.0 for x in gs),
+           "mean": sum(float(x.sum()) for x in gs) / n if n else 0.0}
+    if n <= 8:
+        out["values"] = gs[0].tolist() if len(gs) == 1 else [x.tolist() for x in gs]
+    return out
+
+
+def _retained(ops: set) -> list:
+    """Tensors of this graph with retain_grad(): autograd.grad would write their .grad (found via gc)."""
+    out = []
+    for o in gc.get_objects():
+        if issubclass(type(o), torch.Tensor):
+            try:
+                if o.retains_grad and o.grad_fn in ops:
+                    out.append((o, o.grad))
+            except RuntimeError:  # a tensor kind that cannot answer (e.g. some subclasses): not ours
+                continue
+    return out
+
+
+def _attach_grads(t: Trace, w: _Walk, roots: list) -> None:
+    ops = {fn: w.ids[fn] for fn in w.order if _node_type(fn) != "AccumulateGrad"}
+    leaves = {fn: w.ids[fn] for fn in w.order if _node_type(fn) == "AccumulateGrad"}
+    if not leaves:
+        raise LensValueError("grads=True needs a graph that reaches at least one leaf tensor with requires_grad")
+    gone = {s["state"] for _, d in t.graph.nodes(data=True) for s in d["saved"]} & {"freed", "stale"}
+    if gone:
+        raise LensRuntimeError(f"grads=True runs a backward pass, but saved tensors of this graph are "
+                               f"{' and '.join(sorted(gone))}: trace with grads=True before backward() (or "
+                               "backward(retain_graph=True)) and before changing its tensors in place")
+    kept = _retained(set(ops))
+    try:
+        seen_in, _, leaf_in = capture(roots, ops, leaves)
+    finally:
+        for tensor, grad in kept:  # put back what the pass wrote into retain_grad() tensors
+            tensor.grad = grad
+        del kept
+    g = t.graph
+    for nid, gs in seen_in.items():
+        g.nodes[nid]["grad"] = _grad_stats(gs)
+    for nid, gv in leaf_in.items():
+        g.nodes[nid]["grad"] = _grad_stats([gv])
 
 
 class _Walk(NamedTuple):
@@ -298,6 +378,7 @@ def _trace(root, params) -> tuple[Trace, _Walk]:
     for _, d in g.nodes(data=True):
         if d["seq"] is not None:
             d["seq"] -= base
+    infer_modules(g)
     root_ids = [ids[f] for f in fns]
     for r in root_ids:
         g.nodes[r]["is_root"] = True
@@ -305,7 +386,7 @@ def _trace(root, params) -> tuple[Trace, _Walk]:
     return t, _Walk(fns, order, nexts, ids, names)
 
 
-class Trace:
+class Trace(Drawable):
     """The autograd graph of one (or several) roots. ``graph`` is a ``networkx.MultiDiGraph``.
 
     Example:
@@ -346,30 +427,19 @@ class Trace:
                 "saved_tensors": n_saved, "saved_bytes": sum(storages.values()),
                 "saved_storages": len(storages)}
 
-    # renderers live in render.py; thin methods keep the API flat
     def to_text(self, **opts) -> str:
-        """An indented tree (shared subgraphs shown once, then referenced)."""
-        from .render import to_text
-        return to_text(self, **opts)
+        """An indented tree (shared subgraphs shown once, then referenced). Options: show_saved, show_attrs."""
+        return _to_text(self, **opts)
 
-    def to_dot(self, **opts) -> str:
-        """Graphviz DOT source (no dependency). Options: show_saved, show_attrs, rankdir, legend."""
-        from .render import to_dot
-        return to_dot(self, **opts)
+    # drawing (to_dot, to_graphviz, to_svg, render, notebook display) comes from render.Drawable
+    _what = "a trace"
 
-    def to_graphviz(self, **opts):
-        """A ``graphviz.Digraph`` (shows itself in a notebook when Graphviz's ``dot`` is installed)."""
-        from .render import to_graphviz
-        return to_graphviz(self, **opts)
+    def _spec(self, **opts) -> dict:
+        """Options: show_saved, show_attrs, rankdir, legend, depth (module levels expanded), grads, limit."""
+        return trace_spec(self, **opts)
 
-    def render(self, path, **opts):
-        """Write the graph to `path`; the format comes from the suffix: svg, png, pdf, dot, json, txt."""
-        from .render import render
-        return render(self, path, **opts)
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        from .render import to_svg
-        return {"image/svg+xml": to_svg(self), "text/plain": repr(self)}
+    def _text_formats(self, **opts) -> dict:
+        return {"json": lambda: self.to_json(indent=1), "txt": lambda: self.to_text() + "\n"}
 
     def __repr__(self) -> str:
         s = self.summary()

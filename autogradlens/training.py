@@ -122,7 +122,10 @@ def fit(model, data, optimizer="sgd", *, lr=None, epochs: int = 20, batch_size: 
         >>> len(h.test_acc)
         1
     """
-    from tqdm.auto import tqdm
+    if progress:  # tqdm.auto warns in notebooks without ipywidgets even when the bar is disabled
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     from .watching import watch as make_watch
 

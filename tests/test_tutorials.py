@@ -1,42 +1,132 @@
+"""Every tutorial runs as a notebook (jupytext -> nbclient, a real kernel) and shows at least one picture."""
+
 import os
 import re
-import runpy
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-TUTORIALS = sorted((Path(__file__).parent.parent / "tutorials").glob("[0-9][0-9]_*.py"))
+ROOT = Path(__file__).parent.parent
+TUTORIALS = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py"))
+PICTURES = ("image/svg+xml", "image/png")
+KERNELSPEC = re.compile(r"^# ---\n# jupyter:\n(#  .*\n)*#   kernelspec:\n(#  .*\n)*#     name: python3\n", re.M)
 
 
 def test_tutorials_exist_and_are_numbered():
-    nums = [int(p.name[:2]) for p in TUTORIALS]
-    assert nums[:9] == list(range(1, 10)) and len(set(nums)) == len(nums)
+    numbers = [int(p.name[:2]) for p in TUTORIALS]
+    assert numbers[:9] == list(range(1, 10)) and len(set(numbers)) == len(numbers) and len(numbers) >= 14
     for p in TUTORIALS:
         text = p.read_text()
-        assert text.startswith("# %% [markdown]"), f"{p.name} is not a jupytext percent script"
+        assert KERNELSPEC.match(text), f"{p.name}: start with a jupytext header naming the python3 kernelspec"
+        assert "# %% [markdown]" in text.split("\n# %%\n")[0], f"{p.name} is not a jupytext percent script"
         assert re.search(r"^(import|from) autogradlens", text, re.M), f"{p.name} must import the library"
         assert "class Value" not in text and "def trace" not in text, f"{p.name} must not redefine the library"
+        assert "AUTOGRADLENS_" not in text, f"{p.name}: no hidden environment switches"
+
+
+def _kernel_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel's own (inline) backend
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT), env.get("PYTHONPATH")) if x)
+    return env
+
+
+def _run_group(paths: list, tmp_path_factory) -> dict:
+    """Run notebooks one after the other in one kernel (started once: torch imports once), each from a
+    clean namespace (%reset) in its own folder."""
+    import jupytext
+    import nbclient
+    import nbformat
+    from jupyter_client.manager import KernelManager
+
+    out = {}
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=_kernel_env(), cwd=str(tmp_path_factory.mktemp("kernel")))
+    try:
+        for path in paths:
+            try:
+                nb = jupytext.read(path)
+                work = tmp_path_factory.mktemp(path.stem)
+                nb.cells.insert(0, nbformat.v4.new_code_cell(f"%reset -f\nimport os\nos.chdir({str(work)!r})"))
+                nbclient.NotebookClient(nb, km=km, timeout=240, allow_errors=False).execute()
+                nb.cells.pop(0)
+                out[path.name] = nb
+            except Exception as e:  # reported by the test of that tutorial
+                out[path.name] = e
+    finally:
+        km.shutdown_kernel(now=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def notebooks(tmp_path_factory):
+    """Run all tutorials as notebooks in a few kernels side by side (kernel start-up dominates small ones)."""
+    pytest.importorskip("nbclient", reason="pip install -e '.[dev]' (nbclient, ipykernel)")
+    pytest.importorskip("ipykernel", reason="pip install -e '.[dev]' (nbclient, ipykernel)")
+    workers = max(2, min(3, os.cpu_count() or 2))
+    groups = [TUTORIALS[i::workers] for i in range(workers)]
+    out = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(lambda g: _run_group(g, tmp_path_factory), groups):
+            out.update(part)
+    return out
+
+
+def _outputs(nb) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+def _pictures(nb) -> list[str]:
+    """The picture mime types a notebook's outputs show (text/html counts when it holds an SVG or a table)."""
+    kinds = []
+    for o in _outputs(nb):
+        data = o.get("data", {})
+        kinds += [k for k in PICTURES if k in data]
+        html = data.get("text/html", "")
+        if "<svg" in html or "<table" in html:
+            kinds.append("text/html")
+    return kinds
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
-def test_tutorial_runs(path, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    runpy.run_path(str(path), run_name="__main__")
-    assert capsys.readouterr().out.strip(), "a tutorial prints real numbers"
+def test_tutorial_runs_as_a_notebook_and_shows_a_picture(path, notebooks):
+    nb = notebooks[path.name]
+    if isinstance(nb, Exception):
+        raise nb
+    assert _pictures(nb), f"{path.name}: no cell ends on a picture (a Trace, Value graph, report or figure)"
+    text = "".join(o.get("text", "") for o in _outputs(nb) if o.get("output_type") == "stream")
+    assert text.strip() or len(_pictures(nb)) > 1, "a tutorial prints real numbers or shows several pictures"
+    assert "IProgress not found" not in text, "no tqdm widget warning in notebooks"
 
 
-def test_jupytext_reads_them_as_notebooks():
-    jupytext = pytest.importorskip("jupytext")
-    for p in TUTORIALS:
-        nb = jupytext.read(p)
-        assert sum(c.cell_type == "markdown" for c in nb.cells) >= 2
+EXPECTED = {  # tutorial -> a picture it must show, and a text that proves it is the right one
+    "01_what_is_grad_fn.py": ("image/svg+xml", "TanhBackward0:0"),
+    "03_micrograd_meets_pytorch.py": ("image/svg+xml", "data 0.7071"),
+    "04_mirror_an_mlp.py": ("text/html", "<table"),
+    "07_grad_accumulation.py": ("image/png", ""),
+    "09_graph_diff.py": ("text/html", "<svg"),
+    "12_value_pictures.py": ("image/svg+xml", "grad 6.0000"),
+    "13_nn_parameter.py": ("image/svg+xml", "param:w"),
+    "14_edges.py": ("image/svg+xml", "SplitBackward0:0"),
+    "15_retain_grad.py": ("image/svg+xml", "grad"),
+    "16_why_normalisation.py": ("image/png", ""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_the_right_picture(name, notebooks):
+    nb = notebooks[name]
+    if isinstance(nb, Exception):
+        raise nb
+    kind, needle = EXPECTED[name]
+    shown = [o["data"][kind] for o in _outputs(nb) if kind in o.get("data", {})]
+    assert shown and any(needle in s for s in shown), f"{name}: no {kind} output with {needle!r}"
 
 
 def test_readme_quick_example_runs(tmp_path):
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]
     code += "\nprint(lens.mirror(loss, params=model).to_text())\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,

@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 01 · What is `grad_fn`?
 #
@@ -57,3 +69,12 @@ o.backward()
 print({k: round(v.grad.item(), 4) for k, v in dict(x1=x1, x2=x2, w1=w1, w2=w2).items()})
 print("after backward the saved tensors are", {s["state"] for _, d in lens.trace(o).graph.nodes(data=True)
                                               for s in d["saved"]})
+
+# %% [markdown]
+# ## The picture
+# In a notebook a `Trace` shows itself. Boxes are nodes, labelled with the same ids as `to_text()`;
+# arrows follow `next_functions`, the way gradients flow (from the loss to the leaves); the pink notes
+# are the saved tensors, with the slot names on the dashed lines.
+
+# %%
+t

@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 02 · An MLP's graph
 #
@@ -53,3 +65,12 @@ loss.backward()
 after = lens.trace(loss, params=model)
 print("states:", sorted({x["state"] for _, d in after.graph.nodes(data=True) for x in d["saved"]}),
       "| saved bytes still held:", after.summary()["saved_bytes"])
+
+# %% [markdown]
+# ## The picture, with the gradient at every node
+# `grads=True` runs one extra backward pass and records the gradient flowing into each node (its norm,
+# or its value for a scalar); `.grad` is left as it was. Colour: log of the gradient's norm.
+
+# %%
+model.zero_grad()
+lens.trace(F.cross_entropy(model(x), y), params=model, grads=True)

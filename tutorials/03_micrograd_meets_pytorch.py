@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 03 · micrograd meets PyTorch
 #
@@ -64,3 +76,13 @@ for k in ("x1", "w1", "x2", "w2"):
 # %%
 fo2, fp2 = neuron_formula()
 print(lens.trace(fo2, params=fp2).to_text(show_saved=False))
+
+# %% [markdown]
+# ## The two graphs, drawn
+# The Value neuron (the lecture's picture: data and grad on every value) and PyTorch's graph of the formula.
+
+# %%
+lens.trace(o)
+
+# %%
+lens.trace(fo2, params=fp2)

@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 04 · Mirror an MLP step
 #
@@ -59,3 +71,11 @@ for step in range(3):
     r = lens.mirror(loss, params=model, backward=True)
     opt.step()
     print(f"step {step}: loss {loss.item():.4f}  mirror ok: {r.ok}")
+
+# %% [markdown]
+# ## The report in a notebook
+# A `MirrorReport` shows itself as its table and the graph coloured by verdict
+# (green: agrees with PyTorch, red: does not, grey: no rule).
+
+# %%
+report

@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 05 · Backprop by hand, checked by the mirror
 #
@@ -51,3 +63,11 @@ hand = {"x": gamma.detach() * invstd / N * (N * dy - dy.sum(0) - xhat * (dy * xh
 for k, v in hand.items():
     print(f"d{k:5s} hand vs mirror: max |diff| = {(v - torch.from_numpy(report.grads[k])).abs().max().item():.1e}")
 print(report.to_text())
+
+# %% [markdown]
+# ## The graph behind batch norm
+# `F.batch_norm` is a single node, `NativeBatchNormBackward0`: PyTorch does what we derived by hand in one
+# fused kernel. It saves the input, the weight and the batch statistics (mean and 1/std).
+
+# %%
+lens.trace(out, params={"x": x, "gamma": gamma, "beta": beta})

@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 06 · What backward keeps: saved tensors and memory
 #
@@ -55,3 +67,11 @@ try:
     loss.backward()
 except RuntimeError as err:
     print("a third backward fails:", str(err).split(".")[0])
+
+# %% [markdown]
+# ## The picture
+# Each pink note is one storage, drawn once however many nodes saved it; the dashed lines carry the slot
+# names. After `backward()` the notes turn grey: the memory was freed.
+
+# %%
+lens.trace(F.cross_entropy(model(x), y), params=model)

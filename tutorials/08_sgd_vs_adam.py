@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 08 · SGD vs Adam on the same MLP
 #
@@ -7,15 +19,13 @@
 # SGD: p ← p − lr·g.  Adam: m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g², p ← p − lr·m̂ / (√v̂ + ε).
 
 # %%
-import os
-
 import torch
 
 from autogradlens import data, plots, training
 from autogradlens.examples import MLP
 
 d = data.digits()
-epochs = int(os.environ.get("AUTOGRADLENS_EPOCHS", "15"))
+epochs = 2
 runs = {}
 for name in ("sgd", "adam"):
     torch.manual_seed(0)
@@ -45,11 +55,19 @@ for e in ups[:: max(1, len(ups) // 5)]:
 
 # %% [markdown]
 # ## Pictures
+# The loss of both runs (faint: every step; line: moving average) and the test accuracy per epoch.
 
 # %%
-figs = {"curves": plots.training_curves(runs),
-        "step_sizes": plots.step_sizes({h.optimizer: h.watch for h in runs.values()}),
-        "ratios_adam": runs["adam"].watch.plot_update_ratios(),
-        "grad_norms_sgd": runs["sgd"].watch.plot_grad_norms()}
-for name, fig in figs.items():
-    print(name, "->", [ax.get_title() for ax in fig.axes])
+plots.training_curves(runs)
+
+# %% [markdown]
+# Adam's effective step size per parameter (dashed) against SGD's constant one (solid).
+
+# %%
+plots.step_sizes({h.optimizer: h.watch for h in runs.values()})
+
+# %% [markdown]
+# How fast each layer changes, ‖update‖ / ‖parameter‖, SGD and Adam side by side on one scale.
+
+# %%
+plots.update_ratios({h.optimizer: h.watch for h in runs.values()})

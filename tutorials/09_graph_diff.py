@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 09 · Diffing two autograd graphs
 #
@@ -39,9 +51,9 @@ print(d.to_text())
 print(d.summary())
 
 # %% [markdown]
-# `d.to_html()` writes a self-contained page with both graphs side by side (removed red, added green,
-# changed orange); in a notebook, `d` shows itself.
+# ## Side by side
+# In a notebook a `GraphDiff` shows itself: both graphs side by side, removed red, added green, changed
+# orange. `d.render("diff.html")` writes the same as a self-contained page.
 
 # %%
-html = d.to_html()
-print(f"{len(html):,} characters of HTML, with {html.count('<svg')} picture")
+d

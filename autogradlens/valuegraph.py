@@ -1,0 +1,112 @@
+"""Traces of micrograd-style scalar values (``lens.Value``, karpathy's micrograd ``Value``, anything with
+``data``, ``grad``, ``_prev`` and ``_op``), in the Trace schema, and the lecture's ``draw_dot`` picture.
+
+Each value is one node: ``type`` is the op that made it (``"+"``, ``"*"``, ``"tanh"``, …) or ``"leaf"``,
+with ``data``, ``grad`` and ``label`` besides the usual keys. An edge ``u -> v`` means value `u` was made
+from `v` (gradient flows from u to v), keyed by the position of v in ``u._prev``.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import torch
+
+from .errors import LensTypeError
+
+__all__ = ["is_value", "trace_value", "value_spec"]
+
+
+def is_value(x) -> bool:
+    """Duck typing: a micrograd-style scalar value."""
+    if isinstance(x, torch.Tensor):
+        return False
+    return all(hasattr(x, a) for a in ("data", "grad", "_prev", "_op"))
+
+
+def _children(v) -> list:
+    prev = v._prev
+    if isinstance(prev, (set, frozenset)):  # micrograd keeps a set: order it by what the values hold
+        return sorted(prev, key=lambda c: (str(getattr(c, "label", "") or ""), str(c._op), _num(c.data),
+                                           _num(c.grad)))
+    return list(prev)
+
+
+def _num(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _type(v) -> str:
+    return str(v._op) if v._op else "leaf"
+
+
+def trace_value(root) -> nx.MultiDiGraph:
+    """The graph of values behind `root` (iterative walk, deterministic ids "<op>:<k>" in DFS pre-order)."""
+    roots = list(root) if isinstance(root, (list, tuple)) else [root]
+    for i, r in enumerate(roots):
+        if not is_value(r):
+            raise LensTypeError(f"root[{i}] is a {type(r).__name__}: expected a Value (data, grad, _prev, _op) "
+                                "like the others")
+    order, kids, seen, stack = [], {}, set(), list(reversed(roots))
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        order.append(v)
+        ks = kids[id(v)] = _children(v)
+        stack += [c for c in reversed(ks) if id(c) not in seen]
+    ids, counts = {}, {}
+    for v in order:  # id() only inside this call, to know which objects are the same value
+        t = _type(v)
+        k = counts.get(t, 0)
+        counts[t] = k + 1
+        ids[id(v)] = f"{t}:{k}"
+    g = nx.MultiDiGraph()
+    root_ids = {ids[id(r)] for r in roots}
+    for v in order:
+        nid = ids[id(v)]
+        label = getattr(v, "label", None)
+        g.add_node(nid, type=_type(v), is_leaf=not v._op, param=None, shape=(), dtype="float", device=None,
+                   saved=[], attrs={}, seq=None, is_root=nid in root_ids, name=label or None, module=None,
+                   data=_num(v.data), grad=_num(v.grad), label=label or None, outputs=[()], not_saved=[])
+    for v in order:
+        for slot, c in enumerate(kids[id(v)]):
+            g.add_edge(ids[id(v)], ids[id(c)], key=slot, input_nr=0, slot=slot)
+    return g
+
+
+def _esc(s: str) -> str:
+    for a, b in (("{", "("), ("}", ")"), ("|", "/"), ("<", "‹"), (">", "›")):
+        s = s.replace(a, b)
+    return s
+
+
+def value_spec(trace, *, rankdir: str = "LR", legend: bool = True, prefix: str = "", colors: dict | None = None,
+               label: str | None = None) -> dict:
+    """The lecture's draw_dot: a record ``label | data | grad`` per value, a small op node between, left
+    to right (inputs on the left, the output on the right)."""
+    g = trace.graph
+    colors = colors or {}
+    nodes, edges = [], []
+    for nid, d in g.nodes(data=True):
+        name = d.get("label") or nid
+        style = {"label": f"{{ {_esc(str(name))} | data {d['data']:.4f} | grad {d['grad']:.4f} }}",
+                 "shape": "record", "style": "filled", "fillcolor": colors.get(nid, "#ffd166" if d["is_root"]
+                                                                                 else "#ffffff"),
+                 "kind": "value", "id": prefix + nid, "tooltip": nid}
+        nodes.append((prefix + nid, style))
+        if not d["is_leaf"]:
+            op = f"{prefix}{nid}/op"
+            nodes.append((op, {"label": _esc(d["type"]), "shape": "ellipse", "fillcolor": "#dbe7f5",
+                               "fontsize": "10", "width": "0.3", "height": "0.3", "margin": "0.02", "kind": "op",
+                               "tooltip": f"{nid} = {d['type']}(…)"}))
+            edges.append((op, prefix + nid, {}))
+    for u, v, k in sorted(g.edges(keys=True), key=lambda e: (e[0], e[2])):
+        edges.append((prefix + v, f"{prefix}{u}/op", {"slot": k}))
+    spec = {"attrs": {"rankdir": rankdir}, "nodes": nodes, "edges": edges, "clusters": [], "label": label}
+    if legend:
+        spec["legend"] = []
+    return spec

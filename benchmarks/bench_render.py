@@ -1,0 +1,99 @@
+"""Pictures at size: how big the default picture is, how fast notebook display and to_text are.
+
+    python benchmarks/bench_render.py           # prints medians (the machine's load moves them: compare ratios)
+
+Targets (issue 10): a 2-layer nn.TransformerEncoder fits in 2000 x 2000 pt by default; notebook display of a
+20k-node trace < 2 s; to_text linear in time and memory (per-node cost at 100k ~ at 20k).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import sys
+import time
+import tracemalloc
+import warnings
+
+import torch
+import torch.nn as nn
+
+import autogradlens as lens
+
+
+def transformer(layers: int = 2):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True), layers,
+                                  enable_nested_tensor=False)
+    return m
+
+
+KEEP = []  # PyTorch (2.13) overflows the C stack freeing a 100k-deep graph whose nodes were seen from Python:
+# keep the chains alive and leave with os._exit
+
+
+def chain(n: int):
+    x = torch.randn(2, requires_grad=True)
+    y = x
+    for _ in range(n):
+        y = y * 1.0001
+    KEEP.append(y)
+    return lens.trace(y.sum())
+
+
+def size(svg: str) -> tuple[float, float]:
+    w, h = re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups()
+    return float(w), float(h)
+
+
+def median_time(f, repeat: int = 3) -> float:
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main():
+    m = transformer()
+    x = torch.randn(2, 4, 8)
+    loss = m(x).pow(2).mean()
+    plain = lens.trace(loss, params=m)
+    with lens.modules(m):
+        loss = m(x).pow(2).mean()
+    rec = lens.trace(loss, params=m, grads=True)
+    print(f"2-layer TransformerEncoder: {len(plain)} nodes")
+    for name, t, opts in (("params only, default", plain, {}), ("lens.modules, default", rec, {}),
+                          ("lens.modules, depth=99", rec, {"depth": 99}), ("everything (limit=None)", plain,
+                                                                            {"limit": None})):
+        w, h = size(t.to_svg(**opts))
+        print(f"  {name:26s} {w:7.0f} x {h:7.0f} pt   fits 2000x2000: {w <= 2000 and h <= 2000}")
+
+    print("\nnotebook display (Trace._repr_mimebundle_), median of 3:")
+    for n in (2_000, 20_000):
+        t = chain(n)
+        s = median_time(t._repr_mimebundle_)
+        print(f"  {len(t):6d} nodes  {s:6.2f} s   (< 2 s: {s < 2})")
+
+    print("\nto_text: time and peak memory of the text")
+    per = {}
+    for n in (20_000, 100_000):
+        t = chain(n)
+        s = median_time(t.to_text, 1)
+        tracemalloc.start()
+        text = t.to_text()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        per[n] = s / n
+        print(f"  {n:6d}-deep chain  {s:6.2f} s  {len(text) / 1e6:6.1f} MB of text  peak {peak / 1e6:6.1f} MB")
+    print(f"  time per node at 100k / at 20k: {per[100_000] / per[20_000]:.2f} (1.0 = linear)")
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    os._exit(0)
