@@ -502,7 +502,7 @@ class _Damaged(Exception):
 _SHAPE, _INT, _STR_, _OPT_STR, _OPT_INT, _BOOL = "shape", "int", "str", "str|None", "int|None", "bool"
 _NODE_KEYS = {"type": _STR_, "is_leaf": _BOOL, "param": _OPT_STR, "shape": _SHAPE, "dtype": _OPT_STR,
               "device": _OPT_STR, "saved": list, "attrs": dict, "seq": _OPT_INT, "is_root": _BOOL}
-_NODE_OPTIONAL = {"outputs": list, "not_saved": list, "name": _OPT_STR, "module": _OPT_STR, "grad": "dict|None"}
+_NODE_OPTIONAL = {"outputs": list, "not_saved": list, "name": _OPT_STR, "module": _OPT_STR, "grad": "grad"}
 _SLOT_KEYS = {"name": _STR_, "shape": _SHAPE, "dtype": _OPT_STR, "nbytes": _OPT_INT, "storage": _OPT_STR,
               "is_output": _BOOL, "alias": _OPT_STR, "state": _STR_}
 _SLOT_OPTIONAL = {"device": _OPT_STR, "storage_nbytes": _OPT_INT, "version": _OPT_INT, "unmeasured": _OPT_STR}
@@ -511,7 +511,7 @@ _FIXED = {"type", "is_leaf", "param", "shape", "dtype", "device", "seq", "is_roo
 _MAX_DEPTH = 80  # a gradient's `values` nest once per dimension (at most 64)
 _NAMES = {list: "a list", dict: "an object", _STR_: "a string", _OPT_STR: "a string or null", _INT: "an integer",
           _OPT_INT: "an integer or null", _BOOL: "true or false", _SHAPE: "a list of integers or null",
-          "dict|None": "an object or null"}
+          "grad": "an object, a number (a Value's gradient) or null"}
 
 
 def _shape_ok(v) -> bool:
@@ -521,7 +521,7 @@ def _shape_ok(v) -> bool:
 _IS = {list: lambda v: type(v) is list, dict: lambda v: type(v) is dict, _STR_: lambda v: type(v) is str,
        _OPT_STR: lambda v: v is None or type(v) is str, _INT: lambda v: type(v) is int,
        _OPT_INT: lambda v: v is None or type(v) is int, _BOOL: lambda v: type(v) is bool, _SHAPE: _shape_ok,
-       "dict|None": lambda v: v is None or type(v) is dict}
+       "grad": lambda v: v is None or type(v) in (dict, int, float) or v in ("inf", "-inf", "nan")}
 
 
 _MISSING = object()
@@ -602,8 +602,11 @@ def _build(doc: dict):
         attrs = d["attrs"]
         if attrs:
             d["attrs"] = {k: numbers(v) if type(v) in (str, list) else v for k, v in attrs.items()}
-        if d.get("grad") is not None:
+        if type(d.get("grad")) is dict:
             d["grad"] = {k: numbers(v) for k, v in d["grad"].items()}
+        for k in ("grad", "data"):  # a Value's number, "inf"/"nan" read back as floats
+            if type(d.get(k)) is str:
+                d[k] = numbers(d[k])
         g.add_node(nid, **d)
     root = doc.get("root")
     roots = root if type(root) is list else [root]
