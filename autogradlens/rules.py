@@ -101,11 +101,12 @@ def _to_copy(c):  # the gradient is cast back to the input's dtype, rounding it
 
 def round_to(dtype: str, a):
     """float64 values rounded as PyTorch rounds them to `dtype` (through float32, as its casts from double do)."""
-    a32 = np.asarray(a, dtype=np.float64).astype(np.float32)
-    if dtype == "float32":
-        return a32.astype(np.float64)
-    if dtype == "float16":
-        return a32.astype(np.float16).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf, as the cast does
+        a32 = np.asarray(a, dtype=np.float64).astype(np.float32)
+        if dtype == "float32":
+            return a32.astype(np.float64)
+        if dtype == "float16":
+            return a32.astype(np.float16).astype(np.float64)
     bits = a32.view(np.uint32).astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)  # round to nearest even
     out = rounded.view(np.float32).astype(np.float64)
@@ -861,7 +862,7 @@ def _hardsigmoid(c):
 _SIXTH = float(np.float32(1) / np.float32(6))  # PyTorch's kernel multiplies by the float constant 1.0f / 6.0f
 
 
-@rule("AddBackward1", "SubBackward1")
+@rule("AddBackward1")
 def _add_scalar(c):
     return (c.g,)
 
@@ -959,7 +960,7 @@ def _separable(g, mats):  # apply m.T along each of the last len(mats) axes
     return g
 
 
-@rule("AdaptiveMaxPool2DBackward0", "AdaptiveMaxPool1DBackward0")
+@rule("AdaptiveMaxPool2DBackward0")
 def _adaptive_max(c):
     return _maxpool(c)
 
@@ -1064,7 +1065,7 @@ def _embedding_bag(c):
     if mode == 2:  # max: each output element came from one row
         mi = c.s["result3"]
         out = c.zeros((n, g.shape[1]))
-        valid = mi >= 0
+        valid = np.broadcast_to((c.s["result2"] > 0)[:, None], mi.shape)  # an empty bag holds index 0
         cols = np.broadcast_to(np.arange(g.shape[1]), mi.shape)
         np.add.at(out, (mi[valid], cols[valid]), g[valid])
         return (out, None)
@@ -1085,8 +1086,7 @@ def _embedding_bag(c):
     return (out, dpsw)
 
 
-@rule("ScaledDotProductFlashAttentionForCpuBackward0", "ScaledDotProductFlashAttentionBackward0",
-      "ScaledDotProductEfficientAttentionBackward0")
+@rule("ScaledDotProductFlashAttentionForCpuBackward0")
 def _sdpa(c):
     q, k, v = c.s["query"], c.s["key"], c.s["value"]
     if c.a.get("dropout_p", 0.0):
@@ -1158,16 +1158,9 @@ def _softplus_bb(c):
     return (np.where(lin, c.g, c.g * sg), np.where(lin, 0.0, c.g * (go * (beta * sg * (1 - sg)))))
 
 
-@rule("SiluBackwardBackward0")
-def _silu_bb(c):  # d/dx [s (1 + x (1 - s))] = s (1 - s) (2 + x (1 - 2 s))
-    x, go = c.s["self"], c.s["grad_output"]
-    s = 1 / (1 + np.exp(-x))
-    return (c.g * (s * (1 + x * (1 - s))), c.g * (go * (s * (1 - s) * (2 + x * (1 - 2 * s)))))
-
-
 @rule("ThresholdBackwardBackward0")
 def _threshold_bb(c):  # threshold_backward(grad_output, self, threshold)
-    return (np.where(c.s["self"] > c.a["threshold"], c.g, 0.0), None)
+    return (np.where(c.s["self"] > c.a["threshold"], c.g, 0.0), c.zeros(c.s["self"].shape))
 
 
 @rule("LogSoftmaxBackwardDataBackward0")
@@ -1313,3 +1306,14 @@ def _mkldnn_lstm(c):
         db = dz.sum(axis=0) if db is None else db + dz.sum(axis=0)
     has_b = c.a["has_biases"]
     return (np.stack(dxs), dwih, dwhh, db if has_b else None, db if has_b else None, dh, dc)
+
+
+# Node types real models produce that have no rule, and why (the mirror passes PyTorch's gradients through them).
+NO_RULE = {
+    "CopySlices": "an in-place op on a view: the node wraps the in-place op's own backward node and the view's "
+                  "geometry (sizes, strides, storage offset) in C++ fields Python does not expose, so what to "
+                  "re-derive is unknown",
+    "ScaledDotProductFlashAttentionBackward0": "CUDA only (CPU uses ScaledDotProductFlashAttentionForCpuBackward0)",
+    "ScaledDotProductEfficientAttentionBackward0": "CUDA only",
+    "CudnnRnnBackward0": "CUDA only (CPU uses MkldnnRnnLayerBackward0 or plain ops)",
+}
