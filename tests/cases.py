@@ -139,12 +139,14 @@ def _grad_of_grad(r, f, *shapes):
     return sum(weighted(r, g) for g in gs) + sum(x.sum() for x in xs) / 4  # every input reaches the loss
 
 
-def _lstm(r, **kw):
-    m = torch.nn.LSTM(2, 3, **kw).to(r.dtype)
+def _lstm(r, **kw):  # float32 inside: PyTorch fuses a CPU LSTM layer (MkldnnRnnLayerBackward0) only below float64
+    m = torch.nn.LSTM(2, 3, **kw)
     for i, p in enumerate(m.parameters()):
         r.leaves[f"lstm{i}"] = p
-    out, (h, c) = m(r(r.n, 2, 2))
-    return weighted(r, out) + weighted(r, h) + weighted(r, c)
+    # a float64 input reaching the float32 layer is not a leaf here: today's verdict holds a float64 leaf to float64
+    # tolerance even when its gradient came through float32 (the float32 runs check the input gradient)
+    out, (h, c) = m(r(r.n, 2, 2, grad=r.dtype != torch.float64).float())
+    return weighted(r, out.to(r.dtype)) + weighted(r, h.to(r.dtype)) + weighted(r, c.to(r.dtype))
 
 
 def _embedding_bag(r, mode, **kw):
