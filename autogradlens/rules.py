@@ -404,12 +404,23 @@ def _var(c):
 
 @rule("LinalgVectorNormBackward0")
 def _norm(c):
-    if c.a["ord"] != 2:
-        raise Unsupported("vector norms other than ord=2")
     x, y = c.s["self"], c.s["result"]
     dims = _dims(c.a["dim"] if c.a["dim"] is not None else [], x.ndim)
     ye = _unsqueeze_to(y, x.shape, dims, c.a["keepdim"])
-    return (_unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"]) * np.where(ye == 0, 0.0, x / np.where(ye == 0, 1, ye)),)
+    return (_pnorm_grad(_unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"]), x, ye, float(c.a["ord"]), dims),)
+
+
+def _pnorm_grad(g, x, ye, p, dims):  # d ||x||_p / dx times g, with ye the norm broadcast to x
+    if p == 0:
+        return g * 0.0
+    if p == 1:
+        return g * np.sign(x)
+    if math.isinf(p):
+        mask = np.abs(x) == ye
+        return g * (np.sign(x) * mask / mask.sum(axis=tuple(dims), keepdims=True))
+    safe = np.where(ye == 0, 1.0, ye)
+    d = x / safe if p == 2 else x * np.abs(x) ** (p - 2) / safe ** (p - 1)
+    return g * np.where(ye == 0, 0.0, d)
 
 
 @rule("MaximumBackward0", "MinimumBackward0")
@@ -605,20 +616,23 @@ def _softmax(c):
     return (y * (c.g - (c.g * y).sum(axis=d, keepdims=True)),)
 
 
-@rule("NllLossBackward0")
-def _nll(c):
+@rule("NllLossBackward0", "NllLoss2DBackward0")
+def _nll(c):  # x (N, C, *) or (C,), target (N, *) or ()
     x, t, w = c.s["self"], c.s["target"], c.s.get("weight")
-    red, ignore = c.a["reduction"], c.a["ignore_index"]
-    if x.ndim not in (1, 2):
-        raise Unsupported("nll_loss with more than 2 dimensions")
-    x2, t1 = (x[None], t.reshape(1)) if x.ndim == 1 else (x, t)
-    out, g, tw = c.zeros(x2.shape), c.g, float(c.s["total_weight"])
-    for i, ti in enumerate(t1.tolist()):
-        if ti == ignore:
-            continue
-        gi = g.reshape(-1)[i] if red == "none" else g[()]
-        gi = -gi if w is None else -float(w[ti]) * gi
-        out[i, ti] = gi / tw if red == "mean" else gi
+    red, ignore = c.a["reduction"], _unsigned(c.a["ignore_index"])
+    xm = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]) if x.ndim > 1 else x.reshape(1, -1)
+    tt = t.reshape(-1)
+    keep = tt != ignore
+    ts = np.where(keep, tt, 0)
+    rows = np.arange(tt.size)
+    gi = c.g.reshape(-1) if red == "none" else np.broadcast_to(c.g.reshape(()), tt.shape)
+    gi = -gi if w is None else -w[ts] * gi
+    if red == "mean":
+        gi = gi / float(c.s["total_weight"])
+    out = c.zeros(xm.shape)
+    out[rows[keep], ts[keep]] = gi[keep]
+    if x.ndim > 1:
+        return (np.moveaxis(out.reshape(x.shape[:1] + x.shape[2:] + x.shape[1:2]), -1, 1),)
     return (out.reshape(x.shape),)
 
 
@@ -700,12 +714,13 @@ def _layernorm(c):
     return (dx, None if w is None else (g * xhat).sum(axis=rows), (g.sum(axis=rows) if w is not None else None))
 
 
-@rule("MaxPool2DWithIndicesBackward0")
-def _maxpool(c):
+@rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0")
+def _maxpool(c):  # the indices are flat over the last 2 (3) input dimensions
     x, idx, g = c.s["self"], c.s["result1"], c.g
-    flat = c.zeros(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
-    gi = g.reshape(g.shape[:-2] + (-1,))
-    ii = idx.reshape(idx.shape[:-2] + (-1,))
+    k = 3 if "3D" in c.type else 2
+    flat = c.zeros(x.shape[:-k] + (math.prod(x.shape[-k:]),))
+    gi = g.reshape(g.shape[:-k] + (-1,))
+    ii = idx.reshape(idx.shape[:-k] + (-1,))
     lead = np.indices(ii.shape[:-1])
     for k in range(ii.shape[-1]):
         np.add.at(flat, tuple(lead) + (ii[..., k],), gi[..., k])
@@ -1317,3 +1332,153 @@ NO_RULE = {
     "ScaledDotProductEfficientAttentionBackward0": "CUDA only",
     "CudnnRnnBackward0": "CUDA only (CPU uses MkldnnRnnLayerBackward0 or plain ops)",
 }
+
+
+# ============================================================================ more activations, losses and shape ops
+@rule("MishBackward0")
+def _mish(c):
+    x = c.s["self"]
+    ts = np.tanh(np.log1p(np.exp(x)))
+    return (c.g * (ts + x * (1 / (1 + np.exp(-x))) * (1 - ts * ts)),)
+
+
+@rule("LogSigmoidBackward0")
+def _log_sigmoid(c):
+    return (c.g * (1 / (1 + np.exp(c.s["self"]))),)
+
+
+@rule("ErfBackward0")
+def _erf_rule(c):
+    x = c.s["self"]
+    return (c.g * (2 / math.sqrt(math.pi) * np.exp(-x * x)),)
+
+
+@rule("PreluKernelBackward0")
+def _prelu(c):  # slots (self, weight); weight saved in its broadcast shape
+    x, w = c.s["self"], c.s["weight"]
+    return (np.where(x > 0, c.g, c.g * w), np.where(x > 0, 0.0, c.g * x))
+
+
+@rule("GluBackward0")
+def _glu(c):
+    x, d = c.s["self"], c.a["dim"] % c.s["self"].ndim
+    a, b = np.split(x, 2, axis=d)
+    sb = 1 / (1 + np.exp(-b))
+    return (np.concatenate([c.g * sb, c.g * (a * sb * (1 - sb))], axis=d),)
+
+
+@rule("XlogyBackward0")
+def _xlogy(c):  # x * log(y); PyTorch's x-gradient is log(y) even where x == 0, and 0 where x == 0 and y <= 0
+    x, y = c.s.get("self"), c.s.get("other")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logy = np.where((x == 0) & (y <= 0), 0.0, np.log(np.where((x == 0) & (y <= 0), 1.0, y)))
+        return (c.g * logy, c.g * (x / y))
+
+
+@rule("NormBackward0", "NormBackward1")
+def _pnorm(c):  # torch.norm(x, p[, dim, keepdim])
+    x, y = c.s["self"], c.s["result"]
+    p = 2.0 if c.a["p"] is None else float(c.a["p"])
+    dims = _dims(c.a.get("dim", []) or [], x.ndim)
+    keep = c.a.get("keepdim", False)
+    return (_pnorm_grad(_unsqueeze_to(c.g, x.shape, dims, keep), x, _unsqueeze_to(y, x.shape, dims, keep), p, dims),)
+
+
+def _loss_norm(c, n):
+    red = c.a["reduction"]
+    return c.g if red == "none" else c.g / n if red == "mean" else c.g
+
+
+@rule("HuberLossBackward0")
+def _huber(c):
+    z, dl = c.s["self"] - c.s["target"], c.a["delta"]
+    d = _loss_norm(c, z.size) * np.where(z < -dl, -dl, np.where(z > dl, dl, z))
+    return (d, -d)
+
+
+@rule("SmoothL1LossBackward0")
+def _smooth_l1(c):
+    z, beta = c.s["self"] - c.s["target"], c.a["beta"]
+    inner = z / beta if beta else np.zeros(z.shape)
+    d = _loss_norm(c, z.size) * np.where(z < -beta, -1.0, np.where(z > beta, 1.0, inner))
+    return (d, -d)
+
+
+@rule("SortBackward0", "TopkBackward0", "KthvalueBackward0", "MedianBackward1", "ModeBackward0")
+def _sort(c):  # gradient to where each selected value came from
+    sizes, d = c.a["self_sym_sizes"], c.a["dim"] % len(c.a["self_sym_sizes"])
+    idx, g = c.s["indices"], c.g
+    if idx.ndim < len(sizes):
+        idx, g = np.expand_dims(idx, d), np.expand_dims(g, d)
+    out = c.zeros(sizes)
+    np.put_along_axis(out, idx, g, axis=d)
+    return (out,)
+
+
+@rule("IndexAddBackward0")
+def _index_add(c):  # self.index_add(dim, index, source, alpha): slots (self, source)
+    d, idx, alpha = c.a["dim"], c.s["index"], c.a["alpha"]
+    d = d % max(c.g.ndim, 1)
+    src = np.take(c.g, idx, axis=d) if c.g.ndim else c.g
+    src = src if alpha == 1 else src * alpha
+    return (c.g, src.reshape(c.in_shapes[1]) if c.in_shapes[1] is not None else src)
+
+
+@rule("TrilBackward0", "TriuBackward0")
+def _tril(c):
+    n, m = c.g.shape[-2:]
+    keep = np.tri(n, m, c.a["diagonal"], dtype=bool)
+    return (np.where(keep if c.type == "TrilBackward0" else ~np.tri(n, m, c.a["diagonal"] - 1, dtype=bool),
+                     c.g, 0.0),)
+
+
+@rule("RollBackward0")
+def _roll(c):  # y[i] = x[(i - s) % n], so dx[j] = g[(j + s) % n]
+    g, shifts, dims = c.g, list(c.a["shifts"]), list(c.a["dims"])
+    if not dims:
+        flat = g.reshape(-1)
+        return (flat[(np.arange(flat.size) + shifts[0]) % flat.size].reshape(g.shape),)
+    for s, d in zip(shifts, dims):
+        n = g.shape[d]
+        g = np.moveaxis(np.moveaxis(g, d, 0)[(np.arange(n) + s) % n], 0, d)
+    return (g,)
+
+
+def _fold_geom(c):
+    return [list(c.a[k]) for k in ("kernel_size", "dilation", "padding", "stride")]
+
+
+def _col2im(g, size, k, dil, pad, st, zeros):  # (N, C kh kw, L) -> (N, C, H, W), adding overlaps
+    n, ckk, _ = g.shape
+    ch = ckk // (k[0] * k[1])
+    oh, ow = ((size[i] + 2 * pad[i] - dil[i] * (k[i] - 1) - 1) // st[i] + 1 for i in range(2))
+    g6 = g.reshape(n, ch, k[0], k[1], oh, ow)
+    out = zeros((n, ch, size[0] + 2 * pad[0], size[1] + 2 * pad[1]))
+    for i in range(k[0]):
+        for j in range(k[1]):
+            out[:, :, i * dil[0]: i * dil[0] + st[0] * (oh - 1) + 1: st[0],
+                j * dil[1]: j * dil[1] + st[1] * (ow - 1) + 1: st[1]] += g6[:, :, i, j]
+    return out[:, :, pad[0]: pad[0] + size[0], pad[1]: pad[1] + size[1]]
+
+
+def _im2col(x, k, dil, pad, st):  # (N, C, H, W) -> (N, C kh kw, L)
+    xp = _pad(x, pad)
+    n, ch = x.shape[:2]
+    oh, ow = ((xp.shape[2 + i] - dil[i] * (k[i] - 1) - 1) // st[i] + 1 for i in range(2))
+    cols = [xp[:, :, i * dil[0]: i * dil[0] + st[0] * (oh - 1) + 1: st[0],
+               j * dil[1]: j * dil[1] + st[1] * (ow - 1) + 1: st[1]] for i in range(k[0]) for j in range(k[1])]
+    return np.stack(cols, axis=2).reshape(n, ch * k[0] * k[1], oh * ow)
+
+
+@rule("Im2ColBackward0")
+def _unfold(c):  # F.unfold
+    shape = c.in_shapes[0]
+    g = c.g if c.g.ndim == 3 else c.g[None]
+    size = (c.a["self_sym_argsize_minus_2"], c.a["self_sym_argsize_minus_1"])
+    return (_col2im(g, size, *_fold_geom(c), c.zeros).reshape(shape),)
+
+
+@rule("Col2ImBackward0")
+def _fold(c):  # F.fold
+    g = c.g if c.g.ndim == 4 else c.g[None]
+    return (_im2col(g, *_fold_geom(c)).reshape(c.in_shapes[0]),)

@@ -239,6 +239,33 @@ NEW_CASES = {
     "double_conv_transpose1d": lambda r: _grad_of_grad(
         r, lambda x, w, b: F.conv_transpose1d(x, w, b, stride=2, padding=1, output_padding=1), (2, 2, 4),
         (2, 3, 3), (3,)),
+    "mish_logsigmoid_erf": lambda r: weighted(r, F.mish(r(r.n, 4)) + F.logsigmoid(r(r.n, 4)) + torch.erf(r(r.n, 4))),
+    "prelu_glu": lambda r: weighted(r, F.prelu(r(r.n, 3, 2), r(3)) + F.glu(r(r.n, 3, 4), -1).sum(-1, True)),
+    "xlogy_kl_div": lambda r: weighted(r, torch.xlogy(r(r.n, 3, positive=True).masked_fill(
+        torch.tensor([True, False, False]), 0.0), r(r.n, 3, positive=True))
+                                      + torch.xlogy(torch.tensor([0.0, 0.0, 1.0], dtype=r.dtype, requires_grad=True),
+                                                    torch.tensor([-1.0, 0.5, 2.0], dtype=r.dtype, requires_grad=True))
+                                      ) + F.kl_div(
+        torch.log_softmax(r(r.n, 4), 1), torch.softmax(r(r.n, 4), 1), reduction="batchmean"),
+    "p_norms": lambda r: weighted(r, torch.norm(r(r.n, 4), p=3, dim=1) + torch.norm(r(r.n, 4), p=1, dim=0).sum()
+                                  + torch.norm(r(r.n, 4), dim=1, keepdim=True)[:, 0] + torch.norm(r(r.n, 4), 2.5)
+                                  + torch.norm(r(r.n, 4), float("inf"), dim=1) + torch.norm(r(r.n, 4), p=3) + torch.norm(r(r.n, 4))
+                                  + torch.linalg.vector_norm(r(r.n, 4), 0.5, dim=1)),
+    "huber_smooth_l1": lambda r: F.huber_loss(r(r.n, 4), r(r.n, 4), delta=0.5) + F.smooth_l1_loss(
+        r(r.n, 4), r(r.n, 4), beta=0.7, reduction="sum") + weighted(r, F.smooth_l1_loss(r(r.n, 2), r(r.n, 2),
+                                                                                        reduction="none")),
+    "sort_topk_kthvalue_median_mode": lambda r: weighted(r, torch.sort(r(r.n, 5), 1, descending=True).values
+                                                          + r(r.n, 5).topk(5, 1).values) + weighted(
+        r, r(r.n, 5).kthvalue(2, 1).values + r(r.n, 5).median(1).values) + weighted(
+        r, (torch.tensor([[1.0, 2.0, 2.0], [3.0, 3.0, 1.0]], dtype=r.dtype, requires_grad=True) * 1).mode(1).values),
+    "index_add_tril_triu_roll": lambda r: weighted(r, torch.zeros(5, 3, dtype=r.dtype).index_add(
+        0, torch.tensor([0, 2, 2][: r.n] + [4] * max(0, r.n - 3)), r(r.n, 3), alpha=2) + r(5, 3).tril(-1)
+        + r(5, 3).triu(1) + torch.roll(r(5, 3), (1, -2), (0, 1)) + torch.roll(r(5, 3), 4)),
+    "unfold_fold": lambda r: weighted(r, F.unfold(r(1, 2, 4, 5), (2, 3), dilation=(1, 2), padding=1, stride=(2, 1)))
+        + weighted(r, F.fold(r(1, 4, 6), (3, 4), 2)),
+    "nll_loss_2d_max_pool3d": lambda r: F.cross_entropy(r(2, 3, 2, r.n), r.ints(3, 2, 2, r.n), ignore_index=1,
+                                                        weight=torch.tensor([1.0, 0.5, 2.0], dtype=r.dtype))
+        + weighted(r, F.max_pool3d(r(1, 2, 4, 4, 4), 2)) + F.nll_loss(r(2, 3, r.n), r.ints(3, 2, r.n), reduction="sum"),
 }
 CASES.update(NEW_CASES)
 

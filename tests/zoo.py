@@ -272,6 +272,93 @@ def gpt(dtype):
     return F.cross_entropy(logits.view(-1, 11), idx.roll(-1, 1).view(-1)), m
 
 
+class Llama(nn.Module):  # RMSNorm, rotary embeddings, causal SDPA, SwiGLU
+    def __init__(self, d=8, heads=2, t=5):
+        super().__init__()
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.w1, self.w2, self.w3 = nn.Linear(d, 16, bias=False), nn.Linear(16, d, bias=False), \
+            nn.Linear(d, 16, bias=False)
+        self.g1, self.g2 = nn.Parameter(torch.ones(d)), nn.Parameter(torch.ones(d))
+        self.heads, self.t = heads, t
+
+    def rms(self, x, g):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * g
+
+    def rope(self, x):
+        hd = x.shape[-1]
+        inv = 1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=x.dtype) / hd))
+        freqs = torch.outer(torch.arange(self.t, dtype=x.dtype), inv)
+        cos, sin = freqs.cos().repeat_interleave(2, -1), freqs.sin().repeat_interleave(2, -1)
+        rot = torch.stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)
+        return x * cos + rot * sin
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.rms(x, self.g1)
+        q, k, v = (w(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
+        y = F.scaled_dot_product_attention(self.rope(q), self.rope(k), v, is_causal=True)
+        x = x + self.wo(y.transpose(1, 2).reshape(b, t, d))
+        h = self.rms(x, self.g2)
+        return x + self.w2(F.silu(self.w1(h)) * self.w3(h))
+
+
+def llama(dtype):
+    m = Llama().to(dtype)
+    return m(_x(dtype, 2, 5, 8)).pow(2).mean(), m
+
+
+def bert(dtype):  # nn.TransformerEncoderLayer with a key padding mask, token-type and position embeddings
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = nn.ModuleDict({"tok": nn.Embedding(20, 8), "typ": nn.Embedding(2, 8), "pos": nn.Embedding(6, 8),
+                           "enc": nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, activation="gelu",
+                                                             batch_first=True, norm_first=True),
+                           "cls": nn.Linear(8, 3)}).to(dtype).train()
+    idx = torch.randint(0, 20, (2, 6))
+    pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    x = m["tok"](idx) + m["typ"](torch.zeros_like(idx)) + m["pos"](torch.arange(6))
+    h = m["enc"](F.dropout(F.layer_norm(x, (8,)), 0.1), src_key_padding_mask=pad)
+    return _ce(m["cls"](h[:, 0]), 3), m
+
+
+def nanogpt_attention(dtype):  # attention written out: tril mask, masked_fill(-inf), softmax, dropout
+    m = nn.Sequential(nn.Linear(8, 24), nn.Linear(8, 8)).to(dtype)
+    q, k, v = m[0](_x(dtype, 2, 5, 8)).split(8, dim=2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / 8**0.5)
+    att = att.masked_fill(torch.tril(torch.ones(5, 5)) == 0, float("-inf"))
+    return m[1](F.dropout(F.softmax(att, dim=-1), 0.1) @ v).pow(2).mean(), m
+
+
+class UNet(nn.Module):  # skip connection by cat, max pool, transposed conv, PReLU, Mish, per-pixel CE
+    def __init__(self):
+        super().__init__()
+        self.enc1, self.enc2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1)
+        self.up, self.dec = nn.ConvTranspose2d(8, 4, 2, stride=2), nn.Conv2d(8, 2, 3, padding=1)
+        self.prelu = nn.PReLU(4)
+
+    def forward(self, x):
+        e1 = self.prelu(self.enc1(x))
+        e2 = F.mish(self.enc2(F.max_pool2d(e1, 2)))
+        return self.dec(torch.cat([self.up(e2), e1], 1))
+
+
+def unet(dtype):
+    m = UNet().to(dtype)
+    return F.cross_entropy(m(_x(dtype, 2, 1, 8, 8)), torch.randint(0, 2, (2, 8, 8)), ignore_index=1), m
+
+
+def losses(dtype):  # the usual regression / distribution / metric losses and a few tensor ops on one pair
+    a, b = (torch.randn(4, 6).to(dtype).requires_grad_() for _ in range(2))
+    loss = F.smooth_l1_loss(a, b) + F.l1_loss(a, b) + F.huber_loss(a, b, delta=0.5) + F.kl_div(
+        F.log_softmax(a, 1), F.softmax(b, 1), reduction="batchmean") + F.cosine_similarity(a, b).sum()
+    loss = loss + F.logsigmoid(a).sum() + F.triplet_margin_loss(a, b, b.flip(0)) + F.glu(a, 1).sum()
+    loss = loss + torch.roll(a, 1, 0).tril().sum() * a.erf().mean() + a.topk(2, 1).values.sum() \
+        + torch.sort(b, 1).values[:, 0].exp().sum() + F.unfold(a.view(1, 1, 4, 6), 2).pow(2).sum() \
+        + torch.zeros(6, 6, dtype=dtype).index_add(0, torch.tensor([0, 2, 2, 5]), a).pow(2).sum()
+    return loss, {"a": a, "b": b}
+
+
 def makemore(dtype):
     loss, names = _makemore(batch=8, n_hidden=16, dtype=dtype)
     return loss, {k: names[k] for k in ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias")}
@@ -331,9 +418,11 @@ def baddbmm(dtype):
 
 
 ZOO = {f.__name__: f for f in (resnet_block, mobilenet, mbconv, convnext, groupnorm, audio1d, conv3d, decoder, bce,
-                               embedding_bag, lstm, gru, rnn, vit, gpt, makemore, checkpointed, gradient_penalty,
+                               embedding_bag, lstm, gru, rnn, vit, gpt, llama, bert, nanogpt_attention, unet,
+                               losses, makemore, checkpointed, gradient_penalty,
                                gradient_penalty_conv, inplace_views, bf16_casts, baddbmm)}
-AUTOCAST = ("resnet_block", "vit", "gpt", "lstm", "decoder")  # also run under bf16 autocast for coverage
+# also run under bf16 autocast for coverage
+AUTOCAST = ("resnet_block", "vit", "gpt", "lstm", "decoder", "llama", "bert", "unet")
 
 
 def build(name: str, variant: str = "float64"):
