@@ -1419,7 +1419,7 @@ def _sort(c):  # gradient to where each selected value came from
 def _index_add(c):  # self.index_add(dim, index, source, alpha): slots (self, source)
     d, idx, alpha = c.a["dim"], c.s["index"], c.a["alpha"]
     d = d % max(c.g.ndim, 1)
-    src = np.take(c.g, idx, axis=d) if c.g.ndim else c.g
+    src = np.moveaxis(np.moveaxis(c.g, d, 0)[idx], 0, d) if c.g.ndim else c.g
     src = src if alpha == 1 else src * alpha
     return (c.g, src.reshape(c.in_shapes[1]) if c.in_shapes[1] is not None else src)
 

@@ -250,7 +250,9 @@ NEW_CASES = {
     "p_norms": lambda r: weighted(r, torch.norm(r(r.n, 4), p=3, dim=1) + torch.norm(r(r.n, 4), p=1, dim=0).sum()
                                   + torch.norm(r(r.n, 4), dim=1, keepdim=True)[:, 0] + torch.norm(r(r.n, 4), 2.5)
                                   + torch.norm(r(r.n, 4), float("inf"), dim=1) + torch.norm(r(r.n, 4), p=3) + torch.norm(r(r.n, 4))
-                                  + torch.linalg.vector_norm(r(r.n, 4), 0.5, dim=1)),
+                                  + torch.linalg.vector_norm(r(r.n, 4), 0.5, dim=1)
+                                  + torch.ops.aten.norm(r(r.n, 4), 3) + torch.ops.aten.norm(r(r.n, 4), 1.5, [1], True)[:, 0]
+                                  + torch.ops.aten.norm(r(r.n, 4), 2, [0]).sum() + F.pairwise_distance(r(r.n, 4), r(r.n, 4))),
     "huber_smooth_l1": lambda r: F.huber_loss(r(r.n, 4), r(r.n, 4), delta=0.5) + F.smooth_l1_loss(
         r(r.n, 4), r(r.n, 4), beta=0.7, reduction="sum") + weighted(r, F.smooth_l1_loss(r(r.n, 2), r(r.n, 2),
                                                                                         reduction="none")),
