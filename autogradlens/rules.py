@@ -727,23 +727,35 @@ def _maxpool(c):  # the indices are flat over the last 2 (3) input dimensions
     return (flat.reshape(x.shape),)
 
 
-@rule("AvgPool2DBackward0")
-def _avgpool(c):
+@rule("AvgPool2DBackward0", "AvgPool3DBackward0")
+def _avgpool(c):  # any padding, ceil_mode, count_include_pad, divisor_override: separable window matrices
     x, g = c.s["self"], c.g
-    (kh, kw) = c.a["kernel_size"] if len(c.a["kernel_size"]) == 2 else c.a["kernel_size"] * 2
-    stride = c.a["stride"] or [kh, kw]
-    (sh, sw) = stride if len(stride) == 2 else stride * 2
-    pad = c.a["padding"] if len(c.a["padding"]) == 2 else c.a["padding"] * 2
-    if c.a["ceil_mode"] or (any(pad) and not c.a["count_include_pad"]):
-        raise Unsupported("avg_pool2d with ceil_mode or padding excluded from the count")
-    div = c.a["divisor_override"] or kh * kw
-    ph, pw = pad
-    ho, wo = g.shape[-2:]
-    outp = c.zeros(x.shape[:-2] + (x.shape[-2] + 2 * ph, x.shape[-1] + 2 * pw))
-    for i in range(kh):
-        for j in range(kw):
-            outp[..., i: i + sh * ho: sh, j: j + sw * wo: sw] += g / div
-    return (outp[..., ph: ph + x.shape[-2], pw: pw + x.shape[-1]],)
+    k = 3 if "3D" in c.type else 2
+    def per_axis(v):
+        v = list(v)
+        return v * k if len(v) == 1 else v
+    ks = per_axis(c.a["kernel_size"])
+    st = per_axis(c.a["stride"] or ks)
+    pad = per_axis(c.a["padding"])
+    mats, divs = [], []
+    for i in range(k):
+        n_in, n_out = x.shape[-k + i], g.shape[-k + i]
+        m, full, clip = np.zeros((n_out, n_in)), np.zeros(n_out), np.zeros(n_out)
+        for o in range(n_out):
+            lo = o * st[i] - pad[i]
+            hi = min(lo + ks[i], n_in + pad[i])
+            full[o] = hi - lo
+            lo, hi = max(lo, 0), min(hi, n_in)
+            m[o, lo:hi] = 1.0
+            clip[o] = hi - lo
+        mats.append(m)
+        divs.append(full if c.a["count_include_pad"] else clip)
+    if c.a["divisor_override"]:
+        return (_separable(g / c.a["divisor_override"], mats),)
+    div = divs[0]
+    for d in divs[1:]:
+        div = np.multiply.outer(div, d)
+    return (_separable(g / div, mats),)
 
 
 # ============================================================================ convolution, any dimension
@@ -1325,9 +1337,10 @@ def _mkldnn_lstm(c):
 
 # Node types real models produce that have no rule, and why (the mirror passes PyTorch's gradients through them).
 NO_RULE = {
-    "CopySlices": "an in-place op on a view: the node wraps the in-place op's own backward node and the view's "
-                  "geometry (sizes, strides, storage offset) in C++ fields Python does not expose, so what to "
-                  "re-derive is unknown",
+    "CopySlices": "an in-place op on a view (x[i] = v, x[:, 1].mul_(3), also F.pad(mode='circular') and "
+                  "padding_mode='circular' convolutions): the node wraps the in-place op's own backward node and the "
+                  "view's geometry (sizes, strides, storage offset) in C++ fields Python does not expose, so what "
+                  "to re-derive is unknown",
     "ScaledDotProductFlashAttentionBackward0": "CUDA only (CPU uses ScaledDotProductFlashAttentionForCpuBackward0)",
     "ScaledDotProductEfficientAttentionBackward0": "CUDA only",
     "CudnnRnnBackward0": "CUDA only (CPU uses MkldnnRnnLayerBackward0 or plain ops)",
@@ -1482,3 +1495,24 @@ def _unfold(c):  # F.unfold
 def _fold(c):  # F.fold
     g = c.g if c.g.ndim == 4 else c.g[None]
     return (_im2col(g, *_fold_geom(c)).reshape(c.in_shapes[0]),)
+
+
+
+def _pad_src(n_in, lo, hi, mode):  # for each padded position, the input position it copies
+    j = np.arange(-lo, n_in + hi)
+    if mode == "reflect":
+        j = np.abs(j)
+        return np.where(j > n_in - 1, 2 * (n_in - 1) - j, j)
+    return np.clip(j, 0, n_in - 1)
+
+
+@rule("ReflectionPad1DBackward0", "ReflectionPad2DBackward0", "ReflectionPad3DBackward0",
+      "ReplicationPad1DBackward0", "ReplicationPad2DBackward0", "ReplicationPad3DBackward0")
+def _pad_reflect(c):
+    pad, g = list(c.a["padding"]), c.g
+    shape = c.in_shapes[0] if c.in_shapes[0] is not None else c.s["self"].shape
+    mode = "reflect" if c.type.startswith("Reflection") else "replicate"
+    for i in range(len(pad) // 2):
+        ax = g.ndim - 1 - i
+        g = _scatter(g, _pad_src(shape[ax], pad[2 * i], pad[2 * i + 1], mode), shape[ax], ax, c.zeros)
+    return (g,)

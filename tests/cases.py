@@ -268,6 +268,17 @@ NEW_CASES = {
     "nll_loss_2d_max_pool3d": lambda r: F.cross_entropy(r(2, 3, 2, r.n), r.ints(3, 2, 2, r.n), ignore_index=1,
                                                         weight=torch.tensor([1.0, 0.5, 2.0], dtype=r.dtype))
         + weighted(r, F.max_pool3d(r(1, 2, 4, 4, 4), 2)) + F.nll_loss(r(2, 3, r.n), r.ints(3, 2, r.n), reduction="sum"),
+    "reflection_replication_pad": lambda r: weighted(r, F.pad(r(1, 2, 5, 6), (1, 2, 4, 1), mode="reflect"))
+        + weighted(r, F.pad(r(1, 2, 5), (3, 1), mode="reflect")) + weighted(r, F.pad(r(1, 1, 4, 3, 4), (1, 0, 2, 1, 0, 3),
+                                                                                    mode="reflect"))
+        + weighted(r, F.pad(r(1, 2, 3, 4), (2, 1, 0, 3), mode="replicate")) + weighted(
+            r, F.pad(r(1, 2, 4), (2, 1), mode="replicate")) + weighted(r, F.pad(r(1, 1, 2, 2, 3), (1,) * 6,
+                                                                                 mode="replicate")),
+    "avg_pool_ceil_exclude_pad_3d": lambda r: weighted(r, F.avg_pool2d(r(1, 2, 5, 6), 3, 2, 1, ceil_mode=True,
+                                                                       count_include_pad=False))
+        + weighted(r, F.avg_pool2d(r(1, 1, 5, 5), (2, 3), (2, 1), (1, 1), ceil_mode=True, divisor_override=4))
+        + weighted(r, F.avg_pool3d(r(1, 1, 4, 3, 5), 2, padding=1, count_include_pad=False))
+        + weighted(r, F.avg_pool1d(r(1, 2, 7), 3, 2, 1)),
 }
 CASES.update(NEW_CASES)
 

@@ -156,6 +156,14 @@ def decoder(dtype):
     return F.mse_loss(out, torch.rand(out.shape).to(dtype)), m
 
 
+def style_transfer(dtype):  # reflection / replication padding, instance norm, ResNet-D style average pooling
+    m = nn.Sequential(nn.ReflectionPad2d(2), nn.Conv2d(3, 4, 5), nn.InstanceNorm2d(4, affine=True), nn.ReLU(),
+                      nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+                      nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                      nn.Upsample(scale_factor=2), nn.ReplicationPad2d(1), nn.Conv2d(4, 3, 3), nn.Tanh()).to(dtype)
+    return F.mse_loss(m(_x(dtype, 1, 3, 7, 7)), _x(dtype, 1, 3, 8, 8)), m
+
+
 def bce(dtype):
     m = nn.Sequential(nn.Linear(5, 8), nn.Softplus(), nn.Linear(8, 3), nn.Sigmoid()).to(dtype)
     target = (torch.rand(4, 3) > 0.5).to(dtype)
@@ -417,7 +425,7 @@ def baddbmm(dtype):
         {"a": a, "b": b, "c": c}
 
 
-ZOO = {f.__name__: f for f in (resnet_block, mobilenet, mbconv, convnext, groupnorm, audio1d, conv3d, decoder, bce,
+ZOO = {f.__name__: f for f in (resnet_block, mobilenet, mbconv, convnext, groupnorm, audio1d, conv3d, decoder, style_transfer, bce,
                                embedding_bag, lstm, gru, rnn, vit, gpt, llama, bert, nanogpt_attention, unet,
                                losses, makemore, checkpointed, gradient_penalty,
                                gradient_penalty_conv, inplace_views, bf16_casts, baddbmm)}
