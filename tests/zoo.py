@@ -425,7 +425,8 @@ def baddbmm(dtype):
         {"a": a, "b": b, "c": c}
 
 
-ZOO = {f.__name__: f for f in (resnet_block, mobilenet, mbconv, convnext, groupnorm, audio1d, conv3d, decoder, style_transfer, bce,
+ZOO = {f.__name__: f for f in (resnet_block, mobilenet, mbconv, convnext, groupnorm, audio1d, conv3d, decoder,
+                               style_transfer, bce,
                                embedding_bag, lstm, gru, rnn, vit, gpt, llama, bert, nanogpt_attention, unet,
                                losses, makemore, checkpointed, gradient_penalty,
                                gradient_penalty_conv, inplace_views, bf16_casts, baddbmm)}
