@@ -1516,3 +1516,48 @@ def _pad_reflect(c):
         ax = g.ndim - 1 - i
         g = _scatter(g, _pad_src(shape[ax], pad[2 * i], pad[2 * i + 1], mode), shape[ax], ax, c.zeros)
     return (g,)
+
+
+# ============================================================================ indexed writes (not through a view)
+def _hit(shape, index):  # bool mask of the positions an index expression reaches
+    m = np.zeros(shape, dtype=bool)
+    m[index] = True
+    return m
+
+
+def _along(idx, d):  # the index tuple that gathers / scatters along dim d with `idx`
+    lead = list(np.indices(idx.shape))
+    lead[d] = idx
+    return tuple(lead)
+
+
+@rule("IndexPutBackward0")
+def _index_put(c):  # self[indices] = values (or += with accumulate): slots (self, values)
+    idx = tuple(slice(None) if i is None else i for i in c.s["indices"])
+    dself = c.g if c.a["accumulate"] else np.where(_hit(c.g.shape, idx), 0.0, c.g)
+    return (dself, c.g[idx])
+
+
+@rule("ScatterAddBackward0", "ScatterBackward0", "ScatterBackward1")
+def _scatter_rule(c):  # slots (self, src) or (self,) for a scalar value
+    d, idx = c.a["dim"] % max(c.g.ndim, 1), c.s["index"]
+    where = _along(idx, d)
+    dself = c.g if c.type == "ScatterAddBackward0" else np.where(_hit(c.g.shape, where), 0.0, c.g)
+    return (dself,) if c.type == "ScatterBackward1" else (dself, c.g[where])
+
+
+@rule("IndexFillBackward0")
+def _index_fill(c):
+    d, idx = c.a["dim"] % max(c.g.ndim, 1), c.s["index"]
+    sel = [slice(None)] * c.g.ndim
+    sel[d] = idx
+    return (np.where(_hit(c.g.shape, tuple(sel)), 0.0, c.g),)
+
+
+@rule("MaskedScatterBackward0")
+def _masked_scatter(c):  # slots (self, source): source's first k elements went to the k True places, in order
+    mask = np.broadcast_to(c.s["mask"].astype(bool), c.g.shape)
+    n = math.prod(c.a["source_sym_sizes"])
+    taken = c.g[mask]
+    src = np.concatenate([taken, c.zeros((n - taken.size,))]) if n > taken.size else taken
+    return (np.where(mask, 0.0, c.g), src.reshape(c.a["source_sym_sizes"]))

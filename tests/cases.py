@@ -279,6 +279,15 @@ NEW_CASES = {
         + weighted(r, F.avg_pool2d(r(1, 1, 5, 5), (2, 3), (2, 1), (1, 1), ceil_mode=True, divisor_override=4))
         + weighted(r, F.avg_pool3d(r(1, 1, 4, 3, 5), 2, padding=1, count_include_pad=False))
         + weighted(r, F.avg_pool1d(r(1, 2, 7), 3, 2, 1)),
+    "index_put_scatter_fill": lambda r: weighted(r, torch.index_put(r(5, 3) * 1, (torch.tensor([0, 2, 2]),), r(3, 3))
+                                                 + torch.index_put(r(5, 3), (torch.tensor([1, 1]), torch.tensor([0, 2])),
+                                                                   r(2), accumulate=True)
+                                                 + (r(5, 3) * 1).index_put_((torch.arange(5) % 2 == 0,), r(3))
+                                                 + r(5, 3).scatter_add(0, torch.tensor([[0, 1, 4], [4, 1, 0]]), r(2, 3))
+                                                 + r(5, 3).scatter(1, torch.tensor([[0], [2], [2]]), r(3, 1))[:5]
+                                                 + r(5, 3).scatter(0, torch.tensor([[1, 3, 0]]), 2.0)
+                                                 + r(5, 3).index_fill(1, torch.tensor([0, 2]), -1.0)
+                                                 + r(5, 3).masked_scatter(torch.tensor([True, False, True]), r(17))),
 }
 CASES.update(NEW_CASES)
 
