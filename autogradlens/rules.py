@@ -12,6 +12,7 @@ Where it matters for bit-exactness, formulas follow PyTorch's order of operation
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -91,13 +92,25 @@ def _to_copy(c):  # the gradient is cast back to the input's dtype, rounding it
     dt = c.in_dtypes[0]
     if dt not in ("float32", "float16", "bfloat16"):
         return (c.g,)
-    rnd = {"float32": np.float32, "float16": np.float16}.get(dt)
-    if rnd is None:
-        raise Unsupported("a cast to bfloat16")
     if c.scalar:
         from .value import Value
-        return (np.vectorize(lambda v: Value(float(rnd(v.data if isinstance(v, Value) else v))), otypes=[object])(c.g),)
-    return (c.g.astype(rnd).astype(np.float64),)
+        return (np.vectorize(lambda v: Value(float(round_to(dt, np.float64(v.data if isinstance(v, Value) else v)))),
+                             otypes=[object])(c.g),)
+    return (round_to(dt, c.g),)
+
+
+def round_to(dtype: str, a):
+    """float64 values rounded as PyTorch rounds them to `dtype` (through float32, as its casts from double do)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf, as the cast does
+        a32 = np.asarray(a, dtype=np.float64).astype(np.float32)
+        if dtype == "float32":
+            return a32.astype(np.float64)
+        if dtype == "float16":
+            return a32.astype(np.float16).astype(np.float64)
+    bits = a32.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)  # round to nearest even
+    out = rounded.view(np.float32).astype(np.float64)
+    return np.where(np.isnan(a32), a32.astype(np.float64), out)
 
 
 @rule("ReluBackward0")
@@ -391,12 +404,23 @@ def _var(c):
 
 @rule("LinalgVectorNormBackward0")
 def _norm(c):
-    if c.a["ord"] != 2:
-        raise Unsupported("vector norms other than ord=2")
     x, y = c.s["self"], c.s["result"]
     dims = _dims(c.a["dim"] if c.a["dim"] is not None else [], x.ndim)
     ye = _unsqueeze_to(y, x.shape, dims, c.a["keepdim"])
-    return (_unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"]) * np.where(ye == 0, 0.0, x / np.where(ye == 0, 1, ye)),)
+    return (_pnorm_grad(_unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"]), x, ye, float(c.a["ord"]), dims),)
+
+
+def _pnorm_grad(g, x, ye, p, dims):  # d ||x||_p / dx times g, with ye the norm broadcast to x
+    if p == 0:
+        return g * 0.0
+    if p == 1:
+        return g * np.sign(x)
+    if math.isinf(p):
+        mask = np.abs(x) == ye
+        return g * (np.sign(x) * mask / mask.sum(axis=tuple(dims), keepdims=True))
+    safe = np.where(ye == 0, 1.0, ye)
+    d = x / safe if p == 2 else x * np.abs(x) ** (p - 2) / safe ** (p - 1)
+    return g * np.where(ye == 0, 0.0, d)
 
 
 @rule("MaximumBackward0", "MinimumBackward0")
@@ -592,20 +616,23 @@ def _softmax(c):
     return (y * (c.g - (c.g * y).sum(axis=d, keepdims=True)),)
 
 
-@rule("NllLossBackward0")
-def _nll(c):
+@rule("NllLossBackward0", "NllLoss2DBackward0")
+def _nll(c):  # x (N, C, *) or (C,), target (N, *) or ()
     x, t, w = c.s["self"], c.s["target"], c.s.get("weight")
-    red, ignore = c.a["reduction"], c.a["ignore_index"]
-    if x.ndim not in (1, 2):
-        raise Unsupported("nll_loss with more than 2 dimensions")
-    x2, t1 = (x[None], t.reshape(1)) if x.ndim == 1 else (x, t)
-    out, g, tw = c.zeros(x2.shape), c.g, float(c.s["total_weight"])
-    for i, ti in enumerate(t1.tolist()):
-        if ti == ignore:
-            continue
-        gi = g.reshape(-1)[i] if red == "none" else g[()]
-        gi = -gi if w is None else -float(w[ti]) * gi
-        out[i, ti] = gi / tw if red == "mean" else gi
+    red, ignore = c.a["reduction"], _unsigned(c.a["ignore_index"])
+    xm = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]) if x.ndim > 1 else x.reshape(1, -1)
+    tt = t.reshape(-1)
+    keep = tt != ignore
+    ts = np.where(keep, tt, 0)
+    rows = np.arange(tt.size)
+    gi = c.g.reshape(-1) if red == "none" else np.broadcast_to(c.g.reshape(()), tt.shape)
+    gi = -gi if w is None else -w[ts] * gi
+    if red == "mean":
+        gi = gi / float(c.s["total_weight"])
+    out = c.zeros(xm.shape)
+    out[rows[keep], ts[keep]] = gi[keep]
+    if x.ndim > 1:
+        return (np.moveaxis(out.reshape(x.shape[:1] + x.shape[2:] + x.shape[1:2]), -1, 1),)
     return (out.reshape(x.shape),)
 
 
@@ -687,60 +714,850 @@ def _layernorm(c):
     return (dx, None if w is None else (g * xhat).sum(axis=rows), (g.sum(axis=rows) if w is not None else None))
 
 
-@rule("ConvolutionBackward0")
-def _conv(c):
-    x, w, g = c.s.get("input"), c.s.get("weight"), c.g
-    if c.a["transposed"] or c.a["groups"] != 1 or g.ndim != 4:
-        raise Unsupported("only 2-d, non-transposed, groups=1 convolutions have a rule")
-    (sh, sw), (ph, pw), (dh, dw_) = c.a["stride"], c.a["padding"], c.a["dilation"]
-    n, o, ho, wo = g.shape
-    kh, kw = c.in_shapes[1][2:] if c.in_shapes[1] is not None else w.shape[2:]
-    xs = c.in_shapes[0] if c.in_shapes[0] is not None else x.shape
-    dx = None
-    if w is not None and c.in_shapes[0] is not None:
-        dxp = c.zeros((n, xs[1], xs[2] + 2 * ph, xs[3] + 2 * pw))
-        for i in range(kh):
-            for j in range(kw):
-                dxp[:, :, i * dh: i * dh + sh * ho: sh, j * dw_: j * dw_ + sw * wo: sw] += \
-                    np.einsum("nohw,oc->nchw", g, w[:, :, i, j])
-        dx = dxp[:, :, ph: ph + xs[2], pw: pw + xs[3]]
-    dwt = None
-    if x is not None:
-        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-        dwt = c.zeros((o, xs[1], kh, kw))
-        for i in range(kh):
-            for j in range(kw):
-                patch = xp[:, :, i * dh: i * dh + sh * ho: sh, j * dw_: j * dw_ + sw * wo: sw]
-                dwt[:, :, i, j] = np.einsum("nohw,nchw->oc", g, patch)
-    return (dx, dwt, g.sum(axis=(0, 2, 3)))
-
-
-@rule("MaxPool2DWithIndicesBackward0")
-def _maxpool(c):
+@rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0")
+def _maxpool(c):  # the indices are flat over the last 2 (3) input dimensions
     x, idx, g = c.s["self"], c.s["result1"], c.g
-    flat = c.zeros(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
-    gi = g.reshape(g.shape[:-2] + (-1,))
-    ii = idx.reshape(idx.shape[:-2] + (-1,))
+    k = 3 if "3D" in c.type else 2
+    flat = c.zeros(x.shape[:-k] + (math.prod(x.shape[-k:]),))
+    gi = g.reshape(g.shape[:-k] + (-1,))
+    ii = idx.reshape(idx.shape[:-k] + (-1,))
     lead = np.indices(ii.shape[:-1])
     for k in range(ii.shape[-1]):
         np.add.at(flat, tuple(lead) + (ii[..., k],), gi[..., k])
     return (flat.reshape(x.shape),)
 
 
-@rule("AvgPool2DBackward0")
-def _avgpool(c):
+@rule("AvgPool2DBackward0", "AvgPool3DBackward0")
+def _avgpool(c):  # any padding, ceil_mode, count_include_pad, divisor_override: separable window matrices
     x, g = c.s["self"], c.g
-    (kh, kw) = c.a["kernel_size"] if len(c.a["kernel_size"]) == 2 else c.a["kernel_size"] * 2
-    stride = c.a["stride"] or [kh, kw]
-    (sh, sw) = stride if len(stride) == 2 else stride * 2
-    pad = c.a["padding"] if len(c.a["padding"]) == 2 else c.a["padding"] * 2
-    if c.a["ceil_mode"] or (any(pad) and not c.a["count_include_pad"]):
-        raise Unsupported("avg_pool2d with ceil_mode or padding excluded from the count")
-    div = c.a["divisor_override"] or kh * kw
-    ph, pw = pad
-    ho, wo = g.shape[-2:]
-    outp = c.zeros(x.shape[:-2] + (x.shape[-2] + 2 * ph, x.shape[-1] + 2 * pw))
-    for i in range(kh):
-        for j in range(kw):
-            outp[..., i: i + sh * ho: sh, j: j + sw * wo: sw] += g / div
-    return (outp[..., ph: ph + x.shape[-2], pw: pw + x.shape[-1]],)
+    k = 3 if "3D" in c.type else 2
+    def per_axis(v):
+        v = list(v)
+        return v * k if len(v) == 1 else v
+    ks = per_axis(c.a["kernel_size"])
+    st = per_axis(c.a["stride"] or ks)
+    pad = per_axis(c.a["padding"])
+    mats, divs = [], []
+    for i in range(k):
+        n_in, n_out = x.shape[-k + i], g.shape[-k + i]
+        m, full, clip = np.zeros((n_out, n_in)), np.zeros(n_out), np.zeros(n_out)
+        for o in range(n_out):
+            lo = o * st[i] - pad[i]
+            hi = min(lo + ks[i], n_in + pad[i])
+            full[o] = hi - lo
+            lo, hi = max(lo, 0), min(hi, n_in)
+            m[o, lo:hi] = 1.0
+            clip[o] = hi - lo
+        mats.append(m)
+        divs.append(full if c.a["count_include_pad"] else clip)
+    if c.a["divisor_override"]:
+        return (_separable(g / c.a["divisor_override"], mats),)
+    div = divs[0]
+    for d in divs[1:]:
+        div = np.multiply.outer(div, d)
+    return (_separable(g / div, mats),)
+
+
+# ============================================================================ convolution, any dimension
+def _taps(kernel):
+    return itertools.product(*(range(k) for k in kernel))
+
+
+def _win(k, dil, stride, n):  # the input positions kernel tap k meets, for n outputs
+    return (slice(None),) * 3 + tuple(slice(a * d, a * d + s * (m - 1) + 1, s) for a, d, s, m in zip(k, dil, stride, n))
+
+
+def _pad(x, p):
+    return np.pad(x, [(0, 0), (0, 0)] + [(a, a) for a in p]) if any(p) else x
+
+
+def _conv_fwd(x, w, s, p, d, groups, zeros):
+    """y = conv(x, w): x (N, C, *S), w (O, C/G, *K) -> (N, O, *So)."""
+    xp = _pad(x, p)
+    n, ch, o, k = x.shape[0], x.shape[1], w.shape[0], w.shape[2:]
+    so = tuple((xp.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(len(k)))
+    xg = xp.reshape((n, groups, ch // groups) + xp.shape[2:])
+    wg = w.reshape((groups, o // groups, ch // groups) + tuple(k))
+    y = zeros((n, groups, o // groups, math.prod(so)))
+    for t in _taps(k):
+        y = y + np.einsum("ngcs,goc->ngos", xg[_win(t, d, s, so)].reshape(n, groups, ch // groups, -1),
+                          wg[(slice(None),) * 3 + t])
+    return y.reshape((n, o) + so)
+
+
+def _conv_dx(gy, w, xshape, s, p, d, groups, zeros):
+    """The adjoint of _conv_fwd in x (a transposed convolution), cropped to xshape."""
+    n, o, so, k = gy.shape[0], gy.shape[1], gy.shape[2:], w.shape[2:]
+    ch = xshape[1]
+    full = tuple(xshape[2 + i] + 2 * p[i] for i in range(len(k)))
+    full = tuple(max(f, d[i] * (k[i] - 1) + s[i] * (so[i] - 1) + 1) for i, f in enumerate(full))
+    dxp = zeros((n, groups, ch // groups) + full)
+    gg = gy.reshape((n, groups, o // groups, -1))
+    wg = w.reshape((groups, o // groups, ch // groups) + tuple(k))
+    for t in _taps(k):
+        dxp[_win(t, d, s, so)] += np.einsum("ngos,goc->ngcs", gg, wg[(slice(None),) * 3 + t]).reshape(
+            (n, groups, ch // groups) + tuple(so))
+    crop = (slice(None),) * 3 + tuple(slice(a, a + xshape[2 + i]) for i, a in enumerate(p))
+    return dxp[crop].reshape(tuple(xshape))
+
+
+def _conv_dw(x, gy, wshape, s, p, d, groups, zeros):
+    """The adjoint of _conv_fwd in w."""
+    xp = _pad(x, p)
+    n, ch, o, so, k = x.shape[0], x.shape[1], gy.shape[1], gy.shape[2:], tuple(wshape[2:])
+    xg = xp.reshape((n, groups, ch // groups) + xp.shape[2:])
+    gg = gy.reshape((n, groups, o // groups, -1))
+    dw = zeros((groups, o // groups, ch // groups) + k)
+    for t in _taps(k):
+        dw[(slice(None),) * 3 + t] = np.einsum("ngcs,ngos->goc", xg[_win(t, d, s, so)].reshape(
+            n, groups, ch // groups, -1), gg)
+    return dw.reshape(tuple(wshape))
+
+
+def _conv_geom(c):
+    a = c.a
+    return list(a["stride"]), list(a["padding"]), list(a["dilation"]), a["groups"], a["transposed"]
+
+
+def _conv_shape(c, slot, saved):
+    return c.in_shapes[slot] if c.in_shapes[slot] is not None else c.s[saved].shape
+
+
+@rule("ConvolutionBackward0")
+def _conv(c):  # 1-d/2-d/3-d, stride, padding, dilation, groups, transposed (with output_padding)
+    x, w, g = c.s.get("input"), c.s.get("weight"), c.g
+    s, p, d, groups, tr = _conv_geom(c)
+    need_x, need_w = c.in_shapes[0] is not None, c.in_shapes[1] is not None
+    dx = dw = None
+    if not tr:
+        if need_x:
+            dx = _conv_dx(g, w, c.in_shapes[0], s, p, d, groups, c.zeros)
+        if need_w:
+            dw = _conv_dw(x, g, c.in_shapes[1], s, p, d, groups, c.zeros)
+    else:  # y = the adjoint of a convolution from y-space to x-space with the same weight
+        if need_x:
+            xs = c.in_shapes[0]
+            dx = _conv_fwd(g, w, s, p, d, groups, c.zeros)[(slice(None),) * 2 + tuple(slice(0, n) for n in xs[2:])]
+        if need_w:
+            dw = _conv_dw(g, x, c.in_shapes[1], s, p, d, groups, c.zeros)
+    bias = g.sum(axis=(0,) + tuple(range(2, g.ndim))) if len(c.in_shapes) > 2 and c.in_shapes[2] is not None else None
+    return (dx, dw, bias)
+
+
+@rule("ConvolutionBackwardBackward0")
+def _conv_double(c):  # slots (grad_output, input, weight); incoming: gradients of (grad_input, grad_weight, grad_bias)
+    go, x, w = c.s["grad_output"], c.s["input"], c.s["weight"]
+    ggx, ggw, ggb = (list(c.gs) + [None] * 3)[:3]
+    s, p, d, groups, tr = _conv_geom(c)
+    z = c.zeros
+    d_go = d_x = d_w = None
+    if not tr:  # grad_input = _conv_dx(go, w), grad_weight = _conv_dw(x, go)
+        terms = [] if ggx is None else [_conv_fwd(ggx, w, s, p, d, groups, z)]
+        if ggw is not None:
+            terms.append(_conv_fwd(x, ggw, s, p, d, groups, z))
+            d_x = _conv_dx(go, ggw, x.shape, s, p, d, groups, z)
+        if ggx is not None:
+            d_w = _conv_dw(ggx, go, w.shape, s, p, d, groups, z)
+        terms = [t[(slice(None),) * 2 + tuple(slice(0, n) for n in go.shape[2:])] for t in terms]
+    else:  # grad_input = _conv_fwd(go, w), grad_weight = _conv_dw(go, x)
+        terms = [] if ggx is None else [_conv_dx(ggx, w, go.shape, s, p, d, groups, z)]
+        if ggw is not None:
+            terms.append(_conv_dx(x, ggw, go.shape, s, p, d, groups, z))
+            d_x = _conv_fwd(go, ggw, s, p, d, groups, z)[(slice(None),) * 2 + tuple(slice(0, n) for n in x.shape[2:])]
+        if ggx is not None:
+            d_w = _conv_dw(go, ggx, w.shape, s, p, d, groups, z)
+    if ggb is not None:
+        terms.append(np.broadcast_to(ggb.reshape((1, -1) + (1,) * (go.ndim - 2)), go.shape))
+    for t in terms:
+        d_go = t if d_go is None else d_go + t
+    return (d_go, d_x, d_w)
+
+
+# ============================================================================ more elementwise, shape and matmul
+@rule("HardswishBackward0")
+def _hardswish(c):
+    x = c.s["self"]
+    return (np.where(x < -3, 0.0, np.where(x <= 3, c.g * (x / 3 + 0.5), c.g)),)
+
+
+@rule("HardsigmoidBackward0")
+def _hardsigmoid(c):
+    x = c.s["self"]
+    return (np.where((x > -3) & (x < 3), c.g * _SIXTH, 0.0),)
+
+
+_SIXTH = float(np.float32(1) / np.float32(6))  # PyTorch's kernel multiplies by the float constant 1.0f / 6.0f
+
+
+@rule("AddBackward1")
+def _add_scalar(c):
+    return (c.g,)
+
+
+@rule("TransposeBackward1")
+def _transpose_(c):
+    return (np.swapaxes(c.g, c.a["dim0"], c.a["dim1"]),)
+
+
+@rule("UnsafeSplitBackward0", "UnsafeSplitWithSizesBackward0")
+def _unsafe_split(c):
+    return _split(c)
+
+
+@rule("BaddbmmBackward0")
+def _baddbmm(c):  # beta * self + alpha * batch1 @ batch2
+    b1, b2, alpha, beta = c.s.get("batch1"), c.s.get("batch2"), c.a["alpha"], c.a["beta"]
+    g = c.g if alpha == 1 else c.g * alpha
+    return (c.g if beta == 1 else c.g * beta,
+            None if b2 is None else g @ b2.swapaxes(1, 2),
+            None if b1 is None else b1.swapaxes(1, 2) @ g)
+
+
+@rule("AsStridedBackward0")
+def _as_strided(c):
+    """The input's own geometry is not exposed to Python: the rule takes it as contiguous at offset 0."""
+    shape = c.in_shapes[0]
+    n = math.prod(shape)
+    size, stride, off = c.a["size"], c.a["stride"], c.a["storage_offset"] or 0
+    idx = off + sum(np.arange(m).reshape((-1,) + (1,) * (len(size) - 1 - i)) * st
+                    for i, (m, st) in enumerate(zip(size, stride)))
+    idx = np.broadcast_to(idx, tuple(size))
+    if idx.size and (idx.max() >= n or idx.min() < 0):
+        raise Unsupported("as_strided reaching outside a contiguous input")
+    flat = c.zeros((n,))
+    np.add.at(flat, idx.reshape(-1), c.g.reshape(-1))
+    return (flat.reshape(shape),)
+
+
+@rule("PixelShuffleBackward0")
+def _pixel_shuffle(c):  # (.., C r r, H, W) -> (.., C, H r, W r)
+    return (_unshuffle(c.g, c.a["upscale_factor"]),)
+
+
+@rule("PixelUnshuffleBackward0")
+def _pixel_unshuffle(c):
+    return (_shuffle(c.g, c.a["downscale_factor"]),)
+
+
+def _shuffle(g, r):
+    *lead, ch, h, w = g.shape
+    g = g.reshape(tuple(lead) + (ch // (r * r), r, r, h, w))
+    k = len(lead)
+    g = g.transpose(tuple(range(k)) + (k, k + 3, k + 1, k + 4, k + 2))
+    return g.reshape(tuple(lead) + (ch // (r * r), h * r, w * r))
+
+
+def _unshuffle(g, r):
+    *lead, ch, h, w = g.shape
+    g = g.reshape(tuple(lead) + (ch, h // r, r, w // r, r))
+    k = len(lead)
+    g = g.transpose(tuple(range(k)) + (k, k + 2, k + 4, k + 1, k + 3))
+    return g.reshape(tuple(lead) + (ch * r * r, h // r, w // r))
+
+
+def _scatter(g, idx, size, axis, zeros):  # out[.., idx[i], ..] += g[.., i, ..] along one axis
+    shape = list(g.shape)
+    shape[axis] = size
+    out = zeros(tuple(shape))
+    np.add.at(np.moveaxis(out, axis, 0), idx, np.moveaxis(g, axis, 0))
+    return out
+
+
+def _bins(n_in, n_out):  # adaptive pooling windows: [floor(i n_in / n_out), ceil((i + 1) n_in / n_out))
+    return [(i * n_in // n_out, -(-(i + 1) * n_in // n_out)) for i in range(n_out)]
+
+
+@rule("AdaptiveAvgPool2DBackward0", "AdaptiveAvgPool3DBackward0")
+def _adaptive_avg(c):
+    x, g = c.s["self"], c.g
+    k = 2 if c.type == "AdaptiveAvgPool2DBackward0" else 3
+    mats = []
+    for n_in, n_out in zip(x.shape[-k:], g.shape[-k:]):
+        m = np.zeros((n_out, n_in))
+        for i, (a, b) in enumerate(_bins(n_in, n_out)):
+            m[i, a:b] = 1.0 / (b - a)
+        mats.append(m)
+    return (_separable(g, mats),)
+
+
+def _separable(g, mats):  # apply m.T along each of the last len(mats) axes
+    for i, m in enumerate(mats):
+        ax = g.ndim - len(mats) + i
+        g = np.moveaxis(np.tensordot(np.moveaxis(g, ax, -1), m, axes=([g.ndim - 1], [0])), -1, ax)
+    return g
+
+
+@rule("AdaptiveMaxPool2DBackward0")
+def _adaptive_max(c):
+    return _maxpool(c)
+
+
+def _nearest_src(n_in, n_out, scale):  # PyTorch's nearest_idx, in float32 as its CPU kernel computes it
+    if n_in == n_out:
+        return np.arange(n_out)
+    if n_out == 2 * n_in:
+        return np.arange(n_out) >> 1
+    sc = np.float32(1.0 / scale) if scale else np.float32(n_in) / np.float32(n_out)
+    return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * sc).astype(np.int64), n_in - 1)
+
+
+def _scales(c, k):
+    names = {1: ["scales"], 2: ["scales_h", "scales_w"], 3: ["scales_d", "scales_h", "scales_w"]}[k]
+    return [c.a.get(n) for n in names]
+
+
+@rule("UpsampleNearest1DBackward0", "UpsampleNearest2DBackward0", "UpsampleNearest3DBackward0")
+def _upsample_nearest(c):
+    sizes, g = c.a["self_sym_sizes"], c.g
+    k = len(sizes) - 2
+    for i, sc in enumerate(_scales(c, k)):
+        ax = 2 + i
+        g = _scatter(g, _nearest_src(sizes[ax], g.shape[ax], sc), sizes[ax], ax, c.zeros)
+    return (g,)
+
+
+def _linear_weights(n_in, n_out, align, scale):
+    """(n_out, n_in) matrix of PyTorch's linear interpolation (area_pixel_compute_source_index)."""
+    if align:
+        r = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        src = np.arange(n_out) * r
+    else:
+        r = 1.0 / scale if scale else n_in / n_out
+        src = np.maximum((np.arange(n_out) + 0.5) * r - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = src - i0
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), i0), 1 - lam)
+    np.add.at(m, (np.arange(n_out), i1), lam)
+    return m
+
+
+@rule("UpsampleLinear1DBackward0", "UpsampleBilinear2DBackward0", "UpsampleTrilinear3DBackward0")
+def _upsample_linear(c):
+    sizes, g = c.a["self_sym_sizes"], c.g
+    k = len(sizes) - 2
+    mats = [_linear_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc)
+            for i, sc in enumerate(_scales(c, k))]
+    return (_separable(g, mats),)
+
+
+# ============================================================================ more losses and norms
+def _reduce_factor(c, n):
+    red = c.a["reduction"]
+    return c.g if red == "none" else (c.g / n if red == "mean" else c.g)
+
+
+@rule("BinaryCrossEntropyBackward0")
+def _bce(c):
+    x, t, w = c.s["self"], c.s["target"], c.s.get("weight")
+    g = _reduce_factor(c, x.size)
+    dx = g * ((x - t) / np.maximum((1 - x) * x, 1e-12))
+    dt = g * (np.maximum(np.log1p(-x), -100.0) - np.maximum(np.log(x), -100.0))
+    if w is not None:
+        dx, dt = dx * w, dt * w
+    return (dx, dt)
+
+
+def _proj(v, xh, ax):  # v - mean(v) - xhat * mean(v * xhat) over the normalised axes
+    return v - v.mean(axis=ax, keepdims=True) - xh * (v * xh).mean(axis=ax, keepdims=True)
+
+
+@rule("NativeGroupNormBackward0")
+def _groupnorm(c):
+    x, w, g, groups = c.s["input"], c.s.get("weight"), c.g, c.a["group"]
+    n, ch = x.shape[0], x.shape[1]
+    xs = x.reshape(n, groups, -1)
+    mean, rstd = c.s["result1"].reshape(n, groups, 1), c.s["result2"].reshape(n, groups, 1)
+    xh = (xs - mean) * rstd
+    gh = g if w is None else g * w.reshape((1, ch) + (1,) * (x.ndim - 2))
+    dx = (rstd * _proj(gh.reshape(n, groups, -1), xh, 2)).reshape(x.shape)
+    ax = (0,) + tuple(range(2, x.ndim))
+    dw = (g * xh.reshape(x.shape)).sum(axis=ax)
+    return (dx, dw, g.sum(axis=ax))
+
+
+def _unsigned(i):  # PyTorch hands some int64 attributes over as uint64 (-1 -> 2**64 - 1)
+    return i - 2**64 if i is not None and i >= 2**63 else i
+
+
+@rule("EmbeddingBagBackward0")
+def _embedding_bag(c):
+    idx, offsets, mode = c.s["indices"].reshape(-1), c.s["offsets"], c.a["mode"]
+    n, g = c.a["weight_sym_argsize_0"], c.g
+    pad = _unsigned(c.a.get("padding_idx"))
+    if c.a.get("scale_grad_by_freq"):
+        raise Unsupported("embedding_bag with scale_grad_by_freq")
+    bags = g.shape[0]
+    if mode == 2:  # max: each output element came from one row
+        mi = c.s["result3"]
+        out = c.zeros((n, g.shape[1]))
+        valid = np.broadcast_to((c.s["result2"] > 0)[:, None], mi.shape)  # an empty bag holds index 0
+        cols = np.broadcast_to(np.arange(g.shape[1]), mi.shape)
+        np.add.at(out, (mi[valid], cols[valid]), g[valid])
+        return (out, None)
+    bag = np.searchsorted(offsets[:bags], np.arange(idx.size), side="right") - 1
+    keep = idx != pad if pad is not None and pad >= 0 else np.ones(idx.size, dtype=bool)
+    rows = g[bag]
+    psw = c.s.get("per_sample_weights")
+    if mode == 1:
+        cnt = np.bincount(bag[keep], minlength=bags).astype(np.float64)
+        rows = rows / np.maximum(cnt, 1)[bag][:, None]
+    elif psw is not None:
+        rows = rows * psw[:, None]
+    out = c.zeros((n, g.shape[1]))
+    np.add.at(out, idx[keep], rows[keep])
+    dpsw = None
+    if psw is not None and c.s.get("weight") is not None:
+        dpsw = np.where(keep, (g[bag] * c.s["weight"][idx]).sum(axis=1), 0.0)
+    return (out, dpsw)
+
+
+@rule("ScaledDotProductFlashAttentionForCpuBackward0")
+def _sdpa(c):
+    q, k, v = c.s["query"], c.s["key"], c.s["value"]
+    if c.a.get("dropout_p", 0.0):
+        raise Unsupported("attention with dropout: the dropout mask is not saved")
+    scale = c.a.get("scale") or 1.0 / math.sqrt(q.shape[-1])
+    s = np.einsum("...le,...se->...ls", q, k) * scale
+    allowed = np.ones(s.shape, dtype=bool)
+    mask = c.s.get("attn_mask") if "attn_mask" in c.s else c.s.get("attn_bias")
+    if mask is not None:
+        if mask.dtype == bool:
+            allowed = allowed & np.broadcast_to(mask, s.shape)
+        else:
+            s = s + mask
+            allowed = allowed & np.isfinite(np.broadcast_to(mask, s.shape))
+    if c.a.get("is_causal"):
+        allowed = allowed & np.tril(np.ones(s.shape[-2:], dtype=bool))
+    s = np.where(allowed, s, -np.inf)
+    top = np.max(s, axis=-1, keepdims=True)
+    e = np.where(allowed, np.exp(s - np.where(np.isfinite(top), top, 0.0)), 0.0)
+    tot = e.sum(axis=-1, keepdims=True)
+    p = e / np.where(tot > 0, tot, 1.0)  # a fully masked row gives zeros, as the fused kernel does
+    go = c.g
+    dv = np.einsum("...ls,...le->...se", p, go)
+    dp = np.einsum("...le,...se->...ls", go, v)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+    dq = np.einsum("...ls,...se->...le", ds, k) * scale
+    dk = np.einsum("...ls,...le->...se", ds, q) * scale
+    return (dq, dk, dv)
+
+
+# ============================================================================ double backward (gradient of a gradient)
+@rule("TanhBackwardBackward0")
+def _tanh_bb(c):  # tanh_backward(grad_output, output) = grad_output * (1 - output^2)
+    go, y = c.s["grad_output"], c.s["output"]
+    return (c.g * (1 - y * y), c.g * (go * (-2 * y)))
+
+
+@rule("SigmoidBackwardBackward0")
+def _sigmoid_bb(c):  # grad_output * (1 - y) * y
+    go, y = c.s["grad_output"], c.s["output"]
+    return (c.g * ((1 - y) * y), c.g * (go * (1 - 2 * y)))
+
+
+def _gelu_d12(x, approximate):
+    if approximate == "tanh":
+        k, a = math.sqrt(2 / math.pi), 0.044715
+        t = np.tanh(k * (x + a * x**3))
+        u1, u2 = k * (1 + 3 * a * x * x), 6 * k * a * x
+        d1 = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * u1
+        d2 = (1 - t * t) * (u1 + 0.5 * x * (u2 - 2 * t * u1 * u1))
+    else:
+        pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        d1 = 0.5 * (1 + _erf(x / math.sqrt(2))) + x * pdf
+        d2 = pdf * (2 - x * x)
+    return d1, d2
+
+
+@rule("GeluBackwardBackward0")
+def _gelu_bb(c):
+    d1, d2 = _gelu_d12(c.s["self"], c.a["approximate"])
+    return (c.g * d1, c.g * (c.s["grad_output"] * d2))
+
+
+@rule("SoftplusBackwardBackward0")
+def _softplus_bb(c):
+    x, go, beta, th = c.s["self"], c.s["grad_output"], c.a["beta"], c.a["threshold"]
+    lin = x * beta > th
+    sg = 1 / (1 + np.exp(-np.minimum(x * beta, th)))
+    return (np.where(lin, c.g, c.g * sg), np.where(lin, 0.0, c.g * (go * (beta * sg * (1 - sg)))))
+
+
+@rule("ThresholdBackwardBackward0")
+def _threshold_bb(c):  # threshold_backward(grad_output, self, threshold)
+    return (np.where(c.s["self"] > c.a["threshold"], c.g, 0.0), c.zeros(c.s["self"].shape))
+
+
+@rule("LogSoftmaxBackwardDataBackward0")
+def _log_softmax_bb(c):  # grad_output - exp(output) * grad_output.sum(dim)
+    go, y, d = c.s["grad_output"], c.s["output"], c.a["dim"]
+    p = np.exp(y)
+    return (c.g - (c.g * p).sum(axis=d, keepdims=True), c.g * (-go.sum(axis=d, keepdims=True) * p))
+
+
+@rule("SoftmaxBackwardDataBackward0")
+def _softmax_bb(c):  # y * (grad_output - sum(grad_output * y))
+    go, y, d = c.s["grad_output"], c.s["output"], c.a["dim"]
+    gy = (c.g * y).sum(axis=d, keepdims=True)
+    dgo = y * (c.g - (c.g * y).sum(axis=d, keepdims=True))
+    dy = c.g * (go - (go * y).sum(axis=d, keepdims=True)) - go * gy
+    return (dgo, dy)
+
+
+@rule("NllLossBackwardBackward0")
+def _nll_bb(c):  # slots (grad_output, self): the incoming gradient's nll_loss, and zero
+    t, w, red = c.s["target"].reshape(-1), c.s.get("weight"), c.a["reduction"]
+    ignore = _unsigned(c.a["ignore_index"])
+    gg = c.g.reshape(-1, c.g.shape[-1])
+    keep = t != ignore
+    tt = np.where(keep, t, 0)
+    wt = np.ones(t.shape) if w is None else w[tt]
+    wt = np.where(keep, wt, 0.0)
+    picked = gg[np.arange(tt.size), tt] * -wt
+    zero = c.zeros(c.in_shapes[1]) if c.in_shapes[1] is not None else None
+    if red == "none":
+        return (picked.reshape(c.s["target"].shape), zero)
+    out = picked.sum()
+    return (out / wt.sum() if red == "mean" else out, zero)
+
+
+def _norm_double(go, x, w, xh, r, ggx, ggw, ggb, ax, wshape, wax):
+    """Gradients of (dx, dw, db) = norm_backward(go, x, w) w.r.t. go, x, w: the normalisation over `ax` with
+    r = 1/std and xh = (x - mean) r; w broadcasts to x with shape wshape and sums back over `wax`."""
+    n = math.prod(x.shape[a] for a in ax)
+    wb = None if w is None else w.reshape(wshape)
+    gh = go if wb is None else go * wb
+    d_go = d_x = d_w = None
+    if ggx is not None:
+        pg = _proj(ggx, xh, ax)
+        d_go = r * pg if wb is None else r * pg * wb
+        m1, m2 = gh.mean(axis=ax, keepdims=True), (gh * xh).mean(axis=ax, keepdims=True)
+        a = (ggx * (gh - m1 - xh * m2)).sum(axis=ax, keepdims=True)
+        sx = (ggx * xh).sum(axis=ax, keepdims=True)
+        d_x = -(r * r / n) * (xh * a + n * m2 * pg + sx * (gh - m1 - xh * m2))
+        if wb is not None:
+            d_w = (go * r * pg).sum(axis=wax).reshape(w.shape)
+    if ggw is not None:
+        u = go * ggw.reshape(wshape)
+        t = r * _proj(u, xh, ax)
+        d_x = t if d_x is None else d_x + t
+        t = xh * ggw.reshape(wshape)
+        d_go = t if d_go is None else d_go + t
+    if ggb is not None:
+        t = np.broadcast_to(ggb.reshape(wshape), x.shape)
+        d_go = t if d_go is None else d_go + t
+    return d_go, d_x, d_w
+
+
+@rule("NativeLayerNormBackwardBackward0")
+def _layernorm_bb(c):  # slots (grad_out, input, mean, rstd, weight, bias)
+    go, x, w = c.s["grad_out"], c.s["input"], c.s.get("weight")
+    k = len(c.a["normalized_shape"])
+    ax = tuple(range(x.ndim - k, x.ndim))
+    xh = (x - c.s["mean"]) * c.s["rstd"]
+    ggx, ggw, ggb = (list(c.gs) + [None] * 3)[:3]
+    d_go, d_x, d_w = _norm_double(go, x, w, xh, c.s["rstd"], ggx, ggw, ggb, ax, x.shape[x.ndim - k:],
+                                  tuple(range(x.ndim - k)))
+    return (d_go, d_x, None, None, d_w, None)
+
+
+@rule("NativeBatchNormBackwardBackward0")
+def _batchnorm_bb(c):  # slots (grad_out, input, weight, save_mean, save_invstd)
+    go, x, w = c.s["grad_out"], c.s["input"], c.s.get("weight")
+    ggx, ggw, ggb = (list(c.gs) + [None] * 3)[:3]
+    ax = _bn_axes(x)
+    wshape = (1, -1) + (1,) * (x.ndim - 2)
+    if c.a["train"]:
+        mean, r = _bcast(c.s["save_mean"], x), _bcast(c.s["save_invstd"], x)
+        d_go, d_x, d_w = _norm_double(go, x, w, (x - mean) * r, r, ggx, ggw, ggb, ax, wshape, ax)
+    else:  # dx = go w r, dw = sum(go (x - mean) r), db = sum(go): bilinear in go and (w, x)
+        r = _bcast(1 / np.sqrt(c.s["running_var"] + c.a["eps"]), x)
+        xh = (x - _bcast(c.s["running_mean"], x)) * r
+        wb = 1.0 if w is None else _bcast(w, x)
+        d_go = d_x = d_w = None
+        if ggx is not None:
+            d_go = ggx * (r * wb)
+            d_w = None if w is None else (ggx * (go * r)).sum(axis=ax)
+        if ggw is not None:
+            t = xh * ggw.reshape(wshape)
+            d_go = t if d_go is None else d_go + t
+            d_x = go * (r * ggw.reshape(wshape))
+        if ggb is not None:
+            t = np.broadcast_to(ggb.reshape(wshape), x.shape)
+            d_go = t if d_go is None else d_go + t
+    return (d_go, d_x, d_w, None, None)
+
+
+# ============================================================================ the fused CPU LSTM layer
+def _sig(z):
+    return 1 / (1 + np.exp(-z))
+
+
+@rule("MkldnnRnnLayerBackward0")
+def _mkldnn_lstm(c):
+    """One LSTM layer and direction (gates i, f, g, o): the gates are recomputed in float64 from the saved input,
+    weights, initial state and PyTorch's own hidden states (result0), then back-propagated through time."""
+    if c.a["mode"] != 2:
+        raise Unsupported("the fused RNN layer in a mode other than LSTM")
+    x, wih, whh, h0, c0, hs = (c.s[k] for k in ("input", "weight0", "weight1", "hx_", "cx_", "result0"))
+    bias = c.s["weight2"] + c.s["weight3"] if c.a["has_biases"] else 0.0
+    steps, batch, hid = hs.shape[0], hs.shape[1], c.a["hidden_size"]
+    order = list(range(steps))[::-1] if c.a["reverse"] else list(range(steps))
+    h_prev, c_prev, gates, cs = {}, {}, {}, {}
+    h, cell = h0, c0
+    for t in order:  # forward, keeping what the backward needs
+        z = x[t] @ wih.T + h @ whh.T + bias
+        i, f, gg, o = _sig(z[:, :hid]), _sig(z[:, hid:2 * hid]), np.tanh(z[:, 2 * hid:3 * hid]), _sig(z[:, 3 * hid:])
+        h_prev[t], c_prev[t] = h, cell
+        cell = f * cell + i * gg
+        gates[t], cs[t] = (i, f, gg, o), cell
+        h = hs[t]
+    g_out, g_hy, g_cy = (list(c.gs) + [None] * 3)[:3]
+    dh = c.zeros((batch, hid)) if g_hy is None else g_hy
+    dc = c.zeros((batch, hid)) if g_cy is None else g_cy
+    dxs, dwih, dwhh, db = [None] * steps, None, None, None
+    for t in order[::-1]:
+        i, f, gg, o = gates[t]
+        if g_out is not None:
+            dh = dh + g_out[t]
+        tc = np.tanh(cs[t])
+        dc = dc + dh * (o * (1 - tc * tc))
+        dz = np.concatenate([dc * (gg * i * (1 - i)), dc * (c_prev[t] * f * (1 - f)), dc * (i * (1 - gg * gg)),
+                             dh * (tc * o * (1 - o))], axis=1)
+        dxs[t] = dz @ wih
+        dh, dc = dz @ whh, dc * f
+        dwih = dz.T @ x[t] if dwih is None else dwih + dz.T @ x[t]
+        dwhh = dz.T @ h_prev[t] if dwhh is None else dwhh + dz.T @ h_prev[t]
+        db = dz.sum(axis=0) if db is None else db + dz.sum(axis=0)
+    has_b = c.a["has_biases"]
+    return (np.stack(dxs), dwih, dwhh, db if has_b else None, db if has_b else None, dh, dc)
+
+
+# Node types real models produce that have no rule, and why (the mirror passes PyTorch's gradients through them).
+NO_RULE = {
+    "CopySlices": "an in-place op on a view (x[i] = v, x[:, 1].mul_(3), also F.pad(mode='circular') and "
+                  "padding_mode='circular' convolutions): the node wraps the in-place op's own backward node and the "
+                  "view's geometry (sizes, strides, storage offset) in C++ fields Python does not expose, so what "
+                  "to re-derive is unknown",
+    "ScaledDotProductFlashAttentionBackward0": "CUDA only (CPU uses ScaledDotProductFlashAttentionForCpuBackward0)",
+    "ScaledDotProductEfficientAttentionBackward0": "CUDA only",
+    "CudnnRnnBackward0": "CUDA only (CPU uses MkldnnRnnLayerBackward0 or plain ops)",
+}
+
+
+# ============================================================================ more activations, losses and shape ops
+@rule("MishBackward0")
+def _mish(c):
+    x = c.s["self"]
+    ts = np.tanh(np.log1p(np.exp(x)))
+    return (c.g * (ts + x * (1 / (1 + np.exp(-x))) * (1 - ts * ts)),)
+
+
+@rule("LogSigmoidBackward0")
+def _log_sigmoid(c):
+    return (c.g * (1 / (1 + np.exp(c.s["self"]))),)
+
+
+@rule("ErfBackward0")
+def _erf_rule(c):
+    x = c.s["self"]
+    return (c.g * (2 / math.sqrt(math.pi) * np.exp(-x * x)),)
+
+
+@rule("PreluKernelBackward0")
+def _prelu(c):  # slots (self, weight); weight saved in its broadcast shape
+    x, w = c.s["self"], c.s["weight"]
+    return (np.where(x > 0, c.g, c.g * w), np.where(x > 0, 0.0, c.g * x))
+
+
+@rule("GluBackward0")
+def _glu(c):
+    x, d = c.s["self"], c.a["dim"] % c.s["self"].ndim
+    a, b = np.split(x, 2, axis=d)
+    sb = 1 / (1 + np.exp(-b))
+    return (np.concatenate([c.g * sb, c.g * (a * sb * (1 - sb))], axis=d),)
+
+
+@rule("XlogyBackward0")
+def _xlogy(c):  # x * log(y); PyTorch's x-gradient is log(y) even where x == 0, and 0 where x == 0 and y <= 0
+    x, y = c.s.get("self"), c.s.get("other")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logy = np.where((x == 0) & (y <= 0), 0.0, np.log(np.where((x == 0) & (y <= 0), 1.0, y)))
+        return (c.g * logy, c.g * (x / y))
+
+
+@rule("NormBackward0", "NormBackward1")
+def _pnorm(c):  # torch.norm(x, p[, dim, keepdim])
+    x, y = c.s["self"], c.s["result"]
+    p = 2.0 if c.a["p"] is None else float(c.a["p"])
+    dims = _dims(c.a.get("dim", []) or [], x.ndim)
+    keep = c.a.get("keepdim", False)
+    return (_pnorm_grad(_unsqueeze_to(c.g, x.shape, dims, keep), x, _unsqueeze_to(y, x.shape, dims, keep), p, dims),)
+
+
+def _loss_norm(c, n):
+    red = c.a["reduction"]
+    return c.g if red == "none" else c.g / n if red == "mean" else c.g
+
+
+@rule("HuberLossBackward0")
+def _huber(c):
+    z, dl = c.s["self"] - c.s["target"], c.a["delta"]
+    d = _loss_norm(c, z.size) * np.where(z < -dl, -dl, np.where(z > dl, dl, z))
+    return (d, -d)
+
+
+@rule("SmoothL1LossBackward0")
+def _smooth_l1(c):
+    z, beta = c.s["self"] - c.s["target"], c.a["beta"]
+    inner = z / beta if beta else np.zeros(z.shape)
+    d = _loss_norm(c, z.size) * np.where(z < -beta, -1.0, np.where(z > beta, 1.0, inner))
+    return (d, -d)
+
+
+@rule("SortBackward0", "TopkBackward0", "KthvalueBackward0", "MedianBackward1", "ModeBackward0")
+def _sort(c):  # gradient to where each selected value came from
+    sizes, d = c.a["self_sym_sizes"], c.a["dim"] % len(c.a["self_sym_sizes"])
+    idx, g = c.s["indices"], c.g
+    if idx.ndim < len(sizes):
+        idx, g = np.expand_dims(idx, d), np.expand_dims(g, d)
+    out = c.zeros(sizes)
+    np.put_along_axis(out, idx, g, axis=d)
+    return (out,)
+
+
+@rule("IndexAddBackward0")
+def _index_add(c):  # self.index_add(dim, index, source, alpha): slots (self, source)
+    d, idx, alpha = c.a["dim"], c.s["index"], c.a["alpha"]
+    d = d % max(c.g.ndim, 1)
+    src = np.moveaxis(np.moveaxis(c.g, d, 0)[idx], 0, d) if c.g.ndim else c.g
+    src = src if alpha == 1 else src * alpha
+    return (c.g, src.reshape(c.in_shapes[1]) if c.in_shapes[1] is not None else src)
+
+
+@rule("TrilBackward0", "TriuBackward0")
+def _tril(c):
+    n, m = c.g.shape[-2:]
+    keep = np.tri(n, m, c.a["diagonal"], dtype=bool)
+    return (np.where(keep if c.type == "TrilBackward0" else ~np.tri(n, m, c.a["diagonal"] - 1, dtype=bool),
+                     c.g, 0.0),)
+
+
+@rule("RollBackward0")
+def _roll(c):  # y[i] = x[(i - s) % n], so dx[j] = g[(j + s) % n]
+    g, shifts, dims = c.g, list(c.a["shifts"]), list(c.a["dims"])
+    if not dims:
+        flat = g.reshape(-1)
+        return (flat[(np.arange(flat.size) + shifts[0]) % flat.size].reshape(g.shape),)
+    for s, d in zip(shifts, dims):
+        n = g.shape[d]
+        g = np.moveaxis(np.moveaxis(g, d, 0)[(np.arange(n) + s) % n], 0, d)
+    return (g,)
+
+
+def _fold_geom(c):
+    return [list(c.a[k]) for k in ("kernel_size", "dilation", "padding", "stride")]
+
+
+def _col2im(g, size, k, dil, pad, st, zeros):  # (N, C kh kw, L) -> (N, C, H, W), adding overlaps
+    n, ckk, _ = g.shape
+    ch = ckk // (k[0] * k[1])
+    oh, ow = ((size[i] + 2 * pad[i] - dil[i] * (k[i] - 1) - 1) // st[i] + 1 for i in range(2))
+    g6 = g.reshape(n, ch, k[0], k[1], oh, ow)
+    out = zeros((n, ch, size[0] + 2 * pad[0], size[1] + 2 * pad[1]))
+    for i in range(k[0]):
+        for j in range(k[1]):
+            out[:, :, i * dil[0]: i * dil[0] + st[0] * (oh - 1) + 1: st[0],
+                j * dil[1]: j * dil[1] + st[1] * (ow - 1) + 1: st[1]] += g6[:, :, i, j]
+    return out[:, :, pad[0]: pad[0] + size[0], pad[1]: pad[1] + size[1]]
+
+
+def _im2col(x, k, dil, pad, st):  # (N, C, H, W) -> (N, C kh kw, L)
+    xp = _pad(x, pad)
+    n, ch = x.shape[:2]
+    oh, ow = ((xp.shape[2 + i] - dil[i] * (k[i] - 1) - 1) // st[i] + 1 for i in range(2))
+    cols = [xp[:, :, i * dil[0]: i * dil[0] + st[0] * (oh - 1) + 1: st[0],
+               j * dil[1]: j * dil[1] + st[1] * (ow - 1) + 1: st[1]] for i in range(k[0]) for j in range(k[1])]
+    return np.stack(cols, axis=2).reshape(n, ch * k[0] * k[1], oh * ow)
+
+
+@rule("Im2ColBackward0")
+def _unfold(c):  # F.unfold
+    shape = c.in_shapes[0]
+    g = c.g if c.g.ndim == 3 else c.g[None]
+    size = (c.a["self_sym_argsize_minus_2"], c.a["self_sym_argsize_minus_1"])
+    return (_col2im(g, size, *_fold_geom(c), c.zeros).reshape(shape),)
+
+
+@rule("Col2ImBackward0")
+def _fold(c):  # F.fold
+    g = c.g if c.g.ndim == 4 else c.g[None]
+    return (_im2col(g, *_fold_geom(c)).reshape(c.in_shapes[0]),)
+
+
+
+def _pad_src(n_in, lo, hi, mode):  # for each padded position, the input position it copies
+    j = np.arange(-lo, n_in + hi)
+    if mode == "reflect":
+        j = np.abs(j)
+        return np.where(j > n_in - 1, 2 * (n_in - 1) - j, j)
+    return np.clip(j, 0, n_in - 1)
+
+
+@rule("ReflectionPad1DBackward0", "ReflectionPad2DBackward0", "ReflectionPad3DBackward0",
+      "ReplicationPad1DBackward0", "ReplicationPad2DBackward0", "ReplicationPad3DBackward0")
+def _pad_reflect(c):
+    pad, g = list(c.a["padding"]), c.g
+    shape = c.in_shapes[0] if c.in_shapes[0] is not None else c.s["self"].shape
+    mode = "reflect" if c.type.startswith("Reflection") else "replicate"
+    for i in range(len(pad) // 2):
+        ax = g.ndim - 1 - i
+        g = _scatter(g, _pad_src(shape[ax], pad[2 * i], pad[2 * i + 1], mode), shape[ax], ax, c.zeros)
+    return (g,)
+
+
+# ============================================================================ indexed writes (not through a view)
+def _hit(shape, index):  # bool mask of the positions an index expression reaches
+    m = np.zeros(shape, dtype=bool)
+    m[index] = True
+    return m
+
+
+def _along(idx, d):  # the index tuple that gathers / scatters along dim d with `idx`
+    lead = list(np.indices(idx.shape))
+    lead[d] = idx
+    return tuple(lead)
+
+
+@rule("IndexPutBackward0")
+def _index_put(c):  # self[indices] = values (or += with accumulate): slots (self, values)
+    idx = tuple(slice(None) if i is None else i for i in c.s["indices"])
+    dself = c.g if c.a["accumulate"] else np.where(_hit(c.g.shape, idx), 0.0, c.g)
+    return (dself, c.g[idx])
+
+
+@rule("ScatterAddBackward0", "ScatterBackward0", "ScatterBackward1")
+def _scatter_rule(c):  # slots (self, src) or (self,) for a scalar value
+    d, idx = c.a["dim"] % max(c.g.ndim, 1), c.s["index"]
+    where = _along(idx, d)
+    dself = c.g if c.type == "ScatterAddBackward0" else np.where(_hit(c.g.shape, where), 0.0, c.g)
+    return (dself,) if c.type == "ScatterBackward1" else (dself, c.g[where])
+
+
+@rule("IndexFillBackward0")
+def _index_fill(c):
+    d, idx = c.a["dim"] % max(c.g.ndim, 1), c.s["index"]
+    sel = [slice(None)] * c.g.ndim
+    sel[d] = idx
+    return (np.where(_hit(c.g.shape, tuple(sel)), 0.0, c.g),)
+
+
+@rule("MaskedScatterBackward0")
+def _masked_scatter(c):  # slots (self, source): source's first k elements went to the k True places, in order
+    mask = np.broadcast_to(c.s["mask"].astype(bool), c.g.shape)
+    n = math.prod(c.a["source_sym_sizes"])
+    taken = c.g[mask]
+    src = np.concatenate([taken, c.zeros((n - taken.size,))]) if n > taken.size else taken
+    return (np.where(mask, 0.0, c.g), src.reshape(c.a["source_sym_sizes"]))

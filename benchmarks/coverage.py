@@ -1,65 +1,100 @@
-"""Which node types real models produce, and how many of them the mirror has a rule for.
+"""Mirror coverage and verdicts over the model zoo (tests/zoo.py), and mirror time vs forward+backward.
 
-    python benchmarks/coverage.py
+    python benchmarks/coverage.py            # every zoo model
+    python benchmarks/coverage.py gpt vit    # some of them
+
+Per model: op nodes, distinct node types, % of op nodes checked (not "unmirrored"), the verdict in each variant
+(float64, float32, bfloat16, float16, bf16 autocast: "ok" or the number of mismatching rows), and the median time
+of lens.mirror(mode="tensor") as a multiple of the median forward+backward time of the same model (float64).
+Then the totals, and every node type left without a rule with the reason (autogradlens.rules.NO_RULE).
 """
 
 from __future__ import annotations
 
-import collections
+import os
+import statistics
+import sys
+import time
 import warnings
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-import autogradlens as lens
-from autogradlens.examples import MLP, lecture_expression, neuron, neuron_formula
-from autogradlens.rules import RULES
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+from zoo import AUTOCAST, VARIANTS, ZOO, build  # noqa: E402
 
-def models():
-    torch.manual_seed(0)
-    yield "lecture neuron", *neuron()
-    yield "neuron, tanh as formula", *neuron_formula()
-    yield "lecture expression", *lecture_expression()
-    m = MLP((64, 32, 10))
-    yield "digits MLP + CE", F.cross_entropy(m(torch.randn(16, 64)), torch.randint(0, 10, (16,))), m
-    m = MLP((64, 32, 32, 10), act="gelu", dropout=0.2, batchnorm=True).train()
-    yield "MLP, BN, GELU, dropout", F.cross_entropy(m(torch.randn(16, 64)), torch.randint(0, 10, (16,))), m
-    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3), nn.ReLU(),
-                        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8, 10))
-    yield "small CNN", F.cross_entropy(cnn(torch.randn(4, 1, 8, 8)), torch.randint(0, 10, (4,))), cnn
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=True), 2,
-                                    enable_nested_tensor=False)
-    yield "transformer encoder x2", enc(torch.randn(2, 6, 32)).pow(2).mean(), enc
-    emb, head = nn.Embedding(50, 16), nn.Linear(16, 50)
-    idx = torch.randint(0, 50, (4, 8))
-    logits = head(torch.tanh(emb(idx)).mean(1))
-    yield "bag-of-embeddings classifier", F.cross_entropy(logits, idx[:, 0], label_smoothing=0.1), \
-        nn.ModuleDict({"emb": emb, "head": head})
+import autogradlens as lens  # noqa: E402
+from autogradlens.rules import NO_RULE  # noqa: E402
 
 
-def main():
-    types, nodes, covered_nodes = collections.Counter(), 0, 0
-    print(f"{'model':30s} {'nodes':>6s} {'types':>6s} {'with rule':>10s}  mirror")
-    for name, loss, params in models():
-        t = lens.trace(loss, params=params)
-        ops = [d["type"] for _, d in t.graph.nodes(data=True) if not d["is_leaf"]]
-        kinds = set(ops)
-        types.update(kinds)
-        nodes += len(ops)
-        covered_nodes += sum(o in RULES for o in ops)
-        ok = lens.mirror(loss, params=params, mode="tensor").ok
-        ruled = sum(k in RULES for k in kinds)
-        print(f"{name:30s} {len(ops):6d} {len(kinds):6d} {ruled:10d}  {'ok' if ok else 'NOT OK'}")
-    seen = sorted(types)
-    with_rule = [t for t in seen if t in RULES]
-    print(f"\n{len(with_rule)}/{len(seen)} node types seen have a rule ({covered_nodes}/{nodes} op nodes); "
-          f"without: {sorted(set(seen) - set(with_rule)) or 'none'}")
-    print(f"rules: {len(RULES)} node types: {', '.join(sorted(RULES))}")
+def _median_time(fn, repeat):
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def _fwd_bwd(name):
+    loss, params = build(name, "float64")
+    ps = [p for p in (params.values() if isinstance(params, dict) else params.parameters()) if p.requires_grad]
+    torch.autograd.grad(loss, ps, allow_unused=True)
+
+
+def _mirror(name):
+    loss, params = build(name, "float64")
+    lens.mirror(loss, params=params, mode="tensor")
+
+
+def main(names, repeat=5):
+    torch.set_num_threads(1)
+    head = f"{'model':22s} {'ops':>5s} {'types':>5s} {'checked':>8s}  " + " ".join(f"{v[:8]:>8s}" for v in VARIANTS)
+    print(head + f" {'mirror/(fwd+bwd)':>17s}")
+    tot_ops = tot_checked = 0
+    all_types, unmirrored, ratios = set(), {}, []
+    for name in names:
+        verdicts = []
+        for v in VARIANTS:
+            if v == "autocast" and name not in AUTOCAST:
+                verdicts.append("-")
+                continue
+            loss, params = build(name, v)
+            rep = lens.mirror(loss, params=params, mode="tensor")
+            bad = sum(r["status"] == "mismatch" or r.get("e2e_status") == "mismatch" for r in rep.rows)
+            verdicts.append("ok" if bad == 0 else f"{bad} bad")
+            ops = [r for r in rep.rows if r["kind"] == "node"]
+            if v in ("float64", "autocast"):  # the coverage count: every model once, plus its autocast graph
+                tot_ops += len(ops)
+                tot_checked += sum(r["status"] != "unmirrored" for r in ops)
+                all_types |= {r["type"] for r in ops}
+                for r in ops:
+                    if r["status"] == "unmirrored":
+                        unmirrored[r["type"]] = unmirrored.get(r["type"], 0) + 1
+            if v == "float64":
+                n_ops, n_types, checked = len(ops), len({r["type"] for r in ops}), \
+                    sum(r["status"] != "unmirrored" for r in ops) / max(len(ops), 1)
+        # interleave the two timings so machine load hits both alike
+        fb, mi = [], []
+        for _ in range(repeat):
+            fb.append(_median_time(lambda: _fwd_bwd(name), 1))
+            mi.append(_median_time(lambda: _mirror(name), 1))
+        ratio = statistics.median(mi) / statistics.median(fb)
+        ratios.append(ratio)
+        print(f"{name:22s} {n_ops:5d} {n_types:5d} {100 * checked:7.1f}%  " + " ".join(f"{x:>8s}" for x in verdicts)
+              + f" {ratio:16.1f}x")
+    print(f"\ntotal: {tot_ops} op nodes (float64 + autocast graphs), {len(all_types)} node types, "
+          f"{100 * tot_checked / max(tot_ops, 1):.2f}% checked; "
+          f"mirror/(fwd+bwd) median {statistics.median(ratios):.1f}x "
+          f"(range {min(ratios):.1f}-{max(ratios):.1f}x)")
+    print("\nnode types without a rule:")
+    for t, n in sorted(unmirrored.items()):
+        print(f"  {t} ({n} nodes): {NO_RULE.get(t, 'no reason recorded')}")
+    for t, why in NO_RULE.items():
+        if t not in unmirrored:
+            print(f"  {t} (not in the zoo): {why}")
 
 
 if __name__ == "__main__":
-    main()
+    warnings.simplefilter("ignore")
+    main(sys.argv[1:] or list(ZOO))
