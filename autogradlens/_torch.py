@@ -147,3 +147,16 @@ def measurable(t: torch.Tensor) -> str | None:
     if t.device.type == "meta":
         return "meta tensor"
     return None
+
+
+def top_saved_hooks():
+    """The innermost (pack, unpack) saved-tensor hooks of this thread, or None."""
+    return torch._C._autograd._top_saved_tensors_default_hooks(False)
+
+
+def pop_saved_hooks() -> None:
+    torch._C._autograd._pop_saved_tensors_default_hooks()
+
+
+def push_saved_hooks(pack, unpack) -> None:
+    torch._C._autograd._push_saved_tensors_default_hooks(pack, unpack)

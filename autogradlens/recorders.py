@@ -13,6 +13,7 @@ while the watch is active; they record numbers and strings only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -21,8 +22,20 @@ import weakref
 
 import torch
 
-from ._torch import (current_node, in_marked_thread, inplace_error, measurable, read_saved, saved_names,
-                     sequence_nr, unpack_hook, version)
+from ._torch import (
+    current_node,
+    in_marked_thread,
+    inplace_error,
+    measurable,
+    pop_saved_hooks,
+    push_saved_hooks,
+    read_saved,
+    saved_names,
+    sequence_nr,
+    top_saved_hooks,
+    unpack_hook,
+    version,
+)
 from .tracing import _assign_ids, _dtype, _walk
 
 _SAMPLE = 1024     # Adam's effective step size: median over up to this many evenly spaced elements of v
@@ -150,6 +163,28 @@ class SavedTensors(Recorder):
         ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
         ctx.__enter__()
         self.handles.append(_Handle(lambda: ctx.__exit__(None, None, None)))
+        # torch.func transforms refuse to run under saved-tensor hooks: step ours aside while they run
+        graph = torch.autograd.graph
+        orig = graph.disable_saved_tensors_hooks
+
+        @contextlib.contextmanager
+        def disable_saved_tensors_hooks(error_message):
+            top = top_saved_hooks()
+            ours = top is not None and top[0] == self.pack and top[1] == self.unpack
+            if ours:
+                pop_saved_hooks()
+                if self.live():
+                    self.w._note("a torch.func transform ran (torch.func.grad, vjp, ...): the tensors it saves are "
+                                 "not recorded")
+            try:
+                with orig(error_message):
+                    yield
+            finally:
+                if ours:
+                    push_saved_hooks(self.pack, self.unpack)
+
+        graph.disable_saved_tensors_hooks = disable_saved_tensors_hooks
+        self.handles.append(_Handle(lambda: setattr(graph, "disable_saved_tensors_hooks", orig)))
 
     def pack(self, t):
         w, cur = self.w, self.w._cur
@@ -179,12 +214,11 @@ class SavedTensors(Recorder):
 
     def unpack(self, d):
         s = d._lens
+        if self.attributing is not None and s.event["node"] is None:
+            s.event["node"], s.event["node_id"], s.event["slot"] = self.attributing
         if s.version is not None and version(d) != s.version:
             raise RuntimeError(self._stale_text(d, s))
-        if self.attributing is not None:
-            if s.event["node"] is None:
-                s.event["node"], s.event["node_id"], s.event["slot"] = self.attributing
-        elif self.live():
+        if self.attributing is None and self.live():
             node = current_node()
             if node is not None:  # in backward (reads of _saved_* attributes by other code are not logged)
                 e = s.event
@@ -210,8 +244,6 @@ class SavedTensors(Recorder):
         """Name the node (type and trace id) and slot of this step's packs that have none yet."""
         cur = self.w._cur
         pending = [i for i, e in enumerate(cur.packs) if e["node"] is None]
-        if not pending:
-            return
         sig = tuple(cur.sig[i] for i in pending)
         hit = self.cache.pop(sig, None)
         if hit is None:
