@@ -136,6 +136,14 @@ def _op_name(node_type: str) -> str:
     return head if sep and tail.isdigit() or sep and not tail else node_type
 
 
+def dense(t: torch.Tensor) -> bool:
+    """A plain strided tensor (the fast check; `measurable` says why not)."""
+    return t.layout == _STRIDED and not t.is_nested
+
+
+_STRIDED = torch.strided
+
+
 def measurable(t: torch.Tensor) -> str | None:
     """None when `t` is a plain strided tensor with storage; else why watch cannot measure it."""
     if t.is_nested:

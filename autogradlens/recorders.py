@@ -24,6 +24,7 @@ import torch
 
 from ._torch import (
     current_node,
+    dense,
     in_marked_thread,
     inplace_error,
     measurable,
@@ -365,8 +366,8 @@ class Gradients(Recorder):
         w, touched = self.w, self.touched
         self.touched = []
         if touched and w._cur.measured:
-            dense = [(n, p.grad, e) for n, p, e in touched if measurable(p.grad) is None]
-            for (n, g, e), v in zip(dense, norms([g for _, g, _ in dense])):
+            ok = [(n, p.grad, e) for n, p, e in touched if dense(p.grad)]
+            for (n, g, e), v in zip(ok, norms([g for _, g, _ in ok])):
                 e["norm"] = w._cur.grad_norm[n] = v
                 self.seen[n] = (weakref.ref(g), version(g), v)
             for n, p, e in touched:
@@ -456,12 +457,14 @@ class Updates(Recorder):
         self.opt = weakref.ref(opt)
         self.plans: list = []
         self.buffers: dict = {}  # id(param) -> buffer for before - after
+        self.medians: dict = {}  # id(param group) -> _Medians of Adam's v
 
     def install(self):
         opt = self.opt()
         self.handles.append(opt.register_step_pre_hook(self._pre))
         self.handles.append(opt.register_step_post_hook(self._post))
         self.handles.append(_Handle(self.buffers.clear))
+        self.handles.append(_Handle(self.medians.clear))
 
     def _pre(self, opt, args, kwargs):
         if not self.live():
@@ -472,7 +475,7 @@ class Updates(Recorder):
         if not (w._cur.measured and w._updates):
             return
         for group in opt.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None and measurable(p) is None]
+            ps = [p for p in group["params"] if p.grad is not None and dense(p)]
             if not ps:
                 continue
             plan = _plan(opt, group)
@@ -522,7 +525,13 @@ class Updates(Recorder):
             un = [None if g is None else lr * g for g in extra]
         else:  # momentum
             un = [lr * b for b in vals[n:2 * n]]
-        eff = _adam_steps(states, group) if adam else [(None, lr)] * n
+        if adam:
+            med = self.medians.get(id(group))
+            if med is None:
+                med = self.medians[id(group)] = _Medians()
+            eff = _adam_steps(states, group, med)
+        else:
+            eff = [(None, lr)] * n
         for i, p in enumerate(ps):
             name = w._name(p)
             u = un[i]
@@ -548,16 +557,34 @@ def _plan(opt, group) -> str:
     return "copy"
 
 
-def _adam_steps(states, group) -> list:
-    """(step count, effective step size) per parameter: lr / (sqrt(v_hat) + eps) at v's median over up to
-    _SAMPLE evenly spaced elements (the map is decreasing in v, so its median sits at v's median; the mean would
-    be dominated by elements whose gradient stayed ~0). One fused median and one sync for all parameters."""
-    vs = [s.get("max_exp_avg_sq", s["exp_avg_sq"]).detach().reshape(-1) for s in states]
-    samples = [v[:: max(1, v.numel() // _SAMPLE)].float() for v in vs]
-    padded = torch.nn.utils.rnn.pad_sequence(samples, batch_first=True, padding_value=math.nan)
-    meds = padded.nanmedian(dim=1).values.tolist()
-    steps = torch.stack([torch.as_tensor(s["step"], dtype=torch.float64).reshape(()) for s in states]).tolist()
+class _Medians:
+    """Medians of evenly spaced samples (at most _SAMPLE) of many tensors: the sample views and one NaN-padded
+    matrix are built once per set of tensors (Adam's state is updated in place), then one copy and one median."""
+
+    def __init__(self):
+        self.key, self.refs, self.rows, self.dst, self.src = None, (), None, [], []
+
+    def __call__(self, ts: list) -> list:
+        key = tuple(id(t) for t in ts)
+        if key != self.key or any(r() is not t for r, t in zip(self.refs, ts)):
+            self.src = [t.detach().reshape(-1)[:: -(-t.numel() // _SAMPLE)] for t in ts]
+            self.rows = torch.full((len(ts), max(v.numel() for v in self.src)), math.nan, dtype=torch.float32,
+                                   device=ts[0].device)
+            self.dst = [self.rows[i, : v.numel()] for i, v in enumerate(self.src)]
+            self.key, self.refs = key, [weakref.ref(t) for t in ts]
+        torch._foreach_copy_(self.dst, self.src)
+        return self.rows.nanmedian(dim=1).values.tolist()
+
+
+def _adam_steps(states, group, medians) -> list:
+    """(step count, effective step size) per parameter: lr / (sqrt(v_hat) + eps) at the median of v (the map is
+    decreasing in v, so its median sits at v's median; the mean would be dominated by elements whose gradient
+    stayed ~0, where Adam would take a huge step if a gradient came)."""
+    meds = medians([s.get("max_exp_avg_sq", s["exp_avg_sq"]) for s in states])
     b1, b2 = group["betas"]
     lr, eps = float(group["lr"]), group["eps"]
-    return [(int(t), (lr / (1 - b1**t)) / (math.sqrt(m) / math.sqrt(1 - b2**t) + eps))
-            for t, m in zip(steps, meds)]
+    out = []
+    for s, m in zip(states, meds):
+        t = float(s["step"])
+        out.append((int(t), (lr / (1 - b1**t)) / (math.sqrt(m) / math.sqrt(1 - b2**t) + eps)))
+    return out

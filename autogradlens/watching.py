@@ -69,6 +69,9 @@ FIELDS = {
 }
 _COLUMNS = ["kind", "step"] + list(dict.fromkeys(f.strip("[]") for _, fs in EVENTS.values() for f in fs.split()))
 _PER_PARAM = ("grad_norm", "update_norm", "param_norm", "effective_lr")
+_FAM = {f: i for i, f in enumerate(_PER_PARAM)}
+_SCALARS = (("loss", "d"), ("saved_tensors", "q"), ("saved_bytes", "q"), ("backward_passes", "q"),
+            ("saved_by_type", "q"))
 
 _ACTIVE: list = []  # at most one active Watch per process (the backward wrapper is process-wide)
 
@@ -185,16 +188,23 @@ class _Steps(Sequence):
         k = self.kind_ids.setdefault(tuple(sbt.items()), len(self.kinds))
         if k == len(self.kinds):
             self.kinds.append(sbt)
-        for key, v, code in (("loss", s.loss, "d"), ("saved_tensors", s.saved_tensors, "q"),
-                             ("saved_bytes", sum(nb for _, nb in s.storages.values()), "q"),
-                             ("backward_passes", s.backward_passes, "q"), ("saved_by_type", k, "q")):
-            self._col(key, code).append(v)
-        for fam in _PER_PARAM:
-            for name in getattr(s, fam):
-                self._col((fam, name), "f")
-        for key, c in self.cols.items():
+        c = self.cols
+        if not c:
+            for key, code in _SCALARS:
+                self._col(key, code)
+        c["loss"].append(s.loss)
+        c["saved_tensors"].append(s.saved_tensors)
+        c["saved_bytes"].append(sum(nb for _, nb in s.storages.values()))
+        c["backward_passes"].append(s.backward_passes)
+        c["saved_by_type"].append(k)
+        fams = (s.grad_norm, s.update_norm, s.param_norm, s.effective_lr)
+        for fam, d in zip(_PER_PARAM, fams):
+            for name in d:
+                if (fam, name) not in c:
+                    self._col((fam, name), "f")
+        for key, col in c.items():
             if type(key) is tuple:
-                c.append(getattr(s, key[0]).get(key[1]))
+                col.append(fams[_FAM[key[0]]].get(key[1]))
         if s.notes:
             self.notes[self.n] = list(dict.fromkeys(s.notes))
         self.n += 1
