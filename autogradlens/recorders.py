@@ -32,7 +32,6 @@ from ._torch import (
     push_saved_hooks,
     read_saved,
     saved_names,
-    sequence_nr,
     top_saved_hooks,
     unpack_hook,
     version,
@@ -149,6 +148,10 @@ class _Saved:
         self.output_nr, self.original, self.event = output_nr, original, event
 
 
+_FOREIGN = ("{} saved tensor(s) were packed by other saved_tensors_hooks (save_on_cpu, checkpoint or your own): "
+            "not counted in saved_tensors / saved_bytes")
+
+
 class SavedTensors(Recorder):
     """Every tensor saved for backward (pack) and read back (unpack). Saved-tensor hooks bypass PyTorch's version
     counter, so unpack checks it and raises PyTorch's own error. Which node and slot saved a tensor is learnt at
@@ -209,7 +212,8 @@ class SavedTensors(Recorder):
         cur.packs.append(ev)
         cur.sig.append((t.shape if ev["shape"] is not None else None, t.dtype, producer))
         w._timeline.add(ev)
-        d._lens = _Saved(ver, producer, None if fn is None else sequence_nr(fn), t.output_nr,
+        # id(fn) only to recognise, during backward, the node that saved its own output (it is alive then)
+        d._lens = _Saved(ver, producer, None if fn is None else id(fn), t.output_nr,
                          None if fn is None else weakref.ref(t), ev)
         return d
 
@@ -219,7 +223,7 @@ class SavedTensors(Recorder):
             s.event["node"], s.event["node_id"], s.event["slot"] = self.attributing
         if s.version is not None and version(d) != s.version:
             raise RuntimeError(self._stale_text(d, s))
-        if self.attributing is None and self.live():
+        if self.attributing is None and self.w._active and in_marked_thread():
             node = current_node()
             if node is not None:  # in backward (reads of _saved_* attributes by other code are not logged)
                 e = s.event
@@ -229,7 +233,7 @@ class SavedTensors(Recorder):
 
     def _stale_text(self, d, s) -> str:
         node = current_node()
-        is_output = node is not None and s.seq is not None and sequence_nr(node) == s.seq
+        is_output = node is not None and s.seq == id(node)
         producer = s.producer
         if not is_output and s.original is not None:
             t = s.original()
@@ -245,6 +249,11 @@ class SavedTensors(Recorder):
         """Name the node (type and trace id) and slot of this step's packs that have none yet."""
         cur = self.w._cur
         pending = [i for i, e in enumerate(cur.packs) if e["node"] is None]
+        if not pending:  # all named already; with no pack at all, only look for tensors saved by other hooks
+            foreign = 0 if cur.packs else self._walk(roots)
+            if foreign:
+                self.w._note(_FOREIGN.format(foreign))
+            return
         sig = tuple(cur.sig[i] for i in pending)
         hit = self.cache.pop(sig, None)
         if hit is None:
@@ -262,8 +271,7 @@ class SavedTensors(Recorder):
             if len(self.cache) > _CACHE_SIZE:
                 del self.cache[next(iter(self.cache))]
         if foreign:
-            self.w._note(f"{foreign} saved tensor(s) were packed by other saved_tensors_hooks (save_on_cpu, "
-                         "checkpoint or your own): not counted in saved_tensors / saved_bytes")
+            self.w._note(_FOREIGN.format(foreign))
 
     def _walk(self, roots) -> int:
         ts = list(roots) if isinstance(roots, (list, tuple)) else [roots]

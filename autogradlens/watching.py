@@ -124,6 +124,8 @@ class _Step:
 
     def saved_by_type(self) -> dict:
         """Bytes per node type, each storage counted once under the first node (forward order) saving it."""
+        if not self.storages:
+            return {}
         owner: dict = {}
         for e in self.packs:
             owner.setdefault(e["storage"], e["node"] or "(never backwarded)")
@@ -386,7 +388,7 @@ class Watch:
         return rec.norms([p.grad.detach()])[0] if n is None and p.grad.layout == torch.strided else n
 
     def _emit(self, e: dict) -> dict:
-        self._timeline.add(e)
+        self._timeline.cur.append(e)
         return e
 
     def _note(self, message: str) -> None:
@@ -399,8 +401,9 @@ class Watch:
             self._saved.attribute(roots)
         if top:
             cur = self._cur
-            if isinstance(roots, torch.Tensor) and roots.numel() == 1 and roots.layout == torch.strided:
-                cur.loss = float(roots.detach())
+            root = roots[0] if isinstance(roots, (list, tuple)) and len(roots) == 1 else roots
+            if isinstance(root, torch.Tensor) and root.numel() == 1 and root.layout == torch.strided:
+                cur.loss = root.item()
             cur.backward_passes += 1
             self._emit({"kind": "backward", "step": cur.step, "loss": cur.loss})
 
@@ -476,6 +479,10 @@ class Watch:
     def plot_saved_bytes(self, ax=None):
         from .plots import saved_bytes
         return saved_bytes(self, ax=ax)
+
+
+Watch.__doc__ += "\n\nEvent kinds (``EVENTS``; fields in brackets appear only where they apply):\n\n" + "\n".join(
+    "    " + line for line in events_table().splitlines())
 
 
 def _retain_names(model, retain) -> list[str]:

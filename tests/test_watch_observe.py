@@ -192,30 +192,27 @@ def test_training_under_watch_is_bit_identical(name):
     assert all(torch.equal(a, b) for a, b in zip(plain, watched))
 
 
-def test_update_norms_derived_from_sgd_agree_with_the_measured_change():
+@pytest.mark.parametrize("kw,method", [({}, "lr*|grad|"), ({"momentum": 0.9}, "lr*|momentum_buffer|"),
+                                       ({"momentum": 0.9, "dampening": 0.5, "weight_decay": 0.1},
+                                        "lr*|momentum_buffer|"),
+                                       ({"momentum": 0.9, "nesterov": True}, "measured")])
+def test_sgd_update_norms_from_its_own_numbers_equal_the_measured_change(kw, method):
     torch.manual_seed(0)
     model = Shared()
-    for kw in ({}, {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.5, "weight_decay": 0.1}):
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, **kw)
-        before = [p.detach().clone() for p in model.parameters()]
-        with lens.watch(model, optimizer=opt) as w:
-            loop(model, opt, steps=2)
-        ups = [e for e in w.events if e.kind == "update" and e.step == 1]
-        assert {e.method for e in ups} == {"lr*|grad|" if not kw else "lr*|momentum_buffer|"}
-        mid = dict(zip([n for n, _ in model.named_parameters()], before))
-        del mid
-    # the last step, measured directly
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, **kw)
     with lens.watch(model, optimizer=opt) as w:
-        idx, y = tokens(0)
-        opt.zero_grad()
-        F.cross_entropy(model(idx), y).backward()
-        before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        opt.step()
-    for e in w.events:
-        if e.kind == "update":
-            p = dict(model.named_parameters())[e.param]
-            assert e.update_norm == pytest.approx(float((before[e.param] - p.detach()).double().norm()), rel=1e-5)
+        for i in range(3):
+            idx, y = tokens(i)
+            opt.zero_grad()
+            F.cross_entropy(model(idx), y).backward()
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            opt.step()
+    ups = [e for e in w.events if e.kind == "update" and e.step == 2]
+    assert ups and {e.method for e in ups} == {method}
+    params = dict(model.named_parameters())
+    for e in ups:
+        change = float((before[e.param] - params[e.param].detach()).double().norm())
+        assert e.update_norm == pytest.approx(change, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- only the watched work
