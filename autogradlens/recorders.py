@@ -58,7 +58,7 @@ def norms(ts: list) -> list:
     try:
         ns = torch._foreach_norm(ts, 2, dtype=None if ts[0].dtype in (torch.float32, torch.float64)
                                  else torch.float32)
-        return torch.stack(ns).tolist()
+        return [n.item() for n in ns] if ns[0].device.type == "cpu" else torch.stack(ns).tolist()  # one sync
     except (RuntimeError, TypeError):  # mixed devices or dtypes
         return [float(torch.linalg.vector_norm(t, dtype=torch.float64)) for t in ts]
 
@@ -498,7 +498,8 @@ class Updates(Recorder):
                     if b is None or b.shape != p.shape or b.dtype != p.dtype or b.device != p.device:
                         b = self.buffers[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format)
                     bufs.append(b)
-                torch._foreach_copy_(bufs, [p.detach() for p in ps])
+                with torch.no_grad():
+                    torch._foreach_copy_(bufs, ps)
                 extra = bufs
             self.plans.append((group, plan, ps, extra))
 
@@ -510,49 +511,47 @@ class Updates(Recorder):
             self._measure(opt, group, plan, ps, extra)
         self.w._close_step()
 
+    @torch.no_grad()
     def _measure(self, opt, group, plan, ps, extra):
-        w, n = self.w, len(ps)
+        w, n, cur = self.w, len(ps), self.w._cur
         lr = float(group["lr"])
-        states = [opt.state.get(p, {}) for p in ps]
-        adam = all("exp_avg" in s and "exp_avg_sq" in s for s in states) and "betas" in group
-        bufs = [s.get("momentum_buffer") for s in states]
-        momentum = not adam and all(b is not None for b in bufs)
+        states = [opt.state.get(p, _EMPTY) for p in ps]
+        adam = "betas" in group and all("exp_avg_sq" in s for s in states)
+        bufs = None if adam else [s.get("momentum_buffer") for s in states]
+        momentum = bufs is not None and None not in bufs
+        tensors = list(ps)
         if plan == "copy":
-            torch._foreach_sub_(extra, [p.detach() for p in ps])  # the buffers become before - after
-        tensors = [p.detach() for p in ps] + (extra if plan == "copy" else [])
+            torch._foreach_sub_(extra, tensors)  # the buffers become before - after
+            tensors += extra
         if adam:
             tensors += [s["exp_avg"] for s in states] + [s["exp_avg_sq"] for s in states]
         elif momentum:
             tensors += bufs
         vals = norms(tensors)
-        pn = vals[:n]
-        k = n
-        if plan == "copy":
-            un, k = vals[n:2 * n], 2 * n
-        elif plan == "sgd":
-            un = [None if g is None else lr * g for g in extra]
-        else:  # momentum
-            un = [lr * b for b in vals[n:2 * n]]
+        k = 2 * n if plan == "copy" else n
+        un = (vals[n:k] if plan == "copy" else [None if g is None else lr * g for g in extra] if plan == "sgd"
+              else [lr * b for b in vals[n:2 * n]])
         if adam:
             med = self.medians.get(id(group))
             if med is None:
                 med = self.medians[id(group)] = _Medians()
             eff = _adam_steps(states, group, med)
-        else:
-            eff = [(None, lr)] * n
+        method = _METHOD[plan]
         for i, p in enumerate(ps):
-            name = w._name(p)
-            u = un[i]
-            ratio = None if u is None else (u / pn[i] if pn[i] else math.inf)
-            ev = {"kind": "update", "step": w._cur.step, "param": name, "update_norm": u, "param_norm": pn[i],
-                  "ratio": ratio, "lr": lr, "effective_lr": eff[i][1],
-                  "method": {"sgd": "lr*|grad|", "momentum": "lr*|momentum_buffer|", "copy": "measured"}[plan]}
+            name, u, pn = w._name(p), un[i], vals[i]
+            ev = {"kind": "update", "step": cur.step, "param": name, "update_norm": u, "param_norm": pn,
+                  "ratio": None if u is None else (u / pn if pn else math.inf), "lr": lr,
+                  "effective_lr": eff[i][1] if adam else lr, "method": method}
             if adam:
-                ev.update(exp_avg_norm=vals[k + i], exp_avg_sq_norm=vals[k + n + i], adam_step=eff[i][0])
+                ev["exp_avg_norm"], ev["exp_avg_sq_norm"], ev["adam_step"] = vals[k + i], vals[k + n + i], eff[i][0]
             elif momentum:
                 ev["momentum_norm"] = vals[k + i]
             w._emit(ev)
-            w._cur.update(name, u, pn[i], eff[i][1])
+            cur.update(name, u, pn, ev["effective_lr"])
+
+
+_EMPTY: dict = {}
+_METHOD = {"sgd": "lr*|grad|", "momentum": "lr*|momentum_buffer|", "copy": "measured"}
 
 
 def _plan(opt, group) -> str:
