@@ -441,28 +441,30 @@ def test_the_attribution_cache_is_bounded():
 
 
 def test_a_100k_step_run_stays_within_a_few_mb():
-    """100,000 steps of a 2-parameter model: memory held by the watch grows by < 4 MB (steps are arrays)."""
+    """100,000 steps of a 2-parameter model under default settings: < 4 MB of growth. tracemalloc watches the
+    last 20,000 steps (the costliest if anything grew with the run; tracing all of them would take minutes)."""
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(4, 2)
-    with lens.watch(model, optimizer=opt) as w:
-        def run(n):
-            for _ in range(n):
-                opt.zero_grad()
-                model(x).sum().backward()
-                opt.step()
 
-        run(200)  # caches, first events, columns
+    def run(n):
+        for _ in range(n):
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+
+    with lens.watch(model, optimizer=opt) as w:
+        run(80_000)
         tracemalloc.start()
         try:
             base = tracemalloc.take_snapshot()
-            run(100_000 - 200)
+            run(20_000)
             grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(base, "filename"))
         finally:
             tracemalloc.stop()
     assert len(w.steps) == 100_000 and w.steps[-1]["grad_norm"] and w.steps[99_999]["loss"] is not None
-    assert grown < 4 * 2**20, grown
+    assert grown * 5 < 4 * 2**20, grown
     assert len({e.step for e in w.events}) <= 101
 
 
