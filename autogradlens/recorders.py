@@ -141,10 +141,10 @@ class Passes(Recorder):
 
 class _Saved:
     """What pack remembers about one saved tensor (hangs on the detached tensor the graph keeps)."""
-    __slots__ = ("version", "producer", "seq", "output_nr", "original", "event")
+    __slots__ = ("version", "producer", "fn_id", "output_nr", "original", "event")
 
-    def __init__(self, version, producer, seq, output_nr, original, event):
-        self.version, self.producer, self.seq = version, producer, seq
+    def __init__(self, version, producer, fn_id, output_nr, original, event):
+        self.version, self.producer, self.fn_id = version, producer, fn_id
         self.output_nr, self.original, self.event = output_nr, original, event
 
 
@@ -233,7 +233,7 @@ class SavedTensors(Recorder):
 
     def _stale_text(self, d, s) -> str:
         node = current_node()
-        is_output = node is not None and s.seq == id(node)
+        is_output = node is not None and s.fn_id == id(node)
         producer = s.producer
         if not is_output and s.original is not None:
             t = s.original()
