@@ -456,10 +456,10 @@ def held_bytes(w) -> int:
             stack.extend(o.values())
         elif isinstance(o, (list, tuple, set, frozenset, deque)):
             stack.extend(o)
-        elif hasattr(o, "__slots__"):
-            stack.extend(getattr(o, a) for a in o.__slots__ if hasattr(o, a))
-        elif hasattr(o, "__dict__") and not callable(o):
-            stack.append(o.__dict__)
+        elif not callable(o):
+            if hasattr(o, "__dict__"):
+                stack.append(o.__dict__)
+            stack.extend(getattr(o, a) for a in getattr(o, "__slots__", ()) if hasattr(o, a))
     return total
 
 
