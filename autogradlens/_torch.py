@@ -79,13 +79,6 @@ def _unreadable(names, raws, err):
 
 
 
-# ----------------------------------------------------------------------------- hooks (watch)
-
-def current_node():
-    """The autograd node being executed (inside hooks during backward), else None."""
-    return torch._C._current_autograd_node()
-
-
 # ----------------------------------------------------------------------------- storages (trace's ledger)
 
 _NO_STORAGE = {torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc}
@@ -108,3 +101,94 @@ def storage_of(t: torch.Tensor) -> tuple:
         return st.data_ptr(), st.nbytes(), None
     except (NotImplementedError, RuntimeError) as e:  # tensor subclasses, functional/fake tensors
         return None, None, f"its storage cannot be read ({e}): bytes and storage sharing are not measured"
+
+
+# ----------------------------------------------------------------------------- hooks (watch)
+
+def current_node():
+    """The autograd node being executed (inside hooks during backward), else None."""
+    return torch._C._current_autograd_node()
+
+
+_TLS_KEY = "autogradlens.watch"  # stashed in the watching thread; PyTorch copies it to the threads serving its backward
+_INPLACE_HINT = {False: " Hint: enable anomaly detection to find the operation that failed to compute its gradient, "
+                        "with torch.autograd.set_detect_anomaly(True, check_nan=False).",
+                 True: " Hint: the backtrace further above shows the operation that failed to compute its gradient. "
+                       "The variable in question was changed in there or anywhere later. Good luck!"}
+
+
+def mark_thread(on: bool) -> None:
+    """Mark (or unmark) the calling thread as the watching one; `in_marked_thread()` is True there and in the
+    autograd threads running its backward passes (PyTorch propagates this thread-local state)."""
+    if on:
+        torch._C._stash_obj_in_tls(_TLS_KEY, True)
+    elif torch._C._is_key_in_tls(_TLS_KEY):
+        torch._C._remove_obj_from_tls(_TLS_KEY)
+
+
+def in_marked_thread() -> bool:
+    return torch._C._is_key_in_tls(_TLS_KEY)
+
+
+def unpack_hook(fn, slot: str):
+    """The unpack function of saved slot `slot` of node `fn` (None without hooks; first one of a tuple slot)."""
+    raw = fn._raw_saved_tensors if slot == "saved_tensors" else getattr(fn, "_raw_saved_" + slot)
+    if isinstance(raw, tuple):
+        raw = next((r for r in raw if r is not None), None)
+    return None if raw is None else raw.unpack_hook
+
+
+def read_saved(fn, slot: str) -> None:
+    """Read (unpack) one saved slot, as the engine would; errors of freed or stale slots propagate."""
+    if slot == "saved_tensors":
+        fn.saved_tensors  # noqa: B018 - reading unpacks
+    else:
+        getattr(fn, "_saved_" + slot)
+
+
+def inplace_error(t: torch.Tensor, producer: str | None, output_nr: int, saved_version: int) -> str:
+    """PyTorch's own text for a saved tensor changed in place (torch/csrc/autograd/saved_variable.cpp):
+    `producer` is the node type PyTorch names (the saving node for a saved output, else the tensor's grad_fn)."""
+    which = "" if producer is None else f", which is output {output_nr} of {_op_name(producer)},"
+    return (f"one of the variables needed for gradient computation has been modified by an inplace operation: "
+            f"[{t.type()} [{', '.join(map(str, t.shape))}]]{which} is at version {t._version}; expected version "
+            f"{saved_version} instead.{_INPLACE_HINT[torch.is_anomaly_enabled()]}")
+
+
+def _op_name(node_type: str) -> str:
+    head, sep, tail = node_type.rpartition("Backward")
+    return head if sep and tail.isdigit() or sep and not tail else node_type
+
+
+def dense(t: torch.Tensor) -> bool:
+    """A plain strided tensor (the fast check; `measurable` says why not)."""
+    return t.layout == _STRIDED and not t.is_nested
+
+
+_STRIDED = torch.strided
+
+
+def measurable(t: torch.Tensor) -> str | None:
+    """None when `t` is a plain strided tensor with storage; else why watch cannot measure it."""
+    if t.is_nested:
+        return "nested tensor"
+    if t.layout != torch.strided:
+        return f"{str(t.layout).removeprefix('torch.')} tensor"
+    if torch._C._functorch.is_functorch_wrapped_tensor(t):
+        return "torch.func transform (functorch wrapper)"
+    if t.device.type == "meta":
+        return "meta tensor"
+    return None
+
+
+def top_saved_hooks():
+    """The innermost (pack, unpack) saved-tensor hooks of this thread, or None."""
+    return torch._C._autograd._top_saved_tensors_default_hooks(False)
+
+
+def pop_saved_hooks() -> None:
+    torch._C._autograd._pop_saved_tensors_default_hooks()
+
+
+def push_saved_hooks(pack, unpack) -> None:
+    torch._C._autograd._push_saved_tensors_default_hooks(pack, unpack)

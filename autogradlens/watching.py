@@ -1,41 +1,84 @@
 """`watch`: log what autograd and the optimizer do while a model trains, with PyTorch's own hooks.
 
-Hooks used (all removed on exit, also when the body raises):
-- ``saved_tensors_hooks``: every tensor saved for backward (``pack``) and read back (``unpack``);
-  attribution to the node and slot that saved it: pack returns a numbered handle, and at the start of
-  each backward the graph is walked once and every ``_saved_*`` attribute read, which unpacks the
-  handle under the walk's eye;
-- ``torch.autograd.backward`` is wrapped while the watch is active (that is what ``loss.backward()``
-  calls): the loss value and the step boundary without an optimizer come from there;
-- per parameter: ``register_hook`` (fresh or accumulated) and ``register_post_accumulate_grad_hook``;
-- modules named in ``retain``: a forward hook calls ``retain_grad()`` on their output and a tensor
-  hook reads the gradient that lands there;
-- the optimizer's step pre/post hooks: update norms and the optimizer's state.
+A Watch only observes: training under it is bit-identical to training without it; PyTorch's own errors (a
+saved tensor changed in place) are raised as without it; other threads' work is not recorded; a layout it
+cannot measure (sparse, nested, torch.func wrappers, tensors saved under other saved-tensor hooks) is skipped
+with a ``note``, never a crash. It is made of small recorders (see ``recorders.py``), one per hook group.
 
-Python numbers that an op saves (the 2.5 of ``x / 2.5``) are stored without the saved-tensor hooks,
-so watch does not see them (``trace`` does: 8 bytes each).
-
-Events are :class:`Event` objects: dicts whose keys also read as attributes (``e["kind"]`` and
-``e.kind`` are the same). Only numbers and strings are kept: a Watch keeps no tensor alive.
+Memory stays bounded: ``steps`` holds one compact summary per step (numbers in arrays, equal runs stored
+once; about 30 bytes per step for a 2-parameter model), ``events`` the detailed timeline of at most ``keep``
+steps (the first half and the most recent half). Statistics in ``steps`` are stored as float32; events hold
+them in full. Python numbers an op saves (the 2.5 of ``x / 2.5``) bypass the saved-tensor hooks, so watch
+does not see them (``trace`` does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import json
 import math
-import warnings
 import weakref
+from array import array
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from ._torch import current_node, saved_names
-from .tracing import _dtype
+from . import recorders as rec
+from ._files import csv_cell, dumps
+from ._torch import mark_thread
+from .errors import LensRuntimeError, LensTypeError, LensValueError
 
-__all__ = ["Event", "Watch", "watch"]
+__all__ = ["EVENTS", "Event", "Watch", "watch"]
 
-_ACTIVE: list = []
+# The event kinds and their fields, declared once: the docs, save() and the readers (plots, report) use it.
+# Fields in brackets appear only where they apply.
+EVENTS = {
+    "pack": ("a tensor saved for backward (forward pass)",
+             "node node_id slot shape dtype nbytes storage"),
+    "unpack": ("a saved tensor read back by its node (backward pass)", "node node_id slot"),
+    "backward": ("a backward() call of the user", "loss"),
+    "accumulate": ("AccumulateGrad wrote a parameter's .grad", "param norm accumulated"),
+    "retain": ("gradient landing on a module output kept by retain_grad()", "name retained norm [note]"),
+    "update": ("one parameter's optimizer update",
+               "param update_norm param_norm ratio lr effective_lr method "
+               "[exp_avg_norm] [exp_avg_sq_norm] [adam_step] [momentum_norm]"),
+    "warning": ("something that looks like a bug in the training loop", "message [param]"),
+    "note": ("something watch did not measure, and why", "message"),
+}
+FIELDS = {
+    "node": "type of the node (grad_fn) that saved the tensor / that reads it",
+    "node_id": "that node's id in lens.trace of the same graph (join a timeline with a Trace)",
+    "slot": "saved slot name (self, mat1, result, saved_tensors, ...)",
+    "shape": "tensor shape", "dtype": "tensor dtype", "nbytes": "bytes of this tensor (not of its storage)",
+    "storage": "key equal for saved tensors sharing memory within a step (s0, s1, ...)",
+    "loss": "the loss value when backward() was called on a one-element tensor",
+    "param": "parameter name (as in model.named_parameters())",
+    "norm": "2-norm of the gradient (None on steps not measured, see every=)",
+    "accumulated": "True when added onto an existing .grad",
+    "name": "module name (as in model.named_modules())", "retained": "False when the output had no grad",
+    "note": "what retain_grad() does (stated on the first retain event)",
+    "update_norm": "2-norm of the parameter's change", "param_norm": "2-norm of the parameter after the step",
+    "ratio": "update_norm / param_norm", "lr": "the group's learning rate",
+    "effective_lr": "SGD: lr; Adam: lr / (sqrt(v_hat) + eps) at the median of v",
+    "method": "how update_norm was obtained: lr*|grad|, lr*|momentum_buffer| or measured (before - after)",
+    "exp_avg_norm": "Adam: 2-norm of m", "exp_avg_sq_norm": "Adam: 2-norm of v", "adam_step": "Adam: step count",
+    "momentum_norm": "SGD: 2-norm of the momentum buffer",
+    "message": "the text",
+}
+_COLUMNS = ["kind", "step"] + list(dict.fromkeys(f.strip("[]") for _, fs in EVENTS.values() for f in fs.split()))
+_PER_PARAM = ("grad_norm", "update_norm", "param_norm", "effective_lr")
+_FAM = {f: i for i, f in enumerate(_PER_PARAM)}
+_SCALARS = (("loss", "d"), ("saved_tensors", "q"), ("saved_bytes", "q"), ("backward_passes", "q"),
+            ("saved_by_type", "q"))
+
+_ACTIVE: list = []  # at most one active Watch per process (the backward wrapper is process-wide)
+
+
+def events_table() -> str:
+    """The event kinds and fields as a text table (the docs print it)."""
+    return "\n".join(f"{k:10s} {what}: {fields}" for k, (what, fields) in EVENTS.items())
 
 
 class Event(dict):
@@ -48,375 +91,377 @@ class Event(dict):
             raise AttributeError(name) from None
 
 
-class _Packed:
-    __slots__ = ("idx", "tensor")
+# ----------------------------------------------------------------------------- storage
 
-    def __init__(self, idx, tensor):
-        self.idx, self.tensor = idx, tensor
+class _Step:
+    """The step being recorded; closed into one compact row of `_Steps`."""
+
+    def __init__(self, step: int, measured: bool):
+        self.step, self.measured = step, measured
+        self.loss = None
+        self.saved_tensors = self.backward_passes = 0
+        self.storages: dict = {}  # data pointer -> (key, nbytes)
+        self.packs: list = []     # this step's pack events (forward order)
+        self.sig: list = []       # (shape, dtype, producer type) per pack: the attribution cache key
+        self.grad_norm: dict = {}
+        self.update_norm: dict = {}
+        self.param_norm: dict = {}
+        self.effective_lr: dict = {}
+        self.notes: list = []
+
+    def storage(self, ptr, nbytes) -> str:
+        key = ptr if ptr else -len(self.storages) - 1
+        hit = self.storages.get(key)
+        if hit is None:
+            hit = self.storages[key] = (f"s{len(self.storages)}", nbytes)
+        return hit[0]
+
+    def update(self, name, u, pn, eff):
+        if u is not None:
+            self.update_norm[name] = u
+        self.param_norm[name] = pn
+        self.effective_lr[name] = eff
+
+    def saved_by_type(self) -> dict:
+        """Bytes per node type, each storage counted once under the first node (forward order) saving it."""
+        if not self.storages:
+            return {}
+        owner: dict = {}
+        for e in self.packs:
+            owner.setdefault(e["storage"], e["node"] or "(never backwarded)")
+        out: dict = {}
+        for key, nbytes in self.storages.values():
+            t = owner.get(key, "(never backwarded)")
+            out[t] = out.get(t, 0) + nbytes
+        return dict(sorted(out.items()))
 
 
-def _norm(t) -> float:
-    return float(torch.linalg.vector_norm(t.detach()))
+class _Column:
+    """One number per step from step `start` on; a run of equal values is stored once until it changes.
+    A missing value is stored as NaN (`nans` remembers the steps where NaN was the value itself)."""
+    __slots__ = ("code", "start", "n", "first", "values", "nans")
+
+    def __init__(self, code: str, start: int):
+        self.code, self.start, self.n = code, start, 0
+        self.first, self.values, self.nans = None, None, None
+
+    def append(self, v) -> None:
+        if v is None:
+            v = math.nan
+        elif v != v:
+            self.nans = self.nans or set()
+            self.nans.add(self.start + self.n)
+        if self.values is None:
+            if self.n == 0:
+                self.first = v
+            if v == self.first:
+                self.n += 1
+                return
+            self.values = array(self.code, [self.first]) * self.n
+        self.values.append(v)
+        self.n += 1
+
+    def get(self, step: int):
+        i = step - self.start
+        if not 0 <= i < self.n:
+            return None
+        v = self.first if self.values is None else self.values[i]
+        return None if v != v and not (self.nans and step in self.nans) else v
 
 
-def _norms(ts) -> list[float]:
-    """Norms of many tensors in one call and one sync."""
-    if not ts:
-        return []
-    return torch.stack([n.double() for n in torch._foreach_norm([t.detach() for t in ts])]).tolist()
+class _Steps(Sequence):
+    """``Watch.steps``: one dict per step, built on access from columns."""
+
+    def __init__(self):
+        self.n = 0
+        self.cols: dict = {}       # name or (family, param) -> _Column
+        self.kinds: list = []      # distinct saved_by_type dicts
+        self.kind_ids: dict = {}
+        self.notes: dict = {}      # step -> [note]
+
+    def _col(self, key, code) -> _Column:
+        c = self.cols.get(key)
+        if c is None:
+            c = self.cols[key] = _Column(code, self.n)
+        return c
+
+    def add(self, s: _Step) -> None:
+        sbt = s.saved_by_type()
+        k = self.kind_ids.setdefault(tuple(sbt.items()), len(self.kinds))
+        if k == len(self.kinds):
+            self.kinds.append(sbt)
+        c = self.cols
+        if not c:
+            for key, code in _SCALARS:
+                self._col(key, code)
+        c["loss"].append(s.loss)
+        c["saved_tensors"].append(s.saved_tensors)
+        c["saved_bytes"].append(sum(nb for _, nb in s.storages.values()))
+        c["backward_passes"].append(s.backward_passes)
+        c["saved_by_type"].append(k)
+        fams = (s.grad_norm, s.update_norm, s.param_norm, s.effective_lr)
+        for fam, d in zip(_PER_PARAM, fams):
+            for name in d:
+                if (fam, name) not in c:
+                    self._col((fam, name), "f")
+        for key, col in c.items():
+            if type(key) is tuple:
+                col.append(fams[_FAM[key[0]]].get(key[1]))
+        if s.notes:
+            self.notes[self.n] = list(dict.fromkeys(s.notes))
+        self.n += 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(f"step {i} out of range: the watch recorded {self.n} steps")
+        c = self.cols
+        out = {"step": i, "loss": c["loss"].get(i), "saved_tensors": c["saved_tensors"].get(i),
+               "saved_bytes": c["saved_bytes"].get(i), "saved_by_type": dict(self.kinds[c["saved_by_type"].get(i)]),
+               "backward_passes": c["backward_passes"].get(i)}
+        for fam in _PER_PARAM:
+            out[fam] = {k[1]: v for k, col in c.items() if type(k) is tuple and k[0] == fam
+                        and (v := col.get(i)) is not None}
+        out["update_ratio"] = {n: (u / out["param_norm"][n] if out["param_norm"].get(n) else math.inf)
+                               for n, u in out["update_norm"].items() if n in out["param_norm"]}
+        out["notes"] = list(self.notes.get(i, ()))
+        return out
 
 
-_SAMPLE = 1024  # Adam's effective step size: median over up to this many evenly spaced elements
+class _Timeline:
+    """The events of at most `keep` steps: the first keep // 2 and the most recent rest (keep=None: all)."""
+
+    def __init__(self, keep):
+        self.keep = keep
+        self.head: list = []
+        self.tail: deque = deque(maxlen=None if keep is None else keep - keep // 2)
+        self.cur: list = []
+        self.dropped = 0
+
+    def add(self, e: dict) -> None:
+        self.cur.append(e)
+
+    def close(self) -> None:
+        if self.keep is None or len(self.head) < self.keep // 2:
+            self.head.append(self.cur)
+        elif self.tail.maxlen == 0:
+            self.dropped += 1
+        else:
+            if len(self.tail) == self.tail.maxlen:
+                self.dropped += 1
+            self.tail.append(self.cur)
+        self.cur = []
+
+    def __iter__(self):
+        for evs in self.head:
+            yield from evs
+        if self.dropped:
+            first = len(self.head)
+            yield {"kind": "note", "step": first,
+                   "message": f"the detailed events of {self.dropped} steps from step {first} on are not kept "
+                              f"(keep={self.keep}); steps holds their summaries"}
+        for evs in self.tail:
+            yield from evs
+        yield from self.cur
 
 
-RETAIN_NOTE = ("retain_grad() keeps .grad on this module's output; every other intermediate tensor has "
-               ".grad None after backward (PyTorch frees non-leaf gradients to save memory)")
-
+# ----------------------------------------------------------------------------- the watch
 
 class Watch:
-    """Records hooks while active; see :func:`watch`. ``events`` is the timeline, ``steps`` one dict per step."""
+    """Records training while active; see :func:`watch`. ``events`` is the timeline, ``steps`` one dict per step."""
 
-    def __init__(self, model, optimizer=None, retain=None, *, saved=True, grads=True, updates=True):
+    def __init__(self, model, optimizer=None, retain=None, *, every: int = 1, keep: int | None = 100,
+                 saved: bool = True, grads: bool = True, updates: bool = True):
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"watch() needs an nn.Module, got {type(model).__name__}")
+            raise LensTypeError(f"watch() needs the model as an nn.Module, got {type(model).__name__}; "
+                                "pass the module you train: lens.watch(model, optimizer=opt)")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        modules = dict(model.named_modules())
-        retain = [retain] if isinstance(retain, str) else list(retain or [])
-        missing = [r for r in retain if r not in modules]
-        if missing:
-            raise ValueError(f"retain names modules that {type(model).__name__} does not have: {missing}; "
-                             f"choose from {[n for n in modules if n]}")
+            raise LensTypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        self._retain = _retain_names(model, retain)
+        for name, v in (("every", every), ("keep", keep)):
+            if not (v is None and name == "keep") and (type(v) is not int or v < (1 if name == "every" else 0)):
+                raise LensValueError(f"{name} must be an int >= {1 if name == 'every' else 0}"
+                                     f"{' or None' if name == 'keep' else ''}, got {v!r}")
+        for name, v in (("saved", saved), ("grads", grads), ("updates", updates)):
+            if not isinstance(v, bool):
+                raise LensTypeError(f"{name} must be True or False, got {v!r}")
         self._model = weakref.ref(model)
-        self._opt = weakref.ref(optimizer) if optimizer is not None else None
-        self._retain = retain
-        self._flags = {"saved": saved, "grads": grads, "updates": updates}
+        self._opt = optimizer
+        self._every, self._keep = every, keep
+        self._flags = (saved, grads, updates)
+        self._updates = updates
+        self._has_opt = optimizer is not None
         self._names = {id(p): n for n, p in model.named_parameters()}
-        self.events: list[Event] = []
-        self.steps: list[dict] = []
+        self._active = False
         self._state = "new"
-        self._handles: list = []
-        self._sth = None
-        self._step = 0
-        self._cur = self._new_step()
-        self._packs: dict = {}       # handle idx -> its pack event (this step)
-        self._sig: list = []         # (shape, dtype, producer type) per pack this step
-        self._attr_cache: dict = {}  # pack signature -> [(node, slot)]
-        self._attributing = None     # during the walk: the node and slot being read
-        self._pack_count = 0
-        self._last_acc_step: dict = {}
-        self._fresh: dict = {}
-        self._stale: dict = {}
-        self._last_grad: dict = {}   # param -> (weakref to the .grad we saw, its version)
-        self._before: dict = {}
-        self._buffers: dict = {}     # copies of the parameters before a step (numbers only leave the Watch)
-        self._warned = False
+        self._stack = None
+        self._steps = _Steps()
+        self._timeline = _Timeline(keep)
+        self._cur = _Step(0, True)
+        self._saved = self._grads = None
+
+    @property
+    def events(self) -> list[Event]:
+        """The timeline (at most `keep` steps' events, see :func:`watch`)."""
+        return [Event(e) for e in self._timeline]
+
+    @property
+    def steps(self) -> _Steps:
+        """One summary dict per step (a read-only sequence)."""
+        return self._steps
 
     # ------------------------------------------------------------------ life cycle
     def __enter__(self) -> Watch:
         if self._state != "new":
-            raise RuntimeError("this Watch has already run: a Watch records one session; create a new "
-                               "lens.watch(model, ...) to record again")
+            raise LensRuntimeError("this Watch has already run: a Watch records one session; create a new "
+                                   "lens.watch(model, ...) to record again")
         if _ACTIVE:
-            raise RuntimeError("lens.watch is already active: watches cannot be nested (the saved-tensor "
-                               "hooks of the inner one would hide the outer one's); exit the first one first")
-        _ACTIVE.append(self)
-        self._state = "active"
+            raise LensRuntimeError("lens.watch is already active: watches cannot be nested (the saved-tensor hooks "
+                                   "of the inner one would hide the outer one's); exit the first one first")
+        model = self._model()
+        if model is None:
+            raise LensValueError("the model given to lens.watch() no longer exists: nothing but the watch referred "
+                                 "to it, so it was freed. Keep it in a variable: model = Net(); "
+                                 "with lens.watch(model, optimizer=opt): ...")
+        saved, grads, updates = self._flags
+        opt, self._opt = self._opt, None
+        stack = contextlib.ExitStack()
         try:
-            self._install()
+            stack.callback(self._finish)
+            mark_thread(True)
+            stack.callback(mark_thread, False)
+            _ACTIVE.append(self)
+            stack.callback(_ACTIVE.remove, self)
+            stack.enter_context(rec.Passes(self))
+            if saved:
+                self._saved = stack.enter_context(rec.SavedTensors(self))
+            if grads:
+                self._grads = stack.enter_context(rec.Gradients(self))
+            if self._retain:
+                stack.enter_context(rec.Retain(self, self._retain))
+            if opt is not None:
+                stack.enter_context(rec.Updates(self, opt))
         except BaseException:
-            self._uninstall()
+            stack.close()
             raise
+        self._stack, self._active, self._state = stack, True, "active"
         return self
 
     def __exit__(self, *exc):
-        self._uninstall()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
         return False
 
-    def _install(self):
-        model = self._model()
-        if self._flags["saved"]:
-            self._sth = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-            self._sth.__enter__()
-        self._names_cache: dict = {}  # node type -> its saved slot names (dir() is slow)
-        self._orig_backward = torch.autograd.backward
-        torch.autograd.backward = self._backward
-        if self._flags["grads"]:
-            for name, p in model.named_parameters():
-                if p.requires_grad:
-                    self._handles.append(p.register_hook(self._pre_acc(name, p)))
-                    self._handles.append(p.register_post_accumulate_grad_hook(self._post_acc(name)))
-        modules = dict(model.named_modules())
-        for name in self._retain:
-            self._handles.append(modules[name].register_forward_hook(self._retainer(name)))
-        opt = self._opt() if self._opt else None
-        if opt is not None:
-            self._handles.append(opt.register_step_pre_hook(self._opt_pre))
-            self._handles.append(opt.register_step_post_hook(self._opt_post))
-
-    def _uninstall(self):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        if getattr(self, "_orig_backward", None) is not None:
-            torch.autograd.backward = self._orig_backward
-            self._orig_backward = None
-        if self._sth is not None:
-            self._sth.__exit__(None, None, None)
-            self._sth = None
-        if self in _ACTIVE:
-            _ACTIVE.remove(self)
-        if self._state == "active":
-            if self._cur["backward_passes"] or self._cur["saved_tensors"]:
+    def _finish(self):
+        if self._active:
+            self._grads_finish()
+            if self._cur.backward_passes or self._cur.saved_tensors or self._timeline.cur:
                 self._close_step()
-            self._state = "done"
-        self._before.clear()
-        self._buffers.clear()
-        self._packs.clear()
+        self._active, self._state = False, "done"
+        self._saved = self._grads = None
 
-    # ------------------------------------------------------------------ events and steps
-    def _new_step(self) -> dict:
-        return {"step": self._step, "loss": None, "saved_tensors": 0, "saved_bytes": 0, "saved_by_type": {},
-                "grad_norm": {}, "update_ratio": {}, "update_norm": {}, "effective_lr": {},
-                "backward_passes": 0, "_storages": {}}
+    # ------------------------------------------------------------------ shared by the recorders
+    def _named_params(self):
+        return self._model().named_parameters()
 
-    def _emit(self, kind, **fields) -> Event:
-        e = Event(kind=kind, step=self._step, **fields)
-        self.events.append(e)
+    def _name(self, p) -> str:
+        name = self._names.get(id(p))
+        if name is None:  # added after the watch started: ask the model again, and hook it
+            model = self._model()
+            for n, q in (model.named_parameters() if model is not None else ()):
+                if id(q) not in self._names:
+                    self._names[id(q)] = n
+                    if self._grads is not None:
+                        self._grads.add(n, q)
+            name = self._names.setdefault(id(p), f"param{len(self._names)}")
+        return name
+
+    def _grad_norm(self, name, p):
+        n = self._grads.norm_now(name, p.grad) if self._grads is not None else None
+        return rec.norms([p.grad.detach()])[0] if n is None and p.grad.layout == torch.strided else n
+
+    def _emit(self, e: dict) -> dict:
+        self._timeline.cur.append(e)
         return e
 
+    def _note(self, message: str) -> None:
+        if message not in self._cur.notes:
+            self._cur.notes.append(message)
+            self._emit({"kind": "note", "step": self._cur.step, "message": message})
+
+    def _backward_begins(self, roots, top: bool):
+        if self._saved is not None:
+            self._saved.attribute(roots)
+        if top:
+            cur = self._cur
+            root = roots[0] if isinstance(roots, (list, tuple)) and len(roots) == 1 else roots
+            if isinstance(root, torch.Tensor) and root.numel() == 1 and root.layout == torch.strided:
+                cur.loss = root.item()
+            cur.backward_passes += 1
+            self._emit({"kind": "backward", "step": cur.step, "loss": cur.loss})
+
+    def _backward_ends(self):
+        self._grads_finish()
+        if not self._has_opt:
+            self._close_step()
+
+    def _grads_finish(self):
+        if self._grads is not None:
+            self._grads.finish()
+
     def _close_step(self):
-        cur = self._cur
-        storages = cur.pop("_storages")
-        cur.pop("_keys", None)
-        owner: dict = {}
-        for idx in sorted(self._packs):  # each storage counted once, under the first node (forward order) saving it
-            e = self._packs[idx]
-            owner.setdefault(e["storage"], e["node"])
-        seen_types: dict = {}
-        for key, nbytes in storages.items():
-            ntype = owner.get(key) or "(never backwarded)"
-            seen_types[ntype] = seen_types.get(ntype, 0) + nbytes
-        cur["saved_bytes"] = sum(storages.values())
-        cur["saved_by_type"] = dict(sorted(seen_types.items()))
-        self.steps.append(cur)
-        self._step += 1
-        self._cur = self._new_step()
-        self._packs = {}
-        self._sig = []
+        self._steps.add(self._cur)
+        self._timeline.close()
+        step = self._cur.step + 1
+        self._cur = _Step(step, step % self._every == 0)
 
     def record_loss(self, loss) -> None:
         """Tell the watch this step's loss (``loss.backward()`` inside the watch does it by itself)."""
-        self._cur["loss"] = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-
-    # ------------------------------------------------------------------ saved tensors
-    def _pack(self, t):
-        idx = self._pack_count
-        self._pack_count += 1
-        st = t.untyped_storage()
-        ptr, nbytes = st.data_ptr(), st.nbytes()
-        storages = self._cur["_storages"]
-        keys = self._cur.setdefault("_keys", {})
-        key = keys.setdefault(ptr if nbytes else -idx - 1, f"s{len(keys)}")
-        storages.setdefault(key, nbytes)
-        self._cur["saved_tensors"] += 1
-        fn = t.grad_fn
-        self._sig.append((t.shape, t.dtype, None if fn is None else type(fn)))
-        self._packs[idx] = self._emit("pack", node=None, slot=None, shape=tuple(t.shape),
-                                      dtype=_dtype(t.dtype), nbytes=t.numel() * t.element_size(),
-                                      storage=key)
-        return _Packed(idx, t.detach())
-
-    def _unpack(self, p):
-        if self._attributing is not None:
-            e = self._packs.get(p.idx)
-            if e is not None and e["node"] is None:
-                e["node"], e["slot"] = self._attributing
-        else:
-            node = current_node()
-            if node is not None:  # during backward (reads of _saved_* attributes by other code are not logged)
-                e = self._packs.get(p.idx)
-                self._emit("unpack", node=type(node).__name__, slot=e["slot"] if e is not None else None)
-        return p.tensor
-
-    def _attribute(self, roots):
-        from .tracing import _roots, _walk
-
-        try:
-            fns = _roots(roots)
-        except (TypeError, ValueError):
-            return
-        order, _ = _walk(fns)
-        cache = self._names_cache
-        for fn in order:
-            if type(fn).__name__ == "AccumulateGrad":
-                continue
-            slots, _ = saved_names(fn, cache)
-            for a in slots:
-                self._attributing = (type(fn).__name__, a)
-                try:
-                    if a == "saved_tensors":
-                        fn.saved_tensors  # noqa: B018 - reading unpacks
-                    else:
-                        getattr(fn, "_saved_" + a)
-                except RuntimeError:
-                    pass  # freed or stale: not this step's
-                finally:
-                    self._attributing = None
-
-    def _attribute_step(self, roots):
-        """Attribute this step's packs; a training loop packs the same sequence every step, so the walk's
-        answer is reused while the sequence of (shape, dtype, producer) is unchanged."""
-        pending = [e for e in self._packs.values() if e["node"] is None]
-        if not pending:
-            return
-        sig = tuple(self._sig[-len(pending):])
-        cached = self._attr_cache.get(sig)
-        if cached is not None:
-            for e, (node, slot) in zip(pending, cached):
-                e["node"], e["slot"] = node, slot
-            return
-        self._attribute(roots)
-        if all(e["node"] is not None for e in pending):
-            self._attr_cache[sig] = [(e["node"], e["slot"]) for e in pending]
-
-    def _backward(self, tensors, *args, **kwargs):
-        roots = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
-        if self._flags["saved"]:
-            self._attribute_step(roots)
-        if len(roots) == 1 and isinstance(roots[0], torch.Tensor) and roots[0].numel() == 1:
-            self._cur["loss"] = float(roots[0].detach())
-        self._cur["backward_passes"] += 1
-        self._emit("backward", loss=self._cur["loss"])
-        try:
-            return self._orig_backward(tensors, *args, **kwargs)
-        finally:
-            if self._opt is None:
-                self._close_step()
-
-    # ------------------------------------------------------------------ gradients
-    def _pre_acc(self, name, p):
-        ref = weakref.ref(p)
-
-        def hook(grad):  # runs before AccumulateGrad: is there a .grad to add onto, and is it stale?
-            q = ref()
-            g = None if q is None else q.grad
-            self._fresh[name] = g is None
-            # stale: the very tensor (and version) our last accumulation left, untouched since; zero_grad()
-            # sets it to None, or zeroes it in place (set_to_none=False), which bumps its version
-            last = self._last_grad.get(name)
-            self._stale[name] = g is not None and last is not None and last[0]() is g and last[1] == g._version
-        return hook
-
-    def _post_acc(self, name):
-        def hook(p):
-            accumulated = not self._fresh.pop(name, True)
-            stale = self._stale.pop(name, False)
-            n = _norm(p.grad)
-            self._cur["grad_norm"][name] = n
-            self._emit("accumulate", param=name, norm=n, accumulated=accumulated)
-            self._last_grad[name] = (weakref.ref(p.grad), p.grad._version)
-            last = self._last_acc_step.get(name)
-            if stale and last is not None and last < self._step:
-                msg = (f"gradients of {name} accumulated across steps: .grad still held step {last}'s gradient "
-                       f"when step {self._step}'s backward added to it; call optimizer.zero_grad() (or "
-                       "model.zero_grad()) before each backward unless you accumulate on purpose")
-                self._emit("warning", message=msg, param=name)
-                if not self._warned:
-                    self._warned = True
-                    warnings.warn(msg, UserWarning, stacklevel=2)
-            self._last_acc_step[name] = self._step
-        return hook
-
-    def _retainer(self, name):
-        def forward_hook(module, args, out):
-            t = out[0] if isinstance(out, (tuple, list)) else out
-            if not isinstance(t, torch.Tensor) or not t.requires_grad:
-                self._emit("retain", name=name, retained=False, norm=None,
-                           note="the output does not require grad (no_grad or eval without grad?)")
-                return
-            t.retain_grad()
-            t.register_hook(self._retain_grad_hook(name))
-        return forward_hook
-
-    def _retain_grad_hook(self, name):
-        def hook(grad):
-            self._emit("retain", name=name, retained=True, norm=_norm(grad), note=RETAIN_NOTE)
-        return hook
-
-    # ------------------------------------------------------------------ optimizer
-    def _opt_pre(self, opt, args, kwargs):
-        if self._flags["updates"]:
-            for g in opt.param_groups:
-                for p in g["params"]:
-                    if p.grad is None:
-                        continue
-                    buf = self._buffers.get(id(p))
-                    if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
-                        buf = self._buffers[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format)
-                    self._before[id(p)] = buf.copy_(p.detach())
-
-    def _opt_post(self, opt, args, kwargs):
-        if self._flags["updates"]:
-            for group in opt.param_groups:
-                ps = [p for p in group["params"] if id(p) in self._before]
-                if ps:
-                    self._updates(opt, group, ps)
-            self._before = {}
-        self._close_step()
-
-    def _updates(self, opt, group, ps):
-        diffs = [self._before[id(p)] for p in ps]
-        torch._foreach_sub_(diffs, [p.detach() for p in ps])  # the copies become before - after
-        states = [opt.state.get(p, {}) for p in ps]
-        adam = all("exp_avg" in st for st in states)
-        moms = [st.get("momentum_buffer") for st in states]
-        momentum = not adam and all(m is not None for m in moms)
-        extra = [st[k] for k in ("exp_avg", "exp_avg_sq") for st in states] if adam else moms if momentum else []
-        n = len(ps)
-        norms = _norms(diffs + list(ps) + extra)  # one call, one sync
-        for i, p in enumerate(ps):
-            name = self._names.get(id(p), f"param{i}")
-            u, pn = norms[i], norms[n + i]
-            ratio = u / pn if pn else math.inf
-            fields = {"param": name, "update_norm": u, "param_norm": pn, "ratio": ratio, "lr": group["lr"],
-                      "effective_lr": group["lr"]}
-            if adam:
-                fields.update(_adam(states[i], group), exp_avg_norm=norms[2 * n + i], exp_avg_sq_norm=norms[3 * n + i])
-            elif momentum:
-                fields["momentum_norm"] = norms[2 * n + i]
-            self._cur["update_norm"][name] = u
-            self._cur["update_ratio"][name] = ratio
-            self._cur["effective_lr"][name] = fields["effective_lr"]
-            self._emit("update", **fields)
+        self._cur.loss = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
     # ------------------------------------------------------------------ output
     def to_records(self) -> list[dict]:
         """The events as flat dicts (tuples become lists), ready for JSON, CSV or pandas."""
-        return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in e.items()} for e in self.events]
+        return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in e.items()} for e in self._timeline]
 
     def save(self, path) -> Path:
-        """Write the events to `path`: JSON lines (.jsonl / .json) or CSV (.csv)."""
+        """Write the events to `path`: JSON lines (.jsonl / .json) or CSV (.csv).
+
+        JSON is strict: non-finite numbers are written as the strings "inf", "-inf", "nan"
+        (read them back with ``autogradlens._files.number``). CSV cells that a spreadsheet would run as a
+        formula get a leading ``'``; numbers stay numbers. Columns follow ``EVENTS``.
+        """
         path = Path(path)
         recs = self.to_records()
         if path.suffix in (".jsonl", ".json"):
-            path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+            path.write_text("".join(dumps(r) + "\n" for r in recs))
         elif path.suffix == ".csv":
-            cols = sorted({k for r in recs for k in r}, key=lambda k: (k not in ("kind", "step"), k))
+            present = {k for r in recs for k in r}
+            cols = [c for c in _COLUMNS if c in present] + sorted(present - set(_COLUMNS))
             with path.open("w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=cols)
                 w.writeheader()
-                w.writerows(recs)
+                w.writerows({k: csv_cell(v) for k, v in r.items()} for r in recs)
         else:
-            raise ValueError(f"save() writes .jsonl or .csv, not {path.name!r}")
+            raise LensValueError(f"save() writes .jsonl or .csv, not {path.name!r}; pick one of those suffixes")
         return path
 
     def summary(self) -> dict:
+        """Counts: steps, events (kept), by_kind, warnings."""
         kinds: dict = {}
-        for e in self.events:
+        warns = []
+        for e in self._timeline:
             kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
-        return {"steps": len(self.steps), "events": len(self.events), "by_kind": kinds,
-                "warnings": [e["message"] for e in self.events if e["kind"] == "warning"]}
+            if e["kind"] == "warning":
+                warns.append(e["message"])
+        return {"steps": len(self._steps), "events": sum(kinds.values()), "by_kind": kinds, "warnings": warns}
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -436,25 +481,41 @@ class Watch:
         return saved_bytes(self, ax=ax)
 
 
-def _adam(st, group) -> dict:
-    """Adam's step count and effective step size lr / (sqrt(v_hat) + eps): the median over up to _SAMPLE
-    evenly spaced elements (the mean is dominated by elements whose gradient stayed ~0, where Adam would
-    take a huge step if a gradient came). The map is decreasing in v, so its median sits at v's median."""
-    step = float(st["step"])
-    b1, b2 = group["betas"]
-    v = st["exp_avg_sq"].detach().reshape(-1)
-    med = float(v[:: max(1, v.numel() // _SAMPLE)].median())
-    eff = (group["lr"] / (1 - b1**step)) / (math.sqrt(med) / math.sqrt(1 - b2**step) + group["eps"])
-    return {"adam_step": int(step), "effective_lr": eff}
+Watch.__doc__ += "\n\nEvent kinds (``EVENTS``; fields in brackets appear only where they apply):\n\n" + "\n".join(
+    "    " + line for line in events_table().splitlines())
 
 
-def watch(model, *, optimizer=None, retain=None, saved: bool = True, grads: bool = True,
-          updates: bool = True) -> Watch:
+def _retain_names(model, retain) -> list[str]:
+    if retain is None:
+        return []
+    if isinstance(retain, str):
+        retain = [retain]
+    elif not isinstance(retain, (list, tuple, set, frozenset)) or not all(isinstance(r, str) for r in retain):
+        raise LensTypeError(f"retain must be a module name or a list of module names (as in "
+                            f"model.named_modules()), got {retain!r:.80}; e.g. retain=['1'] or retain='layer1'")
+    modules = dict(model.named_modules())
+    missing = [r for r in retain if r not in modules]
+    if missing:
+        raise LensValueError(f"retain names modules that {type(model).__name__} does not have: {missing}; "
+                             f"choose from {[n for n in modules if n]}")
+    return list(retain)
+
+
+def watch(model, *, optimizer=None, retain=None, every: int = 1, keep: int | None = 100, saved: bool = True,
+          grads: bool = True, updates: bool = True) -> Watch:
     """Log saved tensors, gradient accumulation, retained gradients and optimizer updates while training.
 
-    Use as a context manager; a step ends at each ``optimizer.step()`` (or each backward when no
+    Use as a context manager; a step ends at each ``optimizer.step()`` (or each ``backward()`` when no
     optimizer is given). ``retain`` names modules (as in ``model.named_modules()``) whose outputs get
-    ``retain_grad()``. ``saved`` / ``grads`` / ``updates`` switch hook groups off.
+    ``retain_grad()``. ``every=N`` measures the norms (the costly statistics) every N-th step; ``keep`` bounds
+    the detailed timeline to that many steps (None: all). ``saved`` / ``grads`` / ``updates`` switch hook
+    groups off. Update norms of plain and momentum SGD come from lr·‖grad‖ / lr·‖buffer‖; for other
+    optimizers the watch keeps one copy of the parameters to measure before − after (``updates=False`` avoids
+    it). Event kinds are listed in ``autogradlens.watching.EVENTS``.
+
+    Raises:
+        LensTypeError: `model` is not an ``nn.Module``, `optimizer` not an optimizer, `retain` not names.
+        LensValueError: `retain` names a module the model lacks; `every` < 1; `keep` < 0.
 
     Example:
         >>> import torch, torch.nn as nn, autogradlens as lens
@@ -468,4 +529,4 @@ def watch(model, *, optimizer=None, retain=None, saved: bool = True, grads: bool
         >>> len(w.steps), sorted({e.kind for e in w.events})
         (2, ['accumulate', 'backward', 'pack', 'retain', 'unpack', 'update'])
     """
-    return Watch(model, optimizer, retain, saved=saved, grads=grads, updates=updates)
+    return Watch(model, optimizer, retain, every=every, keep=keep, saved=saved, grads=grads, updates=updates)

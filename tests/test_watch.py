@@ -305,3 +305,39 @@ def test_records_save_and_plots(tmp_path):
         assert isinstance(fig, matplotlib.figure.Figure)
         assert fig.axes[0].lines or fig.axes[0].collections
     assert "steps" in repr(w)
+
+
+def test_every_event_has_the_fields_its_kind_declares_in_one_table(tmp_path):
+    from autogradlens.watching import EVENTS, FIELDS
+
+    model = tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with pytest.warns(UserWarning, match="accumulated across steps"):
+        with lens.watch(model, optimizer=opt, retain=["1"], keep=2) as w:
+            train(model, opt, steps=4, zero=False)
+    seen = set()
+    for e in w.events:
+        fields = EVENTS[e.kind][1].split()
+        required = {f for f in fields if not f.startswith("[")}
+        optional = {f.strip("[]") for f in fields if f.startswith("[")}
+        assert required <= set(e) - {"kind", "step"} <= required | optional, (e.kind, set(e))
+        seen.add(e.kind)
+    assert seen == set(EVENTS)  # note: the steps dropped by keep=2
+    assert all(f.strip("[]") in FIELDS for _, fs in EVENTS.values() for f in fs.split())
+    header = w.save(tmp_path / "w.csv").read_text().splitlines()[0].split(",")
+    order = [f.strip("[]") for _, fs in EVENTS.values() for f in fs.split()]
+    assert header[:2] == ["kind", "step"]
+    assert [order.index(c) for c in header[2:]] == sorted(order.index(c) for c in header[2:])
+
+
+def test_steps_are_a_compact_sequence_of_dicts():
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with lens.watch(model, optimizer=opt) as w:
+        train(model, opt, steps=3)
+    s = w.steps
+    assert len(s) == 3 and s[-1]["step"] == 2 and [x["step"] for x in s[1:]] == [1, 2]
+    assert s[0]["update_ratio"]["0.weight"] == pytest.approx(s[0]["update_norm"]["0.weight"]
+                                                            / s[0]["param_norm"]["0.weight"])
+    with pytest.raises(IndexError, match="recorded 3 steps"):
+        s[3]

@@ -1,0 +1,183 @@
+"""trace, mirror, watch and diff on a CUDA model: what works, and the watch overhead on the GPU.
+
+    python benchmarks/gpu_check.py [--rounds 7] [--steps 50]
+
+Exits 0 with a message when CUDA is not available. Each check prints "ok" or "FAILED" with the reason; the
+exit status is 1 when a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import autogradlens as lens
+
+
+def model_and_batch(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(8 * 14 * 14, 64), nn.ReLU(), nn.Linear(64, 10)).cuda()
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(32, 1, 28, 28, device="cuda", generator=g)
+    y = torch.randint(0, 10, (32,), device="cuda", generator=g)
+    return model, x, y
+
+
+def check_trace():
+    model, x, y = model_and_batch()
+    t = lens.trace(F.cross_entropy(model(x), y), params=model)
+    s = t.summary()
+    devices = {d["device"] for _, d in t.graph.nodes(data=True) if d["device"]}
+    assert devices == {"cuda:0"}, devices
+    return f"{s['nodes']} nodes, {s['saved_tensors']} saved tensors, {s['saved_bytes']:,} bytes, devices {devices}"
+
+
+def check_mirror():
+    model, x, y = model_and_batch()
+    model = model.double()
+    r = lens.mirror(F.cross_entropy(model(x.double()), y), params=model)
+    assert r.ok, r.to_text()
+    return f"{len(r.rows)} rows, all match, unmirrored: {r.unmirrored or 'none'}"
+
+
+def check_watch():
+    model, x, y = model_and_batch()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with lens.watch(model, optimizer=opt, retain=["1"]) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    kinds = {}
+    for e in w.events:
+        kinds[e.kind] = kinds.get(e.kind, 0) + 1
+    assert len(w.steps) == 3, len(w.steps)
+    assert set(w.steps[-1]["grad_norm"]) == {n for n, _ in model.named_parameters()}, w.steps[-1]["grad_norm"]
+    assert kinds.get("unpack") == kinds.get("pack"), kinds  # the device threads' backward is the watching thread's
+    assert kinds.get("retain") == 3, kinds
+    return f"3 steps, events {kinds}"
+
+
+def check_watch_identical():
+    def run(watched):
+        model, x, y = model_and_batch()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        ctx = lens.watch(model, optimizer=opt) if watched else None
+        if ctx:
+            ctx.__enter__()
+        try:
+            for _ in range(3):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+        finally:
+            if ctx:
+                ctx.__exit__(None, None, None)
+        return [p.detach().clone() for p in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
+    return "parameters bit-identical after 3 SGD steps"
+
+
+def check_inplace_error():
+    model, _, _ = model_and_batch()
+
+    def body():
+        w = torch.tensor([0.0, 1.0], device="cuda", requires_grad=True)
+        a = w.exp()
+        a.add_(1)
+        a.sum().backward()
+
+    texts = []
+    for watched in (False, True):
+        try:
+            if watched:
+                with lens.watch(model):
+                    body()
+            else:
+                body()
+        except RuntimeError as e:
+            texts.append(str(e))
+    assert len(texts) == 2 and texts[1].startswith(texts[0]), texts
+    return "PyTorch's error kept under watch"
+
+
+def check_diff():
+    model, x, y = model_and_batch()
+    a = lens.trace(F.cross_entropy(model(x), y), params=model)
+    b = lens.trace(F.cross_entropy(model(x), y), params=model)
+    d = lens.diff(a, b)
+    assert d.is_empty, d.to_text()
+    return f"two traces of the same CUDA program: empty diff ({len(d.matched)} matched)"
+
+
+def overhead(rounds, n_steps):
+    def one(watched, opt_name):
+        model, _, _ = model_and_batch()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1) if opt_name == "sgd" else torch.optim.Adam(model.parameters())
+        g = torch.Generator(device="cuda").manual_seed(1)
+        xs = torch.randn(n_steps, 128, 1, 28, 28, device="cuda", generator=g)
+        ys = torch.randint(0, 10, (n_steps, 128), device="cuda", generator=g)
+
+        def run(k):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for i in range(k):
+                opt.zero_grad()
+                F.cross_entropy(model(xs[i]), ys[i]).backward()
+                opt.step()
+            torch.cuda.synchronize()
+            return (time.perf_counter() - t0) / k
+
+        run(5)
+        if not watched:
+            return run(n_steps)
+        with lens.watch(model, optimizer=opt):
+            run(3)
+            return run(n_steps)
+
+    for opt_name in ("sgd", "adam"):
+        plain, watched = [], []
+        for _ in range(rounds):
+            plain.append(one(False, opt_name))
+            watched.append(one(True, opt_name))
+        p, w = statistics.median(plain), statistics.median(watched)
+        print(f"  {opt_name:5s} plain {p * 1e3:7.3f} ms/step   watched {w * 1e3:7.3f} ms/step   ratio {w / p:.3f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=50)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("CUDA is not available on this machine: nothing to check (run this on a machine with a GPU).")
+        return 0
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}")
+    failed = 0
+    for check in (check_trace, check_mirror, check_watch, check_watch_identical, check_inplace_error, check_diff):
+        try:
+            print(f"ok      {check.__name__[6:]:18s} {check()}")
+        except Exception as e:  # report and go on: the point is to list what works
+            failed += 1
+            print(f"FAILED  {check.__name__[6:]:18s} {type(e).__name__}: {str(e)[:300]}")
+            traceback.print_exc(limit=3, file=sys.stdout)
+    print("watch overhead on the GPU (conv + MLP, batch 128, interleaved, ratio of medians):")
+    try:
+        overhead(args.rounds, args.steps)
+    except Exception as e:
+        failed += 1
+        print(f"FAILED  overhead: {type(e).__name__}: {e}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
