@@ -28,7 +28,7 @@ import numpy as np
 
 from .rules import Ctx
 
-__all__ = ["Mag", "MagCtx", "gamma", "unit_roundoff"]
+__all__ = ["Mag", "MagCtx", "gamma", "local_bound", "unit_roundoff"]
 
 # Unit roundoff u = eps / 2 (half the distance from 1 to the next float) per dtype, and the smallest
 # subnormal / 2: the absolute error one rounding may add near underflow (fl(x op y) = (x op y)(1 + d) + e).
@@ -39,8 +39,21 @@ UNDERFLOW = {"float64": 2.0**-1075, "float32": 2.0**-150, "float16": 2.0**-25, "
 ELEMENTARY_UNITS = 4
 
 
+# PyTorch accumulates sums and products of half-precision tensors in float32 (its "opmath" type): a sum of
+# k bfloat16 terms rounds k - 1 times in float32 and once in bfloat16.
+OPMATH = {"bfloat16": "float32", "float16": "float32"}
+
+
 def unit_roundoff(dtype: str) -> float:
     return UNIT_ROUNDOFF.get(dtype, UNIT_ROUNDOFF["float32"])
+
+
+def local_bound(x: Mag, dtype: str) -> np.ndarray:
+    """B = (gamma_n(u_opmath) + gamma_r(u_dtype) + 3 gamma_n(u_64)) * M + n * eta: PyTorch's rounding of a
+    rule's result in `dtype`, plus the float64 mirror's own (two runs and their difference)."""
+    u, n, r = unit_roundoff(dtype), x.n, x.r
+    acc = gamma(n, unit_roundoff(OPMATH[dtype])) + gamma(r, u) if dtype in OPMATH else gamma(n, u)
+    return (acc + 3 * gamma(n, UNIT_ROUNDOFF["float64"])) * x.m + n * UNDERFLOW.get(dtype, 0.0)
 
 
 def gamma(n: int, u: float) -> float:
@@ -78,7 +91,7 @@ class Mag:
 
     def __init__(self, m, v=None, n=0, box=None):
         self.m, self.v = m, v
-        self._n = box if box is not None else [n]
+        self._n = box if box is not None else [_count(n)]
 
     @classmethod
     def of(cls, x, n: int = 0) -> Mag:
@@ -97,11 +110,21 @@ class Mag:
 
     @property
     def n(self) -> int:
+        """Roundings per element, sums of k terms counted k - 1 times (accumulation in the dtype's opmath)."""
+        return int(self._n[0][0])
+
+    @property
+    def r(self) -> int:
+        """Roundings per element to the tensor's own dtype (a sum or dot product counts once)."""
+        return int(self._n[0][1])
+
+    @property
+    def c(self) -> np.ndarray:
         return self._n[0]
 
-    @n.setter
-    def n(self, k: int):
-        self._n[0] = k
+    @c.setter
+    def c(self, k):
+        self._n[0] = _count(k)
 
     # -- array protocol
     shape = property(lambda s: s.m.shape)
@@ -134,7 +157,7 @@ class Mag:
         return f"Mag(n={self.n}, m={self.m!r})"
 
     def _view(self, m, v) -> Mag:  # a view of self (shares the rounding count)
-        return Mag(m, v, box=self._n if np.may_share_memory(m, self.m) else [self.n])
+        return Mag(m, v, box=self._n if np.may_share_memory(m, self.m) else [self.c])
 
     def __getitem__(self, idx):
         idx = _values(idx)
@@ -147,7 +170,7 @@ class Mag:
             self.v[idx] = val.v
         else:
             self.v = None
-        self.n = max(self.n, val.n)
+        self.c = np.maximum(self.c, val.c)
 
     def reshape(self, *shape, **kw):
         return np.reshape(self, shape[0] if len(shape) == 1 else shape, **kw)
@@ -168,7 +191,7 @@ class Mag:
         return np.ravel(self).copy()
 
     def copy(self):
-        return Mag(self.m.copy(), None if self.v is None else self.v.copy(), self.n)
+        return Mag(self.m.copy(), None if self.v is None else self.v.copy(), self.c)
 
     def sum(self, axis=None, keepdims=False, **kw):
         return np.sum(self, axis=axis, keepdims=keepdims, **kw)
@@ -182,7 +205,7 @@ class Mag:
             return np.asarray(self).astype(dt)
         if dt == np.float64:
             return self
-        return Mag(self.m, None if self.v is None else self.v.astype(dt).astype(np.float64), self.n + 1)
+        return Mag(self.m, None if self.v is None else self.v.astype(dt).astype(np.float64), self.c + 1)
 
     # -- operators: all through the ufuncs below
     def __add__(s, o): return np.add(s, o)  # noqa: E704
@@ -224,23 +247,24 @@ class Mag:
         xs = [Mag.of(a) for a in args]
         known = all(x.v is not None for x in xs)
         vals = [x.v for x in xs] if known else None
-        n = max(x.n for x in xs)
+        n = _top(xs)
         if uf in (np.add, np.subtract):
             return Mag(xs[0].m + xs[1].m, uf(*vals) if known else None, n + 1)
         if uf is np.multiply:
-            return Mag(xs[0].m * xs[1].m, uf(*vals) if known else None, xs[0].n + xs[1].n + 1)
+            return Mag(xs[0].m * xs[1].m, uf(*vals) if known else None, xs[0].c + xs[1].c + 1)
         if uf in (np.negative, np.positive, np.absolute):
             return Mag(xs[0].m, uf(vals[0]) if known else None, n)
         if uf is np.matmul:
             k = xs[0].shape[-1] if xs[0].ndim else 1
-            return Mag(np.matmul(xs[0].m, xs[1].m), np.matmul(*vals) if known else None, xs[0].n + xs[1].n + k)
+            return Mag(np.matmul(xs[0].m, xs[1].m), np.matmul(*vals) if known else None,
+                       xs[0].c + xs[1].c + (k, 1))
         if uf in (np.divide, np.true_divide):
             b = xs[1]
             if b.v is None:
                 raise TypeError("division by a gradient (the rule is not linear in G?)")
             q = xs[0].m / np.abs(b.v)
             m = q + q * b.m / np.abs(b.v) if b.n else q  # an inexact divisor: its error, relative, adds on
-            return Mag(m, uf(*vals) if known else None, xs[0].n + b.n + 1)
+            return Mag(m, uf(*vals) if known else None, xs[0].c + b.c + 1)
         if uf is np.square:
             return Mag(xs[0].m * xs[0].m, np.square(vals[0]) if known else None, 2 * n + 1)
         if not known:
@@ -252,10 +276,10 @@ class Mag:
             first = (vals[0] >= vals[1]) == (uf in (np.maximum, np.fmax))
             return Mag(np.where(first, xs[0].m, xs[1].m), r, n)
         m = np.abs(r)
-        if uf is np.power and n:
+        if uf is np.power and n.any():
             p = vals[1]
             m = m + np.abs(p * np.power(vals[0], p - 1)) * xs[0].m
-        elif uf in _DERIV and n:
+        elif uf in _DERIV and n.any():
             m = m + np.abs(_DERIV[uf](vals[0], r)) * xs[0].m
         return Mag(np.asarray(m, dtype=np.float64), r, n + ELEMENTARY_UNITS)
 
@@ -265,7 +289,7 @@ class Mag:
             known = all(x.v is not None for x in mags)
             m = func(*_swap(args, "m"), **_swap(kw, "m"))
             v = func(*_swap(args, "v"), **_swap(kw, "v")) if known else None
-            n = max(x.n for x in mags)
+            n = _top(mags)
             if isinstance(m, (list, tuple)):
                 return [Mag(a, None if v is None else b, n) for a, b in zip(m, v if v is not None else m)]
             if len(mags) == 1:
@@ -276,7 +300,7 @@ class Mag:
             a, b = Mag.of(a), Mag.of(b)
             cond = _value(cond)
             known = a.v is not None and b.v is not None
-            return Mag(np.where(cond, a.m, b.m), np.where(cond, a.v, b.v) if known else None, max(a.n, b.n))
+            return Mag(np.where(cond, a.m, b.m), np.where(cond, a.v, b.v) if known else None, _top([a, b]))
         if func in (np.sum, np.mean, np.cumsum):
             x = Mag.of(args[0])
             m = func(x.m, *args[1:], **kw)
@@ -285,7 +309,7 @@ class Mag:
             if func is np.cumsum:
                 ax = kw.get("axis", args[1] if len(args) > 1 else None)
                 k = x.size if ax is None else x.shape[ax]
-            return Mag(np.asarray(m, dtype=np.float64), v, x.n + k - 1 + (func is np.mean))
+            return Mag(np.asarray(m, dtype=np.float64), v, x.c + (k - 1 + (func is np.mean), 1 + (func is np.mean)))
         if func is np.einsum:
             return _einsum(args, kw)
         if func in (np.outer, np.dot, np.inner, np.tensordot, np.matmul):
@@ -296,7 +320,7 @@ class Mag:
             k = max(1, xs[0].size * xs[1].size // max(1, np.size(m)))
             if func is np.outer:
                 k = 1
-            return Mag(np.asarray(m, dtype=np.float64), v, xs[0].n + xs[1].n + k)
+            return Mag(np.asarray(m, dtype=np.float64), v, xs[0].c + xs[1].c + (k, 1))
         if func is np.put_along_axis:
             arr, idx, vals = args[0], _value(args[1]), Mag.of(args[2])
             np.put_along_axis(arr.m, idx, np.broadcast_to(vals.m, np.shape(idx)) if vals.m.ndim else vals.m,
@@ -305,12 +329,22 @@ class Mag:
                 np.put_along_axis(arr.v, idx, vals.v, *args[3:], **kw)
             else:
                 arr.v = None
-            arr.n = max(arr.n, vals.n)
+            arr.c = np.maximum(arr.c, vals.c)
             return None
         mags = _mags(args) + _mags(kw)
         if any(x.v is None for x in mags):
             raise TypeError(f"np.{func.__name__} of a gradient on magnitudes")
         return func(*_swap(args, "v"), **_swap(kw, "v"))  # a coefficient: computed on values, exact
+
+
+def _count(k) -> np.ndarray:
+    """(n, r) as an int array: an int k means (k, k)."""
+    a = np.asarray(k, dtype=np.int64)
+    return np.array([a, a]) if a.ndim == 0 else a.copy()
+
+
+def _top(xs) -> np.ndarray:
+    return np.maximum.reduce([x.c for x in xs])
 
 
 def _value(x):
@@ -355,7 +389,7 @@ def _add_at(out, idx, b=None):
         out.v = None
     count = np.zeros(out.shape, dtype=np.int64)
     np.add.at(count, idx, 1)  # duplicate indices add up: that many roundings
-    out.n = max(out.n, b.n) + int(count.max(initial=0))
+    out.c = np.maximum(out.c, b.c) + int(count.max(initial=0))
 
 
 def _einsum(args, kw):
@@ -370,7 +404,7 @@ def _einsum(args, kw):
     m = np.einsum(subs, *(x.m for x in ops), **kw)
     known = all(x.v is not None for x in ops)
     v = np.einsum(subs, *(x.v for x in ops), **kw) if known else None
-    return Mag(np.asarray(m, dtype=np.float64), v, sum(x.n for x in ops) + len(ops) - 1 + k)
+    return Mag(np.asarray(m, dtype=np.float64), v, sum(x.c for x in ops) + (len(ops) - 1 + k, len(ops)))
 
 
 class MagCtx(Ctx):

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from ._torch import is_freed, is_stale, saved_value
-from .bounds import UNDERFLOW, Mag, MagCtx, gamma, unit_roundoff
+from .bounds import UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, unit_roundoff
 from .capture import capture
 from .errors import LensRuntimeError, LensValueError
 from .rules import RULES, Ctx, Unsupported, sum_to
@@ -56,10 +56,13 @@ from .tracing import _dtype, _trace
 
 __all__ = ["MirrorReport", "mirror", "replay"]
 
-U64 = unit_roundoff("float64")
 # A rule that cannot run on magnitudes (bounds.Mag) falls back to a relative bound of this many roundings
 # of the graph dtype on the larger of the two results (a row note says so; tests keep every rule off it).
 FALLBACK_UNITS = 64
+
+
+_ETA = {UNIT_ROUNDOFF[d]: UNDERFLOW[d] for d in UNIT_ROUNDOFF}  # unit roundoff -> underflow error, per dtype
+_U64 = UNIT_ROUNDOFF["float64"]
 
 
 # ----------------------------------------------------------------------------- reading the graph
@@ -74,6 +77,7 @@ class _Op(NamedTuple):
     in_dtypes: list
     out_shapes: list   # per forward output
     dtype: str         # the lowest precision among inputs and outputs: its unit roundoff bounds rounding
+    out_dtype: str     # of the gradients flowing in
     attrs: dict
     saved: dict
     note: str | None
@@ -141,7 +145,7 @@ def _ops(tr, walk) -> dict:
             except Unsupported as e:
                 note = str(e)
         ops[nid] = _Op(nid, d["type"], d.get("name"), nexts, in_shapes, in_dtypes, list(d["outputs"]),
-                       _lowest([d["dtype"], *in_dtypes]), d["attrs"], saved, note)
+                       _lowest([d["dtype"], *in_dtypes]), d["dtype"] or "float64", d["attrs"], saved, note)
     return ops
 
 
@@ -155,9 +159,9 @@ class Flow(NamedTuple):
     a: np.ndarray
     u: float
 
-    def __add__(self, o: Flow) -> Flow:
+    def __add__(self, o: Flow) -> Flow:  # the engine's sum and the mirror's each round once
         a = self.a + o.a
-        return Flow(self.g + o.g, self.e + o.e + self.u * a, a, max(self.u, o.u))
+        return Flow(self.g + o.g, self.e + o.e + (self.u + _U64) * a + _ETA[self.u], a, max(self.u, o.u))
 
 
 def replay(order: list, ops: dict, seeds: dict, step) -> dict:
@@ -218,8 +222,7 @@ class _Step:
             return None  # PyTorch did not run this node (no leaf needed it)
         self.incoming[op.id] = flows
         torch_out = self.seen_out[op.id]
-        u = unit_roundoff(op.dtype)
-        bound = mine = None
+        local = mine = None
         if op.type in RULES and op.note is None:
             try:
                 local = _run(op, [None if g is None else self.wrap(g) for g in torch_in], scalar=self.scalar)
@@ -230,49 +233,59 @@ class _Step:
             except Exception as e:  # noqa: BLE001 - a rule that fails is a row note, never a crash
                 self.notes[op.id] = f"rule failed: {type(e).__name__}: {e}"
                 local = mine = None
-            if local is not None:
-                bound, mag_e = self._bounds(op, torch_in, flows, local, torch_out, u)
-                self.local[op.id] = (local, bound)
         elif op.type in RULES:
             self.notes[op.id] = op.note
         if mine is None:  # no rule: PyTorch's own gradients flow on, exactly what PyTorch has
             return [None if t is None or d is None else
                     Flow(self.wrap(t), np.zeros(np.shape(t)), np.abs(t), _u_of(op, i))
                     for i, (t, d) in enumerate(zip(torch_out, op.nexts))]
-        out = []
-        for i, m in enumerate(mine):
-            if m is None:
-                out.append(None)
-                continue
-            e = bound[i] + (mag_e[i] if mag_e is not None and mag_e[i] is not None else 0.0)
-            out.append(Flow(m, np.broadcast_to(e, np.shape(m)), np.abs(floats(m)), _u_of(op, i)))
-        return out
+        bound = self._bound(op, torch_in, local, torch_out)
+        self.local[op.id] = (local, bound)
+        carried = self._carried(op, flows, torch_in, mine, local)
+        return [None if m is None else
+                Flow(m, np.broadcast_to(bound[i] + carried[i], np.shape(m)), np.abs(floats(m)), _u_of(op, i))
+                for i, m in enumerate(mine)]
 
-    def _bounds(self, op, torch_in, flows, local, torch_out, u):
-        """(local bound per slot, M(E_in) per slot): see NOTE [bound]."""
-        saved = _mag_saved(op.saved)
+    def _carried(self, op, flows, torch_in, mine, local) -> list:
+        """|rule(d)| per slot, d = the mirror's incoming gradient minus PyTorch's (NOTE [bound]): by linearity
+        rule(G_mirror) - rule(G_torch); where d exceeds the incoming bound (a real disagreement upstream),
+        only its admissible part min(|d|, E_in) is carried, so the disagreement is not absorbed."""
+        ds, clipped = [], False
+        for f, t in zip(flows, torch_in):
+            if f is None or t is None:
+                ds.append(None if f is None else np.zeros(np.shape(f.e)))
+                continue
+            d = _difference(floats(f.g), t)
+            allowed = f.e + unit_roundoff(op.out_dtype) * np.abs(floats(f.g)) + UNDERFLOW.get(op.out_dtype, 0.0)
+            if np.any(np.abs(d) > allowed):
+                clipped, d = True, np.clip(d, -allowed, allowed)
+            ds.append(d)
+        with np.errstate(all="ignore"):
+            if not clipped:
+                return [0.0 if m is None else np.abs(_difference(floats(m), floats(c))) for m, c in zip(mine, local)]
+            try:
+                out = _run(op, ds)
+            except Exception:  # noqa: BLE001 - the disagreement is reported upstream; keep the bound only
+                return [0.0] * len(mine)
+            return [0.0 if o is None else np.abs(floats(o)) for o in out]
+
+    def _bound(self, op, torch_in, local, torch_out) -> list:
+        """Per slot: the bound B on PyTorch's rounding at this node, from one run on magnitudes."""
+        u = unit_roundoff(op.dtype)
         try:
-            mags = _run(op, [None if g is None else Mag.grad(g) for g in torch_in], MagCtx, saved)
-            e_in = [None if f is None else f.e for f in flows]
-            mag_e = None
-            if any(e is not None and np.any(e) for e in e_in):
-                mag_e = [None if x is None else x.m for x in _run(op, [None if e is None else Mag.grad(e)
-                                                                       for e in e_in], MagCtx, _mag_saved(op.saved))]
-            eta = UNDERFLOW.get(op.dtype, 0.0)
-            bound = [None if x is None else (gamma(x.n, u) + gamma(x.n, U64)) * x.m + x.n * eta for x in mags]
-            return bound, mag_e
+            mags = _run(op, [None if g is None else Mag.grad(g) for g in torch_in], MagCtx, _mag_saved(op.saved))
+            return [None if x is None else local_bound(x, op.dtype) for x in mags]
         except Exception as e:  # noqa: BLE001 - relative fallback, noted on the row
             self.notes[op.id] = f"bound: relative fallback ({type(e).__name__}: {e})"
-            g_rel = max((float(np.max(f.e / np.maximum(np.abs(floats(f.g)), 1e-300), initial=0.0))
-                         for f in flows if f is not None), default=0.0)
-            bound = []
-            for m, t in zip(local, torch_out):
-                if m is None or t is None:
-                    bound.append(None)
-                    continue
-                size = np.maximum(np.abs(floats(m)), np.abs(t))
-                bound.append(gamma(FALLBACK_UNITS, u) * size + g_rel * size)
-            return bound, None
+            return [None if m is None or t is None else
+                    gamma(FALLBACK_UNITS, u) * np.maximum(np.abs(floats(m)), np.abs(t))
+                    for m, t in zip(local, torch_out)]
+
+
+def _difference(m: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """m - t, with 0 where they are equal (equal infinities included)."""
+    with np.errstate(all="ignore"):
+        return np.where((m == t) | (np.isnan(m) & np.isnan(t)), 0.0, m - t)
 
 
 def _u_of(op: _Op, slot: int) -> float:
@@ -302,8 +315,8 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
         diff = np.where(same, 0.0, np.abs(r - t))
         diff = np.where(np.isnan(diff), np.inf, diff)
         b = np.zeros(t.shape) if bound is None else np.broadcast_to(bound, t.shape)
-        if dtype != "float64":
-            b = b + unit_roundoff(dtype) * np.abs(r)
+        if dtype != "float64":  # the mirror rounded to the graph's dtype: half an ulp, absolute near underflow
+            b = b + unit_roundoff(dtype) * np.maximum(np.abs(r), np.abs(m)) + UNDERFLOW.get(dtype, 0.0)
         b = np.where(np.isnan(b), np.inf, b)
         ok = bool(np.all(diff <= b))
         max_abs = float(np.max(diff, initial=0.0))
@@ -463,8 +476,7 @@ def _verdicts(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> list:
                               _compare(m, t, bounds[i], op.in_dtypes[i] or op.dtype))
             local = _merge(checks) or ("match", True, 0.0, 0.0)
         flows = step.incoming.get(nid) or []
-        out_dtype = tr.graph.nodes[nid]["dtype"] or op.dtype
-        e2e = _merge([_compare(f.g, t, f.e, out_dtype) for f, t in zip(flows, seen_in[nid])
+        e2e = _merge([_compare(f.g, t, f.e, op.out_dtype) for f, t in zip(flows, seen_in[nid])
                       if f is not None and t is not None])
         rows.append(_row(nid, op.type, op.name, "node", local, e2e, step.notes.get(nid), _largest(bounds or []),
                          _largest([f.e for f in flows if f is not None])))
