@@ -96,8 +96,9 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.to("cpu").numpy().copy()
 
 
-def _read_saved(fn, nid: str, slots: list) -> dict:
-    """Saved tensors as numpy arrays; a clear error when backward() freed them or they changed in place."""
+def _read_saved(fn, nid: str, slots: list, dtype: str) -> dict:
+    """Saved tensors as numpy arrays; a clear error when backward() freed them or they changed in place.
+    A Python number saved as a 0-d float64 tensor enters a `dtype` computation rounded to `dtype`."""
     out = {}
     for a in slots:
         try:
@@ -115,6 +116,8 @@ def _read_saved(fn, nid: str, slots: list) -> dict:
         if isinstance(v, tuple):
             out[a] = tuple(None if x is None else _np(x) for x in v)
         elif v is not None:
+            if v.ndim == 0 and v.dtype == torch.float64 and dtype in ("float32", "float16", "bfloat16"):
+                v = v.to(getattr(torch, dtype))
             out[a] = _np(v)
     return out
 
@@ -141,7 +144,7 @@ def _ops(tr, walk) -> dict:
         saved, note = {}, None
         if d["type"] in RULES:
             try:
-                saved = _read_saved(fn, nid, saved_names(fn, cache)[0])
+                saved = _read_saved(fn, nid, saved_names(fn, cache)[0], d["dtype"])
             except Unsupported as e:
                 note = str(e)
         ops[nid] = _Op(nid, d["type"], d.get("name"), nexts, in_shapes, in_dtypes, list(d["outputs"]),
@@ -243,7 +246,8 @@ class _Step:
         self.local[op.id] = (local, bound)
         carried = self._carried(op, flows, torch_in, mine, local)
         return [None if m is None else
-                Flow(m, np.broadcast_to(bound[i] + carried[i], np.shape(m)), np.abs(floats(m)), _u_of(op, i))
+                Flow(m, np.broadcast_to(bound[i] + carried[i] + _rounding(local[i], op.in_dtypes[i]), np.shape(m)),
+                     np.abs(floats(m)), _u_of(op, i))
                 for i, m in enumerate(mine)]
 
     def _carried(self, op, flows, torch_in, mine, local) -> list:
@@ -282,6 +286,13 @@ class _Step:
                     for m, t in zip(local, torch_out)]
 
 
+def _rounding(x, dtype) -> np.ndarray | float:
+    """What the local check allows for rounding the float64 mirror to `dtype` (also carried on)."""
+    if x is None or dtype in (None, "float64") or dtype not in UNDERFLOW:
+        return 0.0
+    return unit_roundoff(dtype) * np.abs(floats(x)) + UNDERFLOW[dtype]
+
+
 def _difference(m: np.ndarray, t: np.ndarray) -> np.ndarray:
     """m - t, with 0 where they are equal (equal infinities included)."""
     with np.errstate(all="ignore"):
@@ -315,8 +326,7 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
         diff = np.where(same, 0.0, np.abs(r - t))
         diff = np.where(np.isnan(diff), np.inf, diff)
         b = np.zeros(t.shape) if bound is None else np.broadcast_to(bound, t.shape)
-        if dtype != "float64":  # the mirror rounded to the graph's dtype: half an ulp, absolute near underflow
-            b = b + unit_roundoff(dtype) * np.maximum(np.abs(r), np.abs(m)) + UNDERFLOW.get(dtype, 0.0)
+        b = b + _rounding(np.maximum(np.abs(r), np.abs(m)), dtype)  # the mirror rounded to the graph's dtype
         b = np.where(np.isnan(b), np.inf, b)
         ok = bool(np.all(diff <= b))
         max_abs = float(np.max(diff, initial=0.0))
