@@ -211,7 +211,7 @@ def test_every_rule_runs_on_magnitudes_without_fallback():
         rep = lens.mirror(loss, params=params, mode="tensor")
         assert not [x for x in rep.rows if fallback(x)], name
         seen |= {x["type"] for x in rep.rows}
-    for build in (autocast_mlp, lambda: ((leaf := torch.randn(3, requires_grad=True)).double() ** 2).sum()):
+    for build in (autocast_mlp, lambda: (torch.randn(3, requires_grad=True).double() ** 2).sum()):
         out = build()
         loss, params = out if isinstance(out, tuple) else (out, None)
         rep = lens.mirror(loss, params=params)
