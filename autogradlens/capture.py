@@ -18,8 +18,14 @@ __all__ = ["capture", "to_numpy"]
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A float64 (or integer) numpy copy of `t`, detached and on the CPU."""
+    """A float64 (or integer, complex) numpy copy of `t`, detached, dense and on the CPU (NaN for a meta
+    tensor, which has no values)."""
     t = t.detach()
+    if t.device.type == "meta":
+        return np.full(tuple(t.shape), np.nan)
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    t = t.resolve_conj().resolve_neg()
     if t.is_floating_point():
         return t.to("cpu", torch.float64).numpy().copy()
     return t.to("cpu").numpy().copy()

@@ -122,6 +122,15 @@ def _read_saved(fn, nid: str, slots: list, dtype: str) -> dict:
     return out
 
 
+def _unreadable(d: dict) -> str | None:
+    """Why the gradients of a node (or leaf) cannot be checked, from its trace attributes, else None."""
+    if d["device"] == "meta":
+        return "a meta tensor (no values)"
+    if (d["dtype"] or "").startswith("complex"):
+        return "complex tensors"
+    return None
+
+
 def _lowest(dtypes) -> str:
     return max((d for d in dtypes if d in ("float64", "float32", "float16", "bfloat16")),
                key=unit_roundoff, default="float64")
@@ -141,8 +150,8 @@ def _ops(tr, walk) -> dict:
         in_shapes = [None if k is None else k["outputs"][nr] for k, (_, nr) in
                      ((k, x if x else (None, 0)) for k, x in zip(kids, nexts))]
         in_dtypes = [None if k is None else k["dtype"] for k in kids]
-        saved, note = {}, None
-        if d["type"] in RULES:
+        saved, note = {}, _unreadable(d)
+        if d["type"] in RULES and note is None:
             try:
                 saved = _read_saved(fn, nid, saved_names(fn, cache)[0], d["dtype"])
             except Unsupported as e:
@@ -236,7 +245,7 @@ class _Step:
             except Exception as e:  # noqa: BLE001 - a rule that fails is a row note, never a crash
                 self.notes[op.id] = f"rule failed: {type(e).__name__}: {e}"
                 local = mine = None
-        elif op.type in RULES:
+        elif op.note is not None:
             self.notes[op.id] = op.note
         if mine is None:  # no rule: PyTorch's own gradients flow on, exactly what PyTorch has
             return [None if t is None or d is None else
@@ -311,8 +320,10 @@ def _rounded(m: np.ndarray, dtype: str) -> np.ndarray:
     return torch.from_numpy(np.array(m, dtype=np.float64)).to(getattr(torch, dtype)).to(torch.float64).numpy()
 
 
-def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
+def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
     """(status, exact, max_abs, max_rel) of the mirror's `m` against PyTorch's `t`, within `bound`."""
+    if np.iscomplexobj(m) or np.iscomplexobj(t):
+        return None  # complex gradients are passed on, not checked
     m, t = floats(m), floats(t)
     if m.shape != t.shape:
         try:
@@ -486,17 +497,18 @@ def _verdicts(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> list:
                               _compare(m, t, bounds[i], op.in_dtypes[i] or op.dtype))
             local = _merge(checks) or ("match", True, 0.0, 0.0)
         flows = step.incoming.get(nid) or []
-        e2e = _merge([_compare(f.g, t, f.e, op.out_dtype) for f, t in zip(flows, seen_in[nid])
-                      if f is not None and t is not None])
-        rows.append(_row(nid, op.type, op.name, "node", local, e2e, step.notes.get(nid), _largest(bounds or []),
+        e2e = None if op.note else _merge([_compare(f.g, t, f.e, op.out_dtype) for f, t in zip(flows, seen_in[nid])
+                                          if f is not None and t is not None])
+        note = step.notes.get(nid) or (None if op.type in RULES else "no rule for this node type")
+        rows.append(_row(nid, op.type, op.name, "node", local, e2e, note, _largest(bounds or []),
                          _largest([f.e for f in flows if f is not None])))
     for nid in order:
         d = tr.graph.nodes[nid]
         if not d["is_leaf"]:
             continue
-        f, t = grads.get((nid, 0)), leaf_in.get(nid)
-        check = None if f is None or t is None else _compare(f.g, t, f.e, d["dtype"])
-        rows.append(_row(nid, "AccumulateGrad", d["param"], "leaf", check, check, None,
+        f, t, note = grads.get((nid, 0)), leaf_in.get(nid), _unreadable(d)
+        check = None if f is None or t is None or note else _compare(f.g, t, f.e, d["dtype"])
+        rows.append(_row(nid, "AccumulateGrad", d["param"], "leaf", check, check, note,
                          None if f is None else _largest([f.e]), None if f is None else _largest([f.e])))
     return rows
 
@@ -559,5 +571,6 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
             return step(op, incoming)
         grads = replay(order, ops, seeds, ticking)
     rows = _verdicts(tr, order, ops, step, seen_in, seen_out, leaf_in, grads)
-    mine = {r["name"]: floats(grads[(r["id"], 0)].g) for r in rows if r["kind"] == "leaf" and (r["id"], 0) in grads}
+    mine = {r["name"]: floats(grads[(r["id"], 0)].g) for r in rows
+            if r["kind"] == "leaf" and (r["id"], 0) in grads and not r["note"]}
     return MirrorReport(rows, tr, mode, _divergence(ops, rows), mine, reason)

@@ -209,6 +209,10 @@ def _not_saved_reason(ntype: str, slot: str) -> str:
 
 # ----------------------------------------------------------------------------- the graph
 
+def _has_storage(t: torch.Tensor) -> bool:
+    return t.layout == torch.strided and t.device.type != "meta"
+
+
 def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict, inter: dict) -> dict:
     """Every key of DESIGN §1 for one node; never raises (freed or stale saved tensors are states)."""
     t = _node_type(fn)
@@ -236,6 +240,11 @@ def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict, inter: 
                     not_saved.append({"name": sname, "reason": _not_saved_reason(t, sname)})
                     continue
                 sizes = attrs.get(f"{sname}_sym_sizes") if tensor is None else None
+                if tensor is not None and not _has_storage(tensor):  # sparse, meta: no storage to key
+                    slot = ledger.slot(nid, sname, None, state, fn, tuple(tensor.shape))
+                    slot.update(dtype=_dtype(tensor.dtype), device=_dtype(tensor.device), is_output=False)
+                    saved.append(slot)
+                    continue
                 saved.append(ledger.slot(nid, sname, tensor, state, fn, sizes))
         if "saved_tensors" in slots:  # a custom Function's ctx: its plain attributes
             attrs.update(_ctx_attrs(fn))
@@ -286,7 +295,7 @@ def _trace(root, params) -> tuple[Trace, _Walk]:
         else:
             names.setdefault(id(t), n)
     param_ptrs = {p.untyped_storage().data_ptr(): n for n, p in named
-                  if p.grad_fn is None and p.untyped_storage().nbytes()}
+                  if p.grad_fn is None and _has_storage(p) and p.untyped_storage().nbytes()}
     order, nexts = _walk(fns)
     ids = _assign_ids(order, names)
     g = nx.MultiDiGraph()
