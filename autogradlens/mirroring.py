@@ -46,7 +46,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from ._torch import is_freed, is_stale, saved_value
+from ._torch import is_freed, is_stale, saved_names, saved_value
 from .bounds import UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, unit_roundoff
 from .capture import capture
 from .errors import LensRuntimeError, LensValueError
@@ -138,7 +138,6 @@ def _lowest(dtypes) -> str:
 
 def _ops(tr, walk) -> dict:
     """Op node id -> _Op, for every node with a grad_fn (leaves are not ops)."""
-    from ._torch import saved_names
     g, cache, ops = tr.graph, {}, {}
     for fn, nf in zip(walk.order, walk.nexts):
         nid = walk.ids[fn]
