@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import networkx as nx
 import numpy as np
 import torch
 
@@ -192,6 +191,28 @@ def replay(order: list, ops: dict, seeds: dict, step) -> dict:
             if g is not None and dest is not None:
                 grads[dest] = g if dest not in grads else grads[dest] + g
     return grads
+
+
+def _consumers_first(order: list, nexts: list, ids: dict) -> list[str]:
+    """Node ids with every consumer before its producers: Kahn's algorithm over the walk's DFS order (the
+    earliest-walked ready node first), so rows read from the loss down, deterministically."""
+    pos = {fn: i for i, fn in enumerate(order)}
+    indeg = [0] * len(order)
+    for nf in nexts:
+        for f, _ in nf:
+            if f is not None:
+                indeg[pos[f]] += 1
+    ready, out = sorted((i for i, d in enumerate(indeg) if d == 0), reverse=True), []
+    while ready:
+        i = ready.pop()
+        out.append(ids[order[i]])
+        for f, _ in nexts[i]:
+            if f is not None:
+                j = pos[f]
+                indeg[j] -= 1
+                if indeg[j] == 0:
+                    ready.append(j)
+    return out
 
 
 # ----------------------------------------------------------------------------- one node: values and bounds
@@ -501,7 +522,7 @@ def _verdicts(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> list:
         note = step.notes.get(nid) or (None if op.type in RULES else "no rule for this node type")
         rows.append(_row(nid, op.type, op.name, "node", local, e2e, note, _largest(bounds or []),
                          _largest([f.e for f in flows if f is not None])))
-    for nid in order:
+    for nid in tr.graph:  # leaves in the order the trace walked them
         d = tr.graph.nodes[nid]
         if not d["is_leaf"]:
             continue
@@ -562,7 +583,7 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
         f = Flow((as_values if scalar else np.asarray)(np.ones(tuple(r.shape))), np.zeros(tuple(r.shape)),
                  np.ones(tuple(r.shape)), unit_roundoff(_dtype(r.dtype)))
         seeds[key] = f if key not in seeds else seeds[key] + f
-    order = list(nx.topological_sort(tr.graph))
+    order = _consumers_first(walk.order, walk.nexts, walk.ids)
     step = _Step(seen_in, seen_out, scalar)
     with running(len(ops), scalar) as tick:
         def ticking(op, incoming):

@@ -11,7 +11,7 @@ TUTORIALS = sorted((Path(__file__).parent.parent / "tutorials").glob("[0-9][0-9]
 
 
 def test_tutorials_exist_and_are_numbered():
-    assert [p.name[:2] for p in TUTORIALS] == [f"{i:02d}" for i in range(1, 10)]
+    assert [p.name[:2] for p in TUTORIALS] == [f"{i:02d}" for i in range(1, len(TUTORIALS) + 1)]
     for p in TUTORIALS:
         text = p.read_text()
         assert text.startswith("# %% [markdown]"), f"{p.name} is not a jupytext percent script"
