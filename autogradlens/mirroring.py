@@ -20,18 +20,24 @@ elementary function). With u the unit roundoff of the graph's dtype (2^-53 float
 float16, 2^-8 bfloat16; the lowest precision among the node's input and output dtypes, so autocast is
 covered) and gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of Numerical Algorithms, §3):
 
-- local: |mirror - torch| <= B = (gamma_n(u) + gamma_n(u_64)) * M(|G|) + n * eta
+- local: |mirror - torch| <= B = (gamma_n(u) + 3 gamma_n(u_64)) * M(|G|) + n * eta
   (PyTorch's rounding in the graph dtype plus the mirror's own in float64; eta = half the smallest
-  subnormal, for underflow). This is the dot-product bound |fl(x.y) - x.y| <= gamma_n |x|.|y|: it scales
-  with the terms, so a gradient that is mathematically 0 but made of large terms (a bias before a
-  normalisation) gets the allowance its terms deserve, while a product of small terms gets a small one.
-- end to end: the mirror's own gradient differs from PyTorch's by at most E, carried along the path:
-  E_out = M(E_in) + B (the rule is linear: rule(G_mirror) - rule(G_torch) = rule(G_mirror - G_torch),
-  whose size is at most M(|G_mirror - G_torch|) <= M(E_in); B is the rounding of this node), and where
-  gradients from several consumers are summed, E = sum(E_i) + u * sum(|g_i|) per addition. Roots start
-  exact (E = 0). A node without a rule passes PyTorch's own gradients on (E = 0 after it).
+  subnormal, for underflow). For float16/bfloat16, whose sums PyTorch accumulates in float32 (opmath),
+  gamma_n(u) becomes gamma_n(u_32) + gamma_r(u), r counting only the roundings to the dtype itself.
+  This is the dot-product bound |fl(x.y) - x.y| <= gamma_n |x|.|y|: it scales with the terms, so a
+  gradient that is mathematically 0 but made of large terms (a bias before a normalisation) gets the
+  allowance its terms deserve, while a product of small terms gets a small one.
+- end to end: the mirror's own gradient differs from PyTorch's by at most E, carried from the roots
+  (E = 0 there): E_out = |rule(d)| + B + (the local check's rounding allowance), with d = G_mirror - G_torch
+  the difference already present at the node. By linearity rule(d) = rule(G_mirror) - rule(G_torch), so
+  it is known exactly (no worst case: running M(E_in) instead would grow by about sqrt(K) per layer and
+  hide a 1e-3 change in a float32 ResNet). Where |d| exceeds the incoming E (a real disagreement, such as
+  a tensor hook), only its admissible part (d clipped to +-E) is carried, so the disagreement is not
+  absorbed and keeps showing below. Where gradients from several consumers are summed, E = sum(E_i) +
+  (u + u_64) * sum(|g_i|) + eta per addition. A node without a rule passes PyTorch's own gradients on
+  (E = 0 after it).
 - the float64 mirror is rounded to the graph dtype before it is compared (exact = bitwise equal after
-  that rounding, reported separately), which adds half an ulp: u * |mirror|.
+  that rounding, reported separately), which adds half an ulp: u * |mirror| + eta.
 - equal values match (equal infinities included), NaN matches NaN, anything else must be within the bound.
 
 Every quantity on the right is computed from the same data, in float64 arrays, in both modes.
