@@ -157,7 +157,8 @@ class Mag:
         return f"Mag(n={self.n}, m={self.m!r})"
 
     def _view(self, m, v) -> Mag:  # a view of self (shares the rounding count)
-        return Mag(m, v, box=self._n if np.may_share_memory(m, self.m) else [self.c])
+        base = self.m if self.m.base is None else self.m.base
+        return Mag(m, v, box=self._n if m is self.m or m.base is base else [self.c])
 
     def __getitem__(self, idx):
         idx = _values(idx)

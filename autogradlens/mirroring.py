@@ -45,6 +45,7 @@ Every quantity on the right is computed from the same data, in float64 arrays, i
 
 from __future__ import annotations
 
+import gc
 import math
 from typing import NamedTuple
 
@@ -574,6 +575,16 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
     """
     if mode not in ("auto", "scalar", "tensor"):
         raise LensValueError(f"mode must be 'auto', 'scalar' or 'tensor', got {mode!r}")
+    was = gc.isenabled()
+    gc.disable()  # thousands of short-lived arrays, no cycles: a collection would only rescan the heap
+    try:
+        return _mirror(root, params, mode, backward)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _mirror(root, params, mode: str, backward: bool) -> MirrorReport:
     tr, walk = _trace(root, params)  # one walk: the report's graph and the live nodes
     ops = _ops(tr, walk)
     mode, reason = choose_mode(mode, scalar_cost(list(ops.values())))

@@ -1,6 +1,6 @@
 """Time `lens.mirror` (tensor mode) against one forward + backward, on a few small models.
 
-    python benchmarks/bench_mirror.py        # medians of 7 runs each; compare two checkouts by running both
+    python benchmarks/bench_mirror.py        # medians of 7 runs of CPU time (robust to a loaded machine); compare two checkouts by running both
 """
 
 from __future__ import annotations
@@ -54,14 +54,14 @@ def main():
     for name, build in [("mlp", mlp), ("cnn", cnn), ("gpt", gpt), ("makemore", makemore_net)]:
         f, params = build()
         fb, mir = [], []
-        for _ in range(7):
-            t0 = time.perf_counter()
+        for _ in range(15):
+            t0 = time.process_time()
             f().backward()
-            fb.append(time.perf_counter() - t0)
+            fb.append(time.process_time() - t0)
             loss = f()
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             lens.mirror(loss, params=params, mode="tensor")
-            mir.append(time.perf_counter() - t0)
+            mir.append(time.process_time() - t0)
         a, b = statistics.median(fb), statistics.median(mir)
         print(f"{name:10s} {a * 1e3:10.2f} {b * 1e3:10.2f} {b / a:6.1f}", flush=True)
 
