@@ -1,6 +1,7 @@
 """Time `lens.mirror` (tensor mode) against one forward + backward, on a few small models.
 
-    python benchmarks/bench_mirror.py        # medians of 7 runs of CPU time (robust to a loaded machine); compare two checkouts by running both
+    python benchmarks/bench_mirror.py   # medians of 15 runs of CPU time (robust to a loaded machine);
+                                         # compare two checkouts by running it in both
 """
 
 from __future__ import annotations

@@ -305,3 +305,19 @@ def test_named_intermediates_give_the_lectures_cmp_table():
     text = rep.to_text()
     assert "dbnvar_inv (end to end)" in text and "\nhprebn " in text and rep.mode_reason in text
     assert rep.trace.graph.nodes[rows["h"]["id"]]["name"] == "h"
+
+
+def test_retained_tensors_of_a_big_graph_are_found_by_the_full_scan():
+    from types import SimpleNamespace
+
+    from autogradlens.capture import FULL_SCAN_NODES
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    box = SimpleNamespace()  # an attribute: not a frame variable, nor in a dict/list/tuple the scan opens
+    h = x
+    for i in range(FULL_SCAN_NODES):
+        h = torch.tanh(h) * 1.01
+        if i == 3:
+            h.retain_grad()
+            box.t = h
+    rep = lens.mirror(h.sum(), params={"x": x})
+    assert rep.ok and box.t.grad is None and x.grad is None
