@@ -9,8 +9,22 @@ from __future__ import annotations
 
 import torch
 
-# PyTorch's error texts we recognise (matched as substrings).
-STALE_TEXT = "modified by an inplace operation"
+# PyTorch's error texts we recognise (matched as substrings; tests/test_torch_contract.py provokes each).
+STALE_TEXT = "modified by an inplace operation"           # a saved tensor changed in place after it was saved
+FREED_TEXTS = ("freed", "second time")                    # saved tensors released by backward()
+CHECKPOINT_TEXT = "incompatible with .grad()"             # reentrant checkpoint refuses torch.autograd.grad
+
+
+def is_stale(err: BaseException) -> bool:
+    return STALE_TEXT in str(err)
+
+
+def is_freed(err: BaseException) -> bool:
+    return any(t in str(err) for t in FREED_TEXTS)
+
+
+def is_checkpoint_refusal(err: BaseException) -> bool:
+    return CHECKPOINT_TEXT in str(err)
 
 
 # ----------------------------------------------------------------------------- graph reading (trace, mirror)
@@ -38,7 +52,7 @@ def saved_names(fn, cache: dict) -> tuple[list, list]:
     raw = {a[len("_raw_saved_"):] for a in names if a.startswith("_raw_saved_")}
     slots = [a[len("_saved_"):] for a in names if a.startswith("_saved_") and a[len("_saved_"):] in raw]
     other = [a[len("_saved_"):] for a in names if a.startswith("_saved_") and a[len("_saved_"):] not in raw]
-    if hasattr(fn, "_raw_saved_tensors"):  # custom Function / compiled region (a ctx object)
+    if isinstance(fn, torch.autograd.function.BackwardCFunction):  # custom Function / compiled region (a ctx)
         slots.append("saved_tensors")
     res = (slots, other)
     if t.__module__ == "builtins" or "torch._C" in t.__module__:
@@ -46,37 +60,52 @@ def saved_names(fn, cache: dict) -> tuple[list, list]:
     return res
 
 
-def read_slot(fn, name: str):
-    """-> list of (slot name, tensor|None, state, reason) for one `_saved_<name>` field."""
+def saved_attr(fn, name: str):
+    """A non-tensor saved value (`_saved_<name>`): ints, floats, tuples, strings. Readable after backward."""
+    return getattr(fn, "_saved_" + name)
+
+
+def saved_value(fn, name: str):
+    """The saved tensor (or tuple of tensors/None) `name` of node `fn`; raises PyTorch's RuntimeError when it was
+    freed by backward() or changed in place (tell them apart with `is_freed` / `is_stale`)."""
     if name == "saved_tensors":
-        raws = fn._raw_saved_tensors
-        try:
-            vals = fn.saved_tensors
-            return [(f"saved_tensors[{i}]", v, "live", None) for i, v in enumerate(vals)]
-        except RuntimeError as e:
-            return _unreadable([f"saved_tensors[{i}]" for i in range(len(raws))], raws, e)
+        return tuple(fn.saved_tensors)
+    return getattr(fn, "_saved_" + name)
+
+
+def read_slot(fn, name: str):
+    """-> list of (slot name, tensor|None, state, reason) for one `_saved_<name>` field. Never raises."""
     try:
-        v = getattr(fn, "_saved_" + name)
+        v = saved_value(fn, name)
     except RuntimeError as e:
-        raw = getattr(fn, "_raw_saved_" + name)
-        if isinstance(raw, tuple):
-            return _unreadable([f"{name}[{i}]" for i in range(len(raw))], raw, e)
-        return _unreadable([name], [raw], e)
+        return _unreadable(fn, name, e)
+    if name == "saved_tensors":
+        return [(f"saved_tensors[{i}]", x, "live", None if x is not None else "none") for i, x in enumerate(v)]
     if isinstance(v, tuple):
         return [(f"{name}[{i}]", x, "live", None if x is not None else "none") for i, x in enumerate(v)]
     return [(name, v, "live", None if v is not None else "none")]
 
 
-def _unreadable(names, raws, err):
-    msg = str(err)
-    state = "stale" if STALE_TEXT in msg else "freed"
+def _unreadable(fn, name, err):
+    state = "stale" if is_stale(err) else "freed"
+    try:  # the SavedTensor handles: how many slots, and (for a stale one) its data
+        raw = getattr(fn, "_raw_saved_" + name.removeprefix("saved_"))
+    except (RuntimeError, AttributeError):  # IndexBackward0, custom Functions: released with the values
+        raw = None
+    if isinstance(raw, (tuple, list)):
+        names, raws = [f"{name}[{i}]" for i in range(len(raw))], list(raw)
+    else:
+        names, raws = ([f"{name}[0]"] if name == "saved_tensors" else [name]), [raw]
     out = []
     for n, r in zip(names, raws):
-        data = getattr(r, "data", None) if r is not None else None
-        out.append((n, data if state == "stale" else None, state, None))
+        data = None
+        if state == "stale" and r is not None:
+            try:
+                data = r.data
+            except RuntimeError:
+                data = None
+        out.append((n, data, state, None))
     return out
-
-
 
 
 # ----------------------------------------------------------------------------- storages (trace's ledger)

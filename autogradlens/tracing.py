@@ -3,7 +3,8 @@
 Schema (documented once, consumed by render, mirror, watch and diff):
 
 node id   "<Type>:<k>" (k counts nodes of that type in walk order) or "param:<name>" for named leaves
-node      type, is_leaf, param, shape, dtype, device, saved, attrs, seq, is_root, module, grad
+node      type, is_leaf, param, name, shape, dtype, device, saved, attrs, seq, is_root, module, grad
+          (name: the leaf's parameter name, or the `params` name of the intermediate tensor the node made)
           (seq: autograd sequence number counted from the graph's first node; forward creation order)
           + outputs (shape per forward output), not_saved (slots that hold None, with the reason)
 saved     name, shape, dtype, device, nbytes, storage, storage_nbytes, is_output, alias, state, version,
@@ -22,10 +23,10 @@ import networkx as nx
 import torch
 
 from ._files import depth, dumps, loads, numbers
-from ._torch import input_metadata, read_slot, saved_names, sequence_nr, storage_of, version
+from ._torch import input_metadata, read_slot, saved_attr, saved_names, sequence_nr, storage_of, version
 from .attribution import infer_modules, module_of
 from .capture import capture
-from .errors import LensRuntimeError, LensValueError
+from .errors import LensRuntimeError, LensTypeError, LensValueError
 from .render import Drawable, trace_spec
 from .render import to_text as _to_text
 from .valuegraph import is_value, trace_value
@@ -81,7 +82,7 @@ def _assign_ids(order: list, names: dict[int, str]) -> dict:
 
 
 def _named(params) -> list[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs from a module, mapping or iterable of pairs."""
+    """(name, tensor) pairs from a module, mapping or iterable of pairs; one name never covers two tensors."""
     if params is None:
         return []
     if isinstance(params, torch.nn.Module):
@@ -91,36 +92,43 @@ def _named(params) -> list[tuple[str, torch.Tensor]]:
     elif isinstance(params, Iterable) and not isinstance(params, (str, torch.Tensor)):
         pairs = params
     else:
-        raise TypeError(f"params must be an nn.Module, a mapping name -> tensor or (name, tensor) pairs, "
-                        f"got {type(params).__name__}")
-    out = []
+        raise LensTypeError(f"params must be an nn.Module, a mapping name -> tensor or (name, tensor) pairs, "
+                            f"got {type(params).__name__}")
+    out, seen = [], {}
     for item in pairs:
         try:
             name, t = item
         except (TypeError, ValueError):
-            raise TypeError(f"params entries must be (name, tensor) pairs, got {item!r:.60}") from None
+            raise LensTypeError(f"params entries must be (name, tensor) pairs, got {item!r:.60}") from None
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"params[{name!r}] is a {type(t).__name__}, expected a tensor")
-        out.append((str(name), t))
+            raise LensTypeError(f"params[{name!r}] is a {type(t).__name__}, expected a tensor")
+        name = str(name)
+        if name in seen:
+            if seen[name] is not t:
+                raise LensValueError(f"params names two different tensors {name!r}: give each tensor its own name")
+            continue
+        seen[name] = t
+        out.append((name, t))
     return out
 
 
 def _roots(root) -> list:
+    """The distinct grad_fns of the root tensor(s), in order of first appearance."""
     tensors = list(root) if isinstance(root, (list, tuple)) else [root]
     if not tensors:
-        raise ValueError("nothing to trace: got an empty list of roots")
+        raise LensValueError("nothing to trace: got an empty list of roots; pass the loss tensor")
     fns = []
     for i, t in enumerate(tensors):
         where = f"root[{i}]" if isinstance(root, (list, tuple)) else "root"
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{where} must be a torch.Tensor with a grad_fn (usually the loss), "
-                            f"got {type(t).__name__}")
+            raise LensTypeError(f"{where} must be a torch.Tensor with a grad_fn (usually the loss), "
+                                f"got {type(t).__name__}")
         if not t.requires_grad:
-            raise ValueError(f"nothing to trace: {where} does not require grad (was it created under "
-                             "torch.no_grad() or from tensors without requires_grad=True?)")
+            raise LensValueError(f"nothing to trace: {where} does not require grad (was it created under "
+                                 "torch.no_grad() or from tensors without requires_grad=True?)")
         if t.grad_fn is None:
-            raise ValueError(f"a leaf has no graph: {where} is a leaf tensor {tuple(t.shape)}; "
-                             "trace the loss computed from it instead")
+            raise LensValueError(f"a leaf has no graph: {where} is a leaf tensor {tuple(t.shape)}; "
+                                 "trace the loss computed from it instead")
         if t.grad_fn not in fns:
             fns.append(t.grad_fn)
     return fns
@@ -217,24 +225,25 @@ def _not_saved_reason(ntype: str, slot: str) -> str:
 
 # ----------------------------------------------------------------------------- the graph
 
-def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict) -> dict:
+def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict, inter: dict) -> dict:
+    """Every key of DESIGN §1 for one node; never raises (freed or stale saved tensors are states)."""
     t = _node_type(fn)
     saved, not_saved, attrs = [], [], {}
     if t == "AccumulateGrad":
         var = fn.variable
         shapes = [tuple(var.shape)]
         dtype, device, seq = _dtype(var.dtype), _dtype(var.device), None
-        param = names.get(id(var))
+        param = name = names.get(id(var))
     else:
         meta = input_metadata(fn)
         shapes = [tuple(m.shape) for m in meta]
         dtype = _dtype(meta[0].dtype) if meta else None
         device = _dtype(meta[0].device) if meta else None
-        seq, param = sequence_nr(fn), None
+        seq, param, name = sequence_nr(fn), None, inter.get(fn)
         slots, other = saved_names(fn, cache)
         for a in other:
             try:
-                attrs[a] = _decode_attr(a, getattr(fn, "_saved_" + a))
+                attrs[a] = _decode_attr(a, saved_attr(fn, a))
             except RuntimeError:
                 attrs[a] = "<freed>"
         for a in slots:
@@ -244,9 +253,9 @@ def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict) -> dict
                     continue
                 sizes = attrs.get(f"{sname}_sym_sizes") if tensor is None else None
                 saved.append(ledger.slot(nid, sname, tensor, state, fn, sizes))
-        if hasattr(fn, "_raw_saved_tensors"):
+        if "saved_tensors" in slots:  # a custom Function's ctx: its plain attributes
             attrs.update(_ctx_attrs(fn))
-    return {"type": t, "is_leaf": t == "AccumulateGrad", "param": param,
+    return {"type": t, "is_leaf": t == "AccumulateGrad", "param": param, "name": name,
             "shape": shapes[0] if shapes else None, "dtype": dtype, "device": device,
             "saved": saved, "attrs": attrs, "seq": seq, "is_root": False,
             "module": None if t == "AccumulateGrad" else module_of(fn),
@@ -257,10 +266,13 @@ def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict) -> dict
 def trace(root, *, params=None, grads: bool = False) -> Trace:
     """Trace the autograd graph behind `root` into a :class:`Trace`.
 
-    `root` is a tensor with a ``grad_fn`` (usually the loss) or a list of them. `params` names the
-    leaves: an ``nn.Module``, a mapping name -> tensor, or ``(name, tensor)`` pairs. With ``grads=True``
-    one backward pass records on each node the gradient flowing into it (``grad``: norm, abs_max, mean,
-    values when it has at most 8 elements); every ``.grad`` is left as it was.
+    `root` is a tensor with a ``grad_fn`` (usually the loss) or a list of them. `params` names tensors:
+    an ``nn.Module``, a mapping name -> tensor, or ``(name, tensor)`` pairs. A named leaf becomes node
+    ``param:<name>``; a named intermediate (``logprobs``, ``h``, ...) gives its producing node ``name``.
+    Works before and after ``backward()``: freed saved tensors are reported with state ``freed``.
+
+    With ``grads=True`` one backward pass records on each node the gradient flowing into it (``grad``:
+    norm, abs_max, mean, values when it has at most 8 elements); every ``.grad`` is left as it was.
 
     `root` may also be a micrograd-style scalar (a ``lens.Value`` or anything with ``data``, ``grad``,
     ``_prev``, ``_op``): then each node is one value with ``data``, ``grad``, ``label``, and the picture
@@ -351,15 +363,20 @@ class _Walk(NamedTuple):
     nexts: list
     ids: dict
     names: dict
+    named: list  # the (name, tensor) pairs of `params`, leaves and intermediates
 
 
 def _trace(root, params) -> tuple[Trace, _Walk]:
     fns = _roots(root)
     named = _named(params)
-    names: dict[int, str] = {}  # id(tensor) -> name, for this call only (never stored)
+    names: dict[int, str] = {}  # id(leaf tensor) -> name, for this call only (never stored)
+    inter: dict = {}  # grad_fn -> name of the intermediate tensor it produced (params may name non-leaves)
     for n, t in named:
-        names.setdefault(id(t), n)
-    param_ptrs = {ptr: n for n, p in named for ptr, snb, _ in [storage_of(p)] if snb}
+        if t.grad_fn is not None:
+            inter.setdefault(t.grad_fn, n)
+        else:
+            names.setdefault(id(t), n)
+    param_ptrs = {ptr: n for n, p in named if p.grad_fn is None for ptr, snb, _ in [storage_of(p)] if snb}
     order, nexts = _walk(fns)
     ids = _assign_ids(order, names)
     g = nx.MultiDiGraph()
@@ -367,7 +384,7 @@ def _trace(root, params) -> tuple[Trace, _Walk]:
     gc_was = gc.isenabled()
     gc.disable()  # many small dicts and no cycles: the collector would only rescan them
     try:
-        g.add_nodes_from((ids[fn], _node_attrs(fn, ids[fn], ledger, cache, names)) for fn in order)
+        g.add_nodes_from((ids[fn], _node_attrs(fn, ids[fn], ledger, cache, names, inter)) for fn in order)
         g.add_edges_from((ids[fn], ids[f], slot, {"input_nr": nr, "slot": slot})
                          for fn, nf in zip(order, nexts) for slot, (f, nr) in enumerate(nf) if f is not None)
     finally:
@@ -383,7 +400,7 @@ def _trace(root, params) -> tuple[Trace, _Walk]:
     for r in root_ids:
         g.nodes[r]["is_root"] = True
     t = Trace(g, root_ids[0] if not isinstance(root, (list, tuple)) else root_ids)
-    return t, _Walk(fns, order, nexts, ids, names)
+    return t, _Walk(fns, order, nexts, ids, names, named)
 
 
 class Trace(Drawable):

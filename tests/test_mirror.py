@@ -10,6 +10,7 @@ from models import MODELS
 
 import autogradlens as lens
 from autogradlens import rules
+from autogradlens.errors import LensRuntimeError, LensValueError
 from autogradlens.scalar import SCALAR_LIMIT
 
 
@@ -208,3 +209,115 @@ def test_exact_is_reported_separately_from_approximate():
     w = next(r for r in rep.rows if r["name"] == "weight")
     assert w["status"] == "match" and not w["exact"] and 0 < w["max_rel"] < 1e-13
     assert np.isfinite(w["max_abs"])
+
+
+# ----------------------------------------------------------------------------- never crash, never touch .grad
+
+def test_mirror_after_backward_says_what_to_do():
+    loss, m = MODELS["mlp_ce"]()
+    loss.backward()
+    with pytest.raises(LensRuntimeError, match=r"before loss.backward\(\), or backward\(retain_graph=True\)"):
+        lens.mirror(loss, params=m)
+
+
+def test_reentrant_checkpoint_is_mirrored_and_grad_untouched():
+    from torch.utils.checkpoint import checkpoint
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    head = nn.Linear(2, 1).double()
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    loss = head(checkpoint(body, x, use_reentrant=True)).pow(2).sum()
+    params = {**dict(body.named_parameters()), **{"head." + n: p for n, p in head.named_parameters()}, "x": x}
+    rep = lens.mirror(loss, params=params)
+    assert rep.ok and rep.unmirrored == ["CheckpointFunctionBackward"]
+    assert {r["name"] for r in rep.rows if r["kind"] == "leaf" and r["status"] == "match"} >= {"head.weight", "x"}
+    assert all(p.grad is None for p in params.values())  # also the checkpointed body's, outside the graph
+    loss.backward()  # the user's own backward still works, once
+    assert body[0].weight.grad is not None
+
+
+def test_sparse_complex_and_meta_nodes_are_unmirrored_with_a_note():
+    z = torch.randn(3, dtype=torch.complex128, requires_grad=True)
+    rep = lens.mirror((z * z.conj()).real.sum(), params={"z": z}, mode="tensor")
+    assert rep.ok and any(r["note"] == "complex tensors" for r in rep.rows if r["status"] == "unmirrored")
+    s = torch.eye(4, dtype=torch.float64).to_sparse().requires_grad_()
+    w = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    rep = lens.mirror(torch.sparse.mm(s, w).tanh().sum(), params={"w": w, "s": s})
+    assert rep.ok and rep.unmirrored == ["SparseAddmmBackward0"]
+    emb = nn.Embedding(10, 3, sparse=True).double()
+    assert lens.mirror(emb(torch.tensor([1, 2, 2])).pow(2).sum(), params=emb).ok
+    m = torch.randn(3, 2, device="meta", requires_grad=True)
+    rep = lens.mirror((m.tanh() * 2).sum(), params={"m": m})
+    assert rep.ok and {r["status"] for r in rep.rows} == {"unmirrored"}
+    assert {r["note"] for r in rep.rows} == {"a meta tensor (no values)"}
+
+
+def test_a_rule_that_raises_is_a_note_not_a_crash():
+    orig = rules.RULES["TanhBackward0"]
+    rules.RULES["TanhBackward0"] = lambda c: (c.g[99],)
+    try:
+        x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+        rep = lens.mirror(x.tanh().sum(), params={"x": x})
+    finally:
+        rules.RULES["TanhBackward0"] = orig
+    row = next(r for r in rep.rows if r["type"] == "TanhBackward0")
+    assert row["status"] == "unmirrored" and row["note"].startswith("rule failed: IndexError")
+    assert rep.ok
+
+
+def test_retained_intermediates_keep_their_grad_and_a_later_backward_is_unchanged():
+    from autogradlens.examples import MAKEMORE_NAMES, makemore
+    loss, names = makemore(retain_grad=True)
+    rep = lens.mirror(loss, params=names)
+    assert rep.ok
+    assert sum(names[k].retains_grad for k in MAKEMORE_NAMES) == 19
+    assert all(names[k].grad is None for k in names)
+    loss.backward()
+    loss2, names2 = makemore(retain_grad=True)
+    loss2.backward()
+    for k in names:
+        assert torch.equal(names[k].grad, names2[k].grad), k
+    # retained but not named: found on the graph all the same
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    h = x.tanh()
+    h.retain_grad()
+    lens.mirror((h * h).sum(), params={"x": x})
+    assert h.grad is None
+
+
+def test_one_name_for_two_tensors_is_a_value_error():
+    a, b = torch.randn(2, requires_grad=True), torch.randn(2, requires_grad=True)
+    loss = (a * b).sum()
+    with pytest.raises(LensValueError, match="'w'"):
+        lens.mirror(loss, params=[("w", a), ("w", b)])
+    assert lens.mirror(loss, params=[("w", a), ("w", a), ("b", b)]).ok  # the same tensor twice is fine
+
+
+def test_named_intermediates_give_the_lectures_cmp_table():
+    from autogradlens.examples import MAKEMORE_NAMES, makemore
+    loss, names = makemore()
+    rep = lens.mirror(loss, params=names)
+    rows = {r["name"]: r for r in rep.rows}
+    assert set(MAKEMORE_NAMES) <= set(rows)
+    assert rows["logprobs"]["type"] == "LogBackward0" and rows["emb"]["type"] == "IndexBackward0"
+    assert all(rows[k]["e2e_status"] == "match" for k in MAKEMORE_NAMES)
+    assert rows["logprobs"]["e2e_exact"]  # dlogprobs: -1/n at the targets, bit for bit
+    text = rep.to_text()
+    assert "dbnvar_inv (end to end)" in text and "\nhprebn " in text and rep.mode_reason in text
+    assert rep.trace.graph.nodes[rows["h"]["id"]]["name"] == "h"
+
+
+def test_retained_tensors_of_a_big_graph_are_found_by_the_full_scan():
+    from types import SimpleNamespace
+
+    from autogradlens.capture import FULL_SCAN_NODES
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    box = SimpleNamespace()  # an attribute: not a frame variable, nor in a dict/list/tuple the scan opens
+    h = x
+    for i in range(FULL_SCAN_NODES):
+        h = torch.tanh(h) * 1.01
+        if i == 3:
+            h.retain_grad()
+            box.t = h
+    rep = lens.mirror(h.sum(), params={"x": x})
+    assert rep.ok and box.t.grad is None and x.grad is None

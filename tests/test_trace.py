@@ -254,3 +254,49 @@ def test_summary_and_repr():
     assert s["saved_tensors"] == 8 and s["saved_storages"] == 6
     assert repr(t).startswith("<Trace 11 nodes, root NllLossBackward0:0")
     assert str(t) == t.to_text()
+
+
+# ----------------------------------------------------------------------------- after backward, names
+
+def _after_backward_graphs():
+    from models import Cube
+    from torch.utils.checkpoint import checkpoint
+
+    from autogradlens.examples import makemore
+    yield "makemore (IndexBackward0)", *makemore()
+    w = torch.randn(3, requires_grad=True)
+    yield "custom Function", Cube.apply(w, 2.0).sum(), {"w": w}
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    yield "reentrant checkpoint", checkpoint(m, torch.randn(5, 3, requires_grad=True), use_reentrant=True).sum(), m
+    c = torch.compile(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), backend="aot_eager")
+    yield "torch.compile (aot_eager)", c(torch.randn(5, 3)).pow(2).sum(), c
+
+
+def test_trace_after_backward_reports_every_slot_freed_and_never_raises():
+    for what, loss, params in _after_backward_graphs():
+        before = lens.trace(loss, params=params).summary()
+        loss.backward()
+        t = lens.trace(loss, params=params)
+        states = [s["state"] for _, d in t.graph.nodes(data=True) for s in d["saved"]]
+        assert states and set(states) == {"freed"}, what
+        assert t.summary()["nodes"] == before["nodes"], what
+
+
+def test_params_name_intermediates_and_every_node_has_a_name_key():
+    from autogradlens.examples import MAKEMORE_NAMES, makemore
+    loss, names = makemore()
+    g = lens.trace(loss, params=names).graph
+    named = {d["name"]: d for _, d in g.nodes(data=True) if d["name"] is not None}
+    assert set(MAKEMORE_NAMES) | {"C", "W1", "b1", "W2", "b2", "bngain", "bnbias"} == set(named)
+    assert named["logprobs"]["type"] == "LogBackward0" and named["h"]["type"] == "TanhBackward0"
+    assert named["W1"]["is_leaf"] and named["W1"]["param"] == "W1" and named["h"]["param"] is None
+    assert "param:W1" in g and all("name" in d for _, d in g.nodes(data=True))
+    assert lens.Trace.from_json(lens.trace(loss, params=names).to_json()).graph.nodes["param:C"]["name"] == "C"
+
+
+def test_two_tensors_under_one_name_are_refused():
+    a, b = torch.randn(2, requires_grad=True), torch.randn(2, requires_grad=True)
+    with pytest.raises(ValueError, match="two different tensors 'a'"):
+        lens.trace((a * b).sum(), params=[("a", a), ("a", b)])
+    with pytest.raises(TypeError):
+        lens.trace((a * b).sum(), params=[("a", 3.0)])

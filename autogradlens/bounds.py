@@ -1,0 +1,417 @@
+"""Rounding-error bounds for the mirror: each backward rule evaluated once more, on magnitudes.
+
+A rule is linear in its incoming gradient G and is written with numpy operations. Run on a :class:`Mag`
+instead of an array, the same code computes, for every output element, M = the sum of the absolute values
+of the terms the rule adds up (the classic dot-product bound |fl(x.y) - x.y| <= gamma_n |x|.|y|), and n =
+how many roundings a result can have gone through. A ``Mag`` holds
+
+- ``m``: magnitudes (a float64 array): ``a - b`` gives |a| + |b|, ``a * b`` gives |a| |b|, a sum of k
+  terms the sum of their magnitudes, a matrix product |A| @ |B|;
+- ``v``: the values, for quantities computed from saved tensors only (the rule's coefficients: ``1 - y*y``,
+  ``x - mean``), so that comparisons, ``where`` and elementary functions see real numbers; None for anything
+  that depends on G (a rule never branches on G or applies exp to it: it is linear in G);
+- ``n``: a count of roundings per element (the largest over the array): +1 per addition or multiplication,
+  + k - 1 for a sum of k terms, + K for a length-K dot product, + ``ELEMENTARY_UNITS`` for exp/log/tanh/...
+
+Conventions for rule authors (rules.py): use numpy functions and operators only (``np.where``, ``np.einsum``,
+``np.add.at``, ``.sum(axis=...)``, slicing and slice assignment, ``c.zeros(shape)`` for buffers); never turn G
+into Python floats or branch on its values; elementwise functions of saved tensors may be anything (unknown
+numpy functions of coefficients run on their values). A rule that cannot run on a ``Mag`` makes the mirror
+fall back to a relative bound for that node (noted on its row); tests/test_verdicts.py checks every rule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .rules import Ctx
+
+__all__ = ["Mag", "MagCtx", "gamma", "local_bound", "unit_roundoff"]
+
+# Unit roundoff u = eps / 2 (half the distance from 1 to the next float) per dtype, and the smallest
+# subnormal / 2: the absolute error one rounding may add near underflow (fl(x op y) = (x op y)(1 + d) + e).
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+UNDERFLOW = {"float64": 2.0**-1075, "float32": 2.0**-150, "float16": 2.0**-25, "bfloat16": 2.0**-134}
+# An elementary function (exp, log, tanh, sqrt, erf, ...) from libm or PyTorch's vectorised kernels: within
+# 2 ulp = 4 unit roundoffs, plus the propagated error of its argument (first order, |f'(x)| * error of x).
+ELEMENTARY_UNITS = 4
+
+
+# PyTorch accumulates sums and products of half-precision tensors in float32 (its "opmath" type): a sum of
+# k bfloat16 terms rounds k - 1 times in float32 and once in bfloat16.
+OPMATH = {"bfloat16": "float32", "float16": "float32"}
+
+
+def unit_roundoff(dtype: str) -> float:
+    return UNIT_ROUNDOFF.get(dtype, UNIT_ROUNDOFF["float32"])
+
+
+def local_bound(x: Mag, dtype: str) -> np.ndarray:
+    """B = (gamma_n(u_opmath) + gamma_r(u_dtype) + 3 gamma_n(u_64)) * M + n * eta: PyTorch's rounding of a
+    rule's result in `dtype`, plus the float64 mirror's own (two runs and their difference)."""
+    u, n, r = unit_roundoff(dtype), x.n, x.r
+    acc = gamma(n, unit_roundoff(OPMATH[dtype])) + gamma(r, u) if dtype in OPMATH else gamma(n, u)
+    return (acc + 3 * gamma(n, UNIT_ROUNDOFF["float64"])) * x.m + n * UNDERFLOW.get(dtype, 0.0)
+
+
+def gamma(n: int, u: float) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the relative error bound of n roundings."""
+    nu = n * u
+    return nu / (1 - nu) if nu < 1 else math.inf
+
+
+_DERIV = {  # elementwise functions: derivative from (x, f(x)), for the propagated error of the argument
+    np.exp: lambda x, r: r, np.expm1: lambda x, r: r + 1, np.log: lambda x, r: 1 / x,
+    np.log1p: lambda x, r: 1 / (1 + x), np.log2: lambda x, r: 1 / (x * math.log(2)),
+    np.log10: lambda x, r: 1 / (x * math.log(10)), np.sqrt: lambda x, r: 0.5 / r,
+    np.tanh: lambda x, r: 1 - r * r, np.sin: lambda x, r: np.cos(x), np.cos: lambda x, r: np.sin(x),
+    np.tan: lambda x, r: 1 + r * r, np.arctan: lambda x, r: 1 / (1 + x * x), np.sinh: lambda x, r: np.cosh(x),
+    np.cosh: lambda x, r: np.sinh(x), np.reciprocal: lambda x, r: r * r, np.cbrt: lambda x, r: r / (3 * x),
+    np.exp2: lambda x, r: r * math.log(2),
+}
+_PLAIN = {np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.not_equal, np.logical_and,
+          np.logical_or, np.logical_not, np.logical_xor, np.isnan, np.isinf, np.isfinite, np.signbit}
+_EXACT = {np.sign, np.floor, np.ceil, np.rint, np.trunc}
+_STRUCT = {np.reshape, np.transpose, np.swapaxes, np.moveaxis, np.expand_dims, np.squeeze, np.broadcast_to,
+           np.flip, np.concatenate, np.stack, np.split, np.array_split, np.pad, np.take, np.take_along_axis,
+           np.copy, np.ravel, np.tile, np.repeat, np.roll, np.diagonal, np.tril, np.triu, np.atleast_1d,
+           np.atleast_2d, np.atleast_3d, np.ascontiguousarray, np.rot90, np.hstack, np.vstack, np.fliplr,
+           np.flipud, np.squeeze, np.zeros_like, np.diag, np.tensordot}
+_STRUCT.discard(np.tensordot)
+
+
+class Mag:
+    """Magnitudes (``m``), values when G-free (``v``) and a rounding count (``n``) of one array in a rule."""
+
+    __slots__ = ("m", "v", "_n")
+    __array_priority__ = 1000
+    __hash__ = None
+
+    def __init__(self, m, v=None, n=0, box=None):
+        self.m, self.v = m, v
+        self._n = box if box is not None else [_count(n)]
+
+    @classmethod
+    def of(cls, x, n: int = 0) -> Mag:
+        """A Mag for a plain value (a saved tensor, a constant): exact, magnitudes |x|."""
+        if isinstance(x, Mag):
+            return x
+        x = np.asarray(x)
+        if x.dtype == object:
+            raise TypeError("a Mag of Python objects")
+        return cls(np.abs(x).astype(np.float64), x, n)
+
+    @classmethod
+    def grad(cls, g) -> Mag:
+        """The incoming gradient (or its error bound): magnitudes only, no values."""
+        return cls(np.abs(np.asarray(g, dtype=np.float64)), None, 0)
+
+    @property
+    def n(self) -> int:
+        """Roundings per element, sums of k terms counted k - 1 times (accumulation in the dtype's opmath)."""
+        return int(self._n[0][0])
+
+    @property
+    def r(self) -> int:
+        """Roundings per element to the tensor's own dtype (a sum or dot product counts once)."""
+        return int(self._n[0][1])
+
+    @property
+    def c(self) -> np.ndarray:
+        return self._n[0]
+
+    @c.setter
+    def c(self, k):
+        self._n[0] = _count(k)
+
+    # -- array protocol
+    shape = property(lambda s: s.m.shape)
+    ndim = property(lambda s: s.m.ndim)
+    size = property(lambda s: s.m.size)
+    dtype = property(lambda s: np.dtype(np.float64))
+    T = property(lambda s: s.transpose())
+
+    def __len__(self):
+        return len(self.m)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __array__(self, dtype=None, copy=None):
+        if self.v is None:
+            raise TypeError("a gradient magnitude cannot become a plain array (the rule is not linear in G?)")
+        return np.asarray(self.v, dtype=dtype)
+
+    def __float__(self):
+        return float(np.asarray(self))
+
+    def tolist(self):
+        return np.asarray(self).tolist()
+
+    def item(self):
+        return np.asarray(self).item()
+
+    def __repr__(self):
+        return f"Mag(n={self.n}, m={self.m!r})"
+
+    def _view(self, m, v) -> Mag:  # a view of self (shares the rounding count)
+        base = self.m if self.m.base is None else self.m.base
+        return Mag(m, v, box=self._n if m is self.m or m.base is base else [self.c])
+
+    def __getitem__(self, idx):
+        idx = _values(idx)
+        return self._view(self.m[idx], None if self.v is None else self.v[idx])
+
+    def __setitem__(self, idx, val):
+        idx, val = _values(idx), Mag.of(val)
+        self.m[idx] = val.m
+        if self.v is not None and val.v is not None:
+            self.v[idx] = val.v
+        else:
+            self.v = None
+        self.c = np.maximum(self.c, val.c)
+
+    def reshape(self, *shape, **kw):
+        return np.reshape(self, shape[0] if len(shape) == 1 else shape, **kw)
+
+    def transpose(self, *axes):
+        return np.transpose(self, axes or None)
+
+    def swapaxes(self, a, b):
+        return np.swapaxes(self, a, b)
+
+    def squeeze(self, axis=None):
+        return np.squeeze(self, axis)
+
+    def ravel(self):
+        return np.ravel(self)
+
+    def flatten(self):
+        return np.ravel(self).copy()
+
+    def copy(self):
+        return Mag(self.m.copy(), None if self.v is None else self.v.copy(), self.c)
+
+    def sum(self, axis=None, keepdims=False, **kw):
+        return np.sum(self, axis=axis, keepdims=keepdims, **kw)
+
+    def mean(self, axis=None, keepdims=False, **kw):
+        return np.mean(self, axis=axis, keepdims=keepdims, **kw)
+
+    def astype(self, dtype, copy=True):
+        dt = np.dtype(dtype)
+        if dt.kind != "f":
+            return np.asarray(self).astype(dt)
+        if dt == np.float64:
+            return self
+        return Mag(self.m, None if self.v is None else self.v.astype(dt).astype(np.float64), self.c + 1)
+
+    # -- operators: all through the ufuncs below
+    def __add__(s, o): return np.add(s, o)  # noqa: E704
+    def __radd__(s, o): return np.add(o, s)  # noqa: E704
+    def __sub__(s, o): return np.subtract(s, o)  # noqa: E704
+    def __rsub__(s, o): return np.subtract(o, s)  # noqa: E704
+    def __mul__(s, o): return np.multiply(s, o)  # noqa: E704
+    def __rmul__(s, o): return np.multiply(o, s)  # noqa: E704
+    def __truediv__(s, o): return np.divide(s, o)  # noqa: E704
+    def __rtruediv__(s, o): return np.divide(o, s)  # noqa: E704
+    def __matmul__(s, o): return np.matmul(s, o)  # noqa: E704
+    def __rmatmul__(s, o): return np.matmul(o, s)  # noqa: E704
+    def __pow__(s, o): return np.power(s, o)  # noqa: E704
+    def __rpow__(s, o): return np.power(o, s)  # noqa: E704
+    def __neg__(s): return np.negative(s)  # noqa: E704
+    def __pos__(s): return s  # noqa: E704
+    def __abs__(s): return np.absolute(s)  # noqa: E704
+    def __gt__(s, o): return np.greater(s, o)  # noqa: E704
+    def __ge__(s, o): return np.greater_equal(s, o)  # noqa: E704
+    def __lt__(s, o): return np.less(s, o)  # noqa: E704
+    def __le__(s, o): return np.less_equal(s, o)  # noqa: E704
+    def __eq__(s, o): return np.equal(s, o)  # noqa: E704
+    def __ne__(s, o): return np.not_equal(s, o)  # noqa: E704
+    def __and__(s, o): return np.logical_and(s, o)  # noqa: E704
+    def __or__(s, o): return np.logical_or(s, o)  # noqa: E704
+    def __invert__(s): return np.logical_not(s)  # noqa: E704
+
+    def __array_ufunc__(self, uf, method, *args, **kw):
+        if kw.get("out") is not None:
+            return NotImplemented
+        if method == "at" and uf is np.add:
+            return _add_at(*args)
+        if method == "reduce" and uf is np.add:
+            return np.sum(args[0], **kw)
+        if method != "__call__":
+            raise TypeError(f"np.{uf.__name__}.{method} on magnitudes")
+        if uf in _PLAIN:
+            return uf(*(_value(a) for a in args), **kw)
+        xs = [Mag.of(a) for a in args]
+        known = all(x.v is not None for x in xs)
+        vals = [x.v for x in xs] if known else None
+        n = _top(xs)
+        if uf in (np.add, np.subtract):
+            return Mag(xs[0].m + xs[1].m, uf(*vals) if known else None, n + 1)
+        if uf is np.multiply:
+            return Mag(xs[0].m * xs[1].m, uf(*vals) if known else None, xs[0].c + xs[1].c + 1)
+        if uf in (np.negative, np.positive, np.absolute):
+            return Mag(xs[0].m, uf(vals[0]) if known else None, n)
+        if uf is np.matmul:
+            k = xs[0].shape[-1] if xs[0].ndim else 1
+            return Mag(np.matmul(xs[0].m, xs[1].m), np.matmul(*vals) if known else None,
+                       xs[0].c + xs[1].c + (k, 1))
+        if uf in (np.divide, np.true_divide):
+            b = xs[1]
+            if b.v is None:
+                raise TypeError("division by a gradient (the rule is not linear in G?)")
+            q = xs[0].m / np.abs(b.v)
+            m = q + q * b.m / np.abs(b.v) if b.n else q  # an inexact divisor: its error, relative, adds on
+            return Mag(m, uf(*vals) if known else None, xs[0].c + b.c + 1)
+        if uf is np.square:
+            return Mag(xs[0].m * xs[0].m, np.square(vals[0]) if known else None, 2 * n + 1)
+        if not known:
+            raise TypeError(f"np.{uf.__name__} of a gradient (the rule is not linear in G?)")
+        r = uf(*vals, **kw)
+        if uf in _EXACT:
+            return Mag(np.abs(r).astype(np.float64), r, 0)
+        if uf in (np.maximum, np.minimum, np.fmax, np.fmin):
+            first = (vals[0] >= vals[1]) == (uf in (np.maximum, np.fmax))
+            return Mag(np.where(first, xs[0].m, xs[1].m), r, n)
+        m = np.abs(r)
+        if uf is np.power and n.any():
+            p = vals[1]
+            m = m + np.abs(p * np.power(vals[0], p - 1)) * xs[0].m
+        elif uf in _DERIV and n.any():
+            m = m + np.abs(_DERIV[uf](vals[0], r)) * xs[0].m
+        return Mag(np.asarray(m, dtype=np.float64), r, n + ELEMENTARY_UNITS)
+
+    def __array_function__(self, func, types, args, kw):
+        if func in _STRUCT:
+            mags = _mags(args) + _mags(kw)
+            known = all(x.v is not None for x in mags)
+            m = func(*_swap(args, "m"), **_swap(kw, "m"))
+            v = func(*_swap(args, "v"), **_swap(kw, "v")) if known else None
+            n = _top(mags)
+            if isinstance(m, (list, tuple)):
+                return [Mag(a, None if v is None else b, n) for a, b in zip(m, v if v is not None else m)]
+            if len(mags) == 1:
+                return mags[0]._view(m, v)
+            return Mag(m, v, n)
+        if func is np.where:
+            cond, a, b = (list(args) + [None, None])[:3]
+            a, b = Mag.of(a), Mag.of(b)
+            cond = _value(cond)
+            known = a.v is not None and b.v is not None
+            return Mag(np.where(cond, a.m, b.m), np.where(cond, a.v, b.v) if known else None, _top([a, b]))
+        if func in (np.sum, np.mean, np.cumsum):
+            x = Mag.of(args[0])
+            m = func(x.m, *args[1:], **kw)
+            v = func(x.v, *args[1:], **kw) if x.v is not None else None
+            k = max(1, x.size // max(1, np.size(m)))
+            if func is np.cumsum:
+                ax = kw.get("axis", args[1] if len(args) > 1 else None)
+                k = x.size if ax is None else x.shape[ax]
+            return Mag(np.asarray(m, dtype=np.float64), v, x.c + (k - 1 + (func is np.mean), 1 + (func is np.mean)))
+        if func is np.einsum:
+            return _einsum(args, kw)
+        if func in (np.outer, np.dot, np.inner, np.tensordot, np.matmul):
+            xs = [Mag.of(a) for a in args[:2]]
+            m = func(xs[0].m, xs[1].m, *args[2:], **kw)
+            known = all(x.v is not None for x in xs)
+            v = func(xs[0].v, xs[1].v, *args[2:], **kw) if known else None
+            k = max(1, xs[0].size * xs[1].size // max(1, np.size(m)))
+            if func is np.outer:
+                k = 1
+            return Mag(np.asarray(m, dtype=np.float64), v, xs[0].c + xs[1].c + (k, 1))
+        if func is np.put_along_axis:
+            arr, idx, vals = args[0], _value(args[1]), Mag.of(args[2])
+            np.put_along_axis(arr.m, idx, np.broadcast_to(vals.m, np.shape(idx)) if vals.m.ndim else vals.m,
+                              *args[3:], **kw)
+            if arr.v is not None and vals.v is not None:
+                np.put_along_axis(arr.v, idx, vals.v, *args[3:], **kw)
+            else:
+                arr.v = None
+            arr.c = np.maximum(arr.c, vals.c)
+            return None
+        mags = _mags(args) + _mags(kw)
+        if any(x.v is None for x in mags):
+            raise TypeError(f"np.{func.__name__} of a gradient on magnitudes")
+        return func(*_swap(args, "v"), **_swap(kw, "v"))  # a coefficient: computed on values, exact
+
+
+def _count(k) -> np.ndarray:
+    """(n, r) as an int array: an int k means (k, k)."""
+    a = np.asarray(k, dtype=np.int64)
+    return np.array([a, a]) if a.ndim == 0 else a.copy()
+
+
+def _top(xs) -> np.ndarray:
+    return np.maximum.reduce([x.c for x in xs])
+
+
+def _value(x):
+    if isinstance(x, Mag):
+        return np.asarray(x)
+    if isinstance(x, tuple):
+        return tuple(_value(a) for a in x)
+    return x
+
+
+_values = _value
+
+
+def _mags(x) -> list:
+    if isinstance(x, Mag):
+        return [x]
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, (list, tuple)):
+        return [m for a in x for m in _mags(a)]
+    return []
+
+
+def _swap(x, attr):
+    if isinstance(x, Mag):
+        return getattr(x, attr)
+    if isinstance(x, dict):
+        return {k: _swap(a, attr) for k, a in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_swap(a, attr) for a in x)
+    return x
+
+
+def _add_at(out, idx, b=None):
+    if not isinstance(out, Mag):
+        raise TypeError("np.add.at into a plain array with magnitudes (use c.zeros(shape) for buffers)")
+    idx, b = _value(idx), Mag.of(b)
+    np.add.at(out.m, idx, b.m)
+    if out.v is not None and b.v is not None:
+        np.add.at(out.v, idx, b.v)
+    else:
+        out.v = None
+    count = np.zeros(out.shape, dtype=np.int64)
+    np.add.at(count, idx, 1)  # duplicate indices add up: that many roundings
+    out.c = np.maximum(out.c, b.c) + int(count.max(initial=0))
+
+
+def _einsum(args, kw):
+    subs, ops = args[0], [Mag.of(a) for a in args[1:]]
+    if not isinstance(subs, str) or "..." in subs or "->" not in subs:
+        raise TypeError("np.einsum on magnitudes needs explicit subscripts 'ab,bc->ac'")
+    ins, out = subs.replace(" ", "").split("->")
+    sizes = {}
+    for term, x in zip(ins.split(","), ops):
+        sizes.update(zip(term, x.shape))
+    k = math.prod(s for c, s in sizes.items() if c not in out)
+    m = np.einsum(subs, *(x.m for x in ops), **kw)
+    known = all(x.v is not None for x in ops)
+    v = np.einsum(subs, *(x.v for x in ops), **kw) if known else None
+    return Mag(np.asarray(m, dtype=np.float64), v, sum(x.c for x in ops) + (len(ops) - 1 + k, len(ops)))
+
+
+class MagCtx(Ctx):
+    """The rule context on magnitudes: buffers from ``c.zeros`` are Mags."""
+
+    __slots__ = ()
+
+    def zeros(self, shape):
+        return Mag(np.zeros(shape), np.zeros(shape), 0)

@@ -1,0 +1,112 @@
+"""The PyTorch private APIs autogradlens relies on (all read in autogradlens/_torch.py), each asserted to still
+behave as assumed on the installed torch: a new release that changes one breaks one test here, loudly."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autogradlens import _torch
+
+
+def test_input_metadata_gives_shape_dtype_device_per_forward_output():
+    x = torch.randn(4, 3, requires_grad=True)
+    a, b = x.split(2)
+    meta = _torch.input_metadata(a.grad_fn)
+    assert [list(m.shape) for m in meta] == [[2, 3], [2, 3]]
+    assert meta[0].dtype == torch.float32 and meta[0].device == torch.device("cpu")
+
+
+def test_sequence_nr_counts_nodes_in_creation_order():
+    x = torch.randn(3, requires_grad=True)
+    y = x.exp()
+    z = y.sin()
+    assert isinstance(_torch.sequence_nr(y.grad_fn), int)
+    assert _torch.sequence_nr(z.grad_fn) > _torch.sequence_nr(y.grad_fn)
+
+
+def test_version_counter_bumps_on_in_place_ops():
+    t = torch.zeros(3)
+    v = _torch.version(t)
+    t.add_(1)
+    assert _torch.version(t) == v + 1
+
+
+def test_saved_fields_are_named_saved_and_raw_saved():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = F.softmax(x, dim=-1)
+    slots, other = _torch.saved_names(y.grad_fn, {})
+    assert slots == ["result"] and "dim" in other
+    assert _torch.saved_attr(y.grad_fn, "dim") == 2**64 - 1  # negative ints read as unsigned 64-bit
+    assert torch.equal(_torch.saved_value(y.grad_fn, "result"), y)
+    idx = x[torch.tensor([0, 2])]
+    assert _torch.saved_names(idx.grad_fn, {})[0] == ["indices"]
+    assert isinstance(_torch.saved_value(idx.grad_fn, "indices"), tuple)
+
+
+def test_custom_functions_are_backward_c_functions_with_saved_tensors():
+    class Sq(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 2 * x * g
+
+    x = torch.randn(3, requires_grad=True)
+    y = Sq.apply(x)
+    assert isinstance(y.grad_fn, torch.autograd.function.BackwardCFunction)
+    assert _torch.saved_names(y.grad_fn, {})[0] == ["saved_tensors"]
+    assert _torch.saved_value(y.grad_fn, "saved_tensors")[0] is x
+    y.sum().backward()
+    with pytest.raises(RuntimeError) as e:
+        _torch.saved_value(y.grad_fn, "saved_tensors")
+    assert _torch.is_freed(e.value)
+    assert [s[2] for s in _torch.read_slot(y.grad_fn, "saved_tensors")] == ["freed"]
+
+
+def test_freed_text_after_backward_also_for_raw_saved_indices():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = x[torch.tensor([0, 2])].exp()
+    y.sum().backward()
+    node = y.grad_fn.next_functions[0][0]
+    with pytest.raises(RuntimeError) as e:
+        _torch.saved_value(node, "indices")
+    assert _torch.is_freed(e.value) and not _torch.is_stale(e.value)
+    with pytest.raises(RuntimeError):
+        getattr(node, "_raw_saved_indices")  # noqa: B009 - why _torch._unreadable guards the raw read too
+    assert [s[2] for s in _torch.read_slot(node, "indices")] == ["freed"]
+
+
+def test_stale_text_after_an_in_place_change():
+    lin = nn.Linear(3, 2)
+    out = lin(torch.randn(4, 3, requires_grad=True)).tanh()
+    with torch.no_grad():
+        lin.weight.add_(1)
+    node = out.grad_fn.next_functions[0][0]  # Addmm, which saved W.t()
+    with pytest.raises(RuntimeError) as e:
+        _torch.saved_value(node, "mat2")
+    assert _torch.is_stale(e.value) and not _torch.is_freed(e.value)
+    assert [s[2] for s in _torch.read_slot(node, "mat2")] == ["stale"]
+
+
+def test_reentrant_checkpoint_refuses_autograd_grad_with_the_text_we_match():
+    from torch.utils.checkpoint import checkpoint
+    x = torch.randn(2, 3, requires_grad=True)
+    y = checkpoint(nn.Linear(3, 3), x, use_reentrant=True).sum()
+    with pytest.raises(RuntimeError) as e:
+        torch.autograd.grad(y, [x])
+    assert _torch.is_checkpoint_refusal(e.value)
+
+
+def test_current_autograd_node_inside_hooks():
+    x = torch.randn(3, requires_grad=True)
+    y = x.exp()
+    seen = []
+    h = y.grad_fn.register_prehook(lambda g: seen.append(_torch.current_node()))
+    y.sum().backward()
+    h.remove()
+    assert seen == [y.grad_fn] and _torch.current_node() is None

@@ -1,0 +1,275 @@
+"""Verdicts from a rounding-error bound: no false alarm on correct graphs, planted changes caught."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from cases import CASES, Rand
+from models import MODELS
+
+import autogradlens as lens
+from autogradlens import bounds, rules
+from autogradlens.bounds import Mag, MagCtx, gamma
+
+
+def cnn(dtype, norm="batch", scale=1.0):
+    """Conv (with bias) -> norm -> ReLU, twice, then Linear (with bias) -> BatchNorm1d: every bias gradient
+    is mathematically 0, made of terms of the size of the incoming gradient (scaled by `scale`)."""
+    norms = {"batch": lambda c: nn.BatchNorm2d(c), "instance": lambda c: nn.InstanceNorm2d(c, affine=True),
+             "group": lambda c: nn.GroupNorm(2, c)}
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), norms[norm](4), nn.ReLU(),
+                      nn.Conv2d(4, 4, 3, padding=1), norms[norm](4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(4 * 6 * 6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 5)).to(dtype)
+    x = torch.randn(6, 3, 6, 6, dtype=dtype)
+    return F.cross_entropy(m(x), torch.randint(0, 5, (6,))) * scale, m
+
+
+class Basic(nn.Module):
+    """A ResNet basic block."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.c2, self.b2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+
+def resnet(dtype):
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                      Basic(8), Basic(8), Basic(8), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).to(dtype)
+    return F.cross_entropy(m(torch.randn(8, 3, 8, 8, dtype=dtype)), torch.randint(0, 10, (8,))), m
+
+
+class Block(nn.Module):
+    """A GPT-2 block (pre-norm, causal attention written out, GELU MLP), a final LayerNorm and a head."""
+
+    def __init__(self, d=16, vocab=20):
+        super().__init__()
+        self.emb, self.ln1, self.qkv, self.proj = nn.Embedding(vocab, d), nn.LayerNorm(d), nn.Linear(d, 3 * d), \
+            nn.Linear(d, d)
+        self.ln2, self.fc, self.out = nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.lnf, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        att = (q @ k.transpose(1, 2)) / d**0.5
+        att = att.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf")).softmax(-1)
+        x = x + self.proj(att @ v)
+        x = x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+        return self.head(self.lnf(x))
+
+
+def gpt(dtype):
+    m = Block().to(dtype)
+    idx = torch.randint(0, 20, (3, 7))
+    return F.cross_entropy(m(idx).view(-1, 20), idx.view(-1)), m
+
+
+def small_mlp(dtype):
+    m = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.GELU(), nn.Linear(16, 16), nn.LayerNorm(16),
+                      nn.Tanh(), nn.Linear(16, 4)).to(dtype)
+    return F.cross_entropy(m(torch.randn(10, 6, dtype=dtype)), torch.randint(0, 4, (10,))), m
+
+
+def autocast_mlp():
+    m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.randn(16, 8))
+    return F.cross_entropy(out.float(), torch.randint(0, 4, (16,))), m
+
+
+def ok_or_explain(rep):
+    bad = [(r["name"], r["type"], r["max_abs"], r["bound"], r["e2e_max_abs"], r["e2e_bound"]) for r in rep.rows
+           if r["status"] == "mismatch" or r["e2e_status"] == "mismatch"]
+    assert rep.ok and not bad, bad
+    assert "a tensor hook?" not in rep.to_text() and rep.diverges_at == []
+
+
+# ----------------------------------------------------------------------------- no false alarm
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("norm", ["batch", "instance", "group"])
+@pytest.mark.parametrize("scale", [1.0, 1e8])
+def test_bias_before_a_normalisation_is_no_false_alarm(dtype, norm, scale):
+    torch.manual_seed(0)
+    loss, m = cnn(dtype, norm, scale)
+    rep = lens.mirror(loss, params=m)
+    ok_or_explain(rep)
+    bias = next(r for r in rep.rows if r["name"] == "0.bias")
+    assert bias["status"] == "match" and bias["bound"] > 0  # ~0 made of large terms: the bound covers it
+
+
+@pytest.mark.parametrize("build", [resnet, gpt, small_mlp], ids=["resnet", "gpt", "mlp"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["f64", "f32", "bf16", "f16"])
+def test_real_models_in_every_dtype_have_no_false_alarm(build, dtype):
+    torch.manual_seed(0)
+    loss, m = build(dtype)
+    ok_or_explain(lens.mirror(loss, params=m))
+
+
+def test_bf16_autocast_has_no_false_alarm():
+    torch.manual_seed(0)
+    loss, m = autocast_mlp()
+    rep = lens.mirror(loss, params=m)
+    ok_or_explain(rep)
+    assert {"bfloat16", "float32"} <= {d["dtype"] for _, d in rep.trace.graph.nodes(data=True)}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_catalogue_runs_have_no_false_alarm_in_float32(seed):
+    for name, case in sorted(CASES.items()):
+        r = Rand(seed, torch.float32, n=4)
+        ok_or_explain(lens.mirror(case(r), params=r.leaves, mode="tensor"))
+
+
+def test_the_same_root_twice_and_split_outputs_as_roots():
+    torch.manual_seed(0)
+    loss, m = MODELS["mlp_ce"]()
+    rep = lens.mirror([loss, loss], params=m)
+    ok_or_explain(rep)
+    want = torch.autograd.grad([loss, loss], list(m.parameters()), retain_graph=True)
+    for (name, _), g in zip(m.named_parameters(), want):
+        np.testing.assert_allclose(rep.grads[name], g.numpy(), rtol=1e-12, atol=1e-15)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    a, b, c = (x.tanh() * 2).split(2)
+    rep = lens.mirror([a, c, a], params={"x": x})
+    ok_or_explain(rep)
+    (want,) = torch.autograd.grad([a, c, a], [x], [torch.ones_like(a), torch.ones_like(c), torch.ones_like(a)],
+                                  retain_graph=True)
+    np.testing.assert_allclose(rep.grads["x"], want.numpy(), rtol=1e-14)
+    assert (want[2:4] == 0).all()
+
+
+# ----------------------------------------------------------------------------- planted changes are caught
+
+def _planted(dtype, change):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).to(dtype)
+    h = m[2](m[1](m[0](torch.randn(7, 5, dtype=dtype))))
+    h.register_hook(change)
+    return F.cross_entropy(m[4](m[3](h)), torch.randint(0, 3, (7,))), m
+
+
+@pytest.mark.parametrize("dtype,factor", [(torch.float64, 1 + 1e-6), (torch.float32, 1 + 1e-3)], ids=["f64", "f32"])
+def test_a_hook_scaling_one_gradient_is_caught(dtype, factor):
+    loss, m = _planted(dtype, lambda g: g * factor)
+    rep = lens.mirror(loss, params=m)
+    assert not rep.ok
+    assert rep.diverges_at == ["AddmmBackward0:1"]  # the node that made h
+    assert "a tensor hook?" in rep.to_text()
+    assert all(r["status"] != "mismatch" for r in rep.rows if r["kind"] == "node")  # every rule is right
+    assert {r["name"] for r in rep.rows if r["kind"] == "leaf" and r["status"] == "mismatch"} >= {"2.bias"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_a_hook_flipping_one_element_is_caught(dtype):
+    def flip(g):
+        g = g.clone()
+        i = g.abs().argmax()
+        g.view(-1)[i] = -g.view(-1)[i]
+        return g
+    loss, m = _planted(dtype, flip)
+    rep = lens.mirror(loss, params=m)
+    assert not rep.ok and rep.diverges_at == ["AddmmBackward0:1"]
+
+
+def test_a_wrong_rule_is_caught_locally():
+    orig = rules.RULES["TanhBackward0"]
+    rules.RULES["TanhBackward0"] = lambda c: (c.g * (1 - c.s["result"] ** 2) * (1 + 1e-4),)
+    try:
+        loss, m = _planted(torch.float32, lambda g: g)
+        rep = lens.mirror(loss, params=m)
+    finally:
+        rules.RULES["TanhBackward0"] = orig
+    tanh = next(r for r in rep.rows if r["type"] == "TanhBackward0")
+    assert tanh["status"] == "mismatch" and rep.diverges_at == []
+
+
+# ----------------------------------------------------------------------------- the bound itself
+
+def fallback(row):
+    return (row["note"] or "").startswith(("rule failed", "bound:"))
+
+
+def test_every_rule_runs_on_magnitudes_without_fallback():
+    """Each rule the catalogue and the zoo exercise evaluates on bounds.Mag (no relative fallback)."""
+    seen = set()
+    for name, case in sorted(CASES.items()):
+        r = Rand(2, torch.float32)
+        rep = lens.mirror(case(r), params=r.leaves, mode="tensor")
+        assert not [x for x in rep.rows if x["note"]], name
+        seen |= {x["type"] for x in rep.rows}
+    for name, build in MODELS.items():
+        torch.manual_seed(0)
+        loss, params = build(torch.float32)
+        rep = lens.mirror(loss, params=params, mode="tensor")
+        assert not [x for x in rep.rows if fallback(x)], name
+        seen |= {x["type"] for x in rep.rows}
+    for build in (autocast_mlp, lambda: (torch.randn(3, requires_grad=True).double() ** 2).sum()):
+        out = build()
+        loss, params = out if isinstance(out, tuple) else (out, None)
+        rep = lens.mirror(loss, params=params)
+        assert rep.ok and not [x for x in rep.rows if fallback(x)]
+        seen |= {x["type"] for x in rep.rows}
+    assert set(rules.RULES) <= seen
+
+
+def test_mag_gives_the_size_of_the_terms_and_counts_roundings():
+    g = Mag.grad(np.array([1.0, -2.0]))
+    y = Mag.of(np.array([0.5, -0.9]))
+    out = g * (1 - y * y)  # tanh's rule: terms 1 and y*y, not their difference
+    np.testing.assert_allclose(out.m, [1 * (1 + 0.25), 2 * (1 + 0.81)])
+    assert out.n == 3 and out.v is None
+    s = Mag.grad(np.ones((4, 5))).sum(axis=0)
+    assert s.n == 3 and s.m.tolist() == [4.0] * 5
+    mm = Mag.grad(np.ones((2, 7))) @ Mag.of(-np.ones((7, 3)))
+    assert mm.n == 7 and (mm.m == 7).all()
+    assert np.asarray(np.where(y > 0, g, 0.0).m).tolist() == [1.0, 0.0]
+    with pytest.raises(TypeError):
+        np.exp(g)  # a rule is linear in G: an elementwise function of G has no magnitude
+    c = MagCtx("X", [g], {}, {}, [(2,)], [(2,)], False)
+    assert isinstance(c.zeros((2,)), Mag)
+
+
+def test_gamma_and_unit_roundoffs():
+    assert bounds.UNIT_ROUNDOFF["float32"] == np.finfo(np.float32).eps / 2
+    assert bounds.UNIT_ROUNDOFF["float64"] == np.finfo(np.float64).eps / 2
+    assert bounds.UNIT_ROUNDOFF["float16"] == np.finfo(np.float16).eps / 2
+    assert bounds.UNIT_ROUNDOFF["bfloat16"] == torch.finfo(torch.bfloat16).eps / 2
+    assert gamma(0, 0.1) == 0 and gamma(2, 0.1) == pytest.approx(0.25) and gamma(20, 0.1) == np.inf
+
+
+def test_scalar_and_tensor_modes_agree_on_a_bias_before_batchnorm():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).float()
+    loss = F.cross_entropy(m(torch.randn(5, 3)) * 1e4, torch.randint(0, 2, (5,)))
+    a, b = lens.mirror(loss, params=m, mode="scalar"), lens.mirror(loss, params=m, mode="tensor")
+    assert a.mode == "scalar" and a.ok and b.ok
+    assert [(r["id"], r["status"], r["e2e_status"]) for r in a.rows] == \
+        [(r["id"], r["status"], r["e2e_status"]) for r in b.rows]
+    for ra, rb in zip(a.rows, b.rows):
+        assert ra["bound"] == pytest.approx(rb["bound"], rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- values at 0
+
+@pytest.mark.parametrize("f", [torch.sqrt, torch.log, torch.reciprocal, lambda w: w**-2, lambda w: 1 / w,
+                               lambda w: (w * 1000).exp()], ids=["sqrt", "log", "reciprocal", "pow-2", "div", "exp"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_ieee_values_at_zero_match_pytorch_in_tensor_mode(f, dtype):
+    w = torch.tensor([0.0, 1.0, 2.0], dtype=dtype, requires_grad=True)
+    loss = f(w).sum()
+    (want,) = torch.autograd.grad(loss, [w], retain_graph=True)
+    rep = lens.mirror(loss, params={"w": w}, mode="tensor")
+    assert rep.ok, rep.to_text()
+    leaf = next(r for r in rep.rows if r["name"] == "w")
+    assert leaf["status"] == "match" and leaf["exact"] or not np.isfinite(want.numpy()).all()
+    np.testing.assert_array_equal(np.isinf(rep.grads["w"]), np.isinf(want.numpy()))
+    np.testing.assert_array_equal(np.isnan(rep.grads["w"]), np.isnan(want.numpy()))
+    assert np.isfinite(leaf["max_abs"])
