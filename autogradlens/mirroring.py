@@ -118,7 +118,7 @@ def _read_saved(fn, nid: str, slots: list, dtype: str) -> dict:
                     "lens.mirror(loss) before loss.backward(), or backward(retain_graph=True)") from None
             if is_stale(e):
                 raise LensRuntimeError(
-                    f"{nid}: a saved tensor was changed in place after it was saved ({str(e).split('.')[0]}); "
+                    f"{nid}: a saved tensor was changed in place after it was saved ({str(e).split('. Hint')[0]}); "
                     "mirror the graph before optimizer.step() or other in-place updates") from None
             raise
         if isinstance(v, tuple):
