@@ -558,6 +558,13 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
     the computation (see the module docstring). `.grad` is left untouched (``retain_grad()`` tensors
     included) unless ``backward=True``, which leaves ``.grad`` as ``root.backward()`` would.
 
+    Raises:
+        LensTypeError: `root` is not a tensor with a ``grad_fn`` (or `params` has the wrong type).
+        LensValueError: an unknown `mode`, ``mode="scalar"`` over ``SCALAR_LIMIT`` Values, two different
+            tensors under one name.
+        LensRuntimeError: backward() has freed the saved tensors (mirror before it, or retain the graph),
+            or a saved tensor was changed in place (mirror before ``optimizer.step()``).
+
     Example:
         >>> import torch, autogradlens as lens
         >>> w = torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)

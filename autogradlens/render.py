@@ -581,7 +581,11 @@ class Drawable:
         return _svg(self._spec(**opts), self._dot_name).decode("utf-8")
 
     def render(self, path, **opts) -> Path:
-        """Write to `path`; the suffix picks the format (svg, png, pdf, dot, and the text formats of the object)."""
+        """Write to `path`; the suffix picks the format (svg, png, pdf, dot, and the text formats of the object).
+
+        Raises:
+            LensValueError: a suffix that names no format this object can be written in.
+        """
         path = Path(path)
         fmt = path.suffix.lower().lstrip(".")
         texts = self._text_formats(**opts)

@@ -278,6 +278,14 @@ def trace(root, *, params=None, grads: bool = False) -> Trace:
     ``_prev``, ``_op``): then each node is one value with ``data``, ``grad``, ``label``, and the picture
     is the lecture's ``draw_dot``.
 
+    Raises:
+        LensTypeError: `root` is not a tensor (or a micrograd-style value), `params` is not a module, a
+            mapping or (name, tensor) pairs.
+        LensValueError: no roots, a root that does not require grad or is a leaf, two different tensors
+            under one name, `params`/`grads` given with a Value root.
+        LensRuntimeError: ``grads=True`` on a graph whose saved tensors backward() has freed or an
+            in-place change has made stale.
+
     Example:
         >>> import torch, autogradlens as lens
         >>> w = torch.tensor([2.0, -3.0], requires_grad=True)

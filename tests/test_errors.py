@@ -276,7 +276,10 @@ def test_cli_turns_every_refusal_into_one_line(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- the whole library
 
-ALLOWED = {"AttributeError", "StopIteration", "ImportError"}  # protocol signals; a missing optional dependency
+# protocol signals (attribute, iteration, sequence index) and a missing optional dependency
+ALLOWED = {"AttributeError", "StopIteration", "ImportError", "IndexError"}
+# PyTorch's own error, raised by watch exactly as PyTorch raises it without watch (DESIGN §3: observe only)
+ALLOWED_IN = {"recorders.py": {"RuntimeError"}}
 
 
 def test_no_bare_builtin_raise_in_the_library():
@@ -286,6 +289,7 @@ def test_no_bare_builtin_raise_in_the_library():
     for path in sorted(root.glob("*.py")):
         for i, line in enumerate(path.read_text().splitlines(), 1):
             m = re.search(r"\braise\s+([A-Za-z_]\w*)\s*\(", line)
-            if m and isinstance(getattr(builtins, m.group(1), None), type) and m.group(1) not in ALLOWED:
+            if m and isinstance(getattr(builtins, m.group(1), None), type) and m.group(1) not in ALLOWED \
+                    and m.group(1) not in ALLOWED_IN.get(path.name, ()):
                 found.append(f"{path.name}:{i}: {line.strip()}")
     assert not found, "bare built-in raises:\n" + "\n".join(found)
