@@ -327,19 +327,6 @@ def _grad_stats(gs: list) -> dict | None:
     return out
 
 
-def _retained(ops: set) -> list:
-    """Tensors of this graph with retain_grad(): autograd.grad would write their .grad (found via gc)."""
-    out = []
-    for o in gc.get_objects():
-        if issubclass(type(o), torch.Tensor):
-            try:
-                if o.retains_grad and o.grad_fn in ops:
-                    out.append((o, o.grad))
-            except RuntimeError:  # a tensor kind that cannot answer (e.g. some subclasses): not ours
-                continue
-    return out
-
-
 def _attach_grads(t: Trace, w: _Walk, roots: list) -> None:
     ops = {fn: w.ids[fn] for fn in w.order if _node_type(fn) != "AccumulateGrad"}
     leaves = {fn: w.ids[fn] for fn in w.order if _node_type(fn) == "AccumulateGrad"}
@@ -350,13 +337,7 @@ def _attach_grads(t: Trace, w: _Walk, roots: list) -> None:
         raise LensRuntimeError(f"grads=True runs a backward pass, but saved tensors of this graph are "
                                f"{' and '.join(sorted(gone))}: trace with grads=True before backward() (or "
                                "backward(retain_graph=True)) and before changing its tensors in place")
-    kept = _retained(set(ops))
-    try:
-        seen_in, _, leaf_in = capture(roots, ops, leaves)
-    finally:
-        for tensor, grad in kept:  # put back what the pass wrote into retain_grad() tensors
-            tensor.grad = grad
-        del kept
+    seen_in, _, leaf_in = capture(roots, ops, leaves)  # every .grad as it was, retain_grad() tensors included
     g = t.graph
     for nid, gs in seen_in.items():
         g.nodes[nid]["grad"] = _grad_stats(gs)
