@@ -536,20 +536,29 @@ class Updates(Recorder):
             if med is None:
                 med = self.medians[id(group)] = _Medians()
             eff = _adam_steps(states, group, med)
-        method = _METHOD[plan]
-        for i, p in enumerate(ps):
-            name, u, pn = w._name(p), un[i], vals[i]
-            ev = {"kind": "update", "step": cur.step, "param": name, "update_norm": u, "param_norm": pn,
-                  "ratio": None if u is None else (u / pn if pn else math.inf), "lr": lr,
-                  "effective_lr": eff[i][1] if adam else lr, "method": method}
-            if adam:
-                ev["exp_avg_norm"], ev["exp_avg_sq_norm"], ev["adam_step"] = vals[k + i], vals[k + n + i], eff[i][0]
-            elif momentum:
-                ev["momentum_norm"] = vals[k + i]
-            w._emit(ev)
-            cur.update(name, u, pn, ev["effective_lr"])
+        method, step, names = _METHOD[plan], cur.step, [w._name(p) for p in ps]
+        effs = [e[1] for e in eff] if adam else [lr] * n
+        extra = ([(vals[k + i], vals[k + n + i], eff[i][0]) for i in range(n)] if adam
+                 else [(vals[k + i],) for i in range(n)] if momentum else [()] * n)
+        keys = _ADAM_KEYS if adam else _MOMENTUM_KEYS if momentum else ()
+        add = w._timeline.cur.append
+        for name, u, pn, e, x in zip(names, un, vals, effs, extra):  # events built when read
+            add((_update_event, step, name, u, pn, lr, e, method, keys, x))
+        cur.update_norm.update((nm, u) for nm, u in zip(names, un) if u is not None)
+        cur.param_norm.update(zip(names, vals[:n]))
+        cur.effective_lr.update(zip(names, effs))
 
 
+def _update_event(step, name, u, pn, lr, eff, method, keys, extra) -> dict:
+    ev = {"kind": "update", "step": step, "param": name, "update_norm": u, "param_norm": pn,
+          "ratio": None if u is None else (u / pn if pn else math.inf), "lr": lr, "effective_lr": eff,
+          "method": method}
+    ev.update(zip(keys, extra))
+    return ev
+
+
+_ADAM_KEYS = ("exp_avg_norm", "exp_avg_sq_norm", "adam_step")
+_MOMENTUM_KEYS = ("momentum_norm",)
 _EMPTY: dict = {}
 _METHOD = {"sgd": "lr*|grad|", "momentum": "lr*|momentum_buffer|", "copy": "measured"}
 
