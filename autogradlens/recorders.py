@@ -139,8 +139,20 @@ class Passes(Recorder):
 
 # ----------------------------------------------------------------------------- saved tensors
 
+def _pack_event(r) -> dict:
+    node, node_id, slot, step, shape, dtype, storage = r
+    return {"kind": "pack", "step": step, "node": node, "node_id": node_id, "slot": slot,
+            "shape": None if shape is None else tuple(shape), "dtype": _dtype(dtype),
+            "nbytes": None if shape is None else math.prod(shape) * dtype.itemsize, "storage": storage}
+
+
+def _unpack_event(step, node, r) -> dict:
+    return {"kind": "unpack", "step": step, "node": node, "node_id": r[1], "slot": r[2]}
+
+
 class _Saved:
-    """What pack remembers about one saved tensor (hangs on the detached tensor the graph keeps)."""
+    """What pack remembers about one saved tensor (hangs on the detached tensor the graph keeps); `event` is the
+    pack record [node, node_id, slot, step, shape, dtype, storage key]."""
     __slots__ = ("version", "producer", "fn_id", "output_nr", "original", "event")
 
     def __init__(self, version, producer, fn_id, output_nr, original, event):
@@ -190,45 +202,40 @@ class SavedTensors(Recorder):
         graph.disable_saved_tensors_hooks = disable_saved_tensors_hooks
         self.handles.append(_Handle(lambda: setattr(graph, "disable_saved_tensors_hooks", orig)))
 
-    def pack(self, t):
+    def pack(self, t):  # runs for every saved tensor: records a few numbers, the event is built when read
         w, cur = self.w, self.w._cur
         d = t.detach()  # shares t's version counter
         fn = t.grad_fn
-        producer = None if fn is None else type(fn).__name__
         try:
             st = t.untyped_storage()
-            ptr, snb = st.data_ptr(), st.nbytes()
-            ev = {"kind": "pack", "step": cur.step, "node": None, "node_id": None, "slot": None,
-                  "shape": tuple(t.shape), "dtype": _dtype(t.dtype), "nbytes": t.numel() * t.element_size(),
-                  "storage": cur.storage(ptr if snb else None, snb)}
+            snb = st.nbytes()
+            r = [None, None, None, cur.step, t.shape, t.dtype, cur.storage(st.data_ptr() if snb else None, snb)]
             ver = version(t)
         except (RuntimeError, NotImplementedError):
-            why = measurable(t) or "tensor without storage"
-            ev = {"kind": "pack", "step": cur.step, "node": None, "node_id": None, "slot": None, "shape": None,
-                  "dtype": _dtype(t.dtype), "nbytes": None, "storage": None}
-            w._note(f"a saved {why}: its bytes are not counted")
+            r = [None, None, None, cur.step, None, t.dtype, None]
+            w._note(f"a saved {measurable(t) or 'tensor without storage'}: its bytes are not counted")
             ver = None
+        producer = None if fn is None else type(fn).__name__
         cur.saved_tensors += 1
-        cur.packs.append(ev)
-        cur.sig.append((t.shape if ev["shape"] is not None else None, t.dtype, producer))
-        w._timeline.add(ev)
+        cur.packs.append(r)
+        cur.sig.append((r[4], r[5], producer))
+        w._timeline.cur.append((_pack_event, r))
         # id(fn) only to recognise, during backward, the node that saved its own output (it is alive then)
         d._lens = _Saved(ver, producer, None if fn is None else id(fn), t.output_nr,
-                         None if fn is None else weakref.ref(t), ev)
+                         None if fn is None else weakref.ref(t), r)
         return d
 
     def unpack(self, d):
         s = d._lens
-        if self.attributing is not None and s.event["node"] is None:
-            s.event["node"], s.event["node_id"], s.event["slot"] = self.attributing
+        r = s.event
+        if self.attributing is not None and r[0] is None:
+            r[0], r[1], r[2] = self.attributing
         if s.version is not None and version(d) != s.version:
             raise RuntimeError(self._stale_text(d, s))
         if self.attributing is None and self.w._active and in_marked_thread():
             node = current_node()
             if node is not None:  # in backward (reads of _saved_* attributes by other code are not logged)
-                e = s.event
-                self.w._emit({"kind": "unpack", "step": self.w._cur.step, "node": type(node).__name__,
-                              "node_id": e["node_id"], "slot": e["slot"]})
+                self.w._timeline.cur.append((_unpack_event, self.w._cur.step, type(node).__name__, r))
         return d
 
     def _stale_text(self, d, s) -> str:
@@ -239,16 +246,15 @@ class SavedTensors(Recorder):
             t = s.original()
             if t is not None:
                 producer = None if t.grad_fn is None else type(t.grad_fn).__name__
-        e = s.event
-        where = (f"{e['node_id']} (slot {e['slot']!r})" if e["node"] is not None
-                 else f"a node of step {e['step']}")
+        r = s.event
+        where = f"{r[1]} (slot {r[2]!r})" if r[0] is not None else f"a node of step {r[3]}"
         return (inplace_error(d, producer, s.output_nr, s.version)
                 + f" [autogradlens: this tensor was saved for backward by {where}]")
 
     def attribute(self, roots) -> None:
         """Name the node (type and trace id) and slot of this step's packs that have none yet."""
         cur = self.w._cur
-        pending = [i for i, e in enumerate(cur.packs) if e["node"] is None]
+        pending = [i for i, r in enumerate(cur.packs) if r[0] is None]
         if not pending:  # all named already; with no pack at all, only look for tensors saved by other hooks
             foreign = 0 if cur.packs else self._walk(roots)
             if foreign:
@@ -259,12 +265,12 @@ class SavedTensors(Recorder):
         if hit is None:
             foreign = self._walk(roots)
             found = [cur.packs[i] for i in pending]
-            if all(e["node"] is not None for e in found):
-                hit = ([(e["node"], e["node_id"], e["slot"]) for e in found], foreign)
+            if all(r[0] is not None for r in found):
+                hit = ([(r[0], r[1], r[2]) for r in found], foreign)
         else:
             for i, (node, nid, slot) in zip(pending, hit[0]):
-                e = cur.packs[i]
-                e["node"], e["node_id"], e["slot"] = node, nid, slot
+                r = cur.packs[i]
+                r[0], r[1], r[2] = node, nid, slot
             foreign = hit[1]
         if hit is not None:
             self.cache[sig] = hit  # most recent last; the oldest answer goes first
@@ -355,9 +361,9 @@ class Gradients(Recorder):
             w = self.w
             fresh, stale = self.before.pop(name, (True, False))
             prev = self.last.get(name)
-            ev = w._emit({"kind": "accumulate", "step": w._cur.step, "param": name, "norm": None,
-                          "accumulated": not fresh})
-            self.touched.append((name, p, ev))
+            r = [w._cur.step, name, None, not fresh]  # the norm comes at the end of the backward
+            w._timeline.cur.append((_accumulate_event, r))
+            self.touched.append((name, p, r))
             g = p.grad
             self.last[name] = (weakref.ref(g), version(g), w._cur.step)
             if stale:
@@ -374,18 +380,23 @@ class Gradients(Recorder):
         w, touched = self.w, self.touched
         self.touched = []
         if touched and w._cur.measured:
-            ok = [(n, p.grad, e) for n, p, e in touched if dense(p.grad)]
-            for (n, g, e), v in zip(ok, norms([g for _, g, _ in ok])):
-                e["norm"] = w._cur.grad_norm[n] = v
-                self.seen[n] = (weakref.ref(g), version(g), v)
-            for n, p, e in touched:
-                if e["norm"] is None:
-                    v, why = norm_of(p.grad)
+            grad_norm, seen = w._cur.grad_norm, self.seen
+            gs = [p.grad for _, p, _ in touched]
+            ok = [g for g in gs if dense(g)]
+            if len(ok) == len(gs):  # the usual case: all dense, one fused call
+                for (n, _, r), g, v in zip(touched, gs, norms(ok)):
+                    r[2] = grad_norm[n] = v
+                    seen[n] = (weakref.ref(g), version(g), v)
+            else:
+                for (n, _, r), g in zip(touched, gs):
+                    v, why = norm_of(g)
                     if why is not None:
                         w._note(f"gradient of {n} is a {why}: its norm is not measured")
-                    e["norm"] = v
+                    r[2] = v
                     if v is not None:
-                        w._cur.grad_norm[n] = v
+                        grad_norm[n] = v
+                        if why is None and g.layout == torch.strided:
+                            seen[n] = (weakref.ref(g), version(g), v)
         if self.pending_warning is not None:
             msg, self.pending_warning = self.pending_warning, None
             warn(msg)
@@ -396,6 +407,10 @@ class Gradients(Recorder):
         if hit is not None and hit[0]() is g and hit[1] == version(g):
             return hit[2]
         return None
+
+
+def _accumulate_event(r) -> dict:
+    return {"kind": "accumulate", "step": r[0], "param": r[1], "norm": r[2], "accumulated": r[3]}
 
 
 def _is_zero(g) -> bool:

@@ -101,7 +101,7 @@ class _Step:
         self.loss = None
         self.saved_tensors = self.backward_passes = 0
         self.storages: dict = {}  # data pointer -> (key, nbytes)
-        self.packs: list = []     # this step's pack events (forward order)
+        self.packs: list = []     # this step's pack records (forward order, see recorders._Saved)
         self.sig: list = []       # (shape, dtype, producer type) per pack: the attribution cache key
         self.grad_norm: dict = {}
         self.update_norm: dict = {}
@@ -121,8 +121,8 @@ class _Step:
         if not self.storages:
             return {}
         owner: dict = {}
-        for e in self.packs:
-            owner.setdefault(e["storage"], e["node"] or "(never backwarded)")
+        for r in self.packs:
+            owner.setdefault(r[6], r[0] or "(never backwarded)")
         out: dict = {}
         for key, nbytes in self.storages.values():
             t = owner.get(key, "(never backwarded)")
