@@ -58,7 +58,7 @@ def norms(ts: list) -> list:
     try:
         ns = torch._foreach_norm(ts, 2, dtype=None if ts[0].dtype in (torch.float32, torch.float64)
                                  else torch.float32)
-        return [n.item() for n in ns] if ns[0].device.type == "cpu" else torch.stack(ns).tolist()  # one sync
+        return torch.stack(ns).tolist()  # one read back (one sync on a GPU)
     except (RuntimeError, TypeError):  # mixed devices or dtypes
         return [float(torch.linalg.vector_norm(t, dtype=torch.float64)) for t in ts]
 
@@ -530,6 +530,16 @@ class Updates(Recorder):
     def _measure(self, opt, group, plan, ps, extra):
         w, n, cur = self.w, len(ps), self.w._cur
         lr = float(group["lr"])
+        if plan == "sgd":  # the common case, kept short: p moved by lr * grad
+            names, vals = [w._name(p) for p in ps], norms(ps)
+            step, add = cur.step, w._timeline.cur.append
+            un = [None if g is None else lr * g for g in extra]
+            for name, u, pn in zip(names, un, vals):  # events built when read
+                add((_update_event, step, name, u, pn, lr, lr, "lr*|grad|", (), ()))
+            cur.update_norm.update((nm, u) for nm, u in zip(names, un) if u is not None)
+            cur.param_norm.update(zip(names, vals))
+            cur.effective_lr.update(dict.fromkeys(names, lr))
+            return
         states = [opt.state.get(p, _EMPTY) for p in ps]
         adam = "betas" in group and all("exp_avg_sq" in s for s in states)
         bufs = None if adam else [s.get("momentum_buffer") for s in states]
@@ -614,8 +624,13 @@ def _adam_steps(states, group, medians) -> list:
     meds = medians([s.get("max_exp_avg_sq", s["exp_avg_sq"]) for s in states])
     b1, b2 = group["betas"]
     lr, eps = float(group["lr"]), group["eps"]
+    steps = [s["step"] for s in states]
+    try:  # step counts are tensors: read them back in one call
+        steps = torch.stack(steps).tolist()
+    except (RuntimeError, TypeError):  # plain numbers, or on different devices
+        steps = [float(t) for t in steps]
     out = []
-    for s, m in zip(states, meds):
-        t = float(s["step"])
+    for t, m in zip(steps, meds):
+        t = float(t)
         out.append((int(t), (lr / (1 - b1**t)) / (math.sqrt(m) / math.sqrt(1 - b2**t) + eps)))
     return out
