@@ -140,7 +140,8 @@ class Passes(Recorder):
 # ----------------------------------------------------------------------------- saved tensors
 
 def _pack_event(r) -> dict:
-    node, node_id, slot, step, shape, dtype, storage = r
+    """A pack record [node, node_id, slot, step, shape, dtype, storage key, producer type] as its event."""
+    node, node_id, slot, step, shape, dtype, storage, _ = r
     return {"kind": "pack", "step": step, "node": node, "node_id": node_id, "slot": slot,
             "shape": None if shape is None else tuple(shape), "dtype": _dtype(dtype),
             "nbytes": None if shape is None else math.prod(shape) * dtype.itemsize, "storage": storage}
@@ -148,16 +149,6 @@ def _pack_event(r) -> dict:
 
 def _unpack_event(step, node, r) -> dict:
     return {"kind": "unpack", "step": step, "node": node, "node_id": r[1], "slot": r[2]}
-
-
-class _Saved:
-    """What pack remembers about one saved tensor (hangs on the detached tensor the graph keeps); `event` is the
-    pack record [node, node_id, slot, step, shape, dtype, storage key]."""
-    __slots__ = ("version", "producer", "fn_id", "output_nr", "original", "event")
-
-    def __init__(self, version, producer, fn_id, output_nr, original, event):
-        self.version, self.producer, self.fn_id = version, producer, fn_id
-        self.output_nr, self.original, self.event = output_nr, original, event
 
 
 _FOREIGN = ("{} saved tensor(s) were packed by other saved_tensors_hooks (save_on_cpu, checkpoint or your own): "
@@ -203,34 +194,37 @@ class SavedTensors(Recorder):
         self.handles.append(_Handle(lambda: setattr(graph, "disable_saved_tensors_hooks", orig)))
 
     def pack(self, t):  # runs for every saved tensor: records a few numbers, the event is built when read
-        w, cur = self.w, self.w._cur
+        cur = self.w._cur
         d = t.detach()  # shares t's version counter
         fn = t.grad_fn
         try:
             st = t.untyped_storage()
-            snb = st.nbytes()
-            r = [None, None, None, cur.step, t.shape, t.dtype, cur.storage(st.data_ptr() if snb else None, snb)]
+            ptr, snb = st.data_ptr(), st.nbytes()
+            storages = cur.storages
+            key = ptr if snb and ptr else -len(storages) - 1  # tensors sharing memory share a key
+            hit = storages.get(key)
+            if hit is None:
+                hit = storages[key] = (f"s{len(storages)}", snb)
+            r = [None, None, None, cur.step, t.shape, t.dtype, hit[0], None if fn is None else type(fn)]
             ver = version(t)
         except (RuntimeError, NotImplementedError):
-            r = [None, None, None, cur.step, None, t.dtype, None]
-            w._note(f"a saved {measurable(t) or 'tensor without storage'}: its bytes are not counted")
+            r = [None, None, None, cur.step, None, t.dtype, None, None if fn is None else type(fn)]
+            self.w._note(f"a saved {measurable(t) or 'tensor without storage'}: its bytes are not counted")
             ver = None
-        producer = None if fn is None else type(fn).__name__
         cur.saved_tensors += 1
         cur.packs.append(r)
-        cur.sig.append((r[4], r[5], producer))
-        w._timeline.cur.append((_pack_event, r))
-        # id(fn) only to recognise, during backward, the node that saved its own output (it is alive then)
-        d._lens = _Saved(ver, producer, None if fn is None else id(fn), t.output_nr,
-                         None if fn is None else weakref.ref(t), r)
+        self.w._timeline.cur.append((_pack_event, r))
+        # what unpack needs: the version to check, and for PyTorch's error text id(fn) (to recognise, during
+        # backward, the node that saved its own output: it is alive then), the output number, the tensor itself
+        d._lens = (ver, None if fn is None else id(fn), t.output_nr, None if fn is None else weakref.ref(t), r)
         return d
 
     def unpack(self, d):
         s = d._lens
-        r = s.event
+        r = s[4]
         if self.attributing is not None and r[0] is None:
             r[0], r[1], r[2] = self.attributing
-        if s.version is not None and version(d) != s.version:
+        if s[0] is not None and version(d) != s[0]:
             raise RuntimeError(self._stale_text(d, s))
         if self.attributing is None and self.w._active and in_marked_thread():
             node = current_node()
@@ -239,16 +233,16 @@ class SavedTensors(Recorder):
         return d
 
     def _stale_text(self, d, s) -> str:
+        ver, fn_id, output_nr, original, r = s
         node = current_node()
-        is_output = node is not None and s.fn_id == id(node)
-        producer = s.producer
-        if not is_output and s.original is not None:
-            t = s.original()
+        is_output = node is not None and fn_id == id(node)
+        producer = None if r[7] is None else r[7].__name__
+        if not is_output and original is not None:
+            t = original()
             if t is not None:
                 producer = None if t.grad_fn is None else type(t.grad_fn).__name__
-        r = s.event
         where = f"{r[1]} (slot {r[2]!r})" if r[0] is not None else f"a node of step {r[3]}"
-        return (inplace_error(d, producer, s.output_nr, s.version)
+        return (inplace_error(d, producer, output_nr, ver)
                 + f" [autogradlens: this tensor was saved for backward by {where}]")
 
     def attribute(self, roots) -> None:
@@ -260,7 +254,8 @@ class SavedTensors(Recorder):
             if foreign:
                 self.w._note(_FOREIGN.format(foreign))
             return
-        sig = tuple(cur.sig[i] for i in pending)
+        packs = cur.packs
+        sig = tuple((packs[i][4], packs[i][5], packs[i][7]) for i in pending)
         hit = self.cache.pop(sig, None)
         if hit is None:
             foreign = self._walk(roots)

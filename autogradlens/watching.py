@@ -101,20 +101,12 @@ class _Step:
         self.loss = None
         self.saved_tensors = self.backward_passes = 0
         self.storages: dict = {}  # data pointer -> (key, nbytes)
-        self.packs: list = []     # this step's pack records (forward order, see recorders._Saved)
-        self.sig: list = []       # (shape, dtype, producer type) per pack: the attribution cache key
+        self.packs: list = []     # this step's pack records (forward order, see recorders._pack_event)
         self.grad_norm: dict = {}
         self.update_norm: dict = {}
         self.param_norm: dict = {}
         self.effective_lr: dict = {}
         self.notes: list = []
-
-    def storage(self, ptr, nbytes) -> str:
-        key = ptr if ptr else -len(self.storages) - 1
-        hit = self.storages.get(key)
-        if hit is None:
-            hit = self.storages[key] = (f"s{len(self.storages)}", nbytes)
-        return hit[0]
 
     def saved_by_type(self) -> dict:
         """Bytes per node type, each storage counted once under the first node (forward order) saving it."""
