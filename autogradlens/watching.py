@@ -246,9 +246,6 @@ class _Timeline:
         self.cur: list = []
         self.dropped = 0
 
-    def add(self, e: dict) -> None:
-        self.cur.append(e)
-
     def close(self) -> None:
         if self.keep is None or len(self.head) < self.keep // 2:
             self.head.append(self.cur)
