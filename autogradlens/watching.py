@@ -69,7 +69,7 @@ FIELDS = {
 }
 _COLUMNS = ["kind", "step"] + list(dict.fromkeys(f.strip("[]") for _, fs in EVENTS.values() for f in fs.split()))
 _PER_PARAM = ("grad_norm", "update_norm", "param_norm", "effective_lr")
-_BATCH = 64  # closed steps folded into Watch.steps at a time
+_BATCH = 16  # closed steps folded into Watch.steps at a time
 _SCALARS = (("loss", "d"), ("saved_tensors", "q"), ("saved_bytes", "q"), ("backward_passes", "q"),
             ("saved_by_type", "q"))
 
