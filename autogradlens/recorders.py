@@ -58,7 +58,7 @@ def norms(ts: list) -> list:
     try:
         ns = torch._foreach_norm(ts, 2, dtype=None if ts[0].dtype in (torch.float32, torch.float64)
                                  else torch.float32)
-        return [n.item() for n in ns] if ns[0].device.type == "cpu" else torch.stack(ns).tolist()  # one sync
+        return torch.stack(ns).tolist()  # one read back (one sync on a GPU)
     except (RuntimeError, TypeError):  # mixed devices or dtypes
         return [float(torch.linalg.vector_norm(t, dtype=torch.float64)) for t in ts]
 
@@ -139,13 +139,16 @@ class Passes(Recorder):
 
 # ----------------------------------------------------------------------------- saved tensors
 
-class _Saved:
-    """What pack remembers about one saved tensor (hangs on the detached tensor the graph keeps)."""
-    __slots__ = ("version", "producer", "fn_id", "output_nr", "original", "event")
+def _pack_event(r) -> dict:
+    """A pack record [node, node_id, slot, step, shape, dtype, storage key, producer type] as its event."""
+    node, node_id, slot, step, shape, dtype, storage, _ = r
+    return {"kind": "pack", "step": step, "node": node, "node_id": node_id, "slot": slot,
+            "shape": None if shape is None else tuple(shape), "dtype": _dtype(dtype),
+            "nbytes": None if shape is None else math.prod(shape) * dtype.itemsize, "storage": storage}
 
-    def __init__(self, version, producer, fn_id, output_nr, original, event):
-        self.version, self.producer, self.fn_id = version, producer, fn_id
-        self.output_nr, self.original, self.event = output_nr, original, event
+
+def _unpack_event(step, node, r) -> dict:
+    return {"kind": "unpack", "step": step, "node": node, "node_id": r[1], "slot": r[2]}
 
 
 _FOREIGN = ("{} saved tensor(s) were packed by other saved_tensors_hooks (save_on_cpu, checkpoint or your own): "
@@ -190,81 +193,79 @@ class SavedTensors(Recorder):
         graph.disable_saved_tensors_hooks = disable_saved_tensors_hooks
         self.handles.append(_Handle(lambda: setattr(graph, "disable_saved_tensors_hooks", orig)))
 
-    def pack(self, t):
-        w, cur = self.w, self.w._cur
+    def pack(self, t):  # runs for every saved tensor: records a few numbers, the event is built when read
+        cur = self.w._cur
         d = t.detach()  # shares t's version counter
         fn = t.grad_fn
-        producer = None if fn is None else type(fn).__name__
         try:
             st = t.untyped_storage()
             ptr, snb = st.data_ptr(), st.nbytes()
-            ev = {"kind": "pack", "step": cur.step, "node": None, "node_id": None, "slot": None,
-                  "shape": tuple(t.shape), "dtype": _dtype(t.dtype), "nbytes": t.numel() * t.element_size(),
-                  "storage": cur.storage(ptr if snb else None, snb)}
+            storages = cur.storages
+            key = ptr if snb and ptr else -len(storages) - 1  # tensors sharing memory share a key
+            hit = storages.get(key)
+            if hit is None:
+                hit = storages[key] = (f"s{len(storages)}", snb)
+            r = [None, None, None, cur.step, t.shape, t.dtype, hit[0], None if fn is None else type(fn)]
             ver = version(t)
         except (RuntimeError, NotImplementedError):
-            why = measurable(t) or "tensor without storage"
-            ev = {"kind": "pack", "step": cur.step, "node": None, "node_id": None, "slot": None, "shape": None,
-                  "dtype": _dtype(t.dtype), "nbytes": None, "storage": None}
-            w._note(f"a saved {why}: its bytes are not counted")
+            r = [None, None, None, cur.step, None, t.dtype, None, None if fn is None else type(fn)]
+            self.w._note(f"a saved {measurable(t) or 'tensor without storage'}: its bytes are not counted")
             ver = None
         cur.saved_tensors += 1
-        cur.packs.append(ev)
-        cur.sig.append((t.shape if ev["shape"] is not None else None, t.dtype, producer))
-        w._timeline.add(ev)
-        # id(fn) only to recognise, during backward, the node that saved its own output (it is alive then)
-        d._lens = _Saved(ver, producer, None if fn is None else id(fn), t.output_nr,
-                         None if fn is None else weakref.ref(t), ev)
+        cur.packs.append(r)
+        self.w._timeline.cur.append((_pack_event, r))
+        # what unpack needs: the version to check, and for PyTorch's error text id(fn) (to recognise, during
+        # backward, the node that saved its own output: it is alive then), the output number, the tensor itself
+        d._lens = (ver, None if fn is None else id(fn), t.output_nr, None if fn is None else weakref.ref(t), r)
         return d
 
     def unpack(self, d):
         s = d._lens
-        if self.attributing is not None and s.event["node"] is None:
-            s.event["node"], s.event["node_id"], s.event["slot"] = self.attributing
-        if s.version is not None and version(d) != s.version:
+        r = s[4]
+        if self.attributing is not None and r[0] is None:
+            r[0], r[1], r[2] = self.attributing
+        if s[0] is not None and version(d) != s[0]:
             raise RuntimeError(self._stale_text(d, s))
         if self.attributing is None and self.w._active and in_marked_thread():
             node = current_node()
             if node is not None:  # in backward (reads of _saved_* attributes by other code are not logged)
-                e = s.event
-                self.w._emit({"kind": "unpack", "step": self.w._cur.step, "node": type(node).__name__,
-                              "node_id": e["node_id"], "slot": e["slot"]})
+                self.w._timeline.cur.append((_unpack_event, self.w._cur.step, type(node).__name__, r))
         return d
 
     def _stale_text(self, d, s) -> str:
+        ver, fn_id, output_nr, original, r = s
         node = current_node()
-        is_output = node is not None and s.fn_id == id(node)
-        producer = s.producer
-        if not is_output and s.original is not None:
-            t = s.original()
+        is_output = node is not None and fn_id == id(node)
+        producer = None if r[7] is None else r[7].__name__
+        if not is_output and original is not None:
+            t = original()
             if t is not None:
                 producer = None if t.grad_fn is None else type(t.grad_fn).__name__
-        e = s.event
-        where = (f"{e['node_id']} (slot {e['slot']!r})" if e["node"] is not None
-                 else f"a node of step {e['step']}")
-        return (inplace_error(d, producer, s.output_nr, s.version)
+        where = f"{r[1]} (slot {r[2]!r})" if r[0] is not None else f"a node of step {r[3]}"
+        return (inplace_error(d, producer, output_nr, ver)
                 + f" [autogradlens: this tensor was saved for backward by {where}]")
 
     def attribute(self, roots) -> None:
         """Name the node (type and trace id) and slot of this step's packs that have none yet."""
         cur = self.w._cur
-        pending = [i for i, e in enumerate(cur.packs) if e["node"] is None]
+        pending = [i for i, r in enumerate(cur.packs) if r[0] is None]
         if not pending:  # all named already; with no pack at all, only look for tensors saved by other hooks
             foreign = 0 if cur.packs else self._walk(roots)
             if foreign:
                 self.w._note(_FOREIGN.format(foreign))
             return
-        sig = tuple(cur.sig[i] for i in pending)
+        packs = cur.packs
+        sig = tuple((packs[i][4], packs[i][5], packs[i][7]) for i in pending)
         hit = self.cache.pop(sig, None)
         if hit is None:
             foreign = self._walk(roots)
             found = [cur.packs[i] for i in pending]
-            if all(e["node"] is not None for e in found):
-                hit = ([(e["node"], e["node_id"], e["slot"]) for e in found], foreign)
+            if all(r[0] is not None for r in found):
+                hit = ([(r[0], r[1], r[2]) for r in found], foreign)
         else:
             for i, (node, nid, slot) in zip(pending, hit[0]):
-                e = cur.packs[i]
-                e["node"], e["node_id"], e["slot"] = node, nid, slot
+                r = cur.packs[i]
+                r[0], r[1], r[2] = node, nid, slot
             foreign = hit[1]
         if hit is not None:
             self.cache[sig] = hit  # most recent last; the oldest answer goes first
@@ -355,9 +356,9 @@ class Gradients(Recorder):
             w = self.w
             fresh, stale = self.before.pop(name, (True, False))
             prev = self.last.get(name)
-            ev = w._emit({"kind": "accumulate", "step": w._cur.step, "param": name, "norm": None,
-                          "accumulated": not fresh})
-            self.touched.append((name, p, ev))
+            r = [w._cur.step, name, None, not fresh]  # the norm comes at the end of the backward
+            w._timeline.cur.append((_accumulate_event, r))
+            self.touched.append((name, p, r))
             g = p.grad
             self.last[name] = (weakref.ref(g), version(g), w._cur.step)
             if stale:
@@ -374,18 +375,23 @@ class Gradients(Recorder):
         w, touched = self.w, self.touched
         self.touched = []
         if touched and w._cur.measured:
-            ok = [(n, p.grad, e) for n, p, e in touched if dense(p.grad)]
-            for (n, g, e), v in zip(ok, norms([g for _, g, _ in ok])):
-                e["norm"] = w._cur.grad_norm[n] = v
-                self.seen[n] = (weakref.ref(g), version(g), v)
-            for n, p, e in touched:
-                if e["norm"] is None:
-                    v, why = norm_of(p.grad)
+            grad_norm, seen = w._cur.grad_norm, self.seen
+            gs = [p.grad for _, p, _ in touched]
+            ok = [g for g in gs if dense(g)]
+            if len(ok) == len(gs):  # the usual case: all dense, one fused call
+                for (n, _, r), g, v in zip(touched, gs, norms(ok)):
+                    r[2] = grad_norm[n] = v
+                    seen[n] = (weakref.ref(g), version(g), v)
+            else:
+                for (n, _, r), g in zip(touched, gs):
+                    v, why = norm_of(g)
                     if why is not None:
                         w._note(f"gradient of {n} is a {why}: its norm is not measured")
-                    e["norm"] = v
+                    r[2] = v
                     if v is not None:
-                        w._cur.grad_norm[n] = v
+                        grad_norm[n] = v
+                        if why is None and g.layout == torch.strided:
+                            seen[n] = (weakref.ref(g), version(g), v)
         if self.pending_warning is not None:
             msg, self.pending_warning = self.pending_warning, None
             warn(msg)
@@ -396,6 +402,10 @@ class Gradients(Recorder):
         if hit is not None and hit[0]() is g and hit[1] == version(g):
             return hit[2]
         return None
+
+
+def _accumulate_event(r) -> dict:
+    return {"kind": "accumulate", "step": r[0], "param": r[1], "norm": r[2], "accumulated": r[3]}
 
 
 def _is_zero(g) -> bool:
@@ -515,6 +525,16 @@ class Updates(Recorder):
     def _measure(self, opt, group, plan, ps, extra):
         w, n, cur = self.w, len(ps), self.w._cur
         lr = float(group["lr"])
+        if plan == "sgd":  # the common case, kept short: p moved by lr * grad
+            names, vals = [w._name(p) for p in ps], norms(ps)
+            step, add = cur.step, w._timeline.cur.append
+            un = [None if g is None else lr * g for g in extra]
+            for name, u, pn in zip(names, un, vals):  # events built when read
+                add((_update_event, step, name, u, pn, lr, lr, "lr*|grad|", (), ()))
+            cur.update_norm.update((nm, u) for nm, u in zip(names, un) if u is not None)
+            cur.param_norm.update(zip(names, vals))
+            cur.effective_lr.update(dict.fromkeys(names, lr))
+            return
         states = [opt.state.get(p, _EMPTY) for p in ps]
         adam = "betas" in group and all("exp_avg_sq" in s for s in states)
         bufs = None if adam else [s.get("momentum_buffer") for s in states]
@@ -536,20 +556,29 @@ class Updates(Recorder):
             if med is None:
                 med = self.medians[id(group)] = _Medians()
             eff = _adam_steps(states, group, med)
-        method = _METHOD[plan]
-        for i, p in enumerate(ps):
-            name, u, pn = w._name(p), un[i], vals[i]
-            ev = {"kind": "update", "step": cur.step, "param": name, "update_norm": u, "param_norm": pn,
-                  "ratio": None if u is None else (u / pn if pn else math.inf), "lr": lr,
-                  "effective_lr": eff[i][1] if adam else lr, "method": method}
-            if adam:
-                ev["exp_avg_norm"], ev["exp_avg_sq_norm"], ev["adam_step"] = vals[k + i], vals[k + n + i], eff[i][0]
-            elif momentum:
-                ev["momentum_norm"] = vals[k + i]
-            w._emit(ev)
-            cur.update(name, u, pn, ev["effective_lr"])
+        method, step, names = _METHOD[plan], cur.step, [w._name(p) for p in ps]
+        effs = [e[1] for e in eff] if adam else [lr] * n
+        extra = ([(vals[k + i], vals[k + n + i], eff[i][0]) for i in range(n)] if adam
+                 else [(vals[k + i],) for i in range(n)] if momentum else [()] * n)
+        keys = _ADAM_KEYS if adam else _MOMENTUM_KEYS if momentum else ()
+        add = w._timeline.cur.append
+        for name, u, pn, e, x in zip(names, un, vals, effs, extra):  # events built when read
+            add((_update_event, step, name, u, pn, lr, e, method, keys, x))
+        cur.update_norm.update((nm, u) for nm, u in zip(names, un) if u is not None)
+        cur.param_norm.update(zip(names, vals[:n]))
+        cur.effective_lr.update(zip(names, effs))
 
 
+def _update_event(step, name, u, pn, lr, eff, method, keys, extra) -> dict:
+    ev = {"kind": "update", "step": step, "param": name, "update_norm": u, "param_norm": pn,
+          "ratio": None if u is None else (u / pn if pn else math.inf), "lr": lr, "effective_lr": eff,
+          "method": method}
+    ev.update(zip(keys, extra))
+    return ev
+
+
+_ADAM_KEYS = ("exp_avg_norm", "exp_avg_sq_norm", "adam_step")
+_MOMENTUM_KEYS = ("momentum_norm",)
 _EMPTY: dict = {}
 _METHOD = {"sgd": "lr*|grad|", "momentum": "lr*|momentum_buffer|", "copy": "measured"}
 
@@ -590,8 +619,13 @@ def _adam_steps(states, group, medians) -> list:
     meds = medians([s.get("max_exp_avg_sq", s["exp_avg_sq"]) for s in states])
     b1, b2 = group["betas"]
     lr, eps = float(group["lr"]), group["eps"]
+    steps = [s["step"] for s in states]
+    try:  # step counts are tensors: read them back in one call
+        steps = torch.stack(steps).tolist()
+    except (RuntimeError, TypeError):  # plain numbers, or on different devices
+        steps = [float(t) for t in steps]
     out = []
-    for s, m in zip(states, meds):
-        t = float(s["step"])
+    for t, m in zip(steps, meds):
+        t = float(t)
         out.append((int(t), (lr / (1 - b1**t)) / (math.sqrt(m) / math.sqrt(1 - b2**t) + eps)))
     return out

@@ -69,7 +69,7 @@ FIELDS = {
 }
 _COLUMNS = ["kind", "step"] + list(dict.fromkeys(f.strip("[]") for _, fs in EVENTS.values() for f in fs.split()))
 _PER_PARAM = ("grad_norm", "update_norm", "param_norm", "effective_lr")
-_FAM = {f: i for i, f in enumerate(_PER_PARAM)}
+_BATCH = 16  # closed steps folded into Watch.steps at a time
 _SCALARS = (("loss", "d"), ("saved_tensors", "q"), ("saved_bytes", "q"), ("backward_passes", "q"),
             ("saved_by_type", "q"))
 
@@ -101,34 +101,20 @@ class _Step:
         self.loss = None
         self.saved_tensors = self.backward_passes = 0
         self.storages: dict = {}  # data pointer -> (key, nbytes)
-        self.packs: list = []     # this step's pack events (forward order)
-        self.sig: list = []       # (shape, dtype, producer type) per pack: the attribution cache key
+        self.packs: list = []     # this step's pack records (forward order, see recorders._pack_event)
         self.grad_norm: dict = {}
         self.update_norm: dict = {}
         self.param_norm: dict = {}
         self.effective_lr: dict = {}
         self.notes: list = []
 
-    def storage(self, ptr, nbytes) -> str:
-        key = ptr if ptr else -len(self.storages) - 1
-        hit = self.storages.get(key)
-        if hit is None:
-            hit = self.storages[key] = (f"s{len(self.storages)}", nbytes)
-        return hit[0]
-
-    def update(self, name, u, pn, eff):
-        if u is not None:
-            self.update_norm[name] = u
-        self.param_norm[name] = pn
-        self.effective_lr[name] = eff
-
     def saved_by_type(self) -> dict:
         """Bytes per node type, each storage counted once under the first node (forward order) saving it."""
         if not self.storages:
             return {}
         owner: dict = {}
-        for e in self.packs:
-            owner.setdefault(e["storage"], e["node"] or "(never backwarded)")
+        for r in self.packs:
+            owner.setdefault(r[6], r[0] or "(never backwarded)")
         out: dict = {}
         for key, nbytes in self.storages.values():
             t = owner.get(key, "(never backwarded)")
@@ -178,6 +164,17 @@ class _Steps(Sequence):
         self.kinds: list = []      # distinct saved_by_type dicts
         self.kind_ids: dict = {}
         self.notes: dict = {}      # step -> [note]
+        self.pending: list = []    # closed steps not yet folded into the columns (done in batches, off the step)
+
+    def add(self, s: _Step) -> None:
+        self.pending.append(s)
+        if len(self.pending) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for s in pending:
+            self._add(s)
 
     def _col(self, key, code) -> _Column:
         c = self.cols.get(key)
@@ -185,7 +182,7 @@ class _Steps(Sequence):
             c = self.cols[key] = _Column(code, self.n)
         return c
 
-    def add(self, s: _Step) -> None:
+    def _add(self, s: _Step) -> None:
         sbt = s.saved_by_type()
         k = self.kind_ids.setdefault(tuple(sbt.items()), len(self.kinds))
         if k == len(self.kinds):
@@ -194,29 +191,34 @@ class _Steps(Sequence):
         if not c:
             for key, code in _SCALARS:
                 self._col(key, code)
-        c["loss"].append(s.loss)
-        c["saved_tensors"].append(s.saved_tensors)
-        c["saved_bytes"].append(sum(nb for _, nb in s.storages.values()))
-        c["backward_passes"].append(s.backward_passes)
-        c["saved_by_type"].append(k)
-        fams = (s.grad_norm, s.update_norm, s.param_norm, s.effective_lr)
-        for fam, d in zip(_PER_PARAM, fams):
-            for name in d:
-                if (fam, name) not in c:
-                    self._col((fam, name), "f")
-        for key, col in c.items():
-            if type(key) is tuple:
-                col.append(fams[_FAM[key[0]]].get(key[1]))
+            self.scalars = [c[key].append for key, _ in _SCALARS]
+            self.fams = [[] for _ in _PER_PARAM]  # per family: [(name, column.append)]
+        a = self.scalars
+        a[0](s.loss)
+        a[1](s.saved_tensors)
+        a[2](sum(nb for _, nb in s.storages.values()))
+        a[3](s.backward_passes)
+        a[4](k)
+        for fam, d, cols in zip(_PER_PARAM, (s.grad_norm, s.update_norm, s.param_norm, s.effective_lr), self.fams):
+            if len(d) > len(cols) or any(n not in d for n, _ in cols):  # a name not seen in this family yet
+                for name in d:
+                    if (fam, name) not in c:
+                        cols.append((name, self._col((fam, name), "f").append))
+            get = d.get
+            for name, append in cols:
+                append(get(name))
         if s.notes:
             self.notes[self.n] = list(dict.fromkeys(s.notes))
         self.n += 1
 
     def __len__(self) -> int:
-        return self.n
+        return self.n + len(self.pending)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if self.pending:
+            self.flush()
         if i < 0:
             i += self.n
         if not 0 <= i < self.n:
@@ -244,9 +246,6 @@ class _Timeline:
         self.cur: list = []
         self.dropped = 0
 
-    def add(self, e: dict) -> None:
-        self.cur.append(e)
-
     def close(self) -> None:
         if self.keep is None or len(self.head) < self.keep // 2:
             self.head.append(self.cur)
@@ -258,17 +257,17 @@ class _Timeline:
             self.tail.append(self.cur)
         self.cur = []
 
-    def __iter__(self):
+    def __iter__(self):  # an event stored as (builder, *args) is built here, when read
         for evs in self.head:
-            yield from evs
+            yield from (e if type(e) is dict else e[0](*e[1:]) for e in evs)
         if self.dropped:
             first = len(self.head)
             yield {"kind": "note", "step": first,
                    "message": f"the detailed events of {self.dropped} steps from step {first} on are not kept "
                               f"(keep={self.keep}); steps holds their summaries"}
         for evs in self.tail:
-            yield from evs
-        yield from self.cur
+            yield from (e if type(e) is dict else e[0](*e[1:]) for e in evs)
+        yield from (e if type(e) is dict else e[0](*e[1:]) for e in self.cur)
 
 
 # ----------------------------------------------------------------------------- the watch
