@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from .rules import Ctx
+from .rules import Ctx, round_to
 
 __all__ = ["Mag", "MagCtx", "gamma", "local_bound", "unit_roundoff"]
 
@@ -177,7 +177,7 @@ class Mag:
         return np.reshape(self, shape[0] if len(shape) == 1 else shape, **kw)
 
     def transpose(self, *axes):
-        return np.transpose(self, axes or None)
+        return np.transpose(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes or None)
 
     def swapaxes(self, a, b):
         return np.swapaxes(self, a, b)
@@ -395,13 +395,18 @@ def _add_at(out, idx, b=None):
 
 def _einsum(args, kw):
     subs, ops = args[0], [Mag.of(a) for a in args[1:]]
-    if not isinstance(subs, str) or "..." in subs or "->" not in subs:
-        raise TypeError("np.einsum on magnitudes needs explicit subscripts 'ab,bc->ac'")
+    if not isinstance(subs, str) or "->" not in subs:
+        raise TypeError("np.einsum on magnitudes needs explicit subscripts 'ab,bc->ac' (or '...ab,...bc->...ac')")
     ins, out = subs.replace(" ", "").split("->")
-    sizes = {}
+    sizes, ell = {}, ()
     for term, x in zip(ins.split(","), ops):
-        sizes.update(zip(term, x.shape))
-    k = math.prod(s for c, s in sizes.items() if c not in out)
+        a, _, b = term.partition("...")
+        lead = x.ndim - len(b) if "..." in term else len(a)
+        if "..." in term:
+            ell = np.broadcast_shapes(ell, x.shape[len(a):lead])
+        for c, size in zip(a + b, x.shape[:len(a)] + x.shape[lead:]):
+            sizes[c] = max(sizes.get(c, 1), size)
+    k = math.prod(s for c, s in sizes.items() if c not in out) * (1 if "..." in out else math.prod(ell))
     m = np.einsum(subs, *(x.m for x in ops), **kw)
     known = all(x.v is not None for x in ops)
     v = np.einsum(subs, *(x.v for x in ops), **kw) if known else None
@@ -415,3 +420,12 @@ class MagCtx(Ctx):
 
     def zeros(self, shape):
         return Mag(np.zeros(shape), np.zeros(shape), 0)
+
+    def rounded(self, dtype, a):
+        a = Mag.of(a)
+        return Mag(a.m, None if a.v is None else round_to(dtype, a.v), a.c + 1)
+
+    def dtype_sum(self, a, axis):
+        s = Mag.of(a).sum(axis=axis)
+        s.c = (s.n, s.n)  # every addition rounds to the dtype itself (r = n)
+        return s

@@ -46,6 +46,15 @@ class Ctx:
     def zeros(self, shape):
         return _ozeros(shape) if self.scalar else np.zeros(shape)
 
+    def rounded(self, dtype: str, a):
+        """`a` rounded to `dtype` as PyTorch's cast does (bounds.MagCtx counts it as one rounding)."""
+        return round_to(dtype, a)
+
+    def dtype_sum(self, a, axis):
+        """A sum PyTorch accumulates in the tensor's own dtype, rounding after every addition (bounds.MagCtx
+        counts it so): the CPU layer-norm kernel's per-thread dgamma/dbeta buffers for bfloat16/float16."""
+        return a.sum(axis=axis)
+
 
 def _ozeros(shape):
     z = np.empty(shape, dtype=object)
@@ -96,7 +105,7 @@ def _to_copy(c):  # the gradient is cast back to the input's dtype, rounding it
         from .value import Value
         return (np.vectorize(lambda v: Value(float(round_to(dt, np.float64(v.data if isinstance(v, Value) else v)))),
                              otypes=[object])(c.g),)
-    return (round_to(dt, c.g),)
+    return (c.rounded(dt, c.g),)
 
 
 def round_to(dtype: str, a):
@@ -711,7 +720,7 @@ def _layernorm(c):
     gh = g if w is None else g * w
     dx = rstd / n * (n * gh - gh.sum(axis=ax, keepdims=True) - xhat * (gh * xhat).sum(axis=ax, keepdims=True))
     rows = tuple(range(x.ndim - k))
-    return (dx, None if w is None else (g * xhat).sum(axis=rows), (g.sum(axis=rows) if w is not None else None))
+    return (dx, None if w is None else c.dtype_sum(g * xhat, rows), c.dtype_sum(g, rows) if w is not None else None)
 
 
 @rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0")
