@@ -13,8 +13,15 @@ how many roundings a result can have gone through. A ``Mag`` holds
 - ``n``: a count of roundings per element (the largest over the array): +1 per addition or multiplication,
   + k - 1 for a sum of k terms, + K for a length-K dot product, + ``ELEMENTARY_UNITS`` for exp/log/tanh/...
 
-Conventions for rule authors (rules.py): use numpy functions and operators only (``np.where``, ``np.einsum``,
-``np.add.at``, ``.sum(axis=...)``, slicing and slice assignment, ``c.zeros(shape)`` for buffers); never turn G
+Two rule-context methods say what plain numpy cannot: ``c.rounded(dtype, x)`` (a cast, as PyTorch rounds it:
+one rounding on magnitudes) and ``c.dtype_sum(x, axis)`` (a sum PyTorch accumulates in the tensor's own dtype,
+rounding after every addition: r = n, e.g. the CPU layer-norm kernel's per-thread dgamma/dbeta buffers for
+bfloat16/float16, measured bit for bit against torch 2.13: each thread adds its rows one by one in bfloat16,
+then the buffers are added).
+
+Conventions for rule authors (rules.py): use numpy functions and operators only (``np.where``, ``np.einsum``
+with explicit output subscripts, ``...`` allowed, ``np.add.at``, ``.sum(axis=...)``, slicing and slice
+assignment, ``c.zeros(shape)`` for buffers); never turn G
 into Python floats or branch on its values; elementwise functions of saved tensors may be anything (unknown
 numpy functions of coefficients run on their values). A rule that cannot run on a ``Mag`` makes the mirror
 fall back to a relative bound for that node (noted on its row); tests/test_verdicts.py checks every rule.
@@ -398,15 +405,12 @@ def _einsum(args, kw):
     if not isinstance(subs, str) or "->" not in subs:
         raise TypeError("np.einsum on magnitudes needs explicit subscripts 'ab,bc->ac' (or '...ab,...bc->...ac')")
     ins, out = subs.replace(" ", "").split("->")
-    sizes, ell = {}, ()
+    sizes = {}  # label -> size; '...' dimensions are never summed (numpy keeps them in the output)
     for term, x in zip(ins.split(","), ops):
         a, _, b = term.partition("...")
-        lead = x.ndim - len(b) if "..." in term else len(a)
-        if "..." in term:
-            ell = np.broadcast_shapes(ell, x.shape[len(a):lead])
-        for c, size in zip(a + b, x.shape[:len(a)] + x.shape[lead:]):
+        for c, size in zip(a + b, x.shape[:len(a)] + x.shape[x.ndim - len(b):]):
             sizes[c] = max(sizes.get(c, 1), size)
-    k = math.prod(s for c, s in sizes.items() if c not in out) * (1 if "..." in out else math.prod(ell))
+    k = math.prod(s for c, s in sizes.items() if c not in out)
     m = np.einsum(subs, *(x.m for x in ops), **kw)
     known = all(x.v is not None for x in ops)
     v = np.einsum(subs, *(x.v for x in ops), **kw) if known else None
