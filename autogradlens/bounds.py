@@ -33,6 +33,7 @@ import math
 
 import numpy as np
 
+from .errors import LensTypeError
 from .rules import Ctx, round_to
 
 __all__ = ["Mag", "MagCtx", "gamma", "local_bound", "unit_roundoff"]
@@ -107,7 +108,7 @@ class Mag:
             return x
         x = np.asarray(x)
         if x.dtype == object:
-            raise TypeError("a Mag of Python objects")
+            raise LensTypeError("a Mag of Python objects")
         return cls(np.abs(x).astype(np.float64), x, n)
 
     @classmethod
@@ -148,7 +149,7 @@ class Mag:
 
     def __array__(self, dtype=None, copy=None):
         if self.v is None:
-            raise TypeError("a gradient magnitude cannot become a plain array (the rule is not linear in G?)")
+            raise LensTypeError("a gradient magnitude cannot become a plain array (the rule is not linear in G?)")
         return np.asarray(self.v, dtype=dtype)
 
     def __float__(self):
@@ -249,7 +250,7 @@ class Mag:
         if method == "reduce" and uf is np.add:
             return np.sum(args[0], **kw)
         if method != "__call__":
-            raise TypeError(f"np.{uf.__name__}.{method} on magnitudes")
+            raise LensTypeError(f"np.{uf.__name__}.{method} on magnitudes")
         if uf in _PLAIN:
             return uf(*(_value(a) for a in args), **kw)
         xs = [Mag.of(a) for a in args]
@@ -269,14 +270,14 @@ class Mag:
         if uf in (np.divide, np.true_divide):
             b = xs[1]
             if b.v is None:
-                raise TypeError("division by a gradient (the rule is not linear in G?)")
+                raise LensTypeError("division by a gradient (the rule is not linear in G?)")
             q = xs[0].m / np.abs(b.v)
             m = q + q * b.m / np.abs(b.v) if b.n else q  # an inexact divisor: its error, relative, adds on
             return Mag(m, uf(*vals) if known else None, xs[0].c + b.c + 1)
         if uf is np.square:
             return Mag(xs[0].m * xs[0].m, np.square(vals[0]) if known else None, 2 * n + 1)
         if not known:
-            raise TypeError(f"np.{uf.__name__} of a gradient (the rule is not linear in G?)")
+            raise LensTypeError(f"np.{uf.__name__} of a gradient (the rule is not linear in G?)")
         r = uf(*vals, **kw)
         if uf in _EXACT:
             return Mag(np.abs(r).astype(np.float64), r, 0)
@@ -341,7 +342,7 @@ class Mag:
             return None
         mags = _mags(args) + _mags(kw)
         if any(x.v is None for x in mags):
-            raise TypeError(f"np.{func.__name__} of a gradient on magnitudes")
+            raise LensTypeError(f"np.{func.__name__} of a gradient on magnitudes")
         return func(*_swap(args, "v"), **_swap(kw, "v"))  # a coefficient: computed on values, exact
 
 
@@ -388,7 +389,7 @@ def _swap(x, attr):
 
 def _add_at(out, idx, b=None):
     if not isinstance(out, Mag):
-        raise TypeError("np.add.at into a plain array with magnitudes (use c.zeros(shape) for buffers)")
+        raise LensTypeError("np.add.at into a plain array with magnitudes (use c.zeros(shape) for buffers)")
     idx, b = _value(idx), Mag.of(b)
     np.add.at(out.m, idx, b.m)
     if out.v is not None and b.v is not None:
@@ -403,7 +404,7 @@ def _add_at(out, idx, b=None):
 def _einsum(args, kw):
     subs, ops = args[0], [Mag.of(a) for a in args[1:]]
     if not isinstance(subs, str) or "->" not in subs:
-        raise TypeError("np.einsum on magnitudes needs explicit subscripts 'ab,bc->ac' (or '...ab,...bc->...ac')")
+        raise LensTypeError("np.einsum on magnitudes needs explicit subscripts 'ab,bc->ac' (or '...ab,...bc->...ac')")
     ins, out = subs.replace(" ", "").split("->")
     sizes = {}  # label -> size; '...' dimensions are never summed (numpy keeps them in the output)
     for term, x in zip(ins.split(","), ops):

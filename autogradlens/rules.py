@@ -3,7 +3,9 @@
 Convention: ``RULES[type](c)`` returns one gradient per slot of the node's ``next_functions`` (None where
 no gradient flows). ``c`` is a :class:`Ctx`: ``c.g`` (incoming gradient of output 0), ``c.gs`` (all
 outputs), ``c.s[name]`` (saved tensors as float64 / int64 numpy arrays), ``c.a[name]`` (decoded saved
-attributes), ``c.in_shapes[slot]`` / ``c.in_dtypes[slot]`` (forward inputs), ``c.zeros(shape)``.
+attributes), ``c.in_shapes[slot]`` / ``c.in_dtypes[slot]`` (forward inputs), ``c.zeros(shape)``,
+``c.rounded(dtype, x)`` (a cast) and ``c.dtype_sum(x, axis)`` (a sum PyTorch accumulates in the dtype itself).
+Rules also run on bounds.Mag magnitudes (the mirror's rounding bound): see bounds.py for what they may use.
 Gradients are numpy arrays: float64 in tensor mode, object arrays of :class:`Value` in scalar mode;
 every rule is linear in the incoming gradient, so the same code serves both. Rules do not reduce
 broadcasting: the driver sums each result to its input's shape, as the engine does.
@@ -1124,6 +1126,9 @@ def _embedding_bag(c):
 
 @rule("ScaledDotProductFlashAttentionForCpuBackward0")
 def _sdpa(c):
+    """The flash-attention backward, as PyTorch's CPU kernel computes it: the probabilities from the saved
+    logsumexp (p = exp(s - lse), no second normalisation) and the row term D = sum(dO * O) from the saved
+    output (equal to sum(dP * P), but with terms |dO||O| instead of |dO||V||P|)."""
     q, k, v = c.s["query"], c.s["key"], c.s["value"]
     if c.a.get("dropout_p", 0.0):
         raise Unsupported("attention with dropout: the dropout mask is not saved")
@@ -1139,15 +1144,24 @@ def _sdpa(c):
             allowed = allowed & np.isfinite(np.broadcast_to(mask, s.shape))
     if c.a.get("is_causal"):
         allowed = allowed & np.tril(np.ones(s.shape[-2:], dtype=bool))
-    s = np.where(allowed, s, -np.inf)
-    top = np.max(s, axis=-1, keepdims=True)
-    e = np.where(allowed, np.exp(s - np.where(np.isfinite(top), top, 0.0)), 0.0)
-    tot = e.sum(axis=-1, keepdims=True)
-    p = e / np.where(tot > 0, tot, 1.0)  # a fully masked row gives zeros, as the fused kernel does
+    lse, out = c.s.get("logsumexp"), c.s.get("output")
     go = c.g
+    if lse is None or out is None:  # older PyTorch: normalise here
+        s = np.where(allowed, s, -np.inf)
+        top = np.max(s, axis=-1, keepdims=True)
+        e = np.where(allowed, np.exp(s - np.where(np.isfinite(top), top, 0.0)), 0.0)
+        tot = e.sum(axis=-1, keepdims=True)
+        p = e / np.where(tot > 0, tot, 1.0)  # a fully masked row gives zeros, as the fused kernel does
+        dp = np.einsum("...le,...se->...ls", go, v)
+        d = (dp * p).sum(axis=-1, keepdims=True)
+    else:
+        lse = lse[..., None]
+        live = np.isfinite(lse)  # a fully masked row (lse = -inf) gives zeros, as the fused kernel does
+        p = np.where(allowed & live, np.exp(np.where(allowed, s, 0.0) - np.where(live, lse, 0.0)), 0.0)
+        dp = np.einsum("...le,...se->...ls", go, v)
+        d = (go * out).sum(axis=-1, keepdims=True)
     dv = np.einsum("...ls,...le->...se", p, go)
-    dp = np.einsum("...le,...se->...ls", go, v)
-    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+    ds = p * (dp - d)
     dq = np.einsum("...ls,...se->...le", ds, k) * scale
     dk = np.einsum("...ls,...le->...se", ds, q) * scale
     return (dq, dk, dv)
