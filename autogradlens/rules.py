@@ -1144,22 +1144,11 @@ def _sdpa(c):
             allowed = allowed & np.isfinite(np.broadcast_to(mask, s.shape))
     if c.a.get("is_causal"):
         allowed = allowed & np.tril(np.ones(s.shape[-2:], dtype=bool))
-    lse, out = c.s.get("logsumexp"), c.s.get("output")
-    go = c.g
-    if lse is None or out is None:  # older PyTorch: normalise here
-        s = np.where(allowed, s, -np.inf)
-        top = np.max(s, axis=-1, keepdims=True)
-        e = np.where(allowed, np.exp(s - np.where(np.isfinite(top), top, 0.0)), 0.0)
-        tot = e.sum(axis=-1, keepdims=True)
-        p = e / np.where(tot > 0, tot, 1.0)  # a fully masked row gives zeros, as the fused kernel does
-        dp = np.einsum("...le,...se->...ls", go, v)
-        d = (dp * p).sum(axis=-1, keepdims=True)
-    else:
-        lse = lse[..., None]
-        live = np.isfinite(lse)  # a fully masked row (lse = -inf) gives zeros, as the fused kernel does
-        p = np.where(allowed & live, np.exp(np.where(allowed, s, 0.0) - np.where(live, lse, 0.0)), 0.0)
-        dp = np.einsum("...le,...se->...ls", go, v)
-        d = (go * out).sum(axis=-1, keepdims=True)
+    lse, out, go = c.s["logsumexp"][..., None], c.s["output"], c.g
+    live = np.isfinite(lse)  # a fully masked row (lse = -inf) gives zeros, as the fused kernel does
+    p = np.where(allowed & live, np.exp(np.where(allowed, s, 0.0) - np.where(live, lse, 0.0)), 0.0)
+    dp = np.einsum("...le,...se->...ls", go, v)
+    d = (go * out).sum(axis=-1, keepdims=True)
     dv = np.einsum("...ls,...le->...se", p, go)
     ds = p * (dp - d)
     dq = np.einsum("...ls,...se->...le", ds, k) * scale
