@@ -558,6 +558,12 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
     the computation (see the module docstring). `.grad` is left untouched (``retain_grad()`` tensors
     included) unless ``backward=True``, which leaves ``.grad`` as ``root.backward()`` would.
 
+    Raises:
+        LensTypeError: `root` is not a tensor with a graph, or `params` is not a module / mapping of tensors.
+        LensValueError: `mode` is unknown, `root` has no graph (a leaf, or no requires_grad), or `params`
+            names two tensors alike.
+        LensRuntimeError: backward() already freed the saved tensors, or one was changed in place since.
+
     Example:
         >>> import torch, autogradlens as lens
         >>> w = torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)
