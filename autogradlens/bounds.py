@@ -13,8 +13,15 @@ how many roundings a result can have gone through. A ``Mag`` holds
 - ``n``: a count of roundings per element (the largest over the array): +1 per addition or multiplication,
   + k - 1 for a sum of k terms, + K for a length-K dot product, + ``ELEMENTARY_UNITS`` for exp/log/tanh/...
 
-Conventions for rule authors (rules.py): use numpy functions and operators only (``np.where``, ``np.einsum``,
-``np.add.at``, ``.sum(axis=...)``, slicing and slice assignment, ``c.zeros(shape)`` for buffers); never turn G
+Two rule-context methods say what plain numpy cannot: ``c.rounded(dtype, x)`` (a cast, as PyTorch rounds it:
+one rounding on magnitudes) and ``c.dtype_sum(x, axis)`` (a sum PyTorch accumulates in the tensor's own dtype,
+rounding after every addition: r = n, e.g. the CPU layer-norm kernel's per-thread dgamma/dbeta buffers for
+bfloat16/float16, measured bit for bit against torch 2.13: each thread adds its rows one by one in bfloat16,
+then the buffers are added).
+
+Conventions for rule authors (rules.py): use numpy functions and operators only (``np.where``, ``np.einsum``
+with explicit output subscripts, ``...`` allowed, ``np.add.at``, ``.sum(axis=...)``, slicing and slice
+assignment, ``c.zeros(shape)`` for buffers); never turn G
 into Python floats or branch on its values; elementwise functions of saved tensors may be anything (unknown
 numpy functions of coefficients run on their values). A rule that cannot run on a ``Mag`` makes the mirror
 fall back to a relative bound for that node (noted on its row); tests/test_verdicts.py checks every rule.
@@ -26,7 +33,8 @@ import math
 
 import numpy as np
 
-from .rules import Ctx
+from .errors import LensTypeError
+from .rules import Ctx, round_to
 
 __all__ = ["Mag", "MagCtx", "gamma", "local_bound", "unit_roundoff"]
 
@@ -100,7 +108,7 @@ class Mag:
             return x
         x = np.asarray(x)
         if x.dtype == object:
-            raise TypeError("a Mag of Python objects")
+            raise LensTypeError("a Mag of Python objects")
         return cls(np.abs(x).astype(np.float64), x, n)
 
     @classmethod
@@ -141,7 +149,7 @@ class Mag:
 
     def __array__(self, dtype=None, copy=None):
         if self.v is None:
-            raise TypeError("a gradient magnitude cannot become a plain array (the rule is not linear in G?)")
+            raise LensTypeError("a gradient magnitude cannot become a plain array (the rule is not linear in G?)")
         return np.asarray(self.v, dtype=dtype)
 
     def __float__(self):
@@ -177,7 +185,7 @@ class Mag:
         return np.reshape(self, shape[0] if len(shape) == 1 else shape, **kw)
 
     def transpose(self, *axes):
-        return np.transpose(self, axes or None)
+        return np.transpose(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes or None)
 
     def swapaxes(self, a, b):
         return np.swapaxes(self, a, b)
@@ -242,7 +250,7 @@ class Mag:
         if method == "reduce" and uf is np.add:
             return np.sum(args[0], **kw)
         if method != "__call__":
-            raise TypeError(f"np.{uf.__name__}.{method} on magnitudes")
+            raise LensTypeError(f"np.{uf.__name__}.{method} on magnitudes")
         if uf in _PLAIN:
             return uf(*(_value(a) for a in args), **kw)
         xs = [Mag.of(a) for a in args]
@@ -262,14 +270,14 @@ class Mag:
         if uf in (np.divide, np.true_divide):
             b = xs[1]
             if b.v is None:
-                raise TypeError("division by a gradient (the rule is not linear in G?)")
+                raise LensTypeError("division by a gradient (the rule is not linear in G?)")
             q = xs[0].m / np.abs(b.v)
             m = q + q * b.m / np.abs(b.v) if b.n else q  # an inexact divisor: its error, relative, adds on
             return Mag(m, uf(*vals) if known else None, xs[0].c + b.c + 1)
         if uf is np.square:
             return Mag(xs[0].m * xs[0].m, np.square(vals[0]) if known else None, 2 * n + 1)
         if not known:
-            raise TypeError(f"np.{uf.__name__} of a gradient (the rule is not linear in G?)")
+            raise LensTypeError(f"np.{uf.__name__} of a gradient (the rule is not linear in G?)")
         r = uf(*vals, **kw)
         if uf in _EXACT:
             return Mag(np.abs(r).astype(np.float64), r, 0)
@@ -334,7 +342,7 @@ class Mag:
             return None
         mags = _mags(args) + _mags(kw)
         if any(x.v is None for x in mags):
-            raise TypeError(f"np.{func.__name__} of a gradient on magnitudes")
+            raise LensTypeError(f"np.{func.__name__} of a gradient on magnitudes")
         return func(*_swap(args, "v"), **_swap(kw, "v"))  # a coefficient: computed on values, exact
 
 
@@ -381,7 +389,7 @@ def _swap(x, attr):
 
 def _add_at(out, idx, b=None):
     if not isinstance(out, Mag):
-        raise TypeError("np.add.at into a plain array with magnitudes (use c.zeros(shape) for buffers)")
+        raise LensTypeError("np.add.at into a plain array with magnitudes (use c.zeros(shape) for buffers)")
     idx, b = _value(idx), Mag.of(b)
     np.add.at(out.m, idx, b.m)
     if out.v is not None and b.v is not None:
@@ -395,12 +403,14 @@ def _add_at(out, idx, b=None):
 
 def _einsum(args, kw):
     subs, ops = args[0], [Mag.of(a) for a in args[1:]]
-    if not isinstance(subs, str) or "..." in subs or "->" not in subs:
-        raise TypeError("np.einsum on magnitudes needs explicit subscripts 'ab,bc->ac'")
+    if not isinstance(subs, str) or "->" not in subs:
+        raise LensTypeError("np.einsum on magnitudes needs explicit subscripts 'ab,bc->ac' (or '...ab,...bc->...ac')")
     ins, out = subs.replace(" ", "").split("->")
-    sizes = {}
+    sizes = {}  # label -> size; '...' dimensions are never summed (numpy keeps them in the output)
     for term, x in zip(ins.split(","), ops):
-        sizes.update(zip(term, x.shape))
+        a, _, b = term.partition("...")
+        for c, size in zip(a + b, x.shape[:len(a)] + x.shape[x.ndim - len(b):]):
+            sizes[c] = max(sizes.get(c, 1), size)
     k = math.prod(s for c, s in sizes.items() if c not in out)
     m = np.einsum(subs, *(x.m for x in ops), **kw)
     known = all(x.v is not None for x in ops)
@@ -415,3 +425,12 @@ class MagCtx(Ctx):
 
     def zeros(self, shape):
         return Mag(np.zeros(shape), np.zeros(shape), 0)
+
+    def rounded(self, dtype, a):
+        a = Mag.of(a)
+        return Mag(a.m, None if a.v is None else round_to(dtype, a.v), a.c + 1)
+
+    def dtype_sum(self, a, axis):
+        s = Mag.of(a).sum(axis=axis)
+        s.c = (s.n, s.n)  # every addition rounds to the dtype itself (r = n)
+        return s

@@ -3,7 +3,9 @@
 Convention: ``RULES[type](c)`` returns one gradient per slot of the node's ``next_functions`` (None where
 no gradient flows). ``c`` is a :class:`Ctx`: ``c.g`` (incoming gradient of output 0), ``c.gs`` (all
 outputs), ``c.s[name]`` (saved tensors as float64 / int64 numpy arrays), ``c.a[name]`` (decoded saved
-attributes), ``c.in_shapes[slot]`` / ``c.in_dtypes[slot]`` (forward inputs), ``c.zeros(shape)``.
+attributes), ``c.in_shapes[slot]`` / ``c.in_dtypes[slot]`` (forward inputs), ``c.zeros(shape)``,
+``c.rounded(dtype, x)`` (a cast) and ``c.dtype_sum(x, axis)`` (a sum PyTorch accumulates in the dtype itself).
+Rules also run on bounds.Mag magnitudes (the mirror's rounding bound): see bounds.py for what they may use.
 Gradients are numpy arrays: float64 in tensor mode, object arrays of :class:`Value` in scalar mode;
 every rule is linear in the incoming gradient, so the same code serves both. Rules do not reduce
 broadcasting: the driver sums each result to its input's shape, as the engine does.
@@ -45,6 +47,15 @@ class Ctx:
 
     def zeros(self, shape):
         return _ozeros(shape) if self.scalar else np.zeros(shape)
+
+    def rounded(self, dtype: str, a):
+        """`a` rounded to `dtype` as PyTorch's cast does (bounds.MagCtx counts it as one rounding)."""
+        return round_to(dtype, a)
+
+    def dtype_sum(self, a, axis):
+        """A sum PyTorch accumulates in the tensor's own dtype, rounding after every addition (bounds.MagCtx
+        counts it so): the CPU layer-norm kernel's per-thread dgamma/dbeta buffers for bfloat16/float16."""
+        return a.sum(axis=axis)
 
 
 def _ozeros(shape):
@@ -96,7 +107,7 @@ def _to_copy(c):  # the gradient is cast back to the input's dtype, rounding it
         from .value import Value
         return (np.vectorize(lambda v: Value(float(round_to(dt, np.float64(v.data if isinstance(v, Value) else v)))),
                              otypes=[object])(c.g),)
-    return (round_to(dt, c.g),)
+    return (c.rounded(dt, c.g),)
 
 
 def round_to(dtype: str, a):
@@ -711,7 +722,7 @@ def _layernorm(c):
     gh = g if w is None else g * w
     dx = rstd / n * (n * gh - gh.sum(axis=ax, keepdims=True) - xhat * (gh * xhat).sum(axis=ax, keepdims=True))
     rows = tuple(range(x.ndim - k))
-    return (dx, None if w is None else (g * xhat).sum(axis=rows), (g.sum(axis=rows) if w is not None else None))
+    return (dx, None if w is None else c.dtype_sum(g * xhat, rows), c.dtype_sum(g, rows) if w is not None else None)
 
 
 @rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0")
@@ -1115,6 +1126,9 @@ def _embedding_bag(c):
 
 @rule("ScaledDotProductFlashAttentionForCpuBackward0")
 def _sdpa(c):
+    """The flash-attention backward, as PyTorch's CPU kernel computes it: the probabilities from the saved
+    logsumexp (p = exp(s - lse), no second normalisation) and the row term D = sum(dO * O) from the saved
+    output (equal to sum(dP * P), but with terms |dO||O| instead of |dO||V||P|)."""
     q, k, v = c.s["query"], c.s["key"], c.s["value"]
     if c.a.get("dropout_p", 0.0):
         raise Unsupported("attention with dropout: the dropout mask is not saved")
@@ -1130,15 +1144,13 @@ def _sdpa(c):
             allowed = allowed & np.isfinite(np.broadcast_to(mask, s.shape))
     if c.a.get("is_causal"):
         allowed = allowed & np.tril(np.ones(s.shape[-2:], dtype=bool))
-    s = np.where(allowed, s, -np.inf)
-    top = np.max(s, axis=-1, keepdims=True)
-    e = np.where(allowed, np.exp(s - np.where(np.isfinite(top), top, 0.0)), 0.0)
-    tot = e.sum(axis=-1, keepdims=True)
-    p = e / np.where(tot > 0, tot, 1.0)  # a fully masked row gives zeros, as the fused kernel does
-    go = c.g
-    dv = np.einsum("...ls,...le->...se", p, go)
+    lse, out, go = c.s["logsumexp"][..., None], c.s["output"], c.g
+    live = np.isfinite(lse)  # a fully masked row (lse = -inf) gives zeros, as the fused kernel does
+    p = np.where(allowed & live, np.exp(np.where(allowed, s, 0.0) - np.where(live, lse, 0.0)), 0.0)
     dp = np.einsum("...le,...se->...ls", go, v)
-    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+    d = (go * out).sum(axis=-1, keepdims=True)
+    dv = np.einsum("...ls,...le->...se", p, go)
+    ds = p * (dp - d)
     dq = np.einsum("...ls,...se->...le", ds, k) * scale
     dk = np.einsum("...ls,...le->...se", ds, q) * scale
     return (dq, dk, dv)

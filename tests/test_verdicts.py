@@ -235,6 +235,15 @@ def test_mag_gives_the_size_of_the_terms_and_counts_roundings():
         np.exp(g)  # a rule is linear in G: an elementwise function of G has no magnitude
     c = MagCtx("X", [g], {}, {}, [(2,)], [(2,)], False)
     assert isinstance(c.zeros((2,)), Mag)
+    q, k = Mag.grad(np.ones((2, 3, 4, 5))), Mag.of(-np.ones((2, 3, 6, 5)))
+    e = np.einsum("...le,...se->...ls", q, k)  # attention scores: a length-5 dot product per element
+    assert e.shape == (2, 3, 4, 6) and e.n == 6 and (e.m == 5).all()
+    assert np.einsum("...le,...le->...l", q, Mag.of(np.ones((2, 3, 4, 5)))).n == 5 + 1
+    assert Mag.grad(np.ones((1, 8, 2))).reshape((1, 2, 2, 2, 2)).transpose((0, 1, 3, 2, 4)).shape == (1, 2, 2, 2, 2)
+    cast = c.rounded("bfloat16", g)
+    assert cast.n == 1 and cast.r == 1 and cast.m.tolist() == [1.0, 2.0]
+    s, t = c.dtype_sum(Mag.grad(np.ones((7, 3))), 0), Mag.grad(np.ones((7, 3))).sum(axis=0)
+    assert (s.n, s.r) == (6, 6) and (t.n, t.r) == (6, 1)  # accumulated in the dtype: every addition rounds to it
 
 
 def test_gamma_and_unit_roundoffs():
