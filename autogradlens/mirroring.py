@@ -55,7 +55,7 @@ import torch
 from . import report
 from ._torch import is_freed, is_stale, saved_names, saved_value
 from .bounds import UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, unit_roundoff
-from .capture import capture
+from .capture import capture, to_numpy
 from .errors import LensRuntimeError, LensValueError
 from .render import Drawable, trace_spec
 from .rules import RULES, Ctx, Unsupported, sum_to
@@ -98,10 +98,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
         raise Unsupported("a meta tensor (no values)")
     if t.is_complex():
         raise Unsupported("complex tensors")
-    t = t.detach()
-    if t.is_floating_point():
-        return t.to("cpu", torch.float64).numpy().copy()
-    return t.to("cpu").numpy().copy()
+    return to_numpy(t)
 
 
 def _read_saved(fn, nid: str, slots: list, dtype: str) -> dict:
