@@ -152,11 +152,17 @@ def mark_thread(on: bool) -> None:
     if on:
         torch._C._stash_obj_in_tls(_TLS_KEY, True)
     elif torch._C._is_key_in_tls(_TLS_KEY):
-        torch._C._remove_obj_from_tls(_TLS_KEY)
+        if _REMOVE is None:  # torch < 2.13 cannot remove a key: it stays, with the value False
+            torch._C._stash_obj_in_tls(_TLS_KEY, False)
+        else:
+            _REMOVE(_TLS_KEY)
+
+
+_REMOVE = getattr(torch._C, "_remove_obj_from_tls", None)
 
 
 def in_marked_thread() -> bool:
-    return torch._C._is_key_in_tls(_TLS_KEY)
+    return torch._C._is_key_in_tls(_TLS_KEY) and torch._C._get_obj_in_tls(_TLS_KEY)
 
 
 def unpack_hook(fn, slot: str):

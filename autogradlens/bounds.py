@@ -51,16 +51,25 @@ ELEMENTARY_UNITS = 4
 # k bfloat16 terms rounds k - 1 times in float32 and once in bfloat16.
 OPMATH = {"bfloat16": "float32", "float16": "float32"}
 
+# On CUDA, float32 convolutions (torch.backends.cudnn.allow_tf32, on by default) and matrix products
+# (torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision("high")) may run on tensor cores in
+# TensorFloat-32: each factor keeps 10 of its 23 mantissa bits (rounded or truncated, so within 2^-10
+# relative), the products are summed in float32. A product of two such factors is off by gamma_2(2^-10).
+TF32_TRUNCATION = 2.0**-10
+
 
 def unit_roundoff(dtype: str) -> float:
     return UNIT_ROUNDOFF.get(dtype, UNIT_ROUNDOFF["float32"])
 
 
-def local_bound(x: Mag, dtype: str) -> np.ndarray:
+def local_bound(x: Mag, dtype: str, tf32: bool = False) -> np.ndarray:
     """B = (gamma_n(u_opmath) + gamma_r(u_dtype) + 3 gamma_n(u_64)) * M + n * eta: PyTorch's rounding of a
-    rule's result in `dtype`, plus the float64 mirror's own (two runs and their difference)."""
+    rule's result in `dtype`, plus the float64 mirror's own (two runs and their difference); `tf32` adds
+    the rounding of the factors to TensorFloat-32 (a float32 convolution or matrix product on CUDA)."""
     u, n, r = unit_roundoff(dtype), x.n, x.r
     acc = gamma(n, unit_roundoff(OPMATH[dtype])) + gamma(r, u) if dtype in OPMATH else gamma(n, u)
+    if tf32:
+        acc += gamma(2, TF32_TRUNCATION)
     return (acc + 3 * gamma(n, UNIT_ROUNDOFF["float64"])) * x.m + n * UNDERFLOW.get(dtype, 0.0)
 
 

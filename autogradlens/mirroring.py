@@ -24,6 +24,8 @@ covered) and gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of Numeri
   (PyTorch's rounding in the graph dtype plus the mirror's own in float64; eta = half the smallest
   subnormal, for underflow). For float16/bfloat16, whose sums PyTorch accumulates in float32 (opmath),
   gamma_n(u) becomes gamma_n(u_32) + gamma_r(u), r counting only the roundings to the dtype itself.
+  A float32 convolution or matrix product on CUDA that may run in TensorFloat-32 (cudnn.allow_tf32, on by
+  default; cuda.matmul.allow_tf32) adds gamma_2(2^-10): each factor keeps 10 mantissa bits.
   This is the dot-product bound |fl(x.y) - x.y| <= gamma_n |x|.|y|: it scales with the terms, so a
   gradient that is mathematically 0 but made of large terms (a bias before a normalisation) gets the
   allowance its terms deserve, while a product of small terms gets a small one.
@@ -89,6 +91,7 @@ class _Op(NamedTuple):
     attrs: dict
     saved: dict
     note: str | None
+    tf32: bool = False  # a float32 CUDA convolution or matrix product that may run in TensorFloat-32
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -143,7 +146,7 @@ def _lowest(dtypes) -> str:
 
 def _ops(tr, walk) -> dict:
     """Op node id -> _Op, for every node with a grad_fn (leaves are not ops)."""
-    g, cache, ops = tr.graph, {}, {}
+    g, cache, ops, tf32 = tr.graph, {}, {}, _tf32_types()
     for fn, nf in zip(walk.order, walk.nexts):
         nid = walk.ids[fn]
         d = g.nodes[nid]
@@ -160,9 +163,21 @@ def _ops(tr, walk) -> dict:
                 saved = _read_saved(fn, nid, saved_names(fn, cache)[0], d["dtype"])
             except Unsupported as e:
                 note = str(e)
+        dtype = _lowest([d["dtype"], *in_dtypes])
         ops[nid] = _Op(nid, d["type"], d.get("name"), nexts, in_shapes, in_dtypes, list(d["outputs"]),
-                       _lowest([d["dtype"], *in_dtypes]), d["dtype"] or "float64", d["attrs"], saved, note)
+                       dtype, d["dtype"] or "float64", d["attrs"], saved, note,
+                       dtype == "float32" and d["type"] in tf32 and (d["device"] or "").startswith("cuda"))
     return ops
+
+
+_TF32_CONV = frozenset({"ConvolutionBackward0", "ConvolutionBackwardBackward0"})
+_TF32_MATMUL = frozenset({"MmBackward0", "AddmmBackward0", "BmmBackward0", "BaddbmmBackward0", "AddbmmBackward0"})
+
+
+def _tf32_types() -> frozenset:
+    """Node types whose float32 CUDA kernels may use TensorFloat-32 under the current settings (NOTE [bound])."""
+    return ((_TF32_CONV if torch.backends.cudnn.allow_tf32 else frozenset())
+            | (_TF32_MATMUL if torch.backends.cuda.matmul.allow_tf32 else frozenset()))
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -313,7 +328,7 @@ class _Step:
         u = unit_roundoff(op.dtype)
         try:
             mags = _run(op, [None if g is None else Mag.grad(g) for g in torch_in], MagCtx, _mag_saved(op.saved))
-            return [None if x is None else local_bound(x, op.dtype) for x in mags]
+            return [None if x is None else local_bound(x, op.dtype, op.tf32) for x in mags]
         except Exception as e:  # noqa: BLE001 - relative fallback, noted on the row
             self.notes[op.id] = f"bound: relative fallback ({type(e).__name__}: {e})"
             return [None if m is None or t is None else

@@ -1,6 +1,10 @@
 """trace, mirror, watch and diff on a CUDA model: what works, and the watch overhead on the GPU.
 
-    python benchmarks/gpu_check.py [--rounds 7] [--steps 50]
+    python benchmarks/gpu_check.py [--rounds 7] [--steps 50] [--zoo]
+
+--zoo also mirrors every model of tests/zoo.py on the GPU in float64, float32 (TensorFloat-32 convolutions,
+PyTorch's default), float32 with TensorFloat-32 matrix products too, bfloat16, float16 and bf16 autocast, and
+prints the rows whose verdict is a mismatch (a false alarm: the models are correct).
 
 Exits 0 with a message when CUDA is not available. Each check prints "ok" or "FAILED" with the reason; the
 exit status is 1 when a check failed.
@@ -119,6 +123,59 @@ def check_diff():
     return f"two traces of the same CUDA program: empty diff ({len(d.matched)} matched)"
 
 
+def zoo_check() -> int:
+    """Mirror the test zoo on CUDA; returns the number of (model, variant) pairs with a false mismatch."""
+    import contextlib
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from zoo import ZOO  # noqa: PLC0415 - the test models, built on the default device
+
+    def variant(name):
+        if name == "autocast":
+            return torch.float32, torch.autocast("cuda", dtype=torch.bfloat16), "highest"
+        if name == "float32+tf32mm":
+            return torch.float32, contextlib.nullcontext(), "high"
+        return getattr(torch, name), contextlib.nullcontext(), "highest"
+
+    bad = 0
+    torch.set_default_device("cuda")
+    try:
+        for vname in ("float64", "float32", "float32+tf32mm", "bfloat16", "float16", "autocast"):
+            counts = {"match": 0, "mismatch": 0, "unmirrored": 0}
+            failed, unmirrored = [], set()
+            for name, make in ZOO.items():
+                dtype, ctx, precision = variant(vname)
+                torch.set_float32_matmul_precision(precision)
+                try:
+                    torch.manual_seed(0)
+                    with ctx:
+                        loss, params = make(dtype)
+                    rep = lens.mirror(loss, params=params, mode="tensor")
+                except Exception as e:  # noqa: BLE001 - report and go on
+                    failed.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
+                    continue
+                finally:
+                    torch.set_float32_matmul_precision("highest")
+                rows = [r for r in rep.rows if r["kind"] in ("node", "leaf")]
+                mism = [r for r in rows if r["status"] == "mismatch" or r.get("e2e_status") == "mismatch"]
+                for r in rows:
+                    counts[r["status"]] = counts.get(r["status"], 0) + 1
+                unmirrored |= {r["type"] for r in rows if r["status"] == "unmirrored"}
+                if mism:
+                    bad += 1
+                    worst = max(mism, key=lambda r: r["max_rel"] or 0)
+                    print(f"  MISMATCH {vname:15s} {name:22s} {len(mism)} rows, e.g. {worst['id']} {worst['type']} "
+                          f"max_rel {worst['max_rel']:.3g} max_abs {worst['max_abs']:.3g}")
+            print(f"  {vname:15s} rows {counts}  not built/mirrored: {len(failed)}  unmirrored types: "
+                  f"{sorted(unmirrored)}")
+            for f in failed:
+                print(f"      {f}")
+    finally:
+        torch.set_default_device("cpu")
+    return bad
+
+
 def overhead(rounds, n_steps):
     def one(watched, opt_name):
         model, _, _ = model_and_batch()
@@ -157,6 +214,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--zoo", action="store_true", help="also mirror tests/zoo.py on the GPU in six precisions")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("CUDA is not available on this machine: nothing to check (run this on a machine with a GPU).")
@@ -170,6 +228,9 @@ def main() -> int:
             failed += 1
             print(f"FAILED  {check.__name__[6:]:18s} {type(e).__name__}: {str(e)[:300]}")
             traceback.print_exc(limit=3, file=sys.stdout)
+    if args.zoo:
+        print("the test zoo mirrored on the GPU (a mismatch here is a false alarm):")
+        failed += zoo_check()
     print("watch overhead on the GPU (conv + MLP, batch 128, interleaved, ratio of medians):")
     try:
         overhead(args.rounds, args.steps)

@@ -110,3 +110,27 @@ def test_current_autograd_node_inside_hooks():
     y.sum().backward()
     h.remove()
     assert seen == [y.grad_fn] and _torch.current_node() is None
+
+
+@pytest.mark.parametrize("removable", [True, False], ids=["torch>=2.13", "no _remove_obj_from_tls"])
+def test_a_marked_thread_is_seen_there_and_in_its_backward_only(monkeypatch, removable):
+    import threading
+
+    if not removable:  # torch 2.11 has no _remove_obj_from_tls (seen on the GPU machine): unmarking stashes False
+        monkeypatch.setattr(_torch, "_REMOVE", None)
+    seen = {}
+    x = torch.randn(3, requires_grad=True)
+    try:
+        _torch.mark_thread(True)
+        y = x.exp()
+        y.register_hook(lambda g: seen.update(backward=_torch.in_marked_thread()))
+        other = threading.Thread(target=lambda: seen.setdefault("other thread", _torch.in_marked_thread()))
+        other.start()
+        other.join()
+        y.sum().backward()
+        seen["marked"] = _torch.in_marked_thread()
+    finally:
+        _torch.mark_thread(False)
+    seen["unmarked"] = _torch.in_marked_thread()
+    _torch.mark_thread(False)  # twice is harmless
+    assert seen == {"backward": True, "other thread": False, "marked": True, "unmarked": False}
