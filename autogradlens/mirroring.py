@@ -171,7 +171,7 @@ def _ops(tr, walk) -> dict:
 
 
 _TF32_CONV = frozenset({"ConvolutionBackward0", "ConvolutionBackwardBackward0"})
-_TF32_MATMUL = frozenset({"MmBackward0", "AddmmBackward0", "BmmBackward0", "BaddbmmBackward0", "AddbmmBackward0"})
+_TF32_MATMUL = frozenset({"MmBackward0", "AddmmBackward0", "BmmBackward0", "BaddbmmBackward0"})
 
 
 def _tf32_types() -> frozenset:

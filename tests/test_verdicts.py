@@ -9,7 +9,7 @@ from cases import CASES, Rand
 from models import MODELS
 
 import autogradlens as lens
-from autogradlens import bounds, rules
+from autogradlens import bounds, mirroring, rules
 from autogradlens.bounds import Mag, MagCtx, gamma
 
 
@@ -252,6 +252,42 @@ def test_gamma_and_unit_roundoffs():
     assert bounds.UNIT_ROUNDOFF["float16"] == np.finfo(np.float16).eps / 2
     assert bounds.UNIT_ROUNDOFF["bfloat16"] == torch.finfo(torch.bfloat16).eps / 2
     assert gamma(0, 0.1) == 0 and gamma(2, 0.1) == pytest.approx(0.25) and gamma(20, 0.1) == np.inf
+
+
+def _tf32(a: np.ndarray) -> np.ndarray:
+    """float32 -> TensorFloat-32 by truncation (the low 13 of 23 mantissa bits dropped), the worse of the two
+    conversions tensor cores see."""
+    return (np.asarray(a, np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def test_the_bound_covers_tensorfloat32_products_and_the_float32_bound_would_not():
+    """A float32 CUDA convolution or matmul may run in TF32 (cudnn.allow_tf32 is on by default): the bound
+    with tf32=True holds for products of truncated factors summed in float32, the plain float32 one fails."""
+    rng = np.random.default_rng(0)
+    g, w = rng.standard_normal((64, 300)).astype(np.float32), rng.standard_normal((300, 40)).astype(np.float32)
+    exact = g.astype(np.float64) @ w.astype(np.float64)
+    tf32 = (_tf32(g) @ _tf32(w)).astype(np.float64)  # float32 accumulation of the truncated factors
+    mag = Mag.grad(g.astype(np.float64)) @ Mag.of(w.astype(np.float64))
+    err = np.abs(tf32 - exact)
+    assert np.all(err <= bounds.local_bound(mag, "float32", tf32=True))
+    assert np.mean(err > bounds.local_bound(mag, "float32")) > 0.5
+    # the zoo on an H100 (benchmarks/gpu_check.py --zoo) needs it for its float32 convolutions
+    assert mirroring._TF32_CONV <= rules.RULES.keys() and mirroring._TF32_MATMUL <= rules.RULES.keys()
+
+
+def test_tensorfloat32_applies_to_cuda_nodes_under_the_settings_that_enable_it(monkeypatch):
+    loss, m = cnn(torch.float32)
+    ops = mirroring._ops(*mirroring._trace(loss, m))
+    assert not any(op.tf32 for op in ops.values())  # on CPU never
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert mirroring._tf32_types() == mirroring._TF32_CONV  # PyTorch's defaults
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert mirroring._tf32_types() == mirroring._TF32_MATMUL
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert mirroring._tf32_types() == frozenset()
 
 
 def test_scalar_and_tensor_modes_agree_on_a_bias_before_batchnorm():
