@@ -7,6 +7,8 @@ A new torch release that renames one of these breaks the contract test loudly, i
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 # PyTorch's error texts we recognise (matched as substrings; tests/test_torch_contract.py provokes each).
@@ -184,10 +186,36 @@ def read_saved(fn, slot: str) -> None:
 def inplace_error(t: torch.Tensor, producer: str | None, output_nr: int, saved_version: int) -> str:
     """PyTorch's own text for a saved tensor changed in place (torch/csrc/autograd/saved_variable.cpp):
     `producer` is the node type PyTorch names (the saving node for a saved output, else the tensor's grad_fn)."""
-    which = "" if producer is None else f", which is output {output_nr} of {_op_name(producer)},"
+    name = None if producer is None else _op_name(producer) if names_ops() else producer
+    which = "" if name is None else f", which is output {output_nr} of {name},"
     return (f"one of the variables needed for gradient computation has been modified by an inplace operation: "
             f"[{t.type()} [{', '.join(map(str, t.shape))}]]{which} is at version {t._version}; expected version "
             f"{saved_version} instead.{_INPLACE_HINT[torch.is_anomaly_enabled()]}")
+
+
+_NAMES_OPS: list = []
+
+
+def names_ops() -> bool:
+    """Does PyTorch's in-place error name a node by its op ("output 0 of Exp", torch 2.13) rather than by its
+    type ("output 0 of ExpBackward0", torch 2.11)? Asked once, in a new thread (no saved-tensor hooks there)."""
+    if not _NAMES_OPS:
+        text = []
+
+        def probe():
+            w = torch.zeros(1, requires_grad=True)
+            a = w.exp()
+            a.add_(1)
+            try:
+                a.sum().backward()
+            except RuntimeError as e:
+                text.append(str(e))
+
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join()
+        _NAMES_OPS.append(not any("of ExpBackward0," in x for x in text))
+    return _NAMES_OPS[0]
 
 
 def _op_name(node_type: str) -> str:

@@ -32,6 +32,7 @@ from ._torch import (
     push_saved_hooks,
     read_saved,
     saved_names,
+    sequence_nr,
     top_saved_hooks,
     unpack_hook,
     version,
@@ -214,9 +215,10 @@ class SavedTensors(Recorder):
         cur.saved_tensors += 1
         cur.packs.append(r)
         self.w._timeline.cur.append((_pack_event, r))
-        # what unpack needs: the version to check, and for PyTorch's error text id(fn) (to recognise, during
-        # backward, the node that saved its own output: it is alive then), the output number, the tensor itself
-        d._lens = (ver, None if fn is None else id(fn), t.output_nr, None if fn is None else weakref.ref(t), r)
+        # what unpack needs: the version to check, and for PyTorch's error text the producer's sequence number
+        # (to recognise, during backward, the node that saved its own output), the output number, the tensor
+        d._lens = (ver, None if fn is None else sequence_nr(fn), t.output_nr,
+                   None if fn is None else weakref.ref(t), r)
         return d
 
     def unpack(self, d):
@@ -233,9 +235,9 @@ class SavedTensors(Recorder):
         return d
 
     def _stale_text(self, d, s) -> str:
-        ver, fn_id, output_nr, original, r = s
+        ver, seq, output_nr, original, r = s
         node = current_node()
-        is_output = node is not None and fn_id == id(node)
+        is_output = node is not None and type(node) is r[7] and seq == sequence_nr(node)
         producer = None if r[7] is None else r[7].__name__
         if not is_output and original is not None:
             t = original()

@@ -134,3 +134,17 @@ def test_a_marked_thread_is_seen_there_and_in_its_backward_only(monkeypatch, rem
     seen["unmarked"] = _torch.in_marked_thread()
     _torch.mark_thread(False)  # twice is harmless
     assert seen == {"backward": True, "other thread": False, "marked": True, "unmarked": False}
+
+
+def test_the_in_place_error_names_nodes_as_this_torch_does(monkeypatch):
+    """torch 2.13 says "output 0 of Exp", torch 2.11 (seen on the GPU machine) "output 0 of ExpBackward0":
+    inplace_error follows the style found by asking PyTorch once."""
+    w = torch.zeros(2, requires_grad=True)
+    a = w.exp()
+    a.add_(1)
+    with pytest.raises(RuntimeError) as e:
+        a.sum().backward()
+    assert _torch.inplace_error(a, "ExpBackward0", 0, 0) == str(e.value)
+    assert _torch.names_ops() == ("of Exp," in str(e.value))
+    monkeypatch.setattr(_torch, "_NAMES_OPS", [False])
+    assert ", which is output 0 of ExpBackward0, is at version 1;" in _torch.inplace_error(a, "ExpBackward0", 0, 0)
