@@ -19,6 +19,7 @@ import os
 import sys
 import warnings
 import weakref
+from threading import get_ident
 
 import torch
 
@@ -52,13 +53,17 @@ def warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=level)
 
 
+_FULL = (torch.float32, torch.float64)
+
+
 def norms(ts: list) -> list:
     """2-norms of dense tensors in one fused call and one sync (float32 accumulation for half types)."""
     if not ts:
         return []
     try:
-        ns = torch._foreach_norm(ts, 2, dtype=None if ts[0].dtype in (torch.float32, torch.float64)
-                                 else torch.float32)
+        ns = torch._foreach_norm(ts, 2, dtype=None if ts[0].dtype in _FULL else torch.float32)
+        if len(ns) <= 8 and ts[0].device.type == "cpu":
+            return [n.item() for n in ns]  # cheaper than a stack for a few
         return torch.stack(ns).tolist()  # one read back (one sync on a GPU)
     except (RuntimeError, TypeError):  # mixed devices or dtypes
         return [float(torch.linalg.vector_norm(t, dtype=torch.float64)) for t in ts]
@@ -111,7 +116,8 @@ class Recorder:
 
     def live(self) -> bool:
         """Should a hook firing now record? Only in an active watch, in the watching thread's work."""
-        return self.w._active and in_marked_thread()
+        w = self.w
+        return w._active and (get_ident() == w._tid or in_marked_thread())
 
 
 # ----------------------------------------------------------------------------- backward passes
@@ -228,7 +234,7 @@ class SavedTensors(Recorder):
             r[0], r[1], r[2] = self.attributing
         if s[0] is not None and version(d) != s[0]:
             raise RuntimeError(self._stale_text(d, s))
-        if self.attributing is None and self.w._active and in_marked_thread():
+        if self.attributing is None and self.live():
             node = current_node()
             if node is not None:  # in backward (reads of _saved_* attributes by other code are not logged)
                 self.w._timeline.cur.append((_unpack_event, self.w._cur.step, type(node).__name__, r))

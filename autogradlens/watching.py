@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import threading
 import weakref
 from array import array
 from collections import deque
@@ -193,17 +194,23 @@ class _Steps(Sequence):
                 self._col(key, code)
             self.scalars = [c[key].append for key, _ in _SCALARS]
             self.fams = [[] for _ in _PER_PARAM]  # per family: [(name, column.append)]
+            self.famkeys = [set() for _ in _PER_PARAM]  # per family: the names in self.fams
         a = self.scalars
         a[0](s.loss)
         a[1](s.saved_tensors)
         a[2](sum(nb for _, nb in s.storages.values()))
         a[3](s.backward_passes)
         a[4](k)
-        for fam, d, cols in zip(_PER_PARAM, (s.grad_norm, s.update_norm, s.param_norm, s.effective_lr), self.fams):
-            if len(d) > len(cols) or any(n not in d for n, _ in cols):  # a name not seen in this family yet
-                for name in d:
-                    if (fam, name) not in c:
-                        cols.append((name, self._col((fam, name), "f").append))
+        for fam, d, cols, keys in zip(_PER_PARAM, (s.grad_norm, s.update_norm, s.param_norm, s.effective_lr),
+                                      self.fams, self.famkeys):
+            if d.keys() == keys:  # the usual case: the same names as before
+                for name, append in cols:
+                    append(d[name])
+                continue
+            for name in d:
+                if name not in keys:  # a name not seen in this family yet
+                    keys.add(name)
+                    cols.append((name, self._col((fam, name), "f").append))
             get = d.get
             for name, append in cols:
                 append(get(name))
@@ -298,6 +305,7 @@ class Watch:
         self._has_opt = optimizer is not None
         self._names = {id(p): n for n, p in model.named_parameters()}
         self._active = False
+        self._tid = None
         self._state = "new"
         self._stack = None
         self._steps = _Steps()
@@ -335,6 +343,7 @@ class Watch:
             stack.callback(self._finish)
             mark_thread(True)
             stack.callback(mark_thread, False)
+            self._tid = threading.get_ident()
             _ACTIVE.append(self)
             stack.callback(_ACTIVE.remove, self)
             stack.enter_context(rec.Passes(self))

@@ -8,6 +8,12 @@ import torch
 matplotlib.use("Agg")
 sys.path.insert(0, os.path.dirname(__file__))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: torch's own threads (and those of the notebook kernels and CLI
+    # subprocesses the tests start) would oversubscribe the cores and spin against each other
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
