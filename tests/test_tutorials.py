@@ -65,7 +65,8 @@ def notebooks(tmp_path_factory):
     """Run all tutorials as notebooks in a few kernels side by side (kernel start-up dominates small ones)."""
     pytest.importorskip("nbclient", reason="pip install -e '.[dev]' (nbclient, ipykernel)")
     pytest.importorskip("ipykernel", reason="pip install -e '.[dev]' (nbclient, ipykernel)")
-    workers = max(2, min(3, os.cpu_count() or 2))
+    # under pytest-xdist the other cores run other tests: one kernel; alone, a few side by side
+    workers = 1 if os.environ.get("PYTEST_XDIST_WORKER") else max(2, min(3, os.cpu_count() or 2))
     groups = [TUTORIALS[i::workers] for i in range(workers)]
     out = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:

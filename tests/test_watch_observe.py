@@ -494,7 +494,8 @@ def test_a_100k_step_run_stays_within_a_few_mb():
     assert held - early < 4 * 2**20, held - early  # ~32 bytes a step: 7 changing numbers, float32 but the loss
     # outside the watch's own arrays (whose reallocation tracemalloc sees whole) nothing grows with the steps
     elsewhere = sum(d.size_diff for d in diff if not d.traceback[0].filename.endswith("watching.py"))
-    assert elsewhere < 100 * 2**10, [str(d) for d in diff[:5]]  # < 10 bytes a step
+    # < 15 bytes a step; what is in flight (the steps not yet folded, the recent events) stays under ~60 KB
+    assert elsewhere < 150 * 2**10, [str(d) for d in diff[:5]]
 
 
 # ----------------------------------------------------------------------------- node ids join a Trace

@@ -1,5 +1,7 @@
 """The model zoo (tests/zoo.py): coverage of the mirror's rules and its verdicts on real-world-style models."""
 
+import functools
+
 import pytest
 import torch
 from zoo import AUTOCAST, ZOO, build
@@ -8,6 +10,7 @@ import autogradlens as lens
 from autogradlens.rules import NO_RULE
 
 
+@functools.cache  # the coverage test and the per-model tests read the same reports (one file, one worker)
 def _mirror(name, variant):
     loss, params = build(name, variant)
     return lens.mirror(loss, params=params, mode="tensor")
