@@ -62,14 +62,14 @@ def unit_roundoff(dtype: str) -> float:
     return UNIT_ROUNDOFF.get(dtype, UNIT_ROUNDOFF["float32"])
 
 
-def local_bound(x: Mag, dtype: str, tf32: bool = False, cuda: bool = False) -> np.ndarray:
+def local_bound(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) -> np.ndarray:
     """B = (gamma_n(u_opmath) + gamma_r(u_dtype) + 3 gamma_n(u_64)) * M + n * eta: PyTorch's rounding of a
     rule's result in `dtype`, plus the float64 mirror's own (two runs and their difference); `tf32` adds
-    the rounding of the factors to TensorFloat-32 (a float32 convolution or matrix product on CUDA). On CUDA
-    (`cuda`) half-precision sums are bounded as if every addition rounded to the dtype: some backward kernels
-    add with atomics in the dtype itself (upsampling, index and pooling backward; seen on an H100)."""
+    the rounding of the factors to TensorFloat-32 (a float32 convolution or matrix product on CUDA).
+    `atomic`: a CUDA backward kernel that adds with atomics in the half-precision dtype itself (upsampling,
+    index, gather and pooling backward; seen on an H100), so every addition rounds to the dtype."""
     u, n, r = unit_roundoff(dtype), x.n, x.r
-    acc = (gamma(n, unit_roundoff(OPMATH[dtype])) + gamma(r, u) if dtype in OPMATH and not cuda
+    acc = (gamma(n, unit_roundoff(OPMATH[dtype])) + gamma(r, u) if dtype in OPMATH and not atomic
            else gamma(n, u))
     if tf32:
         acc += gamma(2, TF32_TRUNCATION)

@@ -25,8 +25,8 @@ covered) and gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of Numeri
   subnormal, for underflow). For float16/bfloat16, whose sums PyTorch accumulates in float32 (opmath),
   gamma_n(u) becomes gamma_n(u_32) + gamma_r(u), r counting only the roundings to the dtype itself.
   A float32 convolution or matrix product on CUDA that may run in TensorFloat-32 (cudnn.allow_tf32, on by
-  default; cuda.matmul.allow_tf32) adds gamma_2(2^-10): each factor keeps 10 mantissa bits. On CUDA a
-  half-precision node gets gamma_n(u) (every addition in the dtype: some kernels add with atomics in it).
+  default; cuda.matmul.allow_tf32) adds gamma_2(2^-10): each factor keeps 10 mantissa bits. A half-precision
+  CUDA node whose backward adds with atomics in the dtype (upsampling, index, gather, pooling) gets gamma_n(u).
   This is the dot-product bound |fl(x.y) - x.y| <= gamma_n |x|.|y|: it scales with the terms, so a
   gradient that is mathematically 0 but made of large terms (a bias before a normalisation) gets the
   allowance its terms deserve, while a product of small terms gets a small one.
@@ -93,7 +93,7 @@ class _Op(NamedTuple):
     saved: dict
     note: str | None
     tf32: bool = False  # a float32 CUDA convolution or matrix product that may run in TensorFloat-32
-    cuda: bool = False
+    atomic: bool = False  # a half-precision CUDA node whose backward adds with atomics in the dtype
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -168,10 +168,14 @@ def _ops(tr, walk) -> dict:
         dtype, cuda = _lowest([d["dtype"], *in_dtypes]), (d["device"] or "").startswith("cuda")
         ops[nid] = _Op(nid, d["type"], d.get("name"), nexts, in_shapes, in_dtypes, list(d["outputs"]),
                        dtype, d["dtype"] or "float64", d["attrs"], saved, note,
-                       cuda and dtype == "float32" and d["type"] in tf32, cuda)
+                       cuda and dtype == "float32" and d["type"] in tf32,
+                       cuda and dtype in ("float16", "bfloat16") and d["type"].startswith(_ATOMIC))
     return ops
 
 
+# Forward ops whose CUDA backward adds into its result with atomicAdd in the tensor's own dtype.
+_ATOMIC = ("Upsample", "IndexSelect", "IndexBackward", "Gather", "MaxPool", "AdaptiveAvgPool", "AdaptiveMaxPool",
+           "GridSampler", "EmbeddingBag")
 _TF32_CONV = frozenset({"ConvolutionBackward0", "ConvolutionBackwardBackward0"})
 _TF32_MATMUL = frozenset({"MmBackward0", "AddmmBackward0", "BmmBackward0", "BaddbmmBackward0"})
 
@@ -330,7 +334,7 @@ class _Step:
         u = unit_roundoff(op.dtype)
         try:
             mags = _run(op, [None if g is None else Mag.grad(g) for g in torch_in], MagCtx, _mag_saved(op.saved))
-            return [None if x is None else local_bound(x, op.dtype, op.tf32, op.cuda) for x in mags]
+            return [None if x is None else local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
         except Exception as e:  # noqa: BLE001 - relative fallback, noted on the row
             self.notes[op.id] = f"bound: relative fallback ({type(e).__name__}: {e})"
             return [None if m is None or t is None else

@@ -5,7 +5,11 @@
 One model trains throughout; every round times a few steps of each configuration (a new watch each time) in
 a shuffled order, so a machine that gets busier or quieter affects all of them alike. Reported: the ratio of
 medians against plain training, and the spread of the per-round ratios (25%-75%). Target (defaults): <= 1.10x.
-The breakdown rows switch on one hook group at a time (saved tensors, gradients, optimizer updates).
+The breakdown rows switch on one hook group at a time (saved tensors, gradients, optimizer updates); the
+floor rows run no watch: "no-op hooks" installs the same PyTorch hooks with empty bodies, "statistics' reads"
+does only the tensor passes the default statistics need each step (gradient, parameter and, for Adam,
+exp_avg and exp_avg_sq norms, and the update measured as before - after), so what the watch adds beyond
+them can be read off.
 On a machine shared with other work, ``--clock cpu`` (this process's CPU time, the default) with one torch
 thread is much steadier than wall time; ``--clock wall --threads 2`` measures what a user waits for.
 """
@@ -13,6 +17,7 @@ thread is much steadier than wall time; ``--clock wall --threads 2`` measures wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import time
@@ -30,7 +35,44 @@ CONFIGS = {
     "  gradients only": {"saved": False, "updates": False},
     "  optimizer updates only": {"saved": False, "grads": False},
     "watch every=10": {"every": 10},
+    "floor: no-op hooks": "noop",
+    "floor: statistics' reads": "reads",
 }
+
+
+@contextlib.contextmanager
+def noop_hooks(model, opt):
+    hs = [opt.register_step_pre_hook(lambda *a: None), opt.register_step_post_hook(lambda *a: None)]
+    for p in model.parameters():
+        hs += [p.register_hook(lambda g: None), p.register_post_accumulate_grad_hook(lambda p: None)]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            yield None
+    finally:
+        for h in hs:
+            h.remove()
+
+
+def reads(model, opt):
+    """The tensor passes of the default statistics, as a function run after each step (pre-step copy included)."""
+    ps = list(model.parameters())
+    bufs = [torch.empty_like(p) for p in ps]
+    adam = isinstance(opt, torch.optim.Adam)
+
+    def before():
+        torch._foreach_norm([p.grad for p in ps], 2)
+        if adam:
+            torch._foreach_copy_(bufs, ps)
+
+    def after():
+        if adam:
+            st = [opt.state[p] for p in ps]
+            torch._foreach_sub_(bufs, ps)
+            torch._foreach_norm(ps + bufs + [s["exp_avg"] for s in st] + [s["exp_avg_sq"] for s in st], 2)
+        else:
+            torch._foreach_norm(ps, 2)
+
+    return before, after
 
 
 def mlp():
@@ -57,12 +99,17 @@ CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
 clock = CLOCK["cpu"]
 
 
-def steps(model, opt, xs, ys):
+def steps(model, opt, xs, ys, hooks=None):
+    before, after = hooks or (None, None)
     t0 = clock()
     for xb, yb in zip(xs, ys):
         opt.zero_grad()
         F.cross_entropy(model(xb), yb).backward()
+        if before:
+            before()
         opt.step()
+        if after:
+            after()
     return (clock() - t0) / len(xs)
 
 
@@ -82,6 +129,13 @@ def bench(model_name, opt_name, rounds, n_steps):
         for c in order:
             if CONFIGS[c] is None:
                 times[c].append(steps(model, opt, xs, ys))
+                continue
+            if CONFIGS[c] == "noop":
+                with noop_hooks(model, opt):
+                    times[c].append(steps(model, opt, xs, ys))
+                continue
+            if CONFIGS[c] == "reads":
+                times[c].append(steps(model, opt, xs, ys, reads(model, opt)))
                 continue
             with lens.watch(model, optimizer=opt, **CONFIGS[c]):
                 steps(model, opt, xs[:2], ys[:2])  # the watch's first steps fill its caches

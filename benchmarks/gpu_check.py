@@ -131,8 +131,9 @@ def check_diff():
     return f"two traces of the same CUDA program: empty diff ({len(d.matched)} matched)"
 
 
-def zoo_check() -> int:
-    """Mirror the test zoo on CUDA; returns the number of (model, variant) pairs with a false mismatch."""
+def zoo_check(seeds: int = 1) -> int:
+    """Mirror the test zoo on CUDA (each model with `seeds` seeds: CUDA's atomics make some kernels vary from
+    run to run); returns the number of (model, variant, seed) runs with a false mismatch."""
     import contextlib
     from pathlib import Path
 
@@ -152,11 +153,11 @@ def zoo_check() -> int:
         for vname in ("float64", "float32", "float32+tf32mm", "bfloat16", "float16", "autocast"):
             counts = {"match": 0, "mismatch": 0, "unmirrored": 0}
             failed, unmirrored = [], set()
-            for name, make in ZOO.items():
+            for name, make, seed in ((n, m, k) for n, m in ZOO.items() for k in range(seeds)):
                 dtype, ctx, precision = variant(vname)
                 torch.set_float32_matmul_precision(precision)
                 try:
-                    torch.manual_seed(0)
+                    torch.manual_seed(seed)
                     with ctx:
                         loss, params = make(dtype)
                     rep = lens.mirror(loss, params=params, mode="tensor")
@@ -173,8 +174,8 @@ def zoo_check() -> int:
                 if mism:
                     bad += 1
                     worst = max(mism, key=lambda r: r["max_rel"] or 0)
-                    print(f"  MISMATCH {vname:15s} {name:22s} {len(mism)} rows, e.g. {worst['id']} {worst['type']} "
-                          f"max_rel {worst['max_rel']:.3g} max_abs {worst['max_abs']:.3g}")
+                    print(f"  MISMATCH {vname:15s} {name:22s} seed {seed} {len(mism)} rows, e.g. {worst['id']} "
+                          f"{worst['type']} max_rel {worst['max_rel']:.3g} max_abs {worst['max_abs']:.3g}")
             print(f"  {vname:15s} rows {counts}  not built/mirrored: {len(failed)}  unmirrored types: "
                   f"{sorted(unmirrored)}")
             for f in failed:
@@ -223,6 +224,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--zoo", action="store_true", help="also mirror tests/zoo.py on the GPU in six precisions")
+    ap.add_argument("--seeds", type=int, default=1, help="with --zoo: seeds per model (default: %(default)s)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("CUDA is not available on this machine: nothing to check (run this on a machine with a GPU).")
@@ -238,7 +240,7 @@ def main() -> int:
             traceback.print_exc(limit=3, file=sys.stdout)
     if args.zoo:
         print("the test zoo mirrored on the GPU (a mismatch here is a false alarm):")
-        failed += zoo_check()
+        failed += zoo_check(args.seeds)
     print("watch overhead on the GPU (conv + MLP, batch 128, interleaved, ratio of medians):")
     try:
         overhead(args.rounds, args.steps)

@@ -275,9 +275,10 @@ def test_the_bound_covers_tensorfloat32_products_and_the_float32_bound_would_not
     assert mirroring._TF32_CONV <= rules.RULES.keys() and mirroring._TF32_MATMUL <= rules.RULES.keys()
 
 
-def test_the_cuda_bound_covers_half_precision_sums_rounded_at_every_addition():
+def test_the_atomic_bound_covers_half_precision_sums_rounded_at_every_addition():
     """CUDA's upsampling backward adds with bfloat16 atomics (one false alarm in a decoder on an H100 under the
-    CPU bound, which sums in float32): the CUDA bound holds for a sum rounded to bfloat16 at every addition."""
+    CPU bound, which sums in float32): the atomic bound holds for a sum rounded to bfloat16 at every addition,
+    and applies to such nodes only on CUDA."""
     rng = np.random.default_rng(1)
     terms = torch.from_numpy(rng.standard_normal((64, 500))).to(torch.bfloat16)
     acc = torch.zeros(500, dtype=torch.bfloat16)
@@ -286,8 +287,12 @@ def test_the_cuda_bound_covers_half_precision_sums_rounded_at_every_addition():
     exact = terms.double().sum(0).numpy()
     mag = Mag.grad(terms.double().numpy()).sum(axis=0)
     err = np.abs(acc.double().numpy() - exact)
-    assert np.all(err <= bounds.local_bound(mag, "bfloat16", cuda=True))
+    assert np.all(err <= bounds.local_bound(mag, "bfloat16", atomic=True))
     assert np.any(err > bounds.local_bound(mag, "bfloat16"))
+    assert "UpsampleBilinear2DBackward0".startswith(mirroring._ATOMIC)
+    assert not "MmBackward0".startswith(mirroring._ATOMIC)  # cuBLAS sums in float32: the usual bound
+    loss, m = cnn(torch.bfloat16)
+    assert not any(op.atomic for op in mirroring._ops(*mirroring._trace(loss, m)).values())  # not on CPU
 
 
 def test_tensorfloat32_applies_to_cuda_nodes_under_the_settings_that_enable_it(monkeypatch):
