@@ -134,54 +134,40 @@ def check_diff():
 def zoo_check(seeds: int = 1) -> int:
     """Mirror the test zoo on CUDA (each model with `seeds` seeds: CUDA's atomics make some kernels vary from
     run to run); returns the number of (model, variant, seed) runs with a false mismatch."""
-    import contextlib
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from zoo import ZOO  # noqa: PLC0415 - the test models, built on the default device
-
-    def variant(name):
-        if name == "autocast":
-            return torch.float32, torch.autocast("cuda", dtype=torch.bfloat16), "highest"
-        if name == "float32+tf32mm":
-            return torch.float32, contextlib.nullcontext(), "high"
-        return getattr(torch, name), contextlib.nullcontext(), "highest"
+    from zoo import ZOO, build  # noqa: PLC0415 - the test models
 
     bad = 0
-    torch.set_default_device("cuda")
-    try:
-        for vname in ("float64", "float32", "float32+tf32mm", "bfloat16", "float16", "autocast"):
-            counts = {"match": 0, "mismatch": 0, "unmirrored": 0}
-            failed, unmirrored = [], set()
-            for name, make, seed in ((n, m, k) for n, m in ZOO.items() for k in range(seeds)):
-                dtype, ctx, precision = variant(vname)
-                torch.set_float32_matmul_precision(precision)
-                try:
-                    torch.manual_seed(seed)
-                    with ctx:
-                        loss, params = make(dtype)
-                    rep = lens.mirror(loss, params=params, mode="tensor")
-                except Exception as e:  # noqa: BLE001 - report and go on
-                    failed.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
-                    continue
-                finally:
-                    torch.set_float32_matmul_precision("highest")
-                rows = [r for r in rep.rows if r["kind"] in ("node", "leaf")]
-                mism = [r for r in rows if r["status"] == "mismatch" or r.get("e2e_status") == "mismatch"]
-                for r in rows:
-                    counts[r["status"]] = counts.get(r["status"], 0) + 1
-                unmirrored |= {r["type"] for r in rows if r["status"] == "unmirrored"}
-                if mism:
-                    bad += 1
-                    worst = max(mism, key=lambda r: r["max_rel"] or 0)
-                    print(f"  MISMATCH {vname:15s} {name:22s} seed {seed} {len(mism)} rows, e.g. {worst['id']} "
-                          f"{worst['type']} max_rel {worst['max_rel']:.3g} max_abs {worst['max_abs']:.3g}")
-            print(f"  {vname:15s} rows {counts}  not built/mirrored: {len(failed)}  unmirrored types: "
-                  f"{sorted(unmirrored)}")
-            for f in failed:
-                print(f"      {f}")
-    finally:
-        torch.set_default_device("cpu")
+    for vname in ("float64", "float32", "float32+tf32mm", "bfloat16", "float16", "autocast"):
+        counts = {"match": 0, "mismatch": 0, "unmirrored": 0}
+        failed, unmirrored = [], set()
+        for name, seed in ((n, k) for n in ZOO for k in range(seeds)):
+            # float32+tf32mm: float32 with TensorFloat-32 matrix products as well as convolutions
+            torch.set_float32_matmul_precision("high" if vname == "float32+tf32mm" else "highest")
+            try:
+                loss, params = build(name, vname.removesuffix("+tf32mm"), "cuda", seed)
+                rep = lens.mirror(loss, params=params, mode="tensor")
+            except Exception as e:  # noqa: BLE001 - report and go on
+                failed.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
+                continue
+            finally:
+                torch.set_float32_matmul_precision("highest")
+            rows = [r for r in rep.rows if r["kind"] in ("node", "leaf")]
+            mism = [r for r in rows if r["status"] == "mismatch" or r.get("e2e_status") == "mismatch"]
+            for r in rows:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            unmirrored |= {r["type"] for r in rows if r["status"] == "unmirrored"}
+            if mism:
+                bad += 1
+                worst = max(mism, key=lambda r: r["max_rel"] or 0)
+                print(f"  MISMATCH {vname:15s} {name:22s} seed {seed} {len(mism)} rows, e.g. {worst['id']} "
+                      f"{worst['type']} max_rel {worst['max_rel']:.3g} max_abs {worst['max_abs']:.3g}")
+        print(f"  {vname:15s} rows {counts}  not built/mirrored: {len(failed)}  unmirrored types: "
+              f"{sorted(unmirrored)}")
+        for f in failed:
+            print(f"      {f}")
     return bad
 
 

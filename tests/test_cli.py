@@ -201,11 +201,7 @@ def test_damaged_trace_files_give_one_error_line(target, tmp_path, capsys):
                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             continue
         capsys.readouterr()
-        try:
-            rc = cli.main(cmd)
-        except SystemExit as e:
-            rc = e.code
-        results[name] = (rc, capsys.readouterr().err)
+        results[name] = (cli.main(cmd), capsys.readouterr().err)
     for name, p in procs.items():
         err = p.communicate(timeout=300)[1]
         results[name] = (p.returncode, err)

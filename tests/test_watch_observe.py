@@ -404,14 +404,20 @@ def test_zeroing_in_place_then_clipping_is_not_a_warning():
 
 # ----------------------------------------------------------------------------- bounded
 
-def test_events_keep_the_first_and_the_last_steps_and_steps_keep_all():
+def _linear_run(optimizer, n, **watch_kw):
+    """A Watch over `n` steps of a Linear(3, 1) trained with `optimizer` (a class)."""
     model = nn.Linear(3, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with lens.watch(model, optimizer=opt, keep=4) as w:
-        for _ in range(10):
+    opt = optimizer(model.parameters(), lr=0.01)
+    with lens.watch(model, optimizer=opt, **watch_kw) as w:
+        for _ in range(n):
             opt.zero_grad()
             model(torch.randn(2, 3)).sum().backward()
             opt.step()
+    return w
+
+
+def test_events_keep_the_first_and_the_last_steps_and_steps_keep_all():
+    w = _linear_run(torch.optim.SGD, 10, keep=4)
     assert len(w.steps) == 10 and [s["step"] for s in w.steps] == list(range(10))
     assert sorted({e.step for e in w.events if e.kind != "note"}) == [0, 1, 8, 9]
     (note,) = [e for e in w.events if e.kind == "note"]
@@ -419,13 +425,7 @@ def test_events_keep_the_first_and_the_last_steps_and_steps_keep_all():
 
 
 def test_every_measures_norms_on_every_nth_step():
-    model = nn.Linear(3, 1)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    with lens.watch(model, optimizer=opt, every=3) as w:
-        for _ in range(7):
-            opt.zero_grad()
-            model(torch.randn(2, 3)).sum().backward()
-            opt.step()
+    w = _linear_run(torch.optim.Adam, 7, every=3)
     assert [bool(s["grad_norm"]) for s in w.steps] == [True, False, False, True, False, False, True]
     assert [bool(s["update_ratio"]) for s in w.steps] == [True, False, False, True, False, False, True]
     assert all(s["loss"] is not None and s["saved_tensors"] == 1 for s in w.steps)

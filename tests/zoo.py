@@ -434,13 +434,13 @@ ZOO = {f.__name__: f for f in (resnet_block, mobilenet, mbconv, convnext, groupn
 AUTOCAST = ("resnet_block", "vit", "gpt", "lstm", "decoder", "llama", "bert", "unet")
 
 
-def build(name: str, variant: str = "float64"):
-    """(loss, params) of ZOO[name] in a variant (see VARIANTS); seeded, so deterministic."""
-    torch.manual_seed(0)
+def build(name: str, variant: str = "float64", device: str = "cpu", seed: int = 0):
+    """(loss, params) of ZOO[name] in a variant (see VARIANTS) on `device`; seeded, so deterministic."""
+    torch.manual_seed(seed)
     if variant == "autocast":
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+        ctx = torch.autocast(device, dtype=torch.bfloat16)
         dtype = torch.float32
     else:
         ctx, dtype = contextlib.nullcontext(), getattr(torch, variant)
-    with ctx:
+    with ctx, torch.device(device):  # tensors the model makes land on `device`
         return ZOO[name](dtype)
