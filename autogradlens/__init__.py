@@ -7,18 +7,46 @@
     d = lens.diff(t_a, t_b)                 # two graphs side by side
     with lens.modules(model): loss = ...    # record which module made each node (pictures group by module)
     lens.data.digits()                      # scikit-learn's 8x8 digits (offline); lens.data.mnist(path)
+
+Names load on first use (``import autogradlens`` and ``autogradlens --help`` do not start torch; ``lens.Value``
+needs only numpy).
 """
 
-from . import data
-from .attribution import modules
-from .diffing import GraphDiff, diff
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import LensError
-from .mirroring import MirrorReport, mirror
-from .tracing import Trace, trace
-from .value import Value
-from .watching import Event, Watch, watch
 
 __version__ = "0.1.0"
 
 __all__ = ["Event", "GraphDiff", "LensError", "MirrorReport", "Trace", "Value", "Watch", "__version__", "data",
            "diff", "mirror", "modules", "trace", "watch"]
+
+# public name -> the module defining it (None: the name is a module of its own)
+_WHERE = {"Event": "watching", "GraphDiff": "diffing", "MirrorReport": "mirroring", "Trace": "tracing",
+          "Value": "value", "Watch": "watching", "data": None, "diff": "diffing", "mirror": "mirroring",
+          "modules": "attribution", "trace": "tracing", "watch": "watching"}
+
+if TYPE_CHECKING:  # what static tools and IDEs see
+    from . import data
+    from .attribution import modules
+    from .diffing import GraphDiff, diff
+    from .mirroring import MirrorReport, mirror
+    from .tracing import Trace, trace
+    from .value import Value
+    from .watching import Event, Watch, watch
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'autogradlens' has no attribute {name!r}")
+    mod = importlib.import_module(f".{_WHERE[name] or name}", __name__)
+    value = mod if _WHERE[name] is None else getattr(mod, name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

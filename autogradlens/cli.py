@@ -17,8 +17,6 @@ import traceback
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
-
 from .errors import LensError, LensValueError
 
 COMMANDS = """\
@@ -47,6 +45,8 @@ class TargetError(LensValueError):
 
 
 def _describe(out) -> str:
+    import torch  # here, not at the top: `autogradlens --help` starts at once
+
     if out is None:
         return "None"
     if isinstance(out, torch.Tensor):
@@ -58,6 +58,8 @@ def _describe(out) -> str:
 
 
 def _params_like(p) -> bool:
+    import torch
+
     if p is None or isinstance(p, torch.nn.Module):
         return True
     if isinstance(p, Mapping):
@@ -86,6 +88,8 @@ def load_target(spec: str):
         >>> loss.grad_fn.name(), sorted(params)
         ('TanhBackward0', ['b', 'w1', 'w2', 'x1', 'x2'])
     """
+    import torch
+
     from .tracing import Trace
 
     if spec.endswith(".json"):

@@ -1,6 +1,10 @@
 import doctest
 import importlib
+import os
 import pkgutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +28,23 @@ def test_docstring_examples(name):
     mod = importlib.import_module(name)
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.failed == 0
+
+
+def test_import_help_and_value_do_not_start_torch():
+    """`import autogradlens`, `autogradlens --help` and scalar Values need no torch (names load on first use)."""
+    code = ("import sys, autogradlens as lens\n"
+            "from autogradlens.cli import build_parser\n"
+            "assert build_parser().format_help() and (lens.Value(2.0) * 3).data == 6.0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert r.returncode == 0, r.stderr
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        lens.nope  # noqa: B018
+    assert not hasattr(lens, "tracer") and "trace" in dir(lens)
 
 
 def test_modules_are_not_shadowed_by_the_functions_they_export():
