@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Mapping
 from pathlib import Path
 
+from ._tracejson import read_trace
 from .errors import LensError, LensValueError
 
 COMMANDS = """\
@@ -88,18 +89,18 @@ def load_target(spec: str):
         >>> loss.grad_fn.name(), sorted(params)
         ('TanhBackward0', ['b', 'w1', 'w2', 'x1', 'x2'])
     """
-    import torch
-
-    from .tracing import Trace
-
     if spec.endswith(".json"):
         p = Path(spec)
         if not p.is_file():
             raise TargetError(f"trace file not found: {spec}" + (" (it is a folder)" if p.is_dir() else ""))
         try:
-            return Trace.from_json(p.read_bytes())
+            graph, root = read_trace(p.read_bytes())  # checked before torch starts: a damaged file fails at once
         except LensValueError as e:
             raise TargetError(f"{spec}: {e}") from None
+        from .tracing import Trace
+
+        return Trace(graph, root)
+    import torch
     where, sep, func = spec.rpartition(":")
     if not sep or not where or not func:
         raise TargetError(f"bad target {spec!r}: write file.py:function, package.module:function or a .json trace "
@@ -149,9 +150,9 @@ def load_target(spec: str):
 
 
 def _trace_of(spec: str):
+    t = load_target(spec)
     from .tracing import Trace, trace
 
-    t = load_target(spec)
     return t if isinstance(t, Trace) else trace(t[0], params=t[1])
 
 
@@ -191,10 +192,11 @@ def _cmd_mirror(a) -> int:
 
 
 def _cmd_diff(a) -> int:
+    _check_output("diff", a.output)
+    ta, tb = _trace_of(a.a), _trace_of(a.b)
     from .diffing import diff
 
-    _check_output("diff", a.output)
-    d = diff(_trace_of(a.a), _trace_of(a.b))
+    d = diff(ta, tb)
     if a.output:
         print(f"wrote {d.render(a.output)}")
     print(d.to_text())
