@@ -48,8 +48,9 @@ def _notebook(path):
 
 
 def _run_group(paths: list, tmp_path_factory) -> dict:
-    """Run notebooks one after the other in one kernel (started once: torch imports once), each from a
-    clean namespace (%reset) in its own folder."""
+    """Run notebooks one after the other in one kernel and one client session (started once: torch imports once,
+    and each new session waits 0.2 s for the kernel's output to settle), each from a clean namespace (%reset)
+    in its own folder."""
     import nbclient
     import nbformat
     from jupyter_client.manager import KernelManager
@@ -58,26 +59,32 @@ def _run_group(paths: list, tmp_path_factory) -> dict:
     km = KernelManager(kernel_name="python3")
     km.start_kernel(env=_kernel_env(), cwd=str(tmp_path_factory.mktemp("kernel")))
     try:
-        # what every tutorial loads (torch, its optimizers' dynamo and sympy, matplotlib, scikit-learn) loaded once
-        # and frozen out of the garbage collector's scans: each %reset collects, and scanning those objects took
-        # 0.1-0.4 s a tutorial
-        warm = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-            "import gc, autogradlens.plots, matplotlib.pyplot, sklearn.datasets, torch, tqdm.auto\n"
-            "[getattr(autogradlens, name) for name in autogradlens.__all__]\n"
-            "torch.optim.SGD([torch.zeros(1, requires_grad=True)]).step()\n"
-            "gc.collect()\ngc.freeze()")])
-        nbclient.NotebookClient(warm, km=km, timeout=240).execute()
-        for path in paths:
-            try:
-                nb = _notebook(path)
-                work = tmp_path_factory.mktemp(path.stem)
-                nb.metadata["workdir"] = str(work)
-                nb.cells.insert(0, nbformat.v4.new_code_cell(f"%reset -f\nimport os\nos.chdir({str(work)!r})"))
-                nbclient.NotebookClient(nb, km=km, timeout=240, allow_errors=False).execute()
-                nb.cells.pop(0)
-                out[path.name] = nb
-            except Exception as e:  # reported by the test of that tutorial
-                out[path.name] = e
+        client = nbclient.NotebookClient(nbformat.v4.new_notebook(), km=km, timeout=240, allow_errors=False)
+
+        def run(source):  # a cell of our own, in a notebook of its own
+            client.nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+            client.execute_cell(client.nb.cells[0], 0)
+
+        with client.setup_kernel():
+            # what every tutorial loads (torch, its optimizers' dynamo and sympy, matplotlib, scikit-learn) loaded
+            # once and frozen out of the garbage collector's scans: each %reset collects, and scanning those
+            # objects took 0.1-0.4 s a tutorial
+            run(
+                "import gc, autogradlens.plots, matplotlib.pyplot, sklearn.datasets, torch, tqdm.auto\n"
+                "[getattr(autogradlens, name) for name in autogradlens.__all__]\n"
+                "torch.optim.SGD([torch.zeros(1, requires_grad=True)]).step()\n"
+                "gc.collect()\ngc.freeze()")
+            for path in paths:
+                try:
+                    work = tmp_path_factory.mktemp(path.stem)
+                    run(f"%reset -f\nimport os\nos.chdir({str(work)!r})")
+                    nb = client.nb = _notebook(path)
+                    nb.metadata["workdir"] = str(work)
+                    for index, cell in enumerate(nb.cells):
+                        client.execute_cell(cell, index)
+                    out[path.name] = nb
+                except Exception as e:  # reported by the test of that tutorial
+                    out[path.name] = e
     finally:
         km.shutdown_kernel(now=True)
     return out
