@@ -15,6 +15,7 @@ needs only numpy).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 from .errors import LensError
@@ -40,8 +41,10 @@ if TYPE_CHECKING:  # what static tools and IDEs see
 
 
 def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'autogradlens' has no attribute {name!r}")
+    if name not in _WHERE:  # a submodule (autogradlens.watching.EVENTS) loads on first use too
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'autogradlens' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)
     mod = importlib.import_module(f".{_WHERE[name] or name}", __name__)
     value = mod if _WHERE[name] is None else getattr(mod, name)
     globals()[name] = value  # once loaded, a plain attribute

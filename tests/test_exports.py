@@ -41,7 +41,14 @@ def test_import_help_and_value_do_not_start_torch():
     assert r.returncode == 0, r.stderr
 
 
-def test_unknown_attribute_is_an_attribute_error():
+def test_names_and_submodules_load_on_first_use(monkeypatch):
+    import autogradlens.plots
+    import autogradlens.watching
+
+    for name in ("watching", "plots", "Trace"):  # as before their first use
+        monkeypatch.delattr(lens, name, raising=False)
+    assert "pack" in lens.watching.EVENTS and lens.plots is autogradlens.plots
+    assert lens.Trace is autogradlens.tracing.Trace and "Trace" in vars(lens)  # then a plain attribute
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         lens.nope  # noqa: B018
     assert not hasattr(lens, "tracer") and "trace" in dir(lens)
