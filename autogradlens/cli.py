@@ -8,6 +8,7 @@ on stderr, never a traceback), also for `autogradlens` alone, which lists the co
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import importlib.util
 import inspect
@@ -269,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", metavar="FILE", help="also write .html (both graphs and the table), .svg, .png, "
                    ".pdf, .dot or .txt")
     return p
+
+
+def run() -> None:
+    """The `autogradlens` program: :func:`main`, then exit without the garbage collector's last passes over torch's
+    objects (about a second; the OS frees the memory)."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 def main(argv=None) -> int:

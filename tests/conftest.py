@@ -1,3 +1,5 @@
+import atexit
+import gc
 import os
 import sys
 
@@ -18,6 +20,9 @@ def pytest_configure(config):
         # subprocesses the tests start) would oversubscribe the cores and spin against each other
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+        # a worker's exit waited 2-4 s for the garbage collector's last passes over torch's objects (and those
+        # the tests made): leave them to the OS. Runs after pytest's own exit work (atexit is last in, first out).
+        atexit.register(gc.freeze)
 
 
 @pytest.fixture(autouse=True)

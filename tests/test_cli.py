@@ -1,3 +1,4 @@
+import importlib
 import json
 import os
 import re
@@ -145,6 +146,18 @@ def test_alone_lists_the_commands_with_examples():
     for line in ("demo ", "trace ", "mirror ", "diff ", "autogradlens trace autogradlens.examples:mlp_loss",
                  "autogradlens mirror autogradlens.examples:mlp_loss", "autogradlens demo --out out"):
         assert line in r.stderr, r.stderr
+
+
+def test_the_installed_command_is_the_cli():
+    """pyproject's `autogradlens` script is cli.run (main, then exit), and the installed command answers."""
+    import tomllib
+
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["autogradlens"]
+    module, func = entry.split(":")
+    assert getattr(importlib.import_module(module), func) is cli.run
+    r = subprocess.run([str(Path(sys.executable).with_name("autogradlens")), "trace", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "TARGET" in r.stdout and "autogradlens.examples:mlp_loss" in r.stdout, r.stderr
 
 
 def test_broken_pipe_ends_quietly(target):
