@@ -1400,6 +1400,47 @@ def _xlogy(c):  # x * log(y); PyTorch's x-gradient is log(y) even where x == 0, 
         return (c.g * logy, c.g * (x / y))
 
 
+@rule("CdistBackward0")
+def _cdist(c):
+    """torch.cdist, d_ij = ||x1_i - x2_j||_p: each distance pulls x1_i along w(x1_i - x2_j) and x2_j the other way,
+    w as PyTorch's _cdist_backward has it: diff / d (p = 2), sign (p = 1), sign where |diff| = d (p = inf),
+    diff |diff|^(p-2) / d^(p-1) otherwise; 0 where d = 0, and for p < 1 also where a component of diff is 0."""
+    p = float(c.a["p"])
+    dt = next((d for d in c.in_dtypes if d in ("float32", "float16", "bfloat16")), None)
+    diff = c.s["x1"][..., :, None, :] - c.s["x2"][..., None, :, :]  # (..., P, R, M)
+    if dt is not None:  # rounded as PyTorch computes it: p = inf compares |diff| with d exactly
+        diff = c.rounded(dt, diff)
+    d = c.s["result"][..., None]
+    if p == 0:
+        w = diff * 0.0
+    elif p == 1:
+        w = np.sign(diff)
+    elif math.isinf(p):
+        w = np.sign(diff) * (np.abs(diff) == d)
+    else:
+        safe = np.where(d == 0, 1.0, d)
+        if p == 2:
+            w = diff / safe
+        elif p < 1:
+            nz = np.where(diff == 0, 1.0, diff)
+            w = np.where(diff == 0, 0.0, np.sign(diff) * np.abs(nz) ** (p - 1)) / safe ** (p - 1)
+        else:
+            w = diff * np.abs(diff) ** (p - 2) / safe ** (p - 1)
+        w = np.where(d == 0, 0.0, w)
+    t = c.g[..., None] * w
+    return (t.sum(axis=-2), -t.sum(axis=-3))
+
+
+@rule("EuclideanDistBackward0")
+def _euclidean_dist(c):
+    """torch.cdist for p = 2 with more than 25 rows, through a matrix product: r = G / d (0 where d = 0),
+    dx1 = x1 * sum_j r - r @ x2 (PyTorch's _euclidean_dist_backward)."""
+    x1, x2, d = c.s["x1"], c.s["x2"], c.s["result"]
+    r = np.where(d == 0, 0.0, c.g / np.where(d == 0, 1.0, d))
+    return (x1 * r.sum(axis=-1, keepdims=True) - r @ x2,
+            x2 * r.sum(axis=-2)[..., None] - np.swapaxes(r, -1, -2) @ x1)
+
+
 @rule("NormBackward0", "NormBackward1")
 def _pnorm(c):  # torch.norm(x, p[, dim, keepdim])
     x, y = c.s["self"], c.s["result"]

@@ -35,6 +35,13 @@ def _bn(r, training):
     return weighted(r, F.batch_norm(x, rm, rv, w, b, training=training))
 
 
+def _cdist(r):
+    """Every p, batches broadcast (2 against 1), and a pair at distance 0 (x2's first row is x1's)."""
+    a = r(2, r.n, 3)
+    b = torch.cat([a[:1, :1], r(1, 3, 3)], 1)
+    return weighted(r, sum(torch.cdist(a, b, p=p) for p in (0.0, 0.5, 1.0, 2.0, 3.0, float("inf"))))
+
+
 CASES = {
     "linear": lambda r: weighted(r, F.linear(r(r.n, 4), r(5, 4), r(5))),
     "linear_3d": lambda r: weighted(r, F.linear(r(2, r.n, 4), r(5, 4), r(5))),
@@ -125,6 +132,8 @@ CASES = {
     "cumsum_var_std_norm": lambda r: weighted(r, r(r.n, 4).cumsum(1) + r(r.n, 4).var(1, keepdim=True)
                                               + r(r.n, 4).std() + r(r.n, 4).norm(dim=1, keepdim=True)),
     "normalize": lambda r: weighted(r, F.normalize(r(r.n, 4), dim=1)),
+    "cdist_p": lambda r: _cdist(r),
+    "cdist_many_rows": lambda r: weighted(r, torch.cdist(r(r.n + 26, 3), r(5, 3))),  # the matrix-product path
     "cross_entropy_probabilities": lambda r: F.cross_entropy(r(r.n, 4), torch.softmax(torch.randn(r.n, 4, dtype=r.dtype),
                                                                                        1)),
     "einsum": lambda r: weighted(r, torch.einsum("bij,bkj->bik", r(2, r.n, 4), r(2, 3, 4))),
