@@ -1053,6 +1053,41 @@ def _upsample_linear(c):
     return (_separable(g, mats),)
 
 
+def _cubic_weights(n_in, n_out, align, scale, ft):
+    """(n_out, n_in) matrix of PyTorch's bicubic interpolation (A = -0.75, the four taps clamped to the border),
+    computed in `ft` as the CPU kernel does (float32 for float32 and half tensors, float64 for float64)."""
+    one = ft(1)
+    if align:
+        sc = ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
+        real = sc * np.arange(n_out, dtype=ft)
+    else:
+        sc = ft(1.0 / scale) if scale else ft(n_in) / ft(n_out)
+        real = sc * (np.arange(n_out, dtype=ft) + ft(0.5)) - ft(0.5)  # not clamped at 0 for cubic
+    i0 = np.minimum(np.floor(real).astype(np.int64), n_in - 1)
+    t = np.clip(real - i0.astype(ft), ft(0), one)
+    a = ft(-0.75)
+
+    def near(x):  # |x| <= 1
+        return ((a + ft(2)) * x - (a + ft(3))) * x * x + one
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - ft(5) * a) * x + ft(8) * a) * x - ft(4) * a
+
+    m = np.zeros((n_out, n_in))
+    for k, w in enumerate((far(t + one), near(t), near(one - t), far(one - t + one))):
+        np.add.at(m, (np.arange(n_out), np.clip(i0 - 1 + k, 0, n_in - 1)), w.astype(np.float64))
+    return m
+
+
+@rule("UpsampleBicubic2DBackward0")
+def _upsample_bicubic(c):
+    sizes, g = c.a["self_sym_sizes"], c.g
+    ft = np.float64 if c.in_dtypes[0] == "float64" else np.float32
+    mats = [_cubic_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc, ft)
+            for i, sc in enumerate(_scales(c, 2))]
+    return (_separable(g, mats),)
+
+
 # ============================================================================ more losses and norms
 def _reduce_factor(c, n):
     red = c.a["reduction"]

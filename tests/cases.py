@@ -207,6 +207,9 @@ NEW_CASES = {
     "upsample_bilinear": lambda r: weighted(r, F.interpolate(r(1, 2, 3, 4), scale_factor=1.7, mode="bilinear"))
         + weighted(r, F.interpolate(r(1, 1, 4, 3), size=(5, 7), mode="bilinear", align_corners=True))
         + weighted(r, F.interpolate(r(1, 1, 4, 3), size=(2, 2), mode="bilinear")),
+    "upsample_bicubic": lambda r: weighted(r, F.interpolate(r(1, 2, 4, 5), scale_factor=1.7, mode="bicubic"))
+        + weighted(r, F.interpolate(r(1, 1, 4, 3), size=(7, 5), mode="bicubic", align_corners=True))
+        + weighted(r, F.interpolate(r(2, 2, 4, 5), size=(3, 5), mode="bicubic")),  # shrinking, taps at the border
     "upsample_linear_trilinear": lambda r: weighted(r, F.interpolate(r(1, 2, 4), scale_factor=2.5, mode="linear"))
         + weighted(r, F.interpolate(r(1, 1, 2, 3, 2), size=(3, 4, 4), mode="trilinear", align_corners=True)),
     "binary_cross_entropy": lambda r: F.binary_cross_entropy(torch.sigmoid(r(r.n, 4)), torch.rand(
