@@ -401,6 +401,40 @@ def _cumsum(c):
     return (np.flip(np.cumsum(np.flip(c.g, d), axis=d), d),)
 
 
+def _rcumsum(a, d):  # PyTorch's reversed_cumsum: flip, cumsum, flip
+    return np.flip(np.cumsum(np.flip(a, d), axis=d), d)
+
+
+def _running_product(a, d):  # cumprod as products one after the other (magnitudes count each rounding)
+    parts = [np.take(a, [0], axis=d)]
+    for k in range(1, a.shape[d]):
+        parts.append(parts[-1] * np.take(a, [k], axis=d))
+    return np.concatenate(parts, axis=d)
+
+
+@rule("CumprodBackward0")
+def _cumprod(c):
+    """y = cumprod(x): dx_k = sum_{j >= k} G_j y_j / x_k when x has no zero (PyTorch's reversed cumsum of y * G,
+    divided by x). In a slice with zeros, first at z1, next at z2 (PyTorch's cumprod_backward): before z1 the
+    same over [0, z1); at z1, y_{z1-1} * sum_{z1 <= j < z2} G_j prod(x[z1+1..j]); after z1, 0."""
+    x, y, g = c.s["self"], c.s["result"], c.g
+    if np.ndim(x) == 0 or x.shape[c.a["dim"] % x.ndim] == 1:
+        return (g,)
+    d = c.a["dim"] % x.ndim
+    w = y * g
+    zero = x == 0
+    if not np.any(zero):
+        return (_rcumsum(w, d) / x,)
+    run = np.cumsum(zero, axis=d)  # zeros seen so far: 0 before z1, 1 in [z1, z2)
+    before, first = run == 0, zero & (run == 1)
+    out = np.where(before, _rcumsum(np.where(before, w, 0.0), d) / np.where(before, x, 1.0), 0.0)
+    prods = _running_product(np.where((run == 1) & ~first, x, 1.0), d)
+    z1 = np.expand_dims(np.argmax(first, axis=d), d)
+    prev = np.where(z1 == 0, 1.0, np.take_along_axis(y, np.maximum(z1 - 1, 0), axis=d))
+    at_z1 = (prods * np.where(run == 1, g, 0.0)).sum(axis=d, keepdims=True) * prev
+    return (np.where(first, at_z1, out),)
+
+
 @rule("VarBackward0", "StdBackward0")
 def _var(c):
     x = c.s["self"]

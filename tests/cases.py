@@ -42,6 +42,14 @@ def _cdist(r):
     return weighted(r, sum(torch.cdist(a, b, p=p) for p in (0.0, 0.5, 1.0, 2.0, 3.0, float("inf"))))
 
 
+def _cumprod(r):
+    """Slices without a zero, with one, and with several (x times a mask: the zeros are exact)."""
+    mask = torch.ones(r.n, 6, dtype=r.dtype)
+    mask[0, 2] = 0
+    mask[-1, 1] = mask[-1, 4] = 0
+    return weighted(r, (r(r.n, 6) * mask).cumprod(1)) + weighted(r, r(r.n, 3, 2).cumprod(0))
+
+
 CASES = {
     "linear": lambda r: weighted(r, F.linear(r(r.n, 4), r(5, 4), r(5))),
     "linear_3d": lambda r: weighted(r, F.linear(r(2, r.n, 4), r(5, 4), r(5))),
@@ -132,6 +140,7 @@ CASES = {
     "cumsum_var_std_norm": lambda r: weighted(r, r(r.n, 4).cumsum(1) + r(r.n, 4).var(1, keepdim=True)
                                               + r(r.n, 4).std() + r(r.n, 4).norm(dim=1, keepdim=True)),
     "normalize": lambda r: weighted(r, F.normalize(r(r.n, 4), dim=1)),
+    "cumprod": _cumprod,
     "cdist_p": lambda r: _cdist(r),
     "cdist_many_rows": lambda r: weighted(r, torch.cdist(r(r.n + 26, 3), r(5, 3))),  # the matrix-product path
     "cross_entropy_probabilities": lambda r: F.cross_entropy(r(r.n, 4), torch.softmax(torch.randn(r.n, 4, dtype=r.dtype),
