@@ -1683,3 +1683,168 @@ def _masked_scatter(c):  # slots (self, source): source's first k elements went 
     taken = c.g[mask]
     src = np.concatenate([taken, c.zeros((n - taken.size,))]) if n > taken.size else taken
     return (np.where(mask, 0.0, c.g), src.reshape(c.a["source_sym_sizes"]))
+
+
+# ============================================================================ pointwise with several inputs, shrinks
+@rule("SubBackward1")
+def _sub_scalar(c):  # x - a number
+    return (c.g,)
+
+
+@rule("AddcmulBackward0")
+def _addcmul(c):  # self + value * t1 * t2: slots (self, tensor1, tensor2)
+    v = c.a["value"]
+    return (c.g, c.g * (v * c.s["tensor2"]), c.g * (v * c.s["tensor1"]))
+
+
+@rule("AddcdivBackward0")
+def _addcdiv(c):  # self + value * t1 / t2
+    v, t1, t2 = c.a["value"], c.s["tensor1"], c.s["tensor2"]
+    return (c.g, c.g * (v / t2), -c.g * (v * t1 / (t2 * t2)))
+
+
+@rule("LerpBackward0")
+def _lerp(c):  # self + w (end - self), w a number: slots (self, end)
+    w = c.a["weight"]
+    return (c.g * (1 - w), c.g * w)
+
+
+@rule("LerpBackward1")
+def _lerp_tensor(c):  # w a tensor: slots (self, end, weight)
+    x, end, w = c.s["self"], c.s["end"], c.s["weight"]
+    return (c.g * (1 - w), c.g * w, c.g * (end - x))
+
+
+@rule("HypotBackward0")
+def _hypot(c):
+    r = c.s["result"]
+    return (c.g * (c.s["self"] / r), c.g * (c.s["other"] / r))
+
+
+@rule("Atan2Backward0")
+def _atan2(c):  # atan2(self, other)
+    y, x = c.s["self"], c.s["other"]
+    r2 = x * x + y * y
+    return (c.g * (x / r2), c.g * (-y / r2))
+
+
+@rule("CeluBackward0")
+def _celu(c):  # elu with input scale 1/alpha, as PyTorch computes it
+    x, alpha = c.s["self"], c.a["alpha"]
+    return (np.where(x > 0, c.g, c.g * ((1 / alpha) * alpha * np.exp(x * (1 / alpha)))),)
+
+
+@rule("HardshrinkBackward0", "SoftshrinkBackward0")
+def _shrink(c):
+    x, lam = c.s["self"], c.a["lambd"]
+    return (np.where((x >= -lam) & (x <= lam), 0.0, c.g),)
+
+
+# ============================================================================ more shape ops
+@rule("TraceBackward0")
+def _trace_rule(c):
+    n, m = c.a["self_sym_sizes"]
+    out = c.zeros((n, m))
+    k = min(n, m)
+    out[np.arange(k), np.arange(k)] = np.broadcast_to(c.g, (k,))
+    return (out,)
+
+
+@rule("DiagEmbedBackward0")
+def _diag_embed(c):  # the gradient of diag_embed is the diagonal it filled
+    return (np.diagonal(c.g, c.a["offset"], c.a["dim1"], c.a["dim2"]),)
+
+
+@rule("TakeBackward0")
+def _take(c):  # self.take(index): flat indices, negative from the end
+    shape = c.in_shapes[0]
+    out = c.zeros((math.prod(shape),))
+    np.add.at(out, c.s["index"].reshape(-1) % max(1, out.size), c.g.reshape(-1))
+    return (out.reshape(shape),)
+
+
+@rule("MaskedSelectBackward0")
+def _masked_select(c):  # the selected elements, in order, back to the True places of the (broadcast) mask
+    x, mask = c.s["self"], c.s["mask"].astype(bool)
+    shape = np.broadcast_shapes(np.shape(x), mask.shape)
+    out = c.zeros(shape)
+    out[np.broadcast_to(mask, shape)] = c.g
+    return (out,)
+
+
+@rule("CummaxBackward0", "CumminBackward0")
+def _cummax(c):  # each output element came from the input at `indices` along dim
+    x, idx = c.s["self"], c.s["indices"]
+    if np.ndim(x) == 0:
+        return (c.g,)
+    d = c.a["dim"] % x.ndim
+    out = c.zeros(np.shape(x))
+    np.add.at(out, _along(idx, d), c.g)
+    return (out,)
+
+
+@rule("UnfoldBackward0")
+def _unfold_rule(c):  # Tensor.unfold(dimension, size, step): window w, element k came from w * step + k
+    sizes, d, size, step = c.a["self_sym_sizes"], c.a["dimension"], c.a["size"], c.a["step"]
+    out = c.zeros(sizes)
+    if len(sizes) == 0:
+        return (c.g.reshape(()) if c.g.size == 1 else c.g.sum(),)
+    d %= len(sizes)
+    g = np.moveaxis(c.g, d, -2)  # (..., windows, size) with the other axes in place
+    o = np.moveaxis(out, d, -1)  # a view: additions land in out
+    for w in range(g.shape[-2]):
+        o[..., w * step: w * step + size] += g[..., w, :]
+    return (out,)
+
+
+@rule("LinalgCrossBackward0")
+def _cross(c):  # self x other along dim: slots (self, other)
+    d = c.a["dim"]
+    return (_cross3(c.s["other"], c.g, d), _cross3(c.g, c.s["self"], d))
+
+
+def _cross3(a, b, d):  # a x b along axis d (length 3), as numpy arrays or magnitudes
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    a, b = np.moveaxis(np.broadcast_to(a, shape), d, -1), np.moveaxis(np.broadcast_to(b, shape), d, -1)
+    out = np.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1], a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+                    a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], axis=-1)
+    return np.moveaxis(out, -1, d)
+
+
+@rule("BlockDiagBackward0")
+def _block_diag(c):  # each input's block of the gradient, in order along the diagonal
+    out, r, k = [], 0, 0
+    for shape in c.in_shapes:
+        rows, cols = (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1]) if len(shape) == 2 else (1, 1)
+        block = c.g[r:r + rows, k:k + cols]
+        out.append(block.reshape(shape))
+        r, k = r + rows, k + cols
+    return tuple(out)
+
+
+@rule("ProdBackward0", "ProdBackward1")
+def _prod(c):  # d prod / dx_k = the product of the others (PyTorch: result / x without zeros, else exclusive products)
+    x, y = c.s["self"], c.s["result"]
+    if np.ndim(x) == 0:
+        return (c.g,)
+    full = c.type == "ProdBackward0"
+    g = c.g
+    if full:
+        x, d = x.reshape(-1), 0
+    else:
+        d = c.a["dim"] % x.ndim
+        if not c.a["keepdim"]:
+            g, y = np.expand_dims(g, d), np.expand_dims(y, d)
+    zero = x == 0
+    if not np.any(zero):
+        out = g * (y / x)
+    elif full and np.count_nonzero(zero) > 1:
+        out = x * 0.0 * g
+    else:
+        n = x.shape[d]
+        ones = np.ones(x.shape[:d] + (1,) + x.shape[d + 1:])
+        head = _running_product(np.concatenate([ones, np.take(x, np.arange(n - 1), axis=d)], axis=d), d)
+        tail = np.flip(_running_product(np.concatenate([ones, np.flip(np.take(x, np.arange(1, n), axis=d), d)],
+                                                       axis=d), d), d)
+        out = g * (head * tail)
+    return (out.reshape(c.in_shapes[0]) if full else out,)

@@ -50,6 +50,18 @@ def _cumprod(r):
     return weighted(r, (r(r.n, 6) * mask).cumprod(1)) + weighted(r, r(r.n, 3, 2).cumprod(0))
 
 
+def _prod(r):
+    """No zero (result / x), one zero in a slice, two in another (exclusive products); full products with
+    one zero and with two (PyTorch's zeros)."""
+    mask = torch.ones(r.n, 5, dtype=r.dtype)
+    mask[0, 1] = 0
+    mask[-1, 2] = mask[-1, 4] = 0
+    x = r(r.n, 5) * mask
+    return (weighted(r, x.prod(1)) + weighted(r, r(r.n, 4).prod(0, keepdim=True)) + r(3, 2).prod()
+            + (r(4) * torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=r.dtype)).prod()
+            + (r(4) * torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=r.dtype)).prod() * 3)
+
+
 CASES = {
     "linear": lambda r: weighted(r, F.linear(r(r.n, 4), r(5, 4), r(5))),
     "linear_3d": lambda r: weighted(r, F.linear(r(2, r.n, 4), r(5, 4), r(5))),
@@ -141,6 +153,24 @@ CASES = {
                                               + r(r.n, 4).std() + r(r.n, 4).norm(dim=1, keepdim=True)),
     "normalize": lambda r: weighted(r, F.normalize(r(r.n, 4), dim=1)),
     "cumprod": _cumprod,
+    "prod": _prod,
+    "sub_scalar_cosine_embedding": lambda r: torch.ops.aten.sub.Scalar(r(r.n, 3), 1.5).pow(2).sum()
+        + F.cosine_embedding_loss(r(r.n, 4), r(r.n, 4), torch.tensor([1.0, -1.0] * r.n, dtype=r.dtype)[: r.n]),
+    "addcmul_addcdiv_lerp": lambda r: weighted(r, torch.addcmul(r(r.n, 4), r(r.n, 4), r(1, 4), value=0.5))
+        + weighted(r, torch.addcdiv(r(r.n, 4), r(r.n, 4), r(r.n, 4, positive=True), value=-2.0))
+        + weighted(r, torch.lerp(r(r.n, 4), r(r.n, 4), 0.3))
+        + weighted(r, torch.lerp(r(r.n, 4), r(r.n, 4), r(r.n, 4))),
+    "hypot_atan2": lambda r: weighted(r, torch.hypot(r(r.n, 4), r(r.n, 4))) + weighted(r, torch.atan2(r(r.n, 4), r(4))),
+    "celu_shrinks": lambda r: weighted(r, F.celu(r(r.n, 6), 1.5)) + weighted(r, F.hardshrink(r(r.n, 6), 0.3))
+        + weighted(r, F.softshrink(r(r.n, 6), 0.3)),
+    "trace_diag_embed_take_masked_select": lambda r: torch.trace(r(4, 5)) * 2
+        + weighted(r, torch.diag_embed(r(2, r.n), 1, 0, 2))
+        + weighted(r, r(r.n, 4).take(torch.tensor([0, -1, 2, 0])))
+        + weighted(r, r(r.n, 4).masked_select(torch.tensor([True, False, True, True]))),
+    "cummax_cummin_unfold": lambda r: weighted(r, r(r.n, 5).cummax(1).values) + weighted(r, r(4, r.n).cummin(0).values)
+        + weighted(r, r(r.n, 7).unfold(1, 3, 2)) + weighted(r, r(4, r.n).unfold(0, 2, 1)),
+    "cross_block_diag": lambda r: weighted(r, torch.linalg.cross(r(r.n, 3), r(1, 3)))
+        + weighted(r, torch.block_diag(r(2, 3), r(4), r(1, 2))),
     "cdist_p": lambda r: _cdist(r),
     "cdist_many_rows": lambda r: weighted(r, torch.cdist(r(r.n + 26, 3), r(5, 3))),  # the matrix-product path
     "cross_entropy_probabilities": lambda r: F.cross_entropy(r(r.n, 4), torch.softmax(torch.randn(r.n, 4, dtype=r.dtype),
