@@ -1475,29 +1475,54 @@ def _cdist(c):
     w as PyTorch's _cdist_backward has it: diff / d (p = 2), sign (p = 1), sign where |diff| = d (p = inf),
     diff |diff|^(p-2) / d^(p-1) otherwise; 0 where d = 0, and for p < 1 also where a component of diff is 0."""
     p = float(c.a["p"])
-    dt = next((d for d in c.in_dtypes if d in ("float32", "float16", "bfloat16")), None)
-    diff = c.s["x1"][..., :, None, :] - c.s["x2"][..., None, :, :]  # (..., P, R, M)
-    if dt is not None:  # rounded as PyTorch computes it: p = inf compares |diff| with d exactly
-        diff = c.rounded(dt, diff)
-    d = c.s["result"][..., None]
-    if p == 0:
-        w = diff * 0.0
-    elif p == 1:
-        w = np.sign(diff)
-    elif math.isinf(p):
-        w = np.sign(diff) * (np.abs(diff) == d)
-    else:
-        safe = np.where(d == 0, 1.0, d)
-        if p == 2:
-            w = diff / safe
-        elif p < 1:
-            nz = np.where(diff == 0, 1.0, diff)
-            w = np.where(diff == 0, 0.0, np.sign(diff) * np.abs(nz) ** (p - 1)) / safe ** (p - 1)
-        else:
-            w = diff * np.abs(diff) ** (p - 2) / safe ** (p - 1)
-        w = np.where(d == 0, 0.0, w)
-    t = c.g[..., None] * w
+    diff = _rounded_diff(c, c.s["x1"][..., :, None, :], c.s["x2"][..., None, :, :])  # (..., P, R, M)
+    t = c.g[..., None] * _dist_weights(diff, c.s["result"][..., None], p)
     return (t.sum(axis=-2), -t.sum(axis=-3))
+
+
+def _dist_weights(diff, d, p):  # d ||diff||_p / d diff, as PyTorch's cdist and pdist backward kernels have it
+    if p == 0:
+        return diff * 0.0
+    if p == 1:
+        return np.sign(diff)
+    if math.isinf(p):
+        return np.sign(diff) * (np.abs(diff) == d)
+    safe = np.where(d == 0, 1.0, d)
+    if p == 2:
+        w = diff / safe
+    elif p < 1:
+        nz = np.where(diff == 0, 1.0, diff)
+        w = np.where(diff == 0, 0.0, np.sign(diff) * np.abs(nz) ** (p - 1)) / safe ** (p - 1)
+    else:
+        w = diff * np.abs(diff) ** (p - 2) / safe ** (p - 1)
+    return np.where(d == 0, 0.0, w)
+
+
+def _rounded_diff(c, a, b):  # a - b rounded to the inputs' dtype, as PyTorch computes it (p = inf compares exactly)
+    dt = next((d for d in c.in_dtypes if d in ("float32", "float16", "bfloat16")), None)
+    return a - b if dt is None else c.rounded(dt, a - b)
+
+
+@rule("PdistBackward0")
+def _pdist(c):  # pdist(x)[k] = ||x_i - x_j||_p over the pairs i < j, row by row
+    x, p = c.s["self"], float(c.a["p"])
+    n = x.shape[0]
+    i, j = np.triu_indices(n, 1)
+    d, g = np.zeros((n, n)), c.zeros((n, n))
+    d[i, j] = d[j, i] = c.s["result"]  # values only: the distances are saved, exact
+    g[i, j] = c.g
+    g[j, i] = c.g
+    w = _dist_weights(_rounded_diff(c, x[:, None, :], x[None, :, :]), d[..., None], p)
+    return ((g[..., None] * w).sum(axis=1),)
+
+
+@rule("DistBackward0")
+def _dist(c):  # torch.dist(self, other, p) = ||self - other||_p: PyTorch's norm backward on the difference
+    diff = _rounded_diff(c, c.s["self"], c.s["other"])
+    dims = list(range(diff.ndim))
+    gx = _pnorm_grad(np.broadcast_to(c.g, diff.shape), diff, np.broadcast_to(c.s["result"], diff.shape),
+                     float(c.a["p"]), dims)
+    return (gx, -gx)
 
 
 @rule("EuclideanDistBackward0")
@@ -1848,3 +1873,20 @@ def _prod(c):  # d prod / dx_k = the product of the others (PyTorch: result / x 
                                                        axis=d), d), d)
         out = g * (head * tail)
     return (out.reshape(c.in_shapes[0]) if full else out,)
+
+
+@rule("SoftMarginLossBackward0")
+def _soft_margin(c):  # mean log(1 + exp(-y x)); the target gets no gradient
+    x, t = c.s["self"], c.s["target"]
+    norm = 1.0 / x.size if c.a["reduction"] == "mean" else 1.0
+    z = np.exp(-t * x)
+    return (c.g * (-norm * t * z / (1 + z)),)
+
+
+@rule("MaxUnpool2DBackward0", "MaxUnpool3DBackward0")
+def _max_unpool(c):  # each input element went to its index in the flattened spatial output
+    idx = c.s["indices"]
+    k = 2 if c.type == "MaxUnpool2DBackward0" else 3
+    lead = idx.shape[: idx.ndim - k]
+    g = c.g.reshape(lead + (-1,))
+    return (np.take_along_axis(g, idx.reshape(lead + (-1,)), axis=-1).reshape(idx.shape),)

@@ -62,6 +62,10 @@ def _prod(r):
             + (r(4) * torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=r.dtype)).prod() * 3)
 
 
+def _with_a_repeated_row(x):  # a pair at distance 0
+    return torch.cat([x, x[:1]])
+
+
 CASES = {
     "linear": lambda r: weighted(r, F.linear(r(r.n, 4), r(5, 4), r(5))),
     "linear_3d": lambda r: weighted(r, F.linear(r(2, r.n, 4), r(5, 4), r(5))),
@@ -169,6 +173,13 @@ CASES = {
         + weighted(r, r(r.n, 4).masked_select(torch.tensor([True, False, True, True]))),
     "cummax_cummin_unfold": lambda r: weighted(r, r(r.n, 5).cummax(1).values) + weighted(r, r(4, r.n).cummin(0).values)
         + weighted(r, r(r.n, 7).unfold(1, 3, 2)) + weighted(r, r(4, r.n).unfold(0, 2, 1)),
+    "soft_margin_dist_pdist": lambda r: F.soft_margin_loss(r(r.n, 4), torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=r.dtype))
+        + F.soft_margin_loss(r(r.n, 3), torch.ones(r.n, 3, dtype=r.dtype), reduction="sum")
+        + sum(torch.dist(r(r.n, 4), r(4), p) for p in (1, 2, 3, float("inf")))  # p = 0: PyTorch has no backward
+        + sum(weighted(r, F.pdist(_with_a_repeated_row(r(r.n + 1, 3)), p)) for p in (0.0, 0.5, 1.0, 2.0, 3.0, float("inf"))),
+    "max_unpool": lambda r: weighted(r, F.max_unpool2d(*F.max_pool2d(r(1, 2, 4, 4), 2, return_indices=True), 2))
+        + weighted(r, F.max_unpool1d(*F.max_pool1d(r(1, 2, 6), 2, return_indices=True), 2))
+        + weighted(r, F.max_unpool3d(*F.max_pool3d(r(1, 1, 4, 2, 2), 2, return_indices=True), 2)),
     "cross_block_diag": lambda r: weighted(r, torch.linalg.cross(r(r.n, 3), r(1, 3)))
         + weighted(r, torch.block_diag(r(2, 3), r(4), r(1, 2))),
     "cdist_p": lambda r: _cdist(r),
