@@ -29,8 +29,9 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
         t = t.to_dense()
     t = t.resolve_conj().resolve_neg()
     if t.is_floating_point():
-        return t.to("cpu", torch.float64).numpy().copy()
-    return t.to("cpu").numpy().copy()
+        t = t.to("cpu", torch.float64)
+    # force: PyTorch hands some all-zero gradients over as "ZeroTensors" (sgn's, for one) that refuse a plain .numpy()
+    return t.to("cpu").numpy(force=True).copy()
 
 
 # Graphs with at least this many op nodes get a full scan of the collector's objects for retained tensors

@@ -1890,3 +1890,85 @@ def _max_unpool(c):  # each input element went to its index in the flattened spa
     lead = idx.shape[: idx.ndim - k]
     g = c.g.reshape(lead + (-1,))
     return (np.take_along_axis(g, idx.reshape(lead + (-1,)), axis=-1).reshape(idx.shape),)
+
+
+# ============================================================================ more pointwise
+@rule("SgnBackward0", "FloorBackward0", "CeilBackward0", "RoundBackward0", "RoundBackward1", "TruncBackward0")
+def _flat(c):  # piecewise constant: zero gradient (PyTorch hands sgn's over as a ZeroTensor)
+    return (c.g * 0.0,)
+
+
+@rule("FracBackward0", "FmodBackward0", "RemainderBackward0")
+def _pass_through(c):  # x minus a piecewise constant of x (fmod and remainder by a number)
+    return (c.g,)
+
+
+@rule("FmodBackward1", "RemainderBackward1")
+def _fmod(c):  # self - other * q, q = self / other rounded toward zero (fmod) or down (remainder)
+    x, y = c.s["self"], c.s["other"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = x / y
+    q = np.trunc(q) if c.type == "FmodBackward1" else np.floor(q)
+    return (c.g, -c.g * q)
+
+
+@rule("NanToNumBackward0")
+def _nan_to_num(c):
+    return (np.where(np.isfinite(c.s["self"]), c.g, 0.0),)
+
+
+@rule("LogitBackward0")
+def _logit(c):  # g / (x (1 - x)); outside [eps, 1 - eps] 0, outside [0, 1] without eps NaN
+    x, eps = c.s["self"], c.a["eps"]
+    lo, hi = (0.0, 1.0) if eps is None else (eps, 1 - eps)
+    outside = (x < lo) | (x > hi)
+    with np.errstate(divide="ignore"):
+        d = 1 / (x * (1 - x))
+    return (np.where(outside, np.nan if eps is None else 0.0, c.g * d),)
+
+
+@rule("Exp2Backward0")
+def _exp2(c):
+    return (c.g * c.s["result"] * math.log(2),)
+
+
+@rule("Deg2RadBackward0", "Rad2DegBackward0")
+def _deg2rad(c):
+    return (c.g * (math.pi / 180 if c.type == "Deg2RadBackward0" else 180 / math.pi),)
+
+
+@rule("SincBackward0")
+def _sinc(c):  # (pi x cos(pi x) - sin(pi x)) / (pi x^2), 0 at x = 0
+    x = c.s["self"]
+    px = math.pi * x
+    safe = np.where(x == 0, 1.0, x)
+    d = (px * np.cos(px) - np.sin(px)) / (math.pi * safe * safe)
+    return (np.where(x == 0, 0.0, c.g * d),)
+
+
+@rule("XlogyBackward2")
+def _xlogy_number(c):  # x * log(a number): log(other), also where x == 0 unless other <= 0 (then 0 there)
+    x, other = c.s["self"], float(c.a["other"])
+    if other > 0:
+        return (c.g * math.log(other),)
+    return (np.where(x == 0, 0.0, c.g * (-math.inf if other == 0 else math.nan)),)
+
+
+@rule("CopysignBackward0", "CopysignBackward1")
+def _copysign(c):  # result / self (0 where self == 0); a tensor `other` gets 0
+    x, y = c.s["self"], c.s["result"]
+    ratio = np.where(x == 0, 0.0, y / np.where(x == 0, 1.0, x))
+    return (c.g * ratio, c.g * 0.0) if c.type == "CopysignBackward0" else (c.g * ratio,)
+
+
+@rule("SpecialEntrBackward0")
+def _entr(c):  # -x log x: -(1 + log x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (c.g * (-(1 + np.log(c.s["self"]))),)
+
+
+@rule("LogaddexpBackward0", "Logaddexp2Backward0")
+def _logaddexp(c):  # log(e^a + e^b): each side's share, 1 / (1 + e^(other - self)) (base 2 for logaddexp2)
+    a, b = c.s["self"], c.s["other"]
+    up = np.exp if c.type == "LogaddexpBackward0" else np.exp2
+    return (c.g / (1 + up(b - a)), c.g / (1 + up(a - b)))

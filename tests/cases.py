@@ -180,6 +180,21 @@ CASES = {
     "max_unpool": lambda r: weighted(r, F.max_unpool2d(*F.max_pool2d(r(1, 2, 4, 4), 2, return_indices=True), 2))
         + weighted(r, F.max_unpool1d(*F.max_pool1d(r(1, 2, 6), 2, return_indices=True), 2))
         + weighted(r, F.max_unpool3d(*F.max_pool3d(r(1, 1, 4, 2, 2), 2, return_indices=True), 2)),
+    "flat_and_pass_through": lambda r: sum(weighted(r, f(r(r.n, 5))) for f in (
+        torch.sgn, torch.floor, torch.ceil, torch.round, lambda x: torch.round(x, decimals=1), torch.trunc,
+        torch.frac, lambda x: torch.fmod(x, 0.7), lambda x: torch.remainder(x, -0.7))),
+    "fmod_remainder_tensor": lambda r: weighted(r, torch.fmod(r(r.n, 4), r(r.n, 4, positive=True)))
+        + weighted(r, torch.remainder(r(r.n, 4), -r(r.n, 4, positive=True))),
+    "nan_to_num_logit": lambda r: weighted(r, torch.nan_to_num(torch.where(
+        torch.tensor([True, False, True, True]), r(r.n, 4), torch.tensor(float("inf"), dtype=r.dtype))))
+        + weighted(r, torch.logit(torch.sigmoid(r(r.n, 4)))) + weighted(r, torch.logit(torch.sigmoid(3 * r(r.n, 4)), 0.1)),
+    "exp2_sinc_xlogy_copysign_entr_logaddexp": lambda r: weighted(r, torch.exp2(r(r.n, 4)))
+        + weighted(r, torch.deg2rad(r(r.n, 4)) + torch.rad2deg(r(r.n, 4)))
+        + weighted(r, torch.sinc(r(r.n, 4) * torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=r.dtype)))
+        + weighted(r, torch.xlogy(r(r.n, 4) * torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=r.dtype), 2.0))
+        + weighted(r, torch.copysign(r(r.n, 4), -1.0) + torch.copysign(r(r.n, 4), r(r.n, 4)))
+        + weighted(r, torch.special.entr(r(r.n, 4, positive=True)))
+        + weighted(r, torch.logaddexp(r(r.n, 4), r(r.n, 4)) + torch.logaddexp2(r(r.n, 4), r(4))),
     "cross_block_diag": lambda r: weighted(r, torch.linalg.cross(r(r.n, 3), r(1, 3)))
         + weighted(r, torch.block_diag(r(2, 3), r(4), r(1, 2))),
     "cdist_p": lambda r: _cdist(r),

@@ -321,3 +321,17 @@ def test_retained_tensors_of_a_big_graph_are_found_by_the_full_scan():
             box.t = h
     rep = lens.mirror(h.sum(), params={"x": x})
     assert rep.ok and box.t.grad is None and x.grad is None
+
+
+def test_zero_tensor_gradients_are_read_as_zeros():
+    """PyTorch hands sgn's gradient over as a ZeroTensor, which refuses a plain .numpy(): mirror and
+    trace(grads=True) read it as zeros instead of failing."""
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    loss = (torch.sgn(x) * x).sum()
+    rep = lens.mirror(loss, params={"x": x})
+    check(rep)
+    node = next(r for r in rep.rows if r["type"] == "SgnBackward0")
+    assert node["status"] == "match" and node["exact"]
+    t = lens.trace(loss, params={"x": x}, grads=True)
+    sgn = next(d for _, d in t.graph.nodes(data=True) if d["type"] == "SgnBackward0")
+    assert sgn["grad"] is not None
