@@ -270,7 +270,8 @@ class _Step:
 
     def __init__(self, seen_in, seen_out, scalar: bool):
         self.seen_in, self.seen_out, self.scalar = seen_in, seen_out, scalar
-        self.wrap = as_values if scalar else (lambda a: a)
+        # complex gradients only pass between nodes left unmirrored (complex tensors): kept as they are
+        self.wrap = (lambda a: a if np.iscomplexobj(a) else as_values(a)) if scalar else (lambda a: a)
         self.local: dict = {}     # id -> (mirror's outputs from PyTorch's inputs, bound per slot) or None
         self.incoming: dict = {}  # id -> the mirror's own incoming Flows
         self.notes: dict = {}

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import networkx as nx
+import numpy as np
 import torch
 
 from ._files import dumps
@@ -319,10 +320,12 @@ def _grad_stats(gs: list) -> dict | None:
     if not gs:
         return None
     n = sum(x.size for x in gs)
-    sq = sum(float((x.astype("float64") ** 2).sum()) for x in gs)
-    out = {"norm": math.sqrt(sq), "abs_max": max(float(abs(x).max()) if x.size else 0.0 for x in gs),
-           "mean": sum(float(x.sum()) for x in gs) / n if n else 0.0}
-    if n <= 8:
+    cplx = any(np.iscomplexobj(x) for x in gs)  # complex gradients: sizes from |x|, no mean and no values
+    with np.errstate(over="ignore", invalid="ignore"):  # infinite or NaN gradients give inf / NaN, quietly
+        sq = sum(float(((np.abs(x) if cplx else x).astype("float64") ** 2).sum()) for x in gs)
+        out = {"norm": math.sqrt(sq), "abs_max": max(float(abs(x).max()) if x.size else 0.0 for x in gs),
+               "mean": None if cplx else sum(float(x.sum()) for x in gs) / n if n else 0.0}
+    if n <= 8 and not cplx:
         out["values"] = gs[0].tolist() if len(gs) == 1 else [x.tolist() for x in gs]
     return out
 

@@ -335,3 +335,15 @@ def test_zero_tensor_gradients_are_read_as_zeros():
     t = lens.trace(loss, params={"x": x}, grads=True)
     sgn = next(d for _, d in t.graph.nodes(data=True) if d["type"] == "SgnBackward0")
     assert sgn["grad"] is not None
+
+
+def test_a_complex_region_in_scalar_mode_passes_pytorch_gradients_quietly():
+    import warnings
+
+    a = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "casting complex values to real" from the Values
+        rep = lens.mirror(torch.view_as_real(torch.view_as_complex(a) * 2).sum(), params={"a": a}, mode="scalar")
+    assert rep.ok and {"MulBackward0", "ViewAsComplexBackward0"} <= {r["type"] for r in rep.rows
+                                                                     if r["status"] == "unmirrored"}
+    assert next(r for r in rep.rows if r["kind"] == "leaf")["status"] == "match"

@@ -1,5 +1,6 @@
 import collections
 import json
+import math
 
 import networkx as nx
 import pytest
@@ -300,3 +301,22 @@ def test_two_tensors_under_one_name_are_refused():
         lens.trace((a * b).sum(), params=[("a", a), ("a", b)])
     with pytest.raises(TypeError):
         lens.trace((a * b).sum(), params=[("a", 3.0)])
+
+
+def test_grads_of_complex_and_infinite_gradients_quietly():
+    """grads=True on a complex region (view_as_complex) and on infinite gradients: sizes from |x|, strict JSON
+    that reads back, and no numpy warning leaking out of the library."""
+    import warnings
+
+    a = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([1.0, 1e300], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = lens.trace(torch.view_as_real(torch.view_as_complex(a) * 2).sum(), params={"a": a}, grads=True)
+        back = lens.Trace.from_json(t.to_json())
+        big = lens.trace((b * b * 1e300).sum(), params={"b": b}, grads=True)
+        big.to_json()
+    mul = next(d for _, d in t.graph.nodes(data=True) if d["type"] == "MulBackward0")
+    assert mul["grad"]["norm"] == pytest.approx(6 ** 0.5) and mul["grad"]["mean"] is None  # |1+1j| * sqrt(3)
+    assert back.to_text() == t.to_text()
+    assert big.graph.nodes["param:b"]["grad"]["norm"] == math.inf
