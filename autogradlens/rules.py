@@ -1051,13 +1051,21 @@ def _scales(c, k):
     return [c.a.get(n) for n in names]
 
 
-@rule("UpsampleNearest1DBackward0", "UpsampleNearest2DBackward0", "UpsampleNearest3DBackward0")
+def _nearest_exact_src(n_in, n_out, scale):  # PyTorch's nearest_exact_idx: floorf((i + 0.5) * scale)
+    sc = np.float32(1.0 / scale) if scale else np.float32(n_in) / np.float32(n_out)
+    src = ((np.arange(n_out) + 0.5) * np.float64(sc)).astype(np.float32)  # a double product, rounded by floorf
+    return np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+
+
+@rule("UpsampleNearest1DBackward0", "UpsampleNearest2DBackward0", "UpsampleNearest3DBackward0",
+      "UpsampleNearestExact1DBackward0", "UpsampleNearestExact2DBackward0", "UpsampleNearestExact3DBackward0")
 def _upsample_nearest(c):
     sizes, g = c.a["self_sym_sizes"], c.g
     k = len(sizes) - 2
+    src = _nearest_exact_src if "Exact" in c.type else _nearest_src
     for i, sc in enumerate(_scales(c, k)):
         ax = 2 + i
-        g = _scatter(g, _nearest_src(sizes[ax], g.shape[ax], sc), sizes[ax], ax, c.zeros)
+        g = _scatter(g, src(sizes[ax], g.shape[ax], sc), sizes[ax], ax, c.zeros)
     return (g,)
 
 

@@ -272,6 +272,10 @@ NEW_CASES = {
     "upsample_bilinear": lambda r: weighted(r, F.interpolate(r(1, 2, 3, 4), scale_factor=1.7, mode="bilinear"))
         + weighted(r, F.interpolate(r(1, 1, 4, 3), size=(5, 7), mode="bilinear", align_corners=True))
         + weighted(r, F.interpolate(r(1, 1, 4, 3), size=(2, 2), mode="bilinear")),
+    "upsample_nearest_exact": lambda r: weighted(r, F.interpolate(r(1, 2, 3, 4), scale_factor=1.5, mode="nearest-exact"))
+        + weighted(r, F.interpolate(r(1, 1, 5, 4), size=(3, 7), mode="nearest-exact"))
+        + weighted(r, F.interpolate(r(1, 1, 4), scale_factor=1.7, mode="nearest-exact"))
+        + weighted(r, F.interpolate(r(1, 1, 2, 3, 2), size=(3, 4, 3), mode="nearest-exact")),
     "upsample_bicubic": lambda r: weighted(r, F.interpolate(r(1, 2, 4, 5), scale_factor=1.7, mode="bicubic"))
         + weighted(r, F.interpolate(r(1, 1, 4, 3), size=(7, 5), mode="bicubic", align_corners=True))
         + weighted(r, F.interpolate(r(2, 2, 4, 5), size=(3, 5), mode="bicubic")),  # shrinking, taps at the border
