@@ -1980,3 +1980,15 @@ def _logaddexp(c):  # log(e^a + e^b): each side's share, 1 / (1 + e^(other - sel
     a, b = c.s["self"], c.s["other"]
     up = np.exp if c.type == "LogaddexpBackward0" else np.exp2
     return (c.g / (1 + up(b - a)), c.g / (1 + up(a - b)))
+
+
+@rule("WeightNormInterfaceBackward0")
+def _weight_norm(c):  # w = g v / ||v||, the norm over all axes but `dim` (PyTorch's fused path): slots (v, g)
+    if len(c.gs) > 1 and c.gs[1] is not None:
+        raise Unsupported("a gradient flowing into weight norm's second output (the norms)")
+    v, g, norm = c.s["v"], c.s["g"], c.s["result1"]
+    dim = c.a["dim"] % v.ndim
+    shape = tuple(v.shape[a] if a == dim else 1 for a in range(v.ndim))
+    n, a = norm.reshape(shape), (g / norm).reshape(shape)
+    s = (c.g * v).sum(axis=tuple(a for a in range(v.ndim) if a != dim), keepdims=True)
+    return (c.g * a - v * (a * s / (n * n)), (s / n).reshape(g.shape))

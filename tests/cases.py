@@ -195,6 +195,8 @@ CASES = {
         + weighted(r, torch.copysign(r(r.n, 4), -1.0) + torch.copysign(r(r.n, 4), r(r.n, 4)))
         + weighted(r, torch.special.entr(r(r.n, 4, positive=True)))
         + weighted(r, torch.logaddexp(r(r.n, 4), r(r.n, 4)) + torch.logaddexp2(r(r.n, 4), r(4))),
+    "weight_norm": lambda r: weighted(r, torch._weight_norm(r(5, r.n), r(5, 1), 0))
+        + weighted(r, torch._weight_norm(r(2, r.n, 4), r(1, 1, 4), 2)),  # nn.utils weight_norm, first and last dim
     "cross_block_diag": lambda r: weighted(r, torch.linalg.cross(r(r.n, 3), r(1, 3)))
         + weighted(r, torch.block_diag(r(2, 3), r(4), r(1, 2))),
     "cdist_p": lambda r: _cdist(r),
