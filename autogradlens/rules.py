@@ -1992,3 +1992,43 @@ def _weight_norm(c):  # w = g v / ||v||, the norm over all axes but `dim` (PyTor
     n, a = norm.reshape(shape), (g / norm).reshape(shape)
     s = (c.g * v).sum(axis=tuple(a for a in range(v.ndim) if a != dim), keepdims=True)
     return (c.g * a - v * (a * s / (n * n)), (s / n).reshape(g.shape))
+
+
+@rule("ScatterReduceBackward0", "IndexReduceBackward0")
+def _scatter_reduce(c):
+    """self.scatter_reduce(dim, index, src, reduce) / self.index_reduce(dim, index, source, reduce): slots (self, src).
+    sum: G back to self and gathered for src; mean: divided by the count each position averaged; amax/amin: shared
+    among the elements equal to the result (PyTorch's scatter_reduce_backward)."""
+    x, res, red, keep = c.s["self"], c.s["result"], c.a["reduce"], c.a["include_self"]
+    src = c.s["src"] if c.type == "ScatterReduceBackward0" else c.s["source"]
+    d = c.a["dim"] % max(1, x.ndim)
+    idx = c.s["index"]
+    if c.type == "IndexReduceBackward0":  # index picks whole slices: the same index for every element of one
+        shape = tuple(-1 if a == d else 1 for a in range(src.ndim))
+        idx = np.broadcast_to(idx.reshape(shape), src.shape)
+    if idx.shape != src.shape:
+        raise Unsupported("scatter_reduce with an index smaller than src")
+    where = _along(idx, d)
+    hit = _hit(x.shape, where)
+    if red in ("sum", "add"):
+        gx, gs = c.g, c.g[where]
+    elif red == "mean":
+        n = np.full(x.shape, 1.0 if keep else 0.0)
+        np.add.at(n, where, 1.0)
+        n[n == 0] = 1.0
+        gx, gs = c.g / n, c.g[where] / n[where]
+        if not keep:
+            gx = np.where(hit, 0.0, gx)
+        return (gx, gs)
+    elif red in ("amax", "amin"):
+        self_is, src_is = (x == res).astype(np.float64), (src == res[where]).astype(np.float64)
+        if not keep and np.any(self_is[hit]):
+            raise Unsupported(f"scatter_reduce {red} with include_self=False where an excluded self equals the "
+                              "result: PyTorch still counts it among the ties (its backward halves the gradient)")
+        n = self_is.copy()
+        np.add.at(n, where, src_is)
+        share = c.g / np.where(n == 0, 1.0, n)
+        gx, gs = self_is * share, src_is * share[where]
+    else:
+        raise Unsupported(f"scatter_reduce with reduce={red!r}")
+    return (np.where(hit, 0.0, gx) if not keep else gx, gs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -64,6 +66,22 @@ def _prod(r):
 
 def _with_a_repeated_row(x):  # a pair at distance 0
     return torch.cat([x, x[:1]])
+
+
+def _scatter_reduce(r):
+    """Every reduce but prod, with and without self; ties (values rounded to halves) share amax's gradient."""
+    idx = torch.tensor([[0, 1, 2], [1, 1, 0], [0, 2, 2], [3, 0, 1], [1, 3, 3]])
+    out = 0
+    for red in ("sum", "mean", "amax", "amin"):
+        for keep in (True, False):
+            out = out + weighted(r, r(4, 3).scatter_reduce(0, idx, r(5, 3), red, include_self=keep))
+    def halves(x):  # values rounded to halves (ties), the gradient straight through
+        return x - x.detach() + torch.round(x.detach() * 2) / 2
+
+    out = out + weighted(r, halves(r(4, 3)).scatter_reduce(0, idx, halves(r(5, 3)), "amax"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "index_reduce", UserWarning)  # "in beta"
+        return out + weighted(r, r(4, 2).index_reduce(0, torch.tensor([0, 2, 0, 3]), r(4, 2), "mean"))
 
 
 CASES = {
@@ -197,6 +215,7 @@ CASES = {
         + weighted(r, torch.logaddexp(r(r.n, 4), r(r.n, 4)) + torch.logaddexp2(r(r.n, 4), r(4))),
     "weight_norm": lambda r: weighted(r, torch._weight_norm(r(5, r.n), r(5, 1), 0))
         + weighted(r, torch._weight_norm(r(2, r.n, 4), r(1, 1, 4), 2)),  # nn.utils weight_norm, first and last dim
+    "scatter_reduce": _scatter_reduce,
     "cross_block_diag": lambda r: weighted(r, torch.linalg.cross(r(r.n, 3), r(1, 3)))
         + weighted(r, torch.block_diag(r(2, 3), r(4), r(1, 2))),
     "cdist_p": lambda r: _cdist(r),
