@@ -1725,15 +1725,16 @@ def _sub_scalar(c):  # x - a number
 
 
 @rule("AddcmulBackward0")
-def _addcmul(c):  # self + value * t1 * t2: slots (self, tensor1, tensor2)
-    v = c.a["value"]
-    return (c.g, c.g * (v * c.s["tensor2"]), c.g * (v * c.s["tensor1"]))
+def _addcmul(c):  # self + value * t1 * t2: slots (self, tensor1, tensor2); PyTorch saves only what they need
+    v, t1, t2 = c.a["value"], c.s.get("tensor1"), c.s.get("tensor2")
+    return (c.g, None if t2 is None else c.g * (v * t2), None if t1 is None else c.g * (v * t1))
 
 
 @rule("AddcdivBackward0")
 def _addcdiv(c):  # self + value * t1 / t2
-    v, t1, t2 = c.a["value"], c.s["tensor1"], c.s["tensor2"]
-    return (c.g, c.g * (v / t2), -c.g * (v * t1 / (t2 * t2)))
+    v, t1, t2 = c.a["value"], c.s.get("tensor1"), c.s.get("tensor2")
+    return (c.g, None if t2 is None else c.g * (v / t2),
+            None if t1 is None or t2 is None else -c.g * (v * t1 / (t2 * t2)))
 
 
 @rule("LerpBackward0")
@@ -1744,14 +1745,15 @@ def _lerp(c):  # self + w (end - self), w a number: slots (self, end)
 
 @rule("LerpBackward1")
 def _lerp_tensor(c):  # w a tensor: slots (self, end, weight)
-    x, end, w = c.s["self"], c.s["end"], c.s["weight"]
-    return (c.g * (1 - w), c.g * w, c.g * (end - x))
+    x, end, w = c.s.get("self"), c.s.get("end"), c.s.get("weight")
+    return (None if w is None else c.g * (1 - w), None if w is None else c.g * w,
+            None if x is None or end is None else c.g * (end - x))
 
 
 @rule("HypotBackward0")
 def _hypot(c):
-    r = c.s["result"]
-    return (c.g * (c.s["self"] / r), c.g * (c.s["other"] / r))
+    r, x, y = c.s["result"], c.s.get("self"), c.s.get("other")
+    return (None if x is None else c.g * (x / r), None if y is None else c.g * (y / r))
 
 
 @rule("Atan2Backward0")
@@ -1832,8 +1834,8 @@ def _unfold_rule(c):  # Tensor.unfold(dimension, size, step): window w, element 
 
 @rule("LinalgCrossBackward0")
 def _cross(c):  # self x other along dim: slots (self, other)
-    d = c.a["dim"]
-    return (_cross3(c.s["other"], c.g, d), _cross3(c.g, c.s["self"], d))
+    d, x, y = c.a["dim"], c.s.get("self"), c.s.get("other")
+    return (None if y is None else _cross3(y, c.g, d), None if x is None else _cross3(c.g, x, d))
 
 
 def _cross3(a, b, d):  # a x b along axis d (length 3), as numpy arrays or magnitudes
@@ -1846,11 +1848,16 @@ def _cross3(a, b, d):  # a x b along axis d (length 3), as numpy arrays or magni
 
 @rule("BlockDiagBackward0")
 def _block_diag(c):  # each input's block of the gradient, in order along the diagonal
+    sizes = [None if s is None else (1, s[0]) if len(s) == 1 else tuple(s) if len(s) == 2 else (1, 1)
+             for s in c.in_shapes]
+    unknown = [i for i, s in enumerate(sizes) if s is None]  # inputs without a gradient: no shape recorded
+    if len(unknown) > 1:
+        raise Unsupported("block_diag with several inputs that need no gradient (their sizes are not recorded)")
+    if unknown:  # one: whatever the others leave of the output
+        sizes[unknown[0]] = tuple(c.g.shape[a] - sum(s[a] for s in sizes if s is not None) for a in (0, 1))
     out, r, k = [], 0, 0
-    for shape in c.in_shapes:
-        rows, cols = (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1]) if len(shape) == 2 else (1, 1)
-        block = c.g[r:r + rows, k:k + cols]
-        out.append(block.reshape(shape))
+    for shape, (rows, cols) in zip(c.in_shapes, sizes):
+        out.append(None if shape is None else c.g[r:r + rows, k:k + cols].reshape(shape))
         r, k = r + rows, k + cols
     return tuple(out)
 
@@ -1913,7 +1920,9 @@ def _pass_through(c):  # x minus a piecewise constant of x (fmod and remainder b
 
 @rule("FmodBackward1", "RemainderBackward1")
 def _fmod(c):  # self - other * q, q = self / other rounded toward zero (fmod) or down (remainder)
-    x, y = c.s["self"], c.s["other"]
+    x, y = c.s.get("self"), c.s.get("other")
+    if x is None or y is None:  # saved only for other's gradient
+        return (c.g, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         q = x / y
     q = np.trunc(q) if c.type == "FmodBackward1" else np.floor(q)
@@ -1964,9 +1973,10 @@ def _xlogy_number(c):  # x * log(a number): log(other), also where x == 0 unless
 
 @rule("CopysignBackward0", "CopysignBackward1")
 def _copysign(c):  # result / self (0 where self == 0); a tensor `other` gets 0
-    x, y = c.s["self"], c.s["result"]
-    ratio = np.where(x == 0, 0.0, y / np.where(x == 0, 1.0, x))
-    return (c.g * ratio, c.g * 0.0) if c.type == "CopysignBackward0" else (c.g * ratio,)
+    x, y = c.s.get("self"), c.s.get("result")
+    ratio = None if x is None else np.where(x == 0, 0.0, y / np.where(x == 0, 1.0, x))
+    dx = None if ratio is None else c.g * ratio
+    return (dx, c.g * 0.0) if c.type == "CopysignBackward0" else (dx,)
 
 
 @rule("SpecialEntrBackward0")

@@ -216,8 +216,18 @@ CASES = {
     "weight_norm": lambda r: weighted(r, torch._weight_norm(r(5, r.n), r(5, 1), 0))
         + weighted(r, torch._weight_norm(r(2, r.n, 4), r(1, 1, 4), 2)),  # nn.utils weight_norm, first and last dim
     "scatter_reduce": _scatter_reduce,
+    "constant_slots": lambda r: weighted(r, torch.addcmul(r(r.n, 4, grad=False), r(r.n, 4), r(r.n, 4, grad=False)))
+        + weighted(r, torch.addcdiv(r(r.n, 4), r(r.n, 4, grad=False), r(r.n, 4, positive=True)))
+        + weighted(r, torch.lerp(r(r.n, 4, grad=False), r(r.n, 4), r(r.n, 4, grad=False)))
+        + weighted(r, torch.lerp(r(r.n, 4, grad=False), r(r.n, 4, grad=False), r(r.n, 4)))
+        + weighted(r, torch.hypot(r(r.n, 4, grad=False), r(r.n, 4)))
+        + weighted(r, torch.linalg.cross(r(r.n, 3), r(r.n, 3, grad=False)))
+        + weighted(r, torch.fmod(r(r.n, 4), r(r.n, 4, positive=True, grad=False)))
+        + weighted(r, torch.fmod(r(r.n, 4, grad=False), r(r.n, 4, positive=True)))
+        + weighted(r, torch.copysign(r(r.n, 4, grad=False), r(r.n, 4))),  # PyTorch saves only what a slot needs
     "cross_block_diag": lambda r: weighted(r, torch.linalg.cross(r(r.n, 3), r(1, 3)))
-        + weighted(r, torch.block_diag(r(2, 3), r(4), r(1, 2))),
+        + weighted(r, torch.block_diag(r(2, 3), r(4), r(1, 2)))
+        + weighted(r, torch.block_diag(r(2, 2), r(3, grad=False), r(2, 1))),  # a block needing no gradient
     "cdist_p": lambda r: _cdist(r),
     "cdist_many_rows": lambda r: weighted(r, torch.cdist(r(r.n + 26, 3), r(5, 3))),  # the matrix-product path
     "cross_entropy_probabilities": lambda r: F.cross_entropy(r(r.n, 4), torch.softmax(torch.randn(r.n, 4, dtype=r.dtype),
