@@ -1695,7 +1695,9 @@ def _index_put(c):  # self[indices] = values (or += with accumulate): slots (sel
 
 @rule("ScatterAddBackward0", "ScatterBackward0", "ScatterBackward1")
 def _scatter_rule(c):  # slots (self, src) or (self,) for a scalar value
-    d, idx = c.a["dim"] % max(c.g.ndim, 1), c.s["index"]
+    d, idx = c.a["dim"] % max(c.g.ndim, 1), c.s.get("index")
+    if idx is None:  # scatter_add saves the index only for src's gradient: self's is G
+        return (c.g, None)
     where = _along(idx, d)
     dself = c.g if c.type == "ScatterAddBackward0" else np.where(_hit(c.g.shape, where), 0.0, c.g)
     return (dself,) if c.type == "ScatterBackward1" else (dself, c.g[where])
