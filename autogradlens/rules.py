@@ -2044,3 +2044,9 @@ def _scatter_reduce(c):
     else:
         raise Unsupported(f"scatter_reduce with reduce={red!r}")
     return (np.where(hit, 0.0, gx) if not keep else gx, gs)
+
+
+@rule("LinalgInvExBackward0")
+def _inv(c):  # d A^-1 = -A^-1 dA A^-1: the gradient is -A^-T G A^-T, from the saved inverse
+    t = np.swapaxes(c.s["inverse"], -1, -2)
+    return (-(t @ (c.g @ t)),)
