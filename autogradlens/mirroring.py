@@ -175,7 +175,7 @@ def _ops(tr, walk) -> dict:
 
 # Forward ops whose CUDA backward adds into its result with atomicAdd in the tensor's own dtype.
 _ATOMIC = ("Upsample", "IndexSelect", "IndexBackward", "Gather", "MaxPool", "AdaptiveAvgPool", "AdaptiveMaxPool",
-           "GridSampler", "EmbeddingBag")
+           "GridSampler", "EmbeddingBag", "Cummax", "Cummin")  # cummax/cummin: a scatter_add back along the dim
 _TF32_CONV = frozenset({"ConvolutionBackward0", "ConvolutionBackwardBackward0"})
 _TF32_MATMUL = frozenset({"MmBackward0", "AddmmBackward0", "BmmBackward0", "BaddbmmBackward0"})
 

@@ -425,11 +425,65 @@ def baddbmm(dtype):
         {"a": a, "b": b, "c": c}
 
 
+# ----------------------------------------------------------------------------- rendering, routing, graphs
+
+def nerf(dtype):  # positional encoding, density to alpha, transmittance by cumprod, colour along each ray
+    mlp = nn.Sequential(nn.Linear(3 + 3 * 2 * 3, 16), nn.ReLU(), nn.Linear(16, 4)).to(dtype)
+    pts = torch.rand(6, 8, 3).to(dtype)
+    freqs = (2.0 ** torch.arange(3)).to(dtype)
+    enc = torch.cat([pts] + [f(pts[..., None] * freqs).flatten(-2) for f in (torch.sin, torch.cos)], -1)
+    out = mlp(enc)
+    alpha = 1 - torch.exp(-F.relu(out[..., 0]) * 0.1)
+    trans = torch.cumprod(torch.cat([torch.ones(6, 1).to(dtype), 1 - alpha + 1e-6], 1), 1)[:, :-1]
+    color = ((trans * alpha)[..., None] * torch.sigmoid(out[..., 1:])).sum(1)
+    return F.mse_loss(color, torch.rand(6, 3).to(dtype)), mlp
+
+
+class MoE(nn.Module):  # top-2 gating over 3 experts, tokens routed with index_add
+    def __init__(self):
+        super().__init__()
+        self.gate, self.experts = nn.Linear(6, 3), nn.ModuleList(nn.Linear(6, 6) for _ in range(3))
+
+    def forward(self, x):
+        w, idx = torch.topk(F.softmax(self.gate(x), -1), 2, dim=-1)
+        w = w / w.sum(-1, keepdim=True)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            rows, k = torch.where(idx == e)
+            out = out.index_add(0, rows, (expert(x[rows]) * w[rows, k, None]).to(out.dtype))  # (autocast: bf16)
+        return out
+
+
+def moe(dtype):
+    m = MoE().to(dtype)
+    return m(_x(dtype, 10, 6)).pow(2).mean(), m
+
+
+class GraphAttention(nn.Module):  # GAT: edge scores, softmax over each node's incoming edges by scatter_reduce
+    def __init__(self):
+        super().__init__()
+        self.lin, self.att = nn.Linear(5, 8), nn.Parameter(torch.randn(16))
+
+    def forward(self, x, src, dst):
+        h = self.lin(x)
+        e = F.leaky_relu((torch.cat([h[src], h[dst]], -1) * self.att).sum(-1), 0.2)
+        top = torch.zeros(x.shape[0], dtype=e.dtype).scatter_reduce(0, dst, e, "amax", include_self=False)
+        a = torch.exp(e - top[dst])
+        a = a / torch.zeros(x.shape[0], dtype=e.dtype).index_add(0, dst, a)[dst]
+        return F.elu(torch.zeros(x.shape[0], 8, dtype=e.dtype).index_add(0, dst, h[src] * a[:, None]))
+
+
+def gat(dtype):
+    m = GraphAttention().to(dtype)
+    src, dst = torch.tensor([0, 1, 2, 3, 4, 5, 0, 2, 1]), torch.tensor([1, 2, 3, 4, 5, 0, 3, 5, 3])
+    return _ce(m(_x(dtype, 6, 5), src, dst), 8), m
+
+
 ZOO = {f.__name__: f for f in (resnet_block, mobilenet, mbconv, convnext, groupnorm, audio1d, conv3d, decoder,
                                style_transfer, bce,
                                embedding_bag, lstm, gru, rnn, vit, gpt, llama, bert, nanogpt_attention, unet,
                                losses, makemore, checkpointed, gradient_penalty,
-                               gradient_penalty_conv, inplace_views, bf16_casts, baddbmm)}
+                               gradient_penalty_conv, inplace_views, bf16_casts, baddbmm, nerf, moe, gat)}
 # also run under bf16 autocast for coverage
 AUTOCAST = ("resnet_block", "vit", "gpt", "lstm", "decoder", "llama", "bert", "unet")
 
