@@ -2050,3 +2050,24 @@ def _scatter_reduce(c):
 def _inv(c):  # d A^-1 = -A^-1 dA A^-1: the gradient is -A^-T G A^-T, from the saved inverse
     t = np.swapaxes(c.s["inverse"], -1, -2)
     return (-(t @ (c.g @ t)),)
+
+
+@rule("MultiMarginLossBackward0")
+def _multi_margin(c):
+    """The multiclass SVM loss, sum over j != y of max(0, margin - x_y + x_j)^p (weighted by weight[y]) / classes:
+    each violating class j gets h = 1 (p = 1) or 2 z (p = 2) times 1/classes (and 1/samples for the mean), the
+    true class minus their sum (PyTorch's CPU kernel, before the incoming gradient multiplies)."""
+    x, t, w = c.s["self"], c.s["target"].astype(np.int64).reshape(-1), c.s.get("weight")
+    p, red = c.a["p"], c.a["reduction"]
+    x2 = x.reshape((1, -1)) if x.ndim == 1 else x
+    n, k = x2.shape
+    rows = np.arange(n)
+    z = c.a["margin"] - x2[rows, t][:, None] + x2
+    on = (z > 0) & (np.arange(k)[None, :] != t[:, None])
+    g0 = 1.0 / (n * k) if red == "mean" else 1.0 / k
+    h = np.where(on, g0 if p == 1 else 2 * g0 * z, 0.0)
+    if w is not None:
+        h = h * w[t][:, None]
+    h = np.where(np.arange(k)[None, :] == t[:, None], -h.sum(axis=1, keepdims=True), h)
+    g = c.g.reshape((n, 1)) if red == "none" and x.ndim == 2 else c.g
+    return ((g * h).reshape(x.shape),)

@@ -227,6 +227,10 @@ CASES = {
         + weighted(r, torch.copysign(r(r.n, 4, grad=False), r(r.n, 4))),  # PyTorch saves only what a slot needs
     "inverse": lambda r: weighted(r, torch.linalg.inv(r(2, 3, 3) + 3 * torch.eye(3, dtype=r.dtype)))
         + weighted(r, torch.inverse(r(4, 4) + 4 * torch.eye(4, dtype=r.dtype))),
+    "multi_margin": lambda r: F.multi_margin_loss(r(r.n, 5), r.ints(5, r.n))  # the multiclass SVM loss
+        + F.multi_margin_loss(r(r.n, 5), r.ints(5, r.n), p=2, margin=0.5, weight=torch.rand(5, dtype=r.dtype),
+                              reduction="sum")
+        + weighted(r, F.multi_margin_loss(r(r.n, 4), r.ints(4, r.n), reduction="none")),
     "cross_block_diag": lambda r: weighted(r, torch.linalg.cross(r(r.n, 3), r(1, 3)))
         + weighted(r, torch.block_diag(r(2, 3), r(4), r(1, 2)))
         + weighted(r, torch.block_diag(r(2, 2), r(3, grad=False), r(2, 1))),  # a block needing no gradient
