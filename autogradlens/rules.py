@@ -93,8 +93,8 @@ def _neg(c):
     return (-c.g,)
 
 
-@rule("CloneBackward0", "AliasBackward0")
-def _identity(c):
+@rule("CloneBackward0", "AliasBackward0", "SubBackward1", "FracBackward0", "FmodBackward0", "RemainderBackward0")
+def _identity(c):  # also x - a number, and x minus a piecewise constant of x (frac, fmod/remainder by a number)
     return (c.g,)
 
 
@@ -217,8 +217,9 @@ def _rsqrt(c):
     return (c.g * (-0.5 * y**3),)
 
 
-@rule("SignBackward0")
-def _sign(c):
+@rule("SignBackward0", "SgnBackward0", "FloorBackward0", "CeilBackward0", "RoundBackward0", "RoundBackward1",
+      "TruncBackward0")
+def _sign(c):  # piecewise constant: zero gradient (PyTorch hands sgn's over as a ZeroTensor)
     return (c.g * 0.0,)
 
 
@@ -395,14 +396,13 @@ def _max_dim(c):
     return (out,)
 
 
-@rule("CumsumBackward0")
-def _cumsum(c):
-    d = c.a["dim"] % c.g.ndim
-    return (np.flip(np.cumsum(np.flip(c.g, d), axis=d), d),)
-
-
 def _rcumsum(a, d):  # PyTorch's reversed_cumsum: flip, cumsum, flip
     return np.flip(np.cumsum(np.flip(a, d), axis=d), d)
+
+
+@rule("CumsumBackward0")
+def _cumsum(c):
+    return (_rcumsum(c.g, c.a["dim"] % c.g.ndim),)
 
 
 def _running_product(a, d):  # cumprod as products one after the other (magnitudes count each rounding)
@@ -1721,11 +1721,6 @@ def _masked_scatter(c):  # slots (self, source): source's first k elements went 
 
 
 # ============================================================================ pointwise with several inputs, shrinks
-@rule("SubBackward1")
-def _sub_scalar(c):  # x - a number
-    return (c.g,)
-
-
 @rule("AddcmulBackward0")
 def _addcmul(c):  # self + value * t1 * t2: slots (self, tensor1, tensor2); PyTorch saves only what they need
     v, t1, t2 = c.a["value"], c.s.get("tensor1"), c.s.get("tensor2")
@@ -1910,16 +1905,6 @@ def _max_unpool(c):  # each input element went to its index in the flattened spa
 
 
 # ============================================================================ more pointwise
-@rule("SgnBackward0", "FloorBackward0", "CeilBackward0", "RoundBackward0", "RoundBackward1", "TruncBackward0")
-def _flat(c):  # piecewise constant: zero gradient (PyTorch hands sgn's over as a ZeroTensor)
-    return (c.g * 0.0,)
-
-
-@rule("FracBackward0", "FmodBackward0", "RemainderBackward0")
-def _pass_through(c):  # x minus a piecewise constant of x (fmod and remainder by a number)
-    return (c.g,)
-
-
 @rule("FmodBackward1", "RemainderBackward1")
 def _fmod(c):  # self - other * q, q = self / other rounded toward zero (fmod) or down (remainder)
     x, y = c.s.get("self"), c.s.get("other")

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import statistics
 import sys
-import time
 import tracemalloc
 import warnings
 
 import torch
 import torch.nn as nn
+from _timing import median_time  # (this folder)
 
 import autogradlens as lens
 
@@ -49,13 +48,6 @@ def size(svg: str) -> tuple[float, float]:
     return float(w), float(h)
 
 
-def median_time(f, repeat: int = 3) -> float:
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def main():

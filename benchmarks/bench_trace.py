@@ -9,13 +9,12 @@ dicts) into a networkx.MultiDiGraph: a floor for any trace that returns the grap
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 
 import networkx as nx
 import torch
 import torch.nn as nn
+from _timing import median_time  # (this folder)
 
 import autogradlens as lens
 
@@ -60,13 +59,6 @@ def nx_build(g):
     return build
 
 
-def timeit(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():
@@ -84,16 +76,16 @@ def main():
         loss, m = build()
         params = dict(m.named_parameters())
         repeat = 3 if "1000" in name else 7
-        walk = timeit(lambda loss=loss: bare_walk(loss), repeat)
-        tr = timeit(lambda loss=loss, m=m: lens.trace(loss, params=m), repeat)
+        walk = median_time(lambda loss=loss: bare_walk(loss), repeat)
+        tr = median_time(lambda loss=loss, m=m: lens.trace(loss, params=m), repeat)
         t = lens.trace(loss, params=m)
         nodes = t.summary()["nodes"]
-        floor = timeit(nx_build(t.graph), repeat)
+        floor = median_time(nx_build(t.graph), repeat)
         if make_dot is not None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    tv = timeit(lambda loss=loss, p=params: make_dot(loss, params=p, show_attrs=True,
+                    tv = median_time(lambda loss=loss, p=params: make_dot(loss, params=p, show_attrs=True,
                                                                      show_saved=True), repeat)
                 tv_s, ratio = f"{tv * 1e3:12.1f}", f"{tr / tv:15.2f}"
             except RecursionError:

@@ -14,26 +14,17 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 import warnings
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+from _timing import median_time  # noqa: E402
 from zoo import AUTOCAST, VARIANTS, ZOO, build  # noqa: E402
 
 import autogradlens as lens  # noqa: E402
 from autogradlens.rules import NO_RULE  # noqa: E402
-
-
-def _median_time(fn, repeat):
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def _fwd_bwd(name):
@@ -77,8 +68,8 @@ def main(names, repeat=5):
         # interleave the two timings so machine load hits both alike
         fb, mi = [], []
         for _ in range(repeat):
-            fb.append(_median_time(lambda: _fwd_bwd(name), 1))
-            mi.append(_median_time(lambda: _mirror(name), 1))
+            fb.append(median_time(lambda: _fwd_bwd(name), 1))
+            mi.append(median_time(lambda: _mirror(name), 1))
         ratio = statistics.median(mi) / statistics.median(fb)
         ratios.append(ratio)
         print(f"{name:22s} {n_ops:5d} {n_types:5d} {100 * checked:7.1f}%  " + " ".join(f"{x:>8s}" for x in verdicts)
