@@ -26,15 +26,15 @@ __all__ = ["Event", "GraphDiff", "LensError", "MirrorReport", "Trace", "Value", 
            "diff", "mirror", "modules", "trace", "watch"]
 
 # public name -> the module defining it (None: the name is a module of its own)
-_WHERE = {"Event": "watching", "GraphDiff": "diffing", "MirrorReport": "mirroring", "Trace": "tracing",
-          "Value": "value", "Watch": "watching", "data": None, "diff": "diffing", "mirror": "mirroring",
+_WHERE = {"Event": "watching", "GraphDiff": "diffing", "MirrorReport": "mirror", "Trace": "tracing",
+          "Value": "value", "Watch": "watching", "data": None, "diff": "diffing", "mirror": None,
           "modules": "attribution", "trace": "tracing", "watch": "watching"}
 
 if TYPE_CHECKING:  # what static tools and IDEs see
-    from . import data
+    from . import data, mirror
     from .attribution import modules
     from .diffing import GraphDiff, diff
-    from .mirroring import MirrorReport, mirror
+    from .mirror import MirrorReport
     from .tracing import Trace, trace
     from .value import Value
     from .watching import Event, Watch, watch

@@ -179,7 +179,7 @@ def _cmd_trace(a) -> int:
 
 
 def _cmd_mirror(a) -> int:
-    from .mirroring import mirror
+    from .mirror import mirror
 
     _check_output("mirror", a.output)
     t = load_target(a.target)

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .value import Value, _b_none, _new
+from ..value import Value, _b_none, _new
 
 SCALAR_LIMIT = 4_000_000  # Values mode="scalar" accepts (about 0.6 GB; see the module docstring)
 AUTO_SCALAR = 5_000       # mode="auto" picks scalar mode up to this many (a few milliseconds)
@@ -108,7 +108,7 @@ def choose_mode(mode: str, cost: int) -> tuple[str, str]:
         ('scalar', ('tensor', "auto chose tensor mode: about 524,908 scalar operations, more than 5,000; \
 tensor mode gives the same verdicts faster (mode='scalar' re-derives every one with Value, up to 4,000,000)"))
     """
-    from .errors import LensValueError
+    from ..errors import LensValueError
     if mode not in ("auto", "scalar", "tensor"):
         raise LensValueError(f"mode must be 'auto', 'scalar' or 'tensor', got {mode!r}")
     if mode == "scalar":
