@@ -21,8 +21,9 @@ then the buffers are added).
 
 Conventions for rule authors (the rule modules of this package): use numpy functions and operators only
 (``np.where``, ``np.einsum`` with explicit output subscripts, ``...`` allowed, ``np.add.at``,
-``.sum(axis=...)``, slicing and slice assignment, ``c.zeros(shape)`` for buffers); never turn G into Python floats or branch on its values; elementwise functions of saved tensors may be anything (unknown
-numpy functions of coefficients run on their values). A rule that cannot run on a ``Mag`` makes the mirror
+``.sum(axis=...)``, slicing and slice assignment, ``c.zeros(shape)`` for buffers); never turn G into Python
+floats or branch on its values; elementwise functions of saved tensors may be anything (unknown numpy functions
+of coefficients run on their values). A rule that cannot run on a ``Mag`` makes the mirror
 fall back to a relative bound for that node (noted on its row); tests/test_verdicts.py checks every rule.
 """
 
