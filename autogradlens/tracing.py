@@ -14,7 +14,6 @@ edge      u -> v: u sends gradient to v; key = slot = position in u.next_functio
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from ._files import dumps
+from ._guard import collector_paused
 from ._torch import input_metadata, read_slot, saved_attr, saved_names, sequence_nr, storage_of, version
 from ._tracejson import SCHEMA, read_trace
 from .attribution import infer_modules, module_of
@@ -341,7 +341,7 @@ def _attach_grads(t: Trace, w: Walk, roots: list) -> None:
         raise LensRuntimeError(f"grads=True runs a backward pass, but saved tensors of this graph are "
                                f"{' and '.join(sorted(gone))}: trace with grads=True before backward() (or "
                                "backward(retain_graph=True)) and before changing its tensors in place")
-    seen_in, _, leaf_in = capture(roots, ops, leaves)  # every .grad as it was, retain_grad() tensors included
+    seen_in, _, leaf_in = capture(w, roots, ops, leaves, keep=tuple(t for _, t in w.named))  # changes no .grad
     g = t.graph
     for nid, gs in seen_in.items():
         g.nodes[nid]["grad"] = _grad_stats(gs)
@@ -376,15 +376,10 @@ def traced(root, params) -> tuple[Trace, Walk]:
     ids = assign_ids(order, names)
     g = nx.MultiDiGraph()
     ledger, cache = _Ledger(param_ptrs), {}
-    gc_was = gc.isenabled()
-    gc.disable()  # many small dicts and no cycles: the collector would only rescan them
-    try:
+    with collector_paused():  # many small dicts and no cycles: the collector would only rescan them
         g.add_nodes_from((ids[fn], _node_attrs(fn, ids[fn], ledger, cache, names, inter)) for fn in order)
         g.add_edges_from((ids[fn], ids[f], slot, {"input_nr": nr, "slot": slot})
                          for fn, nf in zip(order, nexts) for slot, (f, nr) in enumerate(nf) if f is not None)
-    finally:
-        if gc_was:
-            gc.enable()
     seqs = [d["seq"] for _, d in g.nodes(data=True) if d["seq"] is not None]
     base = min(seqs, default=0)  # the counter is per thread and global: keep it relative, so reruns agree
     for _, d in g.nodes(data=True):

@@ -154,7 +154,7 @@ def _planted(dtype, change):
     m = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).to(dtype)
     h = m[2](m[1](m[0](torch.randn(7, 5, dtype=dtype))))
     h.register_hook(change)
-    return F.cross_entropy(m[4](m[3](h)), torch.randint(0, 3, (7,))), m
+    return F.cross_entropy(m[4](m[3](h)), torch.randint(0, 3, (7,))), {**dict(m.named_parameters()), "h": h}
 
 
 @pytest.mark.parametrize("dtype,factor", [(torch.float64, 1 + 1e-6), (torch.float32, 1 + 1e-3)], ids=["f64", "f32"])

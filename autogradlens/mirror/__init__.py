@@ -19,6 +19,7 @@ import types
 
 import numpy as np
 
+from .._guard import collector_paused
 from ..capture import capture
 from ..errors import LensValueError
 from ..tracing import short_name, traced
@@ -61,13 +62,8 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
     """
     if mode not in ("auto", "scalar", "tensor"):
         raise LensValueError(f"mode must be 'auto', 'scalar' or 'tensor', got {mode!r}")
-    was = gc.isenabled()
-    gc.disable()  # thousands of short-lived arrays, no cycles: a collection would only rescan the heap
-    try:
+    with collector_paused():  # thousands of short-lived arrays, no cycles: a collection would only rescan the heap
         return _mirror(root, params, mode, backward)
-    finally:
-        if was:
-            gc.enable()
 
 
 def _mirror(root, params, mode: str, backward: bool) -> MirrorReport:
@@ -78,7 +74,7 @@ def _mirror(root, params, mode: str, backward: bool) -> MirrorReport:
     roots = list(root) if isinstance(root, (list, tuple)) else [root]
     live = {fn: walk.ids[fn] for fn in walk.order}
     seen_in, seen_out, leaf_in = capture(
-        roots, {fn: i for fn, i in live.items() if i in ops}, {fn: i for fn, i in live.items() if i not in ops},
+        walk, roots, {fn: i for fn, i in live.items() if i in ops}, {fn: i for fn, i in live.items() if i not in ops},
         backward, keep=tuple(t for _, t in walk.named))
     seeds: dict = {}
     for r in roots:  # the same tensor twice counts twice, as in torch.autograd.backward

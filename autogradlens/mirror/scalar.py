@@ -22,7 +22,6 @@ a laptop. Karpathy's makemore part 4 network at batch 32 makes about a million.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import sys
@@ -30,6 +29,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .._guard import collector_paused
 from ..value import Value, _b_none, _new
 
 SCALAR_LIMIT = 4_000_000  # Values mode="scalar" accepts (about 0.6 GB; see the module docstring)
@@ -152,21 +152,18 @@ def running(n_nodes: int, scalar: bool):
     if not scalar:
         yield _nothing
         return
-    was_enabled = gc.isenabled()
-    gc.disable()
     bar = None
-    try:
-        if _progress_wanted():
-            from tqdm import tqdm
-            bar = tqdm(total=n_nodes, desc="mirror (scalar mode)", unit="node", delay=1.0, leave=False)
-            yield bar.update
-        else:
-            yield _nothing
-    finally:
-        if bar is not None:
-            bar.close()
-        if was_enabled:
-            gc.enable()
+    with collector_paused():
+        try:
+            if _progress_wanted():
+                from tqdm import tqdm
+                bar = tqdm(total=n_nodes, desc="mirror (scalar mode)", unit="node", delay=1.0, leave=False)
+                yield bar.update
+            else:
+                yield _nothing
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def _nothing(n=1):
