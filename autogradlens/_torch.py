@@ -262,16 +262,17 @@ def push_saved_hooks(pack, unpack) -> None:
 def call_node(fn, grads: list) -> tuple:
     """Node `fn`'s backward on `grads` (one per forward output, None where undefined), as the engine calls it but
     without its hooks: a C++ node is callable; a custom ``autograd.Function`` node runs its ``backward`` through
-    ``apply``, with zeros for undefined gradients when it materializes them (PyNode's default), its surplus
-    trailing Nones dropped. Returns one gradient (or None) per ``next_functions`` slot."""
+    ``apply``, with zeros for undefined gradients (PyNode's default), its values mapped to the tensor inputs.
+    Returns one gradient (or None) per ``next_functions`` slot."""
     nexts = fn.next_functions
     n = len(nexts)
     if not isinstance(fn, torch.autograd.function.BackwardCFunction):
         out = fn(*grads)
         return out if isinstance(out, tuple) else (out,)
-    if getattr(fn, "materialize_grads", True):
-        grads = [torch.zeros(tuple(m.shape), dtype=m.dtype, device=m.device) if g is None else g
-                 for g, m in zip(grads, fn._input_metadata)]
+    # PyNode materializes undefined gradients as zeros unless ctx.set_materialize_grads(False) (not readable from
+    # Python, so always: the same numbers, only a backward that tests for None sees zeros instead)
+    grads = [torch.zeros(tuple(m.shape), dtype=m.dtype, device=m.device) if g is None else g
+             for g, m in zip(grads, fn._input_metadata)]
     out = fn.apply(*grads)
     out = out if isinstance(out, tuple) else (out,)
     # backward returns one value per forward input, next_functions has one slot per tensor input: the inputs that

@@ -12,7 +12,6 @@ This package is `lens.mirror` itself: calling it runs :func:`mirror` (its docstr
 
 from __future__ import annotations
 
-import gc
 import inspect
 import sys
 import types
