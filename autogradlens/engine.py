@@ -52,18 +52,19 @@ class Run(NamedTuple):
     """What `run` computed, keyed by node object (the caller maps them to ids).
 
     ``incoming[fn]``: the gradients flowing into op node `fn` (one per forward output, None where none), after
-    any forcing (what the node was called with); ``reached[fn]``: the same before forcing (PyTorch's, where
+    any forcing (what the node was called with); ``reached[fn]``: the same before forcing (a leaf's too, when forced) (PyTorch's, where
     nothing upstream was forced); ``outgoing[fn]``: what it sent to each ``next_functions`` slot (summed to the
     input's shape and cast, as the engine passes it on); ``leaves[acc]``: each AccumulateGrad node's gradient;
     ``parts[(fn, nr)]``: for the positions asked for, the gradients that were added there, in order, each as
     (sending node, slot, gradient); ``failed[fn]``: the error of a node that could not run (with
-    ``strict=False``)."""
+    ``strict=False``); ``ran``: the nodes in the order they ran (AccumulateGrad nodes included)."""
     incoming: dict
     reached: dict
     outgoing: dict
     leaves: dict
     parts: dict
     failed: dict
+    ran: list
 
 
 def run(order: list, nexts: list, seeds: dict, *, force: dict | None = None, parts: set | None = None,
@@ -73,12 +74,13 @@ def run(order: list, nexts: list, seeds: dict, *, force: dict | None = None, par
 
     `seeds` maps (node, output nr) to the root gradients (a list of tensors is summed in order, as
     ``torch.autograd.backward`` sums a root listed twice). `force` maps (node, output nr) to a gradient used
-    instead of the one that reached there (the learner's, for `check`). `parts` lists positions whose separate
+    instead of the one that reached there (the learner's, for `check`); it may also be a function
+    ``force(node, nr, reached)`` returning the gradient to go on with. `parts` lists positions whose separate
     contributions to record. `hooks` maps (node, output nr) to a tensor whose Python hooks apply there (a leaf's
     under its AccumulateGrad node, output 0). With ``strict=False`` a node that raises (saved tensors freed)
     sends UNKNOWN on instead of raising.
     """
-    force, parts, hooks = force or {}, parts or set(), hooks or {}
+    force, parts, hooks, ran = force or {}, parts or set(), hooks or {}, []
     index = {fn: i for i, fn in enumerate(order)}
     deps = [0] * len(order)
     for nf in nexts:
@@ -103,12 +105,20 @@ def run(order: list, nexts: list, seeds: dict, *, force: dict | None = None, par
                 h = hooks.get((fn, nr))
                 if h is not None and grads[nr] is not None and grads[nr] is not UNKNOWN:
                     grads[nr] = _apply_hooks(h, grads[nr])
+            ran.append(fn)
             if _is_leaf(fn):
+                if callable(force):
+                    reached[fn] = [grads[0]]
+                    grads[0] = force(fn, 0, grads[0])
+                elif (fn, 0) in force:
+                    reached[fn], grads[0] = [grads[0]], force[(fn, 0)]
                 leaves[fn] = grads[0]
             else:
                 reached[fn] = list(grads)
                 for nr in range(n_in):
-                    if (fn, nr) in force:
+                    if callable(force):
+                        grads[nr] = force(fn, nr, grads[nr])
+                    elif (fn, nr) in force:
                         grads[nr] = force[(fn, nr)]
                 incoming[fn] = grads
                 outs = _call(fn, grads, keep, strict, failed)
@@ -128,7 +138,7 @@ def run(order: list, nexts: list, seeds: dict, *, force: dict | None = None, par
                     deps[j] -= 1
                     if deps[j] == 0:
                         heapq.heappush(ready, (_key(f), j))
-    return Run(incoming, reached, outgoing, leaves, {k: got[k] for k in parts if k in got}, failed)
+    return Run(incoming, reached, outgoing, leaves, {k: got[k] for k in parts if k in got}, failed, ran)
 
 
 def _key(fn) -> int:

@@ -55,14 +55,20 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return to_numpy(t)
 
 
-def _read_saved(fn, nid: str, slots: list, dtype: str) -> dict:
-    """Saved tensors as numpy arrays; a clear error when backward() freed them or they changed in place.
-    A Python number saved as a 0-d float64 tensor enters a `dtype` computation rounded to `dtype`."""
+FREED = "saved tensors freed by backward()"
+
+
+def _read_saved(fn, nid: str, slots: list, dtype: str, freed_ok: bool = False) -> dict:
+    """Saved tensors as numpy arrays; a clear error when backward() freed them (Unsupported(FREED) with
+    `freed_ok`) or they changed in place. A Python number saved as a 0-d float64 tensor enters a `dtype`
+    computation rounded to `dtype`."""
     out = {}
     for a in slots:
         try:
             v = saved_value(fn, a)
         except RuntimeError as e:
+            if is_freed(e) and freed_ok:
+                raise Unsupported(FREED) from None
             if is_freed(e):
                 raise LensRuntimeError(
                     "mirror needs the tensors autograd saved, and backward() has freed them: call "
@@ -95,8 +101,9 @@ def lowest(dtypes) -> str:
                key=unit_roundoff, default="float64")
 
 
-def read_ops(tr, walk) -> dict:
-    """Op node id -> Op, for every node with a grad_fn (leaves are not ops)."""
+def read_ops(tr, walk, freed_ok: bool = False) -> dict:
+    """Op node id -> Op, for every node with a grad_fn (leaves are not ops). With `freed_ok`, a node whose saved
+    tensors backward() freed gets the note FREED instead of raising."""
     g, cache, ops, tf32 = tr.graph, {}, {}, _tf32_types()
     for fn, nf in zip(walk.order, walk.nexts):
         nid = walk.ids[fn]
@@ -111,7 +118,7 @@ def read_ops(tr, walk) -> dict:
         saved, note = {}, unreadable(d)
         if d["type"] in RULES and note is None:
             try:
-                saved = _read_saved(fn, nid, saved_names(fn, cache)[0], d["dtype"])
+                saved = _read_saved(fn, nid, saved_names(fn, cache)[0], d["dtype"], freed_ok)
             except Unsupported as e:
                 note = str(e)
         dtype, cuda = lowest([d["dtype"], *in_dtypes]), (d["device"] or "").startswith("cuda")
