@@ -52,9 +52,10 @@ class Run(NamedTuple):
     """What `run` computed, keyed by node object (the caller maps them to ids).
 
     ``incoming[fn]``: the gradients flowing into op node `fn` (one per forward output, None where none), after
-    any forcing (what the node was called with); ``reached[fn]``: the same before forcing (a leaf's too, when forced) (PyTorch's, where
-    nothing upstream was forced); ``outgoing[fn]``: what it sent to each ``next_functions`` slot (summed to the
-    input's shape and cast, as the engine passes it on); ``leaves[acc]``: each AccumulateGrad node's gradient;
+    any forcing (what the node was called with); ``reached[fn]``: the same before forcing (PyTorch's, where
+    nothing upstream was forced; a leaf's too, when forced); ``outgoing[fn]``: what it sent to each
+    ``next_functions`` slot (summed to the input's shape and cast, as the engine passes it on); ``leaves[acc]``:
+    each AccumulateGrad node's gradient;
     ``parts[(fn, nr)]``: for the positions asked for, the gradients that were added there, in order, each as
     (sending node, slot, gradient); ``failed[fn]``: the error of a node that could not run (with
     ``strict=False``); ``ran``: the nodes in the order they ran (AccumulateGrad nodes included)."""

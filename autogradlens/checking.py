@@ -280,8 +280,8 @@ def _check_tensors(root, grads, params) -> CheckReport:
     g = _Graph(tr, w, pos, roots, tuple(t for _, t in pairs if t.grad_fn is None))
     notes = []
     # T: PyTorch's gradients: .grad where backward() left them, else from the graph
-    given = {p.name: _np(p.t.grad) for p in pos
-             if p.t.grad is not None and tuple(p.t.grad.shape) == tuple(p.t.shape)}
+    given = {p.name: _np(g) for p in pos for g in [_grad_of(p.t)]
+             if g is not None and tuple(g.shape) == tuple(p.t.shape)}
     if g.alive:
         T, _ = g.flow({})
         stale = [n for n, v in given.items() if not np.array_equal(v, T[n], equal_nan=True)]
@@ -437,6 +437,12 @@ class _Graph:
         finally:
             self.seeds = seeds
         return E
+
+
+def _grad_of(t: torch.Tensor):
+    """``t.grad`` where PyTorch keeps one (a leaf, or a tensor that called retain_grad()), without the warning a
+    non-leaf's ``.grad`` gives."""
+    return t.grad if t.is_leaf or t.retains_grad else None
 
 
 def _unknown(g) -> bool:
@@ -716,11 +722,11 @@ def _diagnose(p: _Pos, L: np.ndarray, R: np.ndarray, parts: list, tol, tr):
             return None, None, f"d{name} has shape {_sh(L.shape)} but {name} has shape {_sh(shape)}"
     if len(shape) == 2 and shape[0] == shape[1] and close(L.T, R) and not close(L, R):
         return "transpose", None, f"d{name} is the transpose of the right gradient: swap the factors' order or .T"
+    op = _one_path(L, R, parts, close)
+    if op is not None:  # before the sign: with two uses, one use alone can be minus the sum
+        return "one_path", None, _one_path_hint(name, op, parts, tr)
     if close(-L, R):
         return "sign", None, f"d{name} has the wrong sign: the gradient is the negative of it"
-    op = _one_path(L, R, parts, close)
-    if op is not None:
-        return "one_path", None, _one_path_hint(name, op, parts, tr)
     nz = np.abs(R) > 0
     if np.any(nz):
         ratio = np.median(L[nz] / R[nz])
