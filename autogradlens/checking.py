@@ -286,8 +286,8 @@ def _check_tensors(root, grads, params) -> CheckReport:
         T, _ = g.flow({})
         stale = [n for n, v in given.items() if not np.array_equal(v, T[n], equal_nan=True)]
         if stale:
-            notes.append(f"note: .grad of {', '.join(stale)} differs from this graph's gradient (added up over several "
-                         "backward passes? zero_grad() or .grad = None before backward); checked against the graph")
+            notes.append(f"note: .grad of {', '.join(stale)} differs from this graph's gradient (it holds another "
+                         "backward's: of another loss, or several passes added up); checked against this graph")
     else:
         T, _ = g.flow(given)
         T.update(given)
