@@ -300,7 +300,7 @@ def _check_tensors(root, grads, params) -> CheckReport:
         rows.append(_grade(p, T[p.name], C[p.name], E.get(p.name), M.get(p.name), parts.get(p.name, []), status,
                            g.upstream[p.name], g.alive, tr, bad_shapes))
         status[p.name] = rows[-1]["status"]
-    if g.estimated & {r["name"] for r in rows if r["approximate"] is not None}:
+    if g.estimated & {r["name"] for r in rows if r["approximate"] is not None and not r["exact"]}:
         notes.append("note: backward() freed tensors this check needs, so some rounding bounds are estimated from the "
                      "gradients themselves; check before loss.backward() (or with retain_graph=True) for exact ones")
     return CheckReport(rows, tr, g.alive, notes)

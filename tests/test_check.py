@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from lecture import BUGS, backward, forward
 from micrograd.engine import Value as MicrogradValue
 
 import autogradlens as lens
 from autogradlens.errors import LensError
+from autogradlens.examples import MAKEMORE_BUGS as BUGS
+from autogradlens.examples import _makemore, makemore_backward
 
 # bug -> (first wrong line, its diagnosis)
 EXPECTED = {"sign": ("logprobs", "sign"), "broadcast": ("counts_sum_inv", "broadcast"),
@@ -19,11 +20,16 @@ EXPECTED = {"sign": ("logprobs", "sign"), "broadcast": ("counts_sum_inv", "broad
 ORDER = ["logprobs", "probs", "counts_sum_inv", "counts_sum", "counts", "norm_logits", "logit_maxes", "logits"]
 
 
+def forward(dtype=torch.float32):
+    """The lecture's network and seed, the intermediates retained (names.txt replaced by random characters)."""
+    return _makemore(32, 10, 64, 3, 27, 2147483647, dtype, True)
+
+
 def _exercise(order, bug=None, dtype=torch.float32):
     loss, t, Xb, Yb = forward(dtype)
     if order == "after":
         loss.backward()
-    d = backward(t, Xb, Yb, bug)
+    d = makemore_backward(t, Xb, Yb, bug)
     grads_before = {k: (v.grad, None if v.grad is None else v.grad.clone()) for k, v in t.items()
                     if v.is_leaf or v.retains_grad}
     rep = lens.check(loss, {k: (t[k], v) for k, v in d.items()})
@@ -85,7 +91,7 @@ def test_the_all_in_one_cross_entropy_and_batchnorm_exercises_are_approximately_
         dlogits /= n
         r = lens.check(fast, {"logits": (logits, dlogits)})
         assert r.ok and not r.rows[0]["exact"] and 0 < r.rows[0]["maxdiff"] <= r.rows[0]["bound"]
-        dhpreact = backward(t, Xb, Yb)["hpreact"]
+        dhpreact = makemore_backward(t, Xb, Yb)["hpreact"]
         g, vi, raw = (t[k].detach() for k in ("bngain", "bnvar_inv", "bnraw"))
         dhprebn = g * vi / n * (n * dhpreact - dhpreact.sum(0) - n / (n - 1) * raw * (dhpreact * raw).sum(0))
         r = lens.check(loss, {"hpreact": dhpreact, "hprebn": dhprebn}, params=t)
@@ -276,3 +282,17 @@ def test_the_report_reads_as_cmp_and_draws_the_learners_names():
     html = rep._repr_html_()
     assert "first wrong: counts" in html and "<svg" in html
     assert repr(rep).startswith("<CheckReport first wrong: counts")
+
+
+def test_the_readme_shows_the_real_output_of_its_check_example(capsys):
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Grade your own backprop")[1]
+    code = section.split("```python\n")[1].split("```")[0]
+    shown = section.split("```text\n")[1].split("```")[0]
+    exec(compile(code, "README", "exec"), {})
+    printed = capsys.readouterr().out
+
+    def columns(text):  # all but maxdiff, whose last digits depend on the CPU's BLAS
+        return [[c.strip() for i, c in enumerate(line.split("|")) if i != 3] for line in text.splitlines()]
+    assert columns(printed) == columns(shown)
