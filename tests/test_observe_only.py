@@ -146,8 +146,11 @@ def test_ctrl_c_anywhere_in_mirror_leaves_no_state_behind():
     afterwards the collector is on, no .grad was written, and the next call works."""
     r = _run("""
         import gc, signal, torch, autogradlens as lens
-        def interrupt(*a):
-            raise KeyboardInterrupt
+        armed = [False]
+        def interrupt(*a):  # one KeyboardInterrupt per arming, wherever it lands
+            if armed[0]:
+                armed[0] = False
+                raise KeyboardInterrupt
         signal.signal(signal.SIGALRM, interrupt)
         x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
         w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
@@ -157,15 +160,18 @@ def test_ctrl_c_anywhere_in_mirror_leaves_no_state_behind():
         hit = broken = 0
         for i in range(300):
             try:
-                signal.setitimer(signal.ITIMER_REAL, 1e-5 * (1 + i % 97))
-                if i % 3 == 2:
-                    lens.trace(loss, params={"x": x, "w": w}, grads=True)
-                else:
-                    lens.mirror(loss, params={"x": x, "w": w}, mode="scalar" if i % 3 else "tensor")
+                try:
+                    armed[0] = True
+                    signal.setitimer(signal.ITIMER_REAL, 1e-5 * (1 + i % 97))
+                    if i % 3 == 2:
+                        lens.trace(loss, params={"x": x, "w": w}, grads=True)
+                    else:
+                        lens.mirror(loss, params={"x": x, "w": w}, mode="scalar" if i % 3 else "tensor")
+                finally:
+                    armed[0] = False
+                    signal.setitimer(signal.ITIMER_REAL, 0)
             except KeyboardInterrupt:
                 hit += 1
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
             if not gc.isenabled() or h.grad is not None or x.grad is not None or w.grad is not None:
                 broken += 1
                 gc.enable()
