@@ -223,6 +223,9 @@ def _entries(grads, params) -> tuple[list, list]:
         if not t.requires_grad:
             raise LensValueError(f"{name!r} does not require grad, so it has no gradient to check: remove it from "
                                  "grads, or create it with requires_grad=True")
+        if t.is_complex():
+            raise LensValueError(f"{name!r} is complex: lens.check grades real gradients (check its real and imaginary "
+                                 "parts as real tensors, e.g. torch.view_as_real)")
         if g.dtype != t.dtype:
             raise LensTypeError(f"the gradient for {name!r} is {str(g.dtype)[6:]} but {name} is {str(t.dtype)[6:]}: "
                                 f"compute d{name} in {str(t.dtype)[6:]} (PyTorch's gradient has the tensor's dtype)")
@@ -275,6 +278,9 @@ def _check_tensors(root, grads, params) -> CheckReport:
         if fn is None or fn not in w.ids:
             raise LensValueError(f"{name!r} is not part of the graph behind the root: no gradient of the loss flows "
                                  f"to it (check the name, or that the loss is computed from {name})")
+        same = next((p.name for p in pos if (p.fn, p.nr) == (fn, nr)), None)
+        if same is not None:
+            raise LensValueError(f"{same!r} and {name!r} are the same tensor: grade its gradient once")
         pos.append(_Pos(name, t, L, fn, nr, w.ids[fn], t.grad_fn is None))
     roots = list(root) if isinstance(root, (list, tuple)) else [root]
     g = _Graph(tr, w, pos, roots, tuple(t for _, t in pairs if t.grad_fn is None))

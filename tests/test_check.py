@@ -243,6 +243,11 @@ def test_bad_input_is_refused_with_what_to_do():
         lens.check(loss, {"c": (torch.ones(3), torch.ones(3))})
     with pytest.raises(TypeError, match="pass a tensor"):
         lens.check(loss, {"h": (h, [1.0, 1.0, 1.0])})
+    with pytest.raises(ValueError, match="the same tensor"):
+        lens.check(loss, {"h": (h, torch.ones(3)), "h2": (h, torch.ones(3))})
+    z = torch.randn(2, dtype=torch.complex64, requires_grad=True)
+    with pytest.raises(ValueError, match="complex"):
+        lens.check(z.abs().sum(), {"z": (z, torch.ones(2, dtype=torch.complex64))})
     with pytest.raises(ValueError, match="for tensor graphs"):
         lens.check(lens.Value(1.0), {"a": 1})
     assert x.grad is None
