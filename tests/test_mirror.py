@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from cases import CASES, EXPECTED_TYPES, Rand
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from models import MODELS
 
@@ -15,7 +15,8 @@ from autogradlens.mirror.scalar import SCALAR_LIMIT
 
 
 def check(rep, allowed_unmirrored=()):
-    bad = [r for r in rep.rows if r["status"] == "mismatch" or r.get("e2e_status") == "mismatch"]
+    bad = [r for r in rep.rows if r["status"] == "mismatch" or r.get("e2e_status") == "mismatch"
+           or (r["note"] or "").startswith(("rule failed", "bound:"))]  # a rule that raises fails the test
     assert not bad, rep.to_text()
     assert set(rep.unmirrored) <= set(allowed_unmirrored), rep.unmirrored
     assert rep.ok
@@ -40,7 +41,8 @@ def test_rules_hold_for_random_shapes_and_values(name, seed, n):
     try:
         loss = CASES[name](r)
     except (RuntimeError, IndexError):
-        return  # a shape this case cannot take (e.g. batchnorm with one sample)
+        loss = None
+    assume(loss is not None)  # a shape this case cannot take (e.g. batchnorm with one sample): drawn again
     check(lens.mirror(loss, params=r.leaves, mode="tensor"))
 
 

@@ -85,8 +85,9 @@ def autocast_mlp():
 
 
 def ok_or_explain(rep):
-    bad = [(r["name"], r["type"], r["max_abs"], r["bound"], r["e2e_max_abs"], r["e2e_bound"]) for r in rep.rows
-           if r["status"] == "mismatch" or r["e2e_status"] == "mismatch"]
+    bad = [(r["name"], r["type"], r["max_abs"], r["bound"], r["e2e_max_abs"], r["e2e_bound"], r["note"])
+           for r in rep.rows if r["status"] == "mismatch" or r["e2e_status"] == "mismatch"
+           or (r["note"] or "").startswith(("rule failed", "bound:"))]  # a rule that raises is a failure too
     assert rep.ok and not bad, bad
     assert "a tensor hook?" not in rep.to_text() and rep.diverges_at == []
 

@@ -148,8 +148,10 @@ class Flow(NamedTuple):
     u: float
 
     def __add__(self, o: Flow) -> Flow:  # the engine's sum and the mirror's each round once
-        a = self.a + o.a
-        return Flow(self.g + o.g, self.e + o.e + (self.u + _U64) * a + _ETA[self.u], a, max(self.u, o.u))
+        a, g = self.a + o.a, self.g + o.g
+        if not isinstance(g, (np.ndarray, np.generic)):  # two 0-d object arrays of Values add to a bare Value
+            g = np.asarray(g, dtype=object)
+        return Flow(g, self.e + o.e + (self.u + _U64) * a + _ETA[self.u], a, max(self.u, o.u))
 
 
 def replay(order: list, ops: dict, seeds: dict, step) -> dict:
