@@ -115,11 +115,33 @@ def read_ops(tr, walk) -> dict:
             except Unsupported as e:
                 note = str(e)
         dtype, cuda = lowest([d["dtype"], *in_dtypes]), (d["device"] or "").startswith("cuda")
+        attrs = d["attrs"] if d["type"] not in _GEOMETRY else {**d["attrs"], "input_geometry": _geometry(nf[0][0])}
         ops[nid] = Op(nid, d["type"], d.get("name"), nexts, in_shapes, in_dtypes, list(d["outputs"]),
-                       dtype, d["dtype"] or "float64", d["attrs"], saved, note,
+                       dtype, d["dtype"] or "float64", attrs, saved, note,
                        cuda and dtype == "float32" and d["type"] in tf32,
                        cuda and dtype in ("float16", "bfloat16") and d["type"].startswith(_ATOMIC))
     return ops
+
+
+# Nodes whose rule needs the input's strides and storage offset (as_strided indexes the storage itself): known
+# for a leaf (its tensor is on the graph), None otherwise.
+_GEOMETRY = frozenset({"AsStridedBackward0", "AsStridedBackward0_copy", "AsStridedScatterBackward0"})
+
+
+def _geometry(fn):
+    """(strides, storage offset) of a leaf input; "fresh" for the output of an op that allocates its result (taken
+    as contiguous at offset 0); None for a view (its geometry is not exposed to Python)."""
+    if fn is None:
+        return None
+    name = type(fn).__name__
+    if name == "AccumulateGrad":
+        return tuple(fn.variable.stride()), fn.variable.storage_offset()
+    return None if name.startswith(_VIEWS) or name == "CopySlices" else "fresh"
+
+
+_VIEWS = ("View", "Reshape", "Slice", "Select", "Transpose", "TBackward", "Permute", "Expand", "Squeeze", "Unsqueeze",
+          "AsStrided", "Diagonal", "Alias", "Unfold", "Split", "Unbind", "Narrow", "Unsafe", "Real", "Imag", "ViewAs",
+          "Chunk", "Indices", "Values", "Conj", "Neg")
 
 
 # Forward ops whose CUDA backward adds into its result with atomicAdd in the tensor's own dtype.

@@ -30,6 +30,8 @@ def _gather(c):
 @rule("IndexSelectBackward0")
 def _index_select(c):
     out = c.zeros(c.a["self_sym_sizes"])
+    if out.ndim == 0:  # a 0-d tensor: every index picks its one value
+        return (np.reshape(c.g, -1).sum(),)
     d = c.a["dim"] % out.ndim
     np.add.at(np.moveaxis(out, d, 0), c.s["index"], np.moveaxis(c.g, d, 0))
     return (out,)
@@ -118,12 +120,17 @@ def _scatter_rule(c):  # slots (self, src) or (self,) for a scalar value
     return (dself,) if c.type == "ScatterBackward1" else (dself, c.g[where])
 
 
-@rule("IndexFillBackward0")
-def _index_fill(c):
+@rule("IndexFillBackward0", "IndexFillBackward1")
+def _index_fill(c):  # slots (self,) for a number, (self, value) for a 0-d tensor value: the filled places' sum
     d, idx = c.a["dim"] % max(c.g.ndim, 1), c.s["index"]
-    sel = [slice(None)] * c.g.ndim
-    sel[d] = idx
-    return (np.where(_hit(c.g.shape, tuple(sel)), 0.0, c.g),)
+    if c.g.ndim == 0:  # a 0-d tensor: filled when the index names it
+        hit = np.array(idx.size > 0)
+    else:
+        sel = [slice(None)] * c.g.ndim
+        sel[d] = idx
+        hit = _hit(c.g.shape, tuple(sel))
+    dself = np.where(hit, 0.0, c.g)
+    return (dself,) if c.type == "IndexFillBackward0" else (dself, np.where(hit, c.g, 0.0).sum())
 
 
 @rule("MaskedScatterBackward0")
@@ -159,6 +166,12 @@ def _scatter_reduce(c):
     among the elements equal to the result (PyTorch's scatter_reduce_backward)."""
     x, res, red, keep = c.s["self"], c.s["result"], c.a["reduce"], c.a["include_self"]
     src = c.s["src"] if c.type == "ScatterReduceBackward0" else c.s["source"]
+    if x.ndim == 0:  # a 0-d self: as a 1-element tensor, the gradients shaped back
+        one = {**c.s, "self": x.reshape(1), "result": res.reshape(1), "index": c.s["index"].reshape(-1),
+               "src" if c.type == "ScatterReduceBackward0" else "source": src.reshape(-1)}
+        gx, gs = _scatter_reduce(type(c)(c.type, [np.reshape(c.g, (1,))], one, c.a, [(1,), (src.size,)],
+                                         [(1,)], c.scalar, c.in_dtypes))
+        return (np.reshape(gx, ()), np.reshape(gs, src.shape))
     d = c.a["dim"] % max(1, x.ndim)
     idx = c.s["index"]
     if c.type == "IndexReduceBackward0":  # index picks whole slices: the same index for every element of one

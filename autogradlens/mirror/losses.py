@@ -44,10 +44,12 @@ def _bce_logits(c):
     x, t, w, pw, red = c.s["self"], c.s["target"], c.s.get("weight"), c.s.get("pos_weight"), c.a["reduction"]
     sig = 1 / (1 + np.exp(-x))
     d = sig - t if pw is None else (pw * t + 1 - t) * sig - pw * t
+    # the target's: -x, or log(1 - sigmoid(x)) - pos_weight log(sigmoid(x)) (PyTorch's ..._target_backward)
+    dt = -x if pw is None else np.log(1 - sig) - pw * np.log(sig)
+    g = c.g if red == "none" else c.g[()] / x.size if red == "mean" else c.g[()]
     if w is not None:
-        d = d * w
-    d = d * c.g if red == "none" else d * (c.g[()] / x.size if red == "mean" else c.g[()])
-    return (d, None)
+        d, dt = d * w, dt * w
+    return (d * g, dt * g)
 
 
 @rule("MseLossBackward0")
@@ -142,7 +144,7 @@ def _multi_margin(c):
     true class minus their sum (PyTorch's CPU kernel, before the incoming gradient multiplies)."""
     x, t, w = c.s["self"], c.s["target"].astype(np.int64).reshape(-1), c.s.get("weight")
     p, red = c.a["p"], c.a["reduction"]
-    x2 = x.reshape((1, -1)) if x.ndim == 1 else x
+    x2 = x.reshape((1, -1)) if x.ndim <= 1 else x
     n, k = x2.shape
     rows = np.arange(n)
     z = c.a["margin"] - x2[rows, t][:, None] + x2

@@ -53,6 +53,8 @@ def _amax(c):
 
 @rule("MaxBackward0", "MinBackward0")
 def _max_dim(c):
+    if not c.a["self_sym_sizes"]:  # a 0-d tensor: its one value is selected
+        return (c.g,)
     sizes, d = c.a["self_sym_sizes"], c.a["dim"] % len(c.a["self_sym_sizes"])
     idx, g = c.s["indices"], c.g
     if not c.a["keepdim"]:
@@ -68,6 +70,8 @@ def _rcumsum(a, d):  # PyTorch's reversed_cumsum: flip, cumsum, flip
 
 @rule("CumsumBackward0")
 def _cumsum(c):
+    if c.g.ndim == 0:
+        return (c.g,)
     return (_rcumsum(c.g, c.a["dim"] % c.g.ndim),)
 
 
@@ -153,6 +157,8 @@ def _pnorm(c):  # torch.norm(x, p[, dim, keepdim])
 
 @rule("SortBackward0", "TopkBackward0", "KthvalueBackward0", "MedianBackward1", "ModeBackward0")
 def _sort(c):  # gradient to where each selected value came from
+    if not c.a["self_sym_sizes"]:  # a 0-d tensor: its one value is selected
+        return (np.reshape(c.g, ()),)
     sizes, d = c.a["self_sym_sizes"], c.a["dim"] % len(c.a["self_sym_sizes"])
     idx, g = c.s["indices"], c.g
     if idx.ndim < len(sizes):

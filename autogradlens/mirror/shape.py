@@ -128,20 +128,45 @@ def _unsafe_split(c):
     return _split(c)
 
 
-@rule("AsStridedBackward0")
+@rule("AsStridedBackward0", "AsStridedBackward0_copy")
 def _as_strided(c):
-    """The input's own geometry is not exposed to Python: the rule takes it as contiguous at offset 0."""
-    shape = c.in_shapes[0]
-    n = math.prod(shape)
-    size, stride, off = c.a["size"], c.a["stride"], c.a["storage_offset"] or 0
-    idx = off + sum(np.arange(m).reshape((-1,) + (1,) * (len(size) - 1 - i)) * st
-                    for i, (m, st) in enumerate(zip(size, stride)))
-    idx = np.broadcast_to(idx, tuple(size))
-    if idx.size and (idx.max() >= n or idx.min() < 0):
-        raise Unsupported("as_strided reaching outside a contiguous input")
-    flat = c.zeros((n,))
-    np.add.at(flat, idx.reshape(-1), c.g.reshape(-1))
-    return (flat.reshape(shape),)
+    """as_strided indexes the input's storage: the gradient goes onto the storage positions the output reads, then
+    back to the input elements at those positions (shared by the elements of an overlapping input), as PyTorch's
+    as_strided_backward. Needs the input's own strides and offset: known for a leaf, contiguous at 0 for a tensor
+    an op allocated; a view's are not exposed to Python (unmirrored)."""
+    shape, geom = tuple(c.in_shapes[0]), c.a.get("input_geometry")
+    if geom is None:
+        raise Unsupported("as_strided on a view: the view's strides and storage offset are not exposed to Python")
+    istride, ioff = (_contiguous(shape), 0) if geom == "fresh" else geom
+    size, stride, off = c.a["size"], c.a["stride"], c.a["storage_offset"]
+    off = ioff if off is None else off
+    out_pos = off + _positions(size, stride)
+    in_pos = ioff + _positions(shape, istride)
+    lo = min(out_pos.min(initial=ioff), in_pos.min(initial=ioff))
+    hi = max(out_pos.max(initial=ioff), in_pos.max(initial=ioff)) + 1
+    storage = c.zeros((hi - lo,))
+    np.add.at(storage, out_pos.reshape(-1) - lo, c.g.reshape(-1))
+    count = np.zeros(hi - lo)
+    np.add.at(count, in_pos.reshape(-1) - lo, 1.0)
+    g = storage[in_pos.reshape(-1) - lo]
+    if count.max(initial=0) > 1:  # an overlapping input (expanded): its elements share each position's gradient
+        g = g / count[in_pos.reshape(-1) - lo]
+    return (g.reshape(shape),)
+
+
+def _contiguous(shape):
+    out, acc = [], 1
+    for n in reversed(shape):
+        out.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(out))
+
+
+def _positions(size, stride):  # the storage position of every element (relative to the offset)
+    idx = np.zeros(tuple(size), dtype=np.int64)
+    for i, (m, st) in enumerate(zip(size, stride)):
+        idx = idx + np.arange(m).reshape((-1,) + (1,) * (len(size) - 1 - i)) * st
+    return idx
 
 
 @rule("PixelShuffleBackward0")

@@ -76,6 +76,8 @@ def sum_to(g, shape):
 
 
 def norm_dims(d, ndim):
+    if ndim == 0:  # a 0-d tensor: dim 0 (or -1) names the tensor itself, nothing to reduce
+        return []
     d = d if isinstance(d, list) else [d]
     return sorted(x % ndim for x in d) if d else list(range(ndim))
 
