@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import LensTypeError
 from .table import Ctx, round_to
 
-__all__ = ["Mag", "MagCtx", "gamma", "local_bound", "unit_roundoff"]
+__all__ = ["Mag", "MagCtx", "Reduced", "gamma", "local_bound", "unit_roundoff"]
 
 # Unit roundoff u = eps / 2 (half the distance from 1 to the next float) per dtype, and the smallest
 # subnormal / 2: the absolute error one rounding may add near underflow (fl(x op y) = (x op y)(1 + d) + e).
@@ -356,6 +356,27 @@ class Mag:
         if any(x.v is None for x in mags):
             raise LensTypeError(f"np.{func.__name__} of a gradient on magnitudes")
         return func(*_swap(args, "v"), **_swap(kw, "v"))  # a coefficient: computed on values, exact
+
+
+class Reduced:
+    """A special function of a coefficient whose implementations reduce or reflect the argument on the way (digamma,
+    polygamma, Bessel functions, erfinv): their results err like the function at an argument a few ulps off, so on
+    magnitudes it gives |f(x)| + |x f'(x)| with ELEMENTARY_UNITS roundings (the conditioning of f at x), not |f(x)|
+    alone. `f` and `deriv` take and return plain arrays; on plain arrays the call is just f(x)."""
+
+    def __init__(self, f, deriv):
+        self.f, self.deriv = f, deriv
+
+    def __call__(self, x):
+        if not isinstance(x, Mag):
+            return self.f(x)
+        if x.v is None:
+            raise LensTypeError("a special function of a gradient (the rule is not linear in G?)")
+        with np.errstate(all="ignore"):
+            r = np.asarray(self.f(x.v), dtype=np.float64)
+            m = np.abs(r) + np.nan_to_num(np.abs(x.v * self.deriv(x.v)), nan=np.inf) + np.abs(self.deriv(x.v)) * x.m \
+                * (x.n > 0)
+        return Mag(m, r, x.c + ELEMENTARY_UNITS)
 
 
 def _count(k) -> np.ndarray:

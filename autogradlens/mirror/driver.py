@@ -253,6 +253,8 @@ class Step:
         torch_in = self.seen_in.get(op.id)
         if torch_in is None:
             return None  # PyTorch did not run this node (no leaf needed it)
+        if any(t is None and f is not None for t, f in zip(torch_in, flows)):  # PyTorch's undefined gradient: 0
+            torch_in = [np.zeros(np.shape(f.e)) if t is None and f is not None else t for t, f in zip(torch_in, flows)]
         self.incoming[op.id] = flows
         torch_out = self.seen_out[op.id]
         local = mine = None

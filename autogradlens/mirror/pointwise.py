@@ -485,3 +485,120 @@ def _logaddexp(c):  # log(e^a + e^b): each side's share, 1 / (1 + e^(other - sel
     a, b = c.s["self"], c.s["other"]
     up = np.exp if c.type == "LogaddexpBackward0" else np.exp2
     return (c.g / (1 + up(b - a)), c.g / (1 + up(a - b)))
+
+
+@rule("AsinBackward0", "AcosBackward0")
+def _asin(c):  # +-1 / sqrt(1 - x^2)
+    x = c.s["self"]
+    d = 1 / np.sqrt(1 - x * x)
+    return (c.g * d if c.type == "AsinBackward0" else c.g * -d,)
+
+
+@rule("AtanBackward0")
+def _atan(c):
+    x = c.s["self"]
+    return (c.g / (x * x + 1),)
+
+
+@rule("AsinhBackward0", "AcoshBackward0")
+def _asinh(c):  # (x^2 + 1)^-1/2, (x^2 - 1)^-1/2 (PyTorch: rsqrt of self.pow(2) -+ 1)
+    x = c.s["self"]
+    return (c.g * (1 / np.sqrt(x * x + (1 if c.type == "AsinhBackward0" else -1))),)
+
+
+@rule("AtanhBackward0")
+def _atanh(c):
+    x = c.s["self"]
+    return (c.g * (1 / (1 - x * x)),)
+
+
+@rule("SinhBackward0", "CoshBackward0")
+def _sinh(c):
+    x = c.s["self"]
+    return (c.g * (np.cosh(x) if c.type == "SinhBackward0" else np.sinh(x)),)
+
+
+@rule("TanBackward0")
+def _tan(c):
+    y = c.s["result"]
+    return (c.g * (1 + y * y),)
+
+
+@rule("Expm1Backward0")
+def _expm1(c):
+    return (c.g * (c.s["result"] + 1),)
+
+
+@rule("Log2Backward0", "Log10Backward0")
+def _log2(c):  # g / (x ln b)
+    ln = math.log(2) if c.type == "Log2Backward0" else math.log(10)
+    return (c.g / (c.s["self"] * ln),)
+
+
+@rule("ErfcBackward0")
+def _erfc(c):
+    x = c.s["self"]
+    return (c.g * (-2 / math.sqrt(math.pi) * np.exp(-x * x)),)
+
+
+@rule("FmaxBackward0", "FminBackward0")
+def _fmax(c):  # the side that was taken (self on ties, the other one where self is NaN and it is not)
+    a, b = c.s["self"], c.s["other"]
+    take = ((a >= b) if c.type == "FmaxBackward0" else (a <= b)) | np.isnan(b)
+    return (np.where(take, c.g, 0.0), np.where(take, 0.0, c.g))
+
+
+@rule("ClampBackward0", "ClampMinBackward1", "ClampMaxBackward1")
+def _clamp_tensor(c):
+    """clamp with tensor bounds: slots (self, min, max), (self, min) or (self, max). Each element's gradient goes to
+    whichever of self, min, max the result took (PyTorch's clamp_backward_min_max: max wins where min > max)."""
+    x, lo, hi = c.s["self"], c.s.get("min"), c.s.get("max")
+    below = np.zeros(x.shape, dtype=bool) if lo is None else x < lo
+    above = np.zeros(x.shape, dtype=bool) if hi is None else x > hi
+    if lo is not None and hi is not None:
+        above = above | (lo > hi)
+        below = below & ~above
+    keep = ~below & ~above
+    dlo = None if lo is None else np.where(below, c.g, 0.0)
+    dhi = None if hi is None else np.where(above, c.g, 0.0)
+    if c.type == "ClampBackward0":
+        return (np.where(keep, c.g, 0.0), dlo, dhi)
+    return (np.where(keep, c.g, 0.0), dlo if c.type == "ClampMinBackward1" else dhi)
+
+
+@rule("NextafterBackward0")
+def _nextafter(c):  # PyTorch passes self's gradient through (the step is below rounding) and gives other none
+    return (c.g, c.zeros(c.in_shapes[1]) if c.in_shapes[1] is not None else None)
+
+
+@rule("AngleBackward0", "DivBackward2", "DivBackward3", "FillBackward0", "ZeroBackward0",
+      "NormalBackward0", "NormalBackward1", "NormalBackward2", "NormalBackward3", "BernoulliBackward0",
+      "BernoulliBackward1", "BernoulliBackward2")
+def _zero(c):
+    """No gradient: piecewise constant or random results (angle of a real number, division with rounding, fill, zero_,
+    normal and bernoulli samples): zeros for every input, as PyTorch gives."""
+    return tuple(None if s is None else c.zeros(s) for s in c.in_shapes)
+
+
+@rule("FrexpBackward0")
+def _frexp(c):  # mantissa = x / 2^exponent
+    return (c.g / np.exp2(c.s["exponent"]),)
+
+
+@rule("LdexpBackward0")
+def _ldexp(c):  # x 2^other: slots (self, other)
+    other, y = c.s.get("other"), c.s.get("result")
+    return (None if other is None else c.g * np.exp2(other), None if y is None else c.g * (y * math.log(2)))
+
+
+@rule("RreluWithNoiseBackward0")
+def _rrelu(c):  # training: the noise is the slope PyTorch drew (1 where x > 0); else the mean slope
+    x = c.s["self"]
+    if c.a["training"]:
+        return (c.g * c.s["noise"],)
+    return (np.where(x > 0, c.g, c.g * ((c.a["lower"] + c.a["upper"]) / 2)),)
+
+
+@rule("NativeDropoutBackwardBackward0")
+def _dropout_bb(c):  # native_dropout_backward(grad_output, mask, scale) = grad_output * mask * scale
+    return (c.g * (c.s["mask"] * c.a["scale"]), None)

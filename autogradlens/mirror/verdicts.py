@@ -79,6 +79,10 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
     return ("match" if ok else "mismatch"), exact, max_abs, max_rel
 
 
+def _zeros_for(m) -> np.ndarray:
+    return np.zeros(np.shape(m))
+
+
 def _merge(checks):
     checks = [c for c in checks if c is not None]
     if not checks:
@@ -111,14 +115,15 @@ def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> lis
             mine, bounds = step.local[nid]
             checks = []
             for i, (m, t) in enumerate(zip(mine, seen_out[nid])):
-                if t is None or op.nexts[i] is None:
+                if op.nexts[i] is None or (t is None and m is None):
                     continue
+                t = _zeros_for(m) if t is None else t  # PyTorch's undefined gradient is 0
                 checks.append(("mismatch", False, math.inf, math.inf) if m is None else
                               _compare(m, t, bounds[i], op.in_dtypes[i] or op.dtype))
             local = _merge(checks) or ("match", True, 0.0, 0.0)
         flows = step.incoming.get(nid) or []
-        e2e = None if op.note else _merge([_compare(f.g, t, f.e, op.out_dtype) for f, t in zip(flows, seen_in[nid])
-                                          if f is not None and t is not None])
+        e2e = None if op.note else _merge([_compare(f.g, _zeros_for(f.g) if t is None else t, f.e, op.out_dtype)
+                                           for f, t in zip(flows, seen_in[nid]) if f is not None])
         note = step.notes.get(nid) or (None if op.type in RULES else "no rule for this node type")
         rows.append(_row(nid, op.type, op.name, "node", local, e2e, note, _largest(bounds or []),
                          _largest([f.e for f in flows if f is not None])))
@@ -127,6 +132,8 @@ def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> lis
         if not d["is_leaf"]:
             continue
         f, t, note = grads.get((nid, 0)), leaf_in.get(nid), unreadable(d)
+        if t is None and f is not None and nid in leaf_in:  # PyTorch's undefined gradient is 0
+            t = _zeros_for(f.g)
         check = None if f is None or t is None or note else _compare(f.g, t, f.e, d["dtype"])
         rows.append(_row(nid, "AccumulateGrad", d["param"], "leaf", check, check, note,
                          None if f is None else _largest([f.e]), None if f is None else _largest([f.e])))
