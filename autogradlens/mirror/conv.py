@@ -10,7 +10,8 @@ import numpy as np
 from .table import rule, scatter_axis
 
 
-@rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0")
+@rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0", "FractionalMaxPool2DBackward0",
+      "FractionalMaxPool3DBackward0")
 def _maxpool(c):  # the indices are flat over the last 2 (3) input dimensions
     x, idx, g = c.s["self"], c.s["result1"], c.g
     k = 3 if "3D" in c.type else 2
@@ -192,9 +193,18 @@ def _separable(g, mats):  # apply m.T along each of the last len(mats) axes
     return g
 
 
-@rule("AdaptiveMaxPool2DBackward0")
+@rule("AdaptiveMaxPool2DBackward0", "AdaptiveMaxPool3DBackward0")
 def _adaptive_max(c):
     return _maxpool(c)
+
+
+@rule("MaxPool2DWithIndicesBackwardBackward0", "MaxPool3DWithIndicesBackwardBackward0")
+def _maxpool_bb(c):  # max_pool_backward(grad_output, self, ..., indices): linear in grad_output, a gather at indices
+    idx = c.s["indices"]
+    k = 3 if "3D" in c.type else 2
+    g = c.g.reshape(c.g.shape[:-k] + (-1,))
+    out = np.take_along_axis(g, idx.reshape(idx.shape[:-k] + (-1,)), axis=-1).reshape(idx.shape)
+    return (out, None if len(c.in_shapes) < 2 or c.in_shapes[1] is None else c.zeros(c.in_shapes[1]))
 
 
 def _nearest_src(n_in, n_out, scale):  # PyTorch's nearest_idx, in float32 as its CPU kernel computes it

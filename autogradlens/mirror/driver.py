@@ -131,12 +131,22 @@ _GEOMETRY = frozenset({"AsStridedBackward0", "AsStridedBackward0_copy", "AsStrid
 def _geometry(fn):
     """(strides, storage offset) of a leaf input; "fresh" for the output of an op that allocates its result (taken
     as contiguous at offset 0); None for a view (its geometry is not exposed to Python)."""
+    name = type(fn).__name__
+    while name.startswith(_RESHAPES):  # a reshaping view of a contiguous tensor is contiguous at the same offset
+        fn = fn.next_functions[0][0]
+        name = type(fn).__name__
+        if name == "AccumulateGrad":
+            v = fn.variable
+            return "fresh" if v.is_contiguous() and v.storage_offset() == 0 else None
     if fn is None:
         return None
-    name = type(fn).__name__
     if name == "AccumulateGrad":
         return tuple(fn.variable.stride()), fn.variable.storage_offset()
     return None if name.startswith(_VIEWS) or name == "CopySlices" else "fresh"
+
+
+_RESHAPES = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "UnsqueezeBackward0", "SqueezeBackward",
+             "AliasBackward0")
 
 
 _VIEWS = ("View", "Reshape", "Slice", "Select", "Transpose", "TBackward", "Permute", "Expand", "Squeeze", "Unsqueeze",

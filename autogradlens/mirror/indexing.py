@@ -203,3 +203,45 @@ def _scatter_reduce(c):
     else:
         raise Unsupported(f"scatter_reduce with reduce={red!r}")
     return (np.where(hit, 0.0, gx) if not keep else gx, gs)
+
+
+@rule("IndexCopyBackward0")
+def _index_copy(c):  # self.index_copy(dim, index, source): slots (self, source)
+    idx = c.s["index"].reshape(-1)
+    if c.g.ndim == 0:  # a 0-d self: replaced by the 0-d source
+        return (c.g * 0.0, c.g.reshape(c.in_shapes[1]) if c.in_shapes[1] is not None else None)
+    d = c.a["dim"] % c.g.ndim
+    sel = [slice(None)] * c.g.ndim
+    sel[d] = idx
+    src = np.moveaxis(np.moveaxis(c.g, d, 0)[idx], 0, d)
+    return (np.where(_hit(c.g.shape, tuple(sel)), 0.0, c.g),
+            None if c.in_shapes[1] is None else src.reshape(c.in_shapes[1]))
+
+
+@rule("PutBackward0")
+def _put(c):  # self.put(index, source, accumulate): flat indices (negative from the end); slots (self, source)
+    flat = c.g.reshape(-1)
+    idx = c.s["index"].reshape(-1) % max(1, flat.size)
+    dself = c.g if c.a["accumulate"] else np.where(_hit(flat.shape, idx), 0.0, flat).reshape(c.g.shape)
+    return (dself, None if c.in_shapes[1] is None else flat[idx].reshape(c.in_shapes[1]))
+
+
+def _masked_indices(c, shape):  # indices clamped into range (the masked-off ones may point anywhere)
+    ind = c.s["indices"]
+    return tuple(slice(None) if i is None else np.clip(i, -n, n - 1)
+                 for i, n in zip(ind if isinstance(ind, tuple) else (ind,), shape))
+
+
+@rule("UnsafeMaskedIndexBackward0")
+def _unsafe_masked_index(c):  # where(mask, self[indices], fill): the masked places back to where they were read
+    out = c.zeros(c.a["self_sym_sizes"])
+    mask = np.broadcast_to(c.s["mask"].astype(bool), c.g.shape)
+    np.add.at(out, _masked_indices(c, out.shape), np.where(mask, c.g, 0.0))
+    return (out,)
+
+
+@rule("UnsafeMaskedIndexPutAccumulateBackward0")
+def _unsafe_masked_index_put(c):  # self.index_put(indices, where(mask, values, 0), accumulate): slots (self, values)
+    mask = c.s["mask"].astype(bool)
+    vals = c.g[_masked_indices(c, c.g.shape)]
+    return (c.g, np.where(np.broadcast_to(mask, vals.shape), vals, 0.0))
