@@ -273,7 +273,7 @@ class Mag:
             return Mag(xs[0].m + xs[1].m, uf(*vals) if known else None, n + 1)
         if uf is np.multiply:
             return Mag(xs[0].m * xs[1].m, uf(*vals) if known else None, xs[0].c + xs[1].c + 1)
-        if uf in (np.negative, np.positive, np.absolute):
+        if uf in (np.negative, np.positive, np.absolute, np.conjugate):
             return Mag(xs[0].m, uf(vals[0]) if known else None, n)
         if uf is np.matmul:
             k = xs[0].shape[-1] if xs[0].ndim else 1
@@ -316,6 +316,11 @@ class Mag:
             if len(mags) == 1:
                 return mags[0]._view(m, v)
             return Mag(m, v, n)
+        if func in (np.real, np.imag):  # a part of a complex number is no larger than the number
+            x = args[0]
+            return x._view(x.m, None if x.v is None else func(x.v))
+        if func is np.fft.fftn:
+            return _fftn(Mag.of(args[0]), kw["axes"])
         if func is np.where:
             cond, a, b = (list(args) + [None, None])[:3]
             a, b = Mag.of(a), Mag.of(b)
@@ -377,6 +382,16 @@ class Reduced:
             m = np.abs(r) + np.nan_to_num(np.abs(x.v * self.deriv(x.v)), nan=np.inf) + np.abs(self.deriv(x.v)) * x.m \
                 * (x.n > 0)
         return Mag(m, r, x.c + ELEMENTARY_UNITS)
+
+
+def _fftn(x: Mag, axes) -> Mag:
+    """A discrete Fourier transform over `axes` (np.fft.fftn, unnormalised): every output element is a sum of N terms
+    of the size of the inputs (|e^-i..| = 1), so M = sum |x| over the axes and n = N + 2 (the sum, and the twiddle
+    factors' own rounding): the dot-product bound, which covers the fast transform's smaller error."""
+    axes = tuple(a % x.ndim for a in axes)
+    n = math.prod(x.shape[a] for a in axes)
+    m = np.broadcast_to(x.m.sum(axis=axes, keepdims=True), x.shape).copy()
+    return Mag(m, None if x.v is None else np.fft.fftn(x.v, axes=axes), x.c + (n + 1, 2))
 
 
 def _count(k) -> np.ndarray:

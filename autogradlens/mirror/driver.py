@@ -14,7 +14,7 @@ from ..capture import to_numpy
 from ..errors import LensRuntimeError
 from .bounds import UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, unit_roundoff
 from .scalar import as_values, floats
-from .table import RULES, Ctx, Unsupported, sum_to
+from .table import COMPLEX_RULES, RULES, Ctx, Unsupported, sum_to
 
 # A rule that cannot run on magnitudes (bounds.Mag) falls back to a relative bound of this many roundings
 # of the graph dtype on the larger of the two results (a row note says so; tests keep every rule off it).
@@ -50,8 +50,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
         raise Unsupported(f"a {str(t.layout).removeprefix('torch.')} saved tensor")
     if t.device.type == "meta":
         raise Unsupported("a meta tensor (no values)")
-    if t.is_complex():
-        raise Unsupported("complex tensors")
     return to_numpy(t)
 
 
@@ -85,14 +83,20 @@ def unreadable(d: dict) -> str | None:
     """Why the gradients of a node (or leaf) cannot be checked, from its trace attributes, else None."""
     if d["device"] == "meta":
         return "a meta tensor (no values)"
-    if (d["dtype"] or "").startswith("complex"):
-        return "complex tensors"
     return None
 
 
+# A complex dtype rounds its real and imaginary parts as the real dtype of the same precision.
+REAL_OF = {"complex128": "float64", "complex64": "float32", "complex32": "float16"}
+
+
 def lowest(dtypes) -> str:
-    return max((d for d in dtypes if d in ("float64", "float32", "float16", "bfloat16")),
+    return max((REAL_OF.get(d, d) for d in dtypes if REAL_OF.get(d, d) in ("float64", "float32", "float16", "bfloat16")),
                key=unit_roundoff, default="float64")
+
+
+def is_complex(op) -> bool:
+    return any((d or "").startswith("complex") for d in (op.out_dtype, *op.in_dtypes))
 
 
 def read_ops(tr, walk) -> dict:
@@ -238,8 +242,15 @@ def run_rule(op: Op, gs, ctx=Ctx, saved=None, scalar=False) -> list:
         if len(out) != len(op.nexts):
             raise Unsupported(f"rule for {op.type} returned {len(out)} gradients for {len(op.nexts)} inputs")
         return [None if o is None or s is None or op.nexts[i] is None else
-                sum_to(o if isinstance(o, Mag) else np.asarray(o), s)
+                sum_to(_real_for(o if isinstance(o, Mag) else np.asarray(o), op.in_dtypes[i]), s)
                 for i, (o, s) in enumerate(zip(out, op.in_shapes))]
+
+
+def _real_for(o, dtype):
+    """A complex gradient for a real input keeps its real part (PyTorch's handle_r_to_c)."""
+    if (dtype or "").startswith("complex") or not (isinstance(o, Mag) or np.iscomplexobj(o)):
+        return o
+    return np.real(o)
 
 
 def _mag_saved(saved: dict) -> dict:
@@ -268,7 +279,10 @@ class Step:
         self.incoming[op.id] = flows
         torch_out = self.seen_out[op.id]
         local = mine = None
-        if op.type in RULES and op.note is None:
+        if op.note is None and op.type in RULES and is_complex(op) and (self.scalar or op.type not in COMPLEX_RULES):
+            self.notes[op.id] = ("complex tensors: scalar mode's Values are real numbers (mode='tensor' checks them)"
+                                 if self.scalar else f"complex tensors: the rule for {op.type} is for real numbers")
+        elif op.type in RULES and op.note is None:
             try:
                 local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], scalar=self.scalar)
                 mine = run_rule(op, [None if f is None else f.g for f in flows], scalar=self.scalar)
@@ -320,7 +334,8 @@ class Step:
         u = unit_roundoff(op.dtype)
         try:
             mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in], MagCtx, _mag_saved(op.saved))
-            return [None if x is None else local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
+            k = 3 if is_complex(op) else 1  # a complex multiply-add rounds like three real ones (|err| <= sqrt2 gamma_2)
+            return [None if x is None else k * local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
         except Exception as e:  # noqa: BLE001 - relative fallback, noted on the row
             self.notes[op.id] = f"bound: relative fallback ({type(e).__name__}: {e})"
             return [None if m is None or t is None else
@@ -330,9 +345,11 @@ class Step:
 
 def rounding(x, dtype) -> np.ndarray | float:
     """What the local check allows for rounding the float64 mirror to `dtype` (also carried on)."""
+    dtype = REAL_OF.get(dtype, dtype)
     if x is None or dtype in (None, "float64") or dtype not in UNDERFLOW:
         return 0.0
-    return unit_roundoff(dtype) * np.abs(floats(x)) + UNDERFLOW[dtype]
+    x = floats(x)  # a complex number rounds in its two parts
+    return (1 + np.iscomplexobj(x)) * unit_roundoff(dtype) * np.abs(x) + UNDERFLOW[dtype]
 
 
 def _difference(m: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -228,9 +228,9 @@ def _rsub_scalar(c):
 
 
 @rule("MulBackward0", "DotBackward0")
-def _mul(c):  # a * b; a dot product has the same rule (the engine sums nothing: G is a scalar)
+def _mul(c):  # a * b; a dot product has the same rule (the engine sums nothing: G is a scalar); complex: conjugates
     a, b = c.s.get("self"), c.s.get("other", c.s.get("tensor"))
-    return (None if b is None else c.g * b, None if a is None else c.g * a)
+    return (None if b is None else c.g * np.conj(b), None if a is None else c.g * np.conj(a))
 
 
 @rule("MulBackward1")
@@ -239,9 +239,9 @@ def _mul_scalar(c):
 
 
 @rule("DivBackward0")
-def _div(c):
-    a, b = c.s.get("self"), c.s["other"]
-    return (c.g / b, None if a is None else -c.g * ((a / b) / b))
+def _div(c):  # complex: conjugates (PyTorch's convention)
+    a, b = c.s.get("self"), np.conj(c.s["other"])
+    return (c.g / b, None if a is None else -c.g * ((np.conj(a) / b) / b))
 
 
 @rule("DivBackward1")

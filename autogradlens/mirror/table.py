@@ -22,6 +22,16 @@ import numpy as np
 RULES: dict = {}
 
 
+# Node types whose rule is right for complex tensors too (PyTorch's convention: the gradient of a real loss L with
+# respect to z = x + iy is dL/dx + i dL/dy, so a product's rule multiplies by the conjugate): structural rules, and
+# those written with conjugates (complex.py lists them). Other rules on complex tensors leave the node unmirrored.
+COMPLEX_RULES: set = set()
+
+
+def complex_ok(*names):
+    COMPLEX_RULES.update(names)
+
+
 class Unsupported(Exception):
     """A rule met a case it does not handle (the mirror then passes PyTorch's gradients through)."""
 
@@ -45,8 +55,10 @@ class Ctx:
     def g(self):
         return self.gs[0]
 
-    def zeros(self, shape):
-        return object_zeros(shape) if self.scalar else np.zeros(shape)
+    def zeros(self, shape):  # a buffer for gradients: complex when they are
+        if self.scalar:
+            return object_zeros(shape)
+        return np.zeros(shape, dtype=complex if any(np.iscomplexobj(g) for g in self.gs) else float)
 
     def rounded(self, dtype: str, a):
         """`a` rounded to `dtype` as PyTorch's cast does (bounds.MagCtx counts it as one rounding)."""
