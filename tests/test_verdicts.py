@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from cases import CASES, Rand
+from cases import CASES, TORCH_WRONG, Rand
 from models import MODELS
 
 import autogradlens as lens
@@ -211,6 +211,11 @@ def test_every_rule_runs_on_magnitudes_without_fallback():
         torch.manual_seed(0)
         loss, params = build(torch.float32)
         rep = lens.mirror(loss, params=params, mode="tensor")
+        assert not [x for x in rep.rows if fallback(x)], name
+        seen |= {x["type"] for x in rep.rows}
+    for name, case in TORCH_WRONG.items():  # a rule PyTorch's own backward disagrees with
+        r = Rand(2, torch.float32)
+        rep = lens.mirror(case(r), params=r.leaves, mode="tensor")
         assert not [x for x in rep.rows if fallback(x)], name
         seen |= {x["type"] for x in rep.rows}
     for build in (autocast_mlp, lambda: (torch.randn(3, requires_grad=True).double() ** 2).sum()):

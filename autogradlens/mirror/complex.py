@@ -18,7 +18,7 @@ from .table import complex_ok, rule
 # Rules that are structural (they move or sum gradients, or multiply them by real constants): right for complex as is.
 complex_ok("SumBackward0", "SumBackward1", "MeanBackward0", "MeanBackward1", "ViewBackward0", "UnsafeViewBackward0",
            "ReshapeAliasBackward0", "TransposeBackward0", "TransposeBackward1", "TBackward0", "PermuteBackward0",
-           "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "SqueezeBackward3", "SqueezeBackward4",
+           "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "SqueezeBackward3", "SqueezeBackward4", "SqueezeBackward5",
            "UnsqueezeBackward0", "ExpandBackward0", "SliceBackward0", "SelectBackward0", "CatBackward0",
            "StackBackward0", "SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0", "CloneBackward0",
            "AliasBackward0", "NegBackward0", "AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1",
@@ -51,16 +51,6 @@ def _view_as_complex(c):
 @rule("ConjBackward0", "ConjPhysicalBackward0")
 def _conj(c):
     return (np.conj(c.g),)
-
-
-@rule("RealBackward0")
-def _real(c):
-    return (c.g + 0j,)
-
-
-@rule("ImagBackward0")
-def _imag(c):
-    return (c.g * 1j,)
 
 
 @rule("ComplexBackward0")
@@ -118,6 +108,5 @@ def _fft_c2r(c):
     return (t,)
 
 
-complex_ok("ViewAsRealBackward0", "ViewAsComplexBackward0", "ConjBackward0", "ConjPhysicalBackward0", "RealBackward0",
-           "ImagBackward0", "ComplexBackward0", "PolarBackward0", "FftR2CBackward0", "FftC2CBackward0",
+complex_ok("ViewAsRealBackward0", "ViewAsComplexBackward0", "ConjBackward0", "ConjPhysicalBackward0", "ComplexBackward0", "PolarBackward0", "FftR2CBackward0", "FftC2CBackward0",
            "FftC2RBackward0")

@@ -242,6 +242,8 @@ def _unsafe_masked_index(c):  # where(mask, self[indices], fill): the masked pla
 
 @rule("UnsafeMaskedIndexPutAccumulateBackward0")
 def _unsafe_masked_index_put(c):  # self.index_put(indices, where(mask, values, 0), accumulate): slots (self, values)
+    if "mask" not in c.s:  # saved only for the values' gradient
+        return (c.g, None)
     mask = c.s["mask"].astype(bool)
     vals = c.g[_masked_indices(c, c.g.shape)]
     return (c.g, np.where(np.broadcast_to(mask, vals.shape), vals, 0.0))

@@ -23,12 +23,12 @@ def _identity(c):  # also x - a number, and x minus a piecewise constant of x (f
 def _to_copy(c):  # the gradient is cast back to the input's dtype, rounding it
     dt = c.in_dtypes[0]
     if dt not in ("float32", "float16", "bfloat16"):
-        return (c.g,)
-    if c.scalar:
-        from ..value import Value
-        return (np.vectorize(lambda v: Value(float(round_to(dt, np.float64(v.data if isinstance(v, Value) else v)))),
-                             otypes=[object])(c.g),)
-    return (c.rounded(dt, c.g),)
+        return (c.g,)  # a complex dtype: the comparison rounds to it; float64 needs no rounding
+    if not c.scalar:
+        return (c.rounded(dt, np.real(c.g)),)  # a complex gradient for a real input: its real part, rounded
+    from ..value import Value
+    return (np.vectorize(lambda v: Value(float(round_to(dt, np.float64(v.data if isinstance(v, Value) else v)))),
+                         otypes=[object])(c.g),)
 
 
 @rule("ReluBackward0")
@@ -571,7 +571,7 @@ def _nextafter(c):  # PyTorch passes self's gradient through (the step is below 
     return (c.g, c.zeros(c.in_shapes[1]) if c.in_shapes[1] is not None else None)
 
 
-@rule("AngleBackward0", "DivBackward2", "DivBackward3", "FillBackward0", "ZeroBackward0",
+@rule("AngleBackward0", "DivBackward2", "FillBackward0", "FillBackward2", "ZeroBackward0",
       "NormalBackward0", "NormalBackward1", "NormalBackward2", "NormalBackward3", "BernoulliBackward0",
       "BernoulliBackward1", "BernoulliBackward2")
 def _zero(c):

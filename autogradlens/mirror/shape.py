@@ -26,7 +26,7 @@ def _permute(c):
 
 
 @rule("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0", "SqueezeBackward1",
-      "SqueezeBackward2", "SqueezeBackward3", "SqueezeBackward4")
+      "SqueezeBackward2", "SqueezeBackward3", "SqueezeBackward4", "SqueezeBackward5")
 def _view(c):
     return (c.g.reshape(c.in_shapes[0] if c.in_shapes[0] is not None else c.a["self_sym_sizes"]),)
 
@@ -346,14 +346,14 @@ def _copy(c):  # self.copy_(src): slots (self, src): self's old values are gone,
     return (None if c.in_shapes[0] is None else c.zeros(c.in_shapes[0]), c.g)
 
 
-@rule("FillBackward1")
-def _fill_tensor(c):  # self.fill_(value), value a 0-d tensor: slots (self, value)
+@rule("FillBackward1", "FillBackward3")
+def _fill_tensor(c):  # fill(value) / fill_(value), value a 0-d tensor: slots (self, value)
     return (None if c.in_shapes[0] is None else c.zeros(c.in_shapes[0]), c.g.sum())
 
 
 # The *_copy ops (view_copy, t_copy, ...: a view op that copies) have their view's backward.
 for _name in ("AliasBackward0", "DiagonalBackward0", "ExpandBackward0", "PermuteBackward0", "SplitBackward0",
               "SplitWithSizesBackward0", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2",
-              "SqueezeBackward3", "SqueezeBackward4", "TBackward0", "TransposeBackward0", "UnbindBackward0",
+              "TBackward0", "TransposeBackward0", "UnbindBackward0",
               "UnfoldBackward0", "UnsqueezeBackward0", "ViewBackward0", "SelectBackward0", "SliceBackward0"):
     rule(_name + "_copy")(RULES[_name])
