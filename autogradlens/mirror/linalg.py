@@ -155,6 +155,29 @@ def _addbmm(c):  # beta self + alpha sum_b batch1[b] @ batch2[b]: slots (self, b
             None if b1 is None else np.einsum("bji,jk->bik", b1, g))
 
 
+@rule("TrilinearBackward0")
+def _trilinear(c):
+    """_trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim) (nn.functional.bilinear): each input unsqueezed at its
+    expand dims, the three multiplied and summed over sumdim; each input's gradient is G (unsqueezed at sumdim) times
+    the other two, summed over the dims it was expanded along."""
+    ins = [c.s.get("i1"), c.s.get("i2"), c.s.get("i3")]
+    exps = [c.a["expand1"], c.a["expand2"], c.a["expand3"]]
+
+    def expand(t, dims):
+        for d in sorted(dims):
+            t = np.expand_dims(t, d)
+        return t
+    ge = expand(c.g, c.a["sumdim"])
+    out = []
+    for k in range(3):
+        if c.in_shapes[k] is None:
+            out.append(None)
+            continue
+        a, b = [expand(ins[j], exps[j]) for j in range(3) if j != k]
+        out.append((ge * a * b).sum(axis=tuple(exps[k])) if exps[k] else ge * a * b)
+    return tuple(out)
+
+
 @rule("VdotBackward0")
 def _vdot(c):  # conj(self) . other, for real tensors a dot product
     a, b = c.s.get("self"), c.s.get("other")

@@ -156,3 +156,26 @@ def _multi_margin(c):
     h = np.where(np.arange(k)[None, :] == t[:, None], -h.sum(axis=1, keepdims=True), h)
     g = c.g.reshape((n, 1)) if red == "none" and x.ndim == 2 else c.g
     return ((g * h).reshape(x.shape),)
+
+
+@rule("MultilabelMarginLossBackward0")
+def _multilabel_margin(c):
+    """sum over the targets j (up to the first -1) and the other classes i of max(0, 1 - (x_j - x_i)) / classes: each
+    violating pair adds 1/classes to i and takes it from j (and 1/samples for the mean), as PyTorch's CPU kernel."""
+    x, t, is_t = c.s["self"], c.s["target"].astype(np.int64), c.s["is_target"].astype(bool)
+    red = c.a["reduction"]
+    x2, t2, m2 = (x.reshape(1, -1), t.reshape(1, -1), is_t.reshape(1, -1)) if x.ndim <= 1 else (x, t, is_t)
+    n, k = x2.shape
+    xv = np.asarray(x2, dtype=np.float64)
+    h = c.zeros((n, k))
+    scale = 1.0 / k / (n if red == "mean" else 1)
+    for s in range(n):
+        for j in t2[s]:
+            if j < 0:
+                break
+            on = (1 - xv[s, j] + xv[s] > 0) & ~m2[s]
+            idx = np.nonzero(on)[0]
+            np.add.at(h, (np.full(idx.size, s), idx), scale)
+            np.add.at(h, (np.full(idx.size, s), np.full(idx.size, j)), -scale)
+    g = c.g.reshape(n, 1) if red == "none" else c.g
+    return ((g * h).reshape(x.shape),)

@@ -17,11 +17,11 @@ def _bcast(v, x):
     return v.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
-@rule("NativeBatchNormBackward0")
-def _batchnorm(c):
+@rule("NativeBatchNormBackward0", "NativeBatchNormLegitBackward0", "BatchNormWithUpdateBackward0")
+def _batchnorm(c):  # _batch_norm_with_update: always training
     x, w, g = c.s["input"], c.s.get("weight"), c.g
     ax = _bn_axes(x)
-    if c.a["training"]:
+    if c.a.get("training", True):
         mean, invstd = _bcast(c.s["result1"], x), _bcast(c.s["result2"], x)
     else:
         mean = _bcast(c.s["running_mean"], x)
@@ -30,7 +30,7 @@ def _batchnorm(c):
     dot = (g * xmu).sum(axis=ax)
     gsum = g.sum(axis=ax)
     wv = 1.0 if w is None else _bcast(w, x)
-    if c.a["training"]:
+    if c.a.get("training", True):
         n = x.size // x.shape[1]
         k = _bcast(dot, x) * invstd * invstd / n
         dx = (g - _bcast(gsum, x) / n - xmu * k) * invstd * wv
