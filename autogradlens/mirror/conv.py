@@ -239,20 +239,21 @@ def _upsample_nearest(c):
     return (g,)
 
 
-def _linear_weights(n_in, n_out, align, scale):
-    """(n_out, n_in) matrix of PyTorch's linear interpolation (area_pixel_compute_source_index)."""
+def _linear_weights(n_in, n_out, align, scale, ft=np.float64):
+    """(n_out, n_in) matrix of PyTorch's linear interpolation (area_pixel_compute_source_index), computed in `ft` as
+    the CPU kernel does (its opmath type: float32 for float32 and half tensors, float64 for float64)."""
     if align:
-        r = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-        src = np.arange(n_out) * r
+        r = ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
+        src = r * np.arange(n_out, dtype=ft)
     else:
-        r = 1.0 / scale if scale else n_in / n_out
-        src = np.maximum((np.arange(n_out) + 0.5) * r - 0.5, 0.0)
+        r = ft(1.0 / scale) if scale else ft(n_in) / ft(n_out)
+        src = np.maximum(r * (np.arange(n_out, dtype=ft) + ft(0.5)) - ft(0.5), ft(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = src - i0
+    lam = (src - i0.astype(ft)).astype(ft)
     m = np.zeros((n_out, n_in))
-    np.add.at(m, (np.arange(n_out), i0), 1 - lam)
-    np.add.at(m, (np.arange(n_out), i1), lam)
+    np.add.at(m, (np.arange(n_out), i0), (ft(1) - lam).astype(np.float64))
+    np.add.at(m, (np.arange(n_out), i1), lam.astype(np.float64))
     return m
 
 
@@ -260,7 +261,8 @@ def _linear_weights(n_in, n_out, align, scale):
 def _upsample_linear(c):
     sizes, g = c.a["self_sym_sizes"], c.g
     k = len(sizes) - 2
-    mats = [_linear_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc)
+    ft = np.float64 if c.in_dtypes[0] == "float64" else np.float32
+    mats = [_linear_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc, ft)
             for i, sc in enumerate(_scales(c, k))]
     return (_separable(g, mats),)
 

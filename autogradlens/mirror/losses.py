@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .table import rule, unsigned
+from .table import round_to, rule, unsigned
 
 
 @rule("LogSoftmaxBackward0")
@@ -150,6 +150,9 @@ def _multi_margin(c):
     z = c.a["margin"] - x2[rows, t][:, None] + x2
     on = (z > 0) & (np.arange(k)[None, :] != t[:, None])
     g0 = 1.0 / (n * k) if red == "mean" else 1.0 / k
+    dt = c.in_dtypes[0] if c.in_dtypes and c.in_dtypes[0] in ("float32", "float16", "bfloat16") else None
+    if dt is not None:  # PyTorch computes the coefficient in the tensor's dtype
+        g0 = float(round_to(dt, np.float64(g0)))
     h = np.where(on, g0 if p == 1 else 2 * g0 * z, 0.0)
     if w is not None:
         h = h * w[t][:, None]

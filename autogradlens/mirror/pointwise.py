@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .bounds import Reduced
 from .table import round_to, rule
 
 
@@ -68,7 +69,9 @@ def _gelu(c):
     return (c.g * d,)
 
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+# erf as libm computes it; on magnitudes with its conditioning (|erf(z)| + |z erf'(z)|, bounds.Reduced), so that the
+# rounding of its argument (x / sqrt 2) and of PyTorch's own erf count in GELU's bound
+_erf = Reduced(np.vectorize(math.erf, otypes=[np.float64]), lambda z: 2 / math.sqrt(math.pi) * np.exp(-z * z))
 
 
 @rule("LeakyReluBackward0", "LeakyReluBackward1")
