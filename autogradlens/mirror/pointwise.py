@@ -32,14 +32,15 @@ def _to_copy(c):  # the gradient is cast back to the input's dtype, rounding it
                          otypes=[object])(c.g),)
 
 
+# NaN inputs: rules test the side PyTorch's kernel tests (`x <= 0 ? 0 : g`), so a NaN takes the same branch.
 @rule("ReluBackward0")
-def _relu(c):
-    return (np.where(c.s["result"] > 0, c.g, 0.0),)
+def _relu(c):  # threshold_backward(G, result, 0): G passes a NaN
+    return (np.where(c.s["result"] <= 0, 0.0, c.g),)
 
 
 @rule("ThresholdBackward0")
 def _threshold(c):
-    return (np.where(c.s["self"] > c.a["threshold"], c.g, 0.0),)
+    return (np.where(c.s["self"] <= c.a["threshold"], 0.0, c.g),)
 
 
 @rule("TanhBackward0")
@@ -90,13 +91,13 @@ def _silu(c):
 @rule("HardtanhBackward0")
 def _hardtanh(c):
     x = c.s["self"]
-    return (np.where((x > c.a["min_val"]) & (x < c.a["max_val"]), c.g, 0.0),)
+    return (np.where((x <= c.a["min_val"]) | (x >= c.a["max_val"]), 0.0, c.g),)
 
 
 @rule("EluBackward0")
 def _elu(c):
     x, alpha, scale, iscale = c.s["self"], c.a["alpha"], c.a["scale"], c.a["input_scale"]
-    return (np.where(x > 0, c.g * scale, c.g * (iscale * alpha * scale * np.exp(x * iscale))),)
+    return (np.where(x <= 0, c.g * (iscale * alpha * scale * np.exp(x * iscale)), c.g * scale),)
 
 
 @rule("SoftplusBackward0")
@@ -149,8 +150,9 @@ def _sqrt(c):
 
 
 @rule("AbsBackward0")
-def _abs(c):
-    return (c.g * np.sign(c.s["self"]),)
+def _abs(c):  # G sgn(x): PyTorch's sign of a NaN is 0; a complex z: z / |z|
+    x = c.s["self"]
+    return (c.g * (np.sign(x) if np.iscomplexobj(x) else np.where(x > 0, 1.0, np.where(x < 0, -1.0, 0.0))),)
 
 
 @rule("ReciprocalBackward0")
@@ -255,9 +257,10 @@ def _div_scalar(c):
 @rule("MaximumBackward0", "MinimumBackward0")
 def _maximum(c):
     a, b = c.s["self"], c.s["other"]
-    win = a > b if c.type == "MaximumBackward0" else a < b
+    lose = a < b if c.type == "MaximumBackward0" else a > b  # where(a == b, G / 2, G).masked_fill(a loses, 0):
+    win = a > b if c.type == "MaximumBackward0" else a < b   # a NaN on either side gives both sides G
     tie = a == b
-    return (np.where(win, c.g, np.where(tie, c.g / 2, 0.0)), np.where(win, 0.0, np.where(tie, c.g / 2, c.g)))
+    return (np.where(lose, 0.0, np.where(tie, c.g / 2, c.g)), np.where(win, 0.0, np.where(tie, c.g / 2, c.g)))
 
 
 @rule("HardswishBackward0")
@@ -407,7 +410,7 @@ def _atan2(c):  # atan2(self, other)
 @rule("CeluBackward0")
 def _celu(c):  # elu with input scale 1/alpha, as PyTorch computes it
     x, alpha = c.s["self"], c.a["alpha"]
-    return (np.where(x > 0, c.g, c.g * ((1 / alpha) * alpha * np.exp(x * (1 / alpha)))),)
+    return (np.where(x <= 0, c.g * ((1 / alpha) * alpha * np.exp(x * (1 / alpha))), c.g),)
 
 
 @rule("HardshrinkBackward0", "SoftshrinkBackward0")

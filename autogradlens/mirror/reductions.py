@@ -47,8 +47,8 @@ def _amax(c):
     dims = norm_dims(c.a["dim"], x.ndim)
     ye = unsqueeze_to(y, x.shape, dims, c.a["keepdim"])
     mask = x == ye
-    count = mask.sum(axis=tuple(dims), keepdims=True)
-    return (np.where(mask, unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"]) / count, 0.0),)
+    count = mask.sum(axis=tuple(dims), keepdims=True)  # 0 in a slice whose result is NaN: G / 0 * 0, NaN, as PyTorch
+    return (unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"]) / count * mask,)
 
 
 @rule("MaxBackward0", "MinBackward0")
