@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 import traceback
@@ -185,7 +184,8 @@ def totals(results) -> dict:
     by = Counter(r["verdict"] for r in counted)
     nodes = sum(r["nodes"] for r in counted)
     return {"ops": len(counted), "no graph": sum(r["verdict"] == "no graph" for r in results),
-            "torch wrong": [r["op"] for r in results if r["verdict"] == "torch wrong"], **{v: by.get(v, 0) for v in ORDER},
+            "torch wrong": [r["op"] for r in results if r["verdict"] == "torch wrong"],
+            **{v: by.get(v, 0) for v in ORDER},
             "ok %": 100 * by.get("ok", 0) / max(1, len(counted)),
             "nodes": nodes, "nodes checked %": 100 * sum(r["checked"] for r in counted) / max(1, nodes)}
 

@@ -13,7 +13,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import opinfo  # noqa: E402
 
 SUBSET = [
-    "native_group_norm", "native_layer_norm", "nn.functional.layer_norm", "nn.functional.binary_cross_entropy_with_logits",
+    "native_group_norm", "native_layer_norm", "nn.functional.layer_norm",
+    "nn.functional.binary_cross_entropy_with_logits",
     "as_strided.partial_views", "nn.functional.gelu", "nn.functional.multi_margin_loss", "sum", "amax", "topk",
     "index_reduce.mean", "linalg.vector_norm", "linalg.svd", "linalg.qr", "linalg.pinv", "linalg.solve", "linalg.lu",
     "linalg.eigh", "linalg.cholesky", "linalg.det", "linalg.slogdet", "linalg.inv", "fft.rfft", "fft.irfft", "stft",

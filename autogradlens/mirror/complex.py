@@ -18,7 +18,8 @@ from .table import complex_ok, rule
 # Rules that are structural (they move or sum gradients, or multiply them by real constants): right for complex as is.
 complex_ok("SumBackward0", "SumBackward1", "MeanBackward0", "MeanBackward1", "ViewBackward0", "UnsafeViewBackward0",
            "ReshapeAliasBackward0", "TransposeBackward0", "TransposeBackward1", "TBackward0", "PermuteBackward0",
-           "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "SqueezeBackward3", "SqueezeBackward4", "SqueezeBackward5",
+           "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "SqueezeBackward3", "SqueezeBackward4",
+           "SqueezeBackward5",
            "UnsqueezeBackward0", "ExpandBackward0", "SliceBackward0", "SelectBackward0", "CatBackward0",
            "StackBackward0", "SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0", "CloneBackward0",
            "AliasBackward0", "NegBackward0", "AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1",
@@ -70,7 +71,7 @@ def _polar(c):  # abs * e^{i angle}: slots (abs, angle): Re(conj(G) sgn(z)), Re(
 @rule("FftR2CBackward0")
 def _fft_r2c(c):
     """rfft / stft (real -> complex, one-sided or not) over `dim`: the gradient padded with zeros to the full length,
-    the inverse transform (unnormalised, times the forward's normalisation), its real part (PyTorch's fft_r2c_backward)."""
+    the inverse transform (unnormalised, times the forward's normalisation), its real part (fft_r2c_backward)."""
     dims, shape = [d % len(c.in_shapes[0]) for d in c.a["dim"]], c.in_shapes[0]
     g = c.g
     last = dims[-1]
@@ -108,5 +109,5 @@ def _fft_c2r(c):
     return (t,)
 
 
-complex_ok("ViewAsRealBackward0", "ViewAsComplexBackward0", "ConjBackward0", "ConjPhysicalBackward0", "ComplexBackward0", "PolarBackward0", "FftR2CBackward0", "FftC2CBackward0",
-           "FftC2RBackward0")
+complex_ok("ViewAsRealBackward0", "ViewAsComplexBackward0", "ConjBackward0", "ConjPhysicalBackward0",
+           "ComplexBackward0", "PolarBackward0", "FftR2CBackward0", "FftC2CBackward0", "FftC2RBackward0")

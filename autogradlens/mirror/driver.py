@@ -91,8 +91,9 @@ REAL_OF = {"complex128": "float64", "complex64": "float32", "complex32": "float1
 
 
 def lowest(dtypes) -> str:
-    return max((REAL_OF.get(d, d) for d in dtypes if REAL_OF.get(d, d) in ("float64", "float32", "float16", "bfloat16")),
-               key=unit_roundoff, default="float64")
+    real = (REAL_OF.get(d, d) for d in dtypes)
+    return max((d for d in real if d in ("float64", "float32", "float16", "bfloat16")), key=unit_roundoff,
+               default="float64")
 
 
 def is_complex(op) -> bool:

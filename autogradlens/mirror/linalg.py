@@ -136,7 +136,8 @@ def _inv(c):  # d A^-1 = -A^-1 dA A^-1: the gradient is -A^-T G A^-T, from the s
 def _addmv(c):  # beta self + alpha mat @ vec: slots (self, mat, vec)
     mat, vec, alpha, beta = c.s.get("mat"), c.s.get("vec"), c.a["alpha"], c.a["beta"]
     g = c.g if alpha == 1 else c.g * alpha
-    return (c.g if beta == 1 else c.g * beta, None if vec is None else np.outer(g, vec), None if mat is None else mat.T @ g)
+    return (c.g if beta == 1 else c.g * beta, None if vec is None else np.outer(g, vec),
+            None if mat is None else mat.T @ g)
 
 
 @rule("AddrBackward0")

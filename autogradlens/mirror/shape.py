@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .table import RULES, Unsupported, rule, scatter_axis, sum_to

@@ -48,7 +48,8 @@ _psi = _polygamma(0)
 _i0 = Reduced(lambda x: _sp().i0(x), lambda x: _sp().i1(x))
 _i1 = Reduced(lambda x: _sp().i1(x), lambda x: _sp().i0(x) - _sp().i1(x) / np.where(x == 0, 1.0, x))
 _i0e = Reduced(lambda x: _sp().i0e(x), lambda x: _sp().i1e(x) - np.sign(x) * _sp().i0e(x))
-_i1e = Reduced(lambda x: _sp().i1e(x), lambda x: _sp().i0e(x) - _sp().i1e(x) * (np.sign(x) + 1 / np.where(x == 0, 1.0, x)))
+_i1e = Reduced(lambda x: _sp().i1e(x),
+               lambda x: _sp().i0e(x) - _sp().i1e(x) * (np.sign(x) + 1 / np.where(x == 0, 1.0, x)))
 _erfinv = Reduced(lambda x: _sp().erfinv(x), lambda x: 0.5 * math.sqrt(math.pi) * np.exp(_sp().erfinv(x) ** 2))
 
 
