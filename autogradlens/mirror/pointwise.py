@@ -180,14 +180,26 @@ def _pow_scalar_base(c):
     return (c.g * (c.s["result"] * math.log(c.a["self"])),)
 
 
+def _torch_version() -> tuple:
+    import torch
+    return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+
+
+# torch 2.14 changed clamp's backward at its bounds (measured on 2.13.0 and 2.14.1): with number bounds the gradient is 0
+# at x == min or max (2.13: it passes), with tensor bounds a tie shares G between x and the bound (2.13: x takes it),
+# and clamp_min/clamp_max with a tensor are maximum/minimum (a NaN gives both sides G). The rules follow the torch
+# that runs.
+CLAMP_TIES_SHARED = _torch_version() >= (2, 14)
+
+
 @rule("ClampBackward1", "ClampMinBackward0", "ClampMaxBackward0")
 def _clamp(c):
     x, lo, hi = c.s["self"], c.a.get("min"), c.a.get("max")
     keep = np.ones(x.shape, dtype=bool)
     if lo is not None:
-        keep &= x >= lo
+        keep &= (x > lo) if CLAMP_TIES_SHARED else (x >= lo)
     if hi is not None:
-        keep &= x <= hi
+        keep &= (x < hi) if CLAMP_TIES_SHARED else (x <= hi)
     return (np.where(keep, c.g, 0.0),)
 
 
@@ -556,20 +568,35 @@ def _fmax(c):  # the side that was taken (self on ties, the other one where self
 
 @rule("ClampBackward0", "ClampMinBackward1", "ClampMaxBackward1")
 def _clamp_tensor(c):
-    """clamp with tensor bounds: slots (self, min, max), (self, min) or (self, max). Each element's gradient goes to
-    whichever of self, min, max the result took (PyTorch's clamp_backward_min_max: max wins where min > max)."""
+    """clamp with tensor bounds: slots (self, min, max), (self, min) or (self, max). torch 2.13: x takes G inside
+    [min, max], a bound takes it beyond (max where min > max); 2.14: ties share G (CLAMP_TIES_SHARED)."""
     x, lo, hi = c.s["self"], c.s.get("min"), c.s.get("max")
-    below = np.zeros(x.shape, dtype=bool) if lo is None else x < lo
-    above = np.zeros(x.shape, dtype=bool) if hi is None else x > hi
-    if lo is not None and hi is not None:
-        above = above | (lo > hi)
-        below = below & ~above
-    keep = ~below & ~above
-    dlo = None if lo is None else np.where(below, c.g, 0.0)
-    dhi = None if hi is None else np.where(above, c.g, 0.0)
-    if c.type == "ClampBackward0":
-        return (np.where(keep, c.g, 0.0), dlo, dhi)
-    return (np.where(keep, c.g, 0.0), dlo if c.type == "ClampMinBackward1" else dhi)
+    if c.type == "ClampMinBackward1":
+        return _clamp_one_side(c.g, x, lo, lambda a, b: a < b)
+    if c.type == "ClampMaxBackward1":
+        return _clamp_one_side(c.g, x, hi, lambda a, b: a > b)
+    if lo is None or hi is None:  # clamp(x, min=t) or clamp(x, max=t) with a tensor
+        dx, db = _clamp_one_side(c.g, x, lo if hi is None else hi, (lambda a, b: a < b) if hi is None else
+                                 (lambda a, b: a > b))
+        return (dx, db, None) if hi is None else (dx, None, db)
+    crossed = lo > hi
+    if CLAMP_TIES_SHARED:
+        at_lo, at_hi = (x == lo) & (x != hi), (x == hi) & (x != lo)
+        dx = np.where((x < lo) | (x > hi) | crossed, 0.0, np.where(at_lo | at_hi, c.g / 2, c.g))
+        dlo = np.where(crossed, 0.0, np.where(x < lo, c.g, np.where(at_lo, c.g / 2, 0.0)))
+        dhi = np.where(crossed | (x > hi), c.g, np.where(at_hi, c.g / 2, 0.0))
+        return (dx, dlo, dhi)
+    return (np.where((x >= lo) & (x <= hi), c.g, 0.0), np.where((x < lo) & (lo < hi), c.g, 0.0),
+            np.where((x > hi) | (hi < lo), c.g, 0.0))
+
+
+def _clamp_one_side(g, x, b, beyond):
+    """clamp_min / clamp_max with a tensor bound b (`beyond(x, b)`: x is past it). 2.13: x takes G unless beyond, b
+    takes it beyond; 2.14: as maximum / minimum (ties share G, a NaN gives both sides G)."""
+    if CLAMP_TIES_SHARED:
+        tie = x == b
+        return (np.where(beyond(x, b), 0.0, np.where(tie, g / 2, g)), np.where(beyond(b, x), 0.0, np.where(tie, g / 2, g)))
+    return (np.where(beyond(x, b) | np.isnan(x), 0.0, g), np.where(beyond(x, b), g, 0.0))
 
 
 @rule("NextafterBackward0")
