@@ -537,6 +537,101 @@ ISSUE_19_CASES = {
     "fft_conv_complex": _fft_conv,
 }
 CASES.update(ISSUE_19_CASES)
+def _square(r, k=3):  # well conditioned: a random matrix plus k on the diagonal
+    return r(k, k) + k * torch.eye(k, dtype=r.dtype)
+
+
+def _spd(r, k=3):  # symmetric positive definite, from a leaf
+    a = r(k, k)
+    return a @ a.T + k * torch.eye(k, dtype=r.dtype)
+
+
+def _linalg_solves(r):
+    """det, slogdet, solve (matrix, vector, right), LU (factor, unpack, solve in its four forms), Cholesky (its
+    inverse and solve), triangular solves, pinv and lstsq (tall and wide)."""
+    n = r.n
+    out = torch.linalg.det(_square(r)) + torch.linalg.slogdet(_square(r)).logabsdet
+    out = out + weighted(r, torch.linalg.solve(_square(r), r(3, n))) + weighted(r, torch.linalg.solve(_square(r), r(3)))
+    out = out + weighted(r, torch.linalg.solve(_square(r), r(n, 3), left=False))
+    lu, piv = torch.linalg.lu_factor(_square(r))
+    out = out + weighted(r, lu)
+    _, lo, up = torch.linalg.lu(r(3, n + 1))
+    out = out + weighted(r, lo) + weighted(r, up)
+    lu2, piv2 = torch.linalg.lu_factor(r(n + 1, 3))
+    _, lo2, up2 = torch.lu_unpack(lu2, piv2)
+    out = out + weighted(r, lo2) + weighted(r, up2)
+    lu3, piv3 = torch.linalg.lu_factor(_square(r))
+    for left in (True, False):
+        for adjoint in (False, True):
+            b = r(3, n) if left else r(n, 3)
+            out = out + weighted(r, torch.linalg.lu_solve(lu3, piv3, b, left=left, adjoint=adjoint))
+    chol = torch.linalg.cholesky(_spd(r))
+    out = out + weighted(r, chol) + weighted(r, torch.linalg.cholesky_ex(_spd(r), upper=True).L)
+    out = out + weighted(r, torch.cholesky_inverse(chol)) + weighted(r, torch.cholesky_solve(r(3, n), chol))
+    tri = torch.triu(_square(r))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*deprecated.*", UserWarning)  # the old names, still their own nodes
+        out = out + weighted(r, torch.cholesky(_spd(r))) + weighted(r, torch.cholesky_inverse(chol.mT, upper=True))
+        out = out + weighted(r, torch.triangular_solve(r(3, n), tri).solution)
+        out = out + weighted(r, torch.triangular_solve(r(3, n), tri.mT, upper=False, transpose=True,
+                                                       unitriangular=True).solution)
+    out = out + weighted(r, torch.linalg.solve_triangular(tri, r(3, n), upper=True))
+    out = out + weighted(r, torch.linalg.solve_triangular(tri.mT, r(n, 3), upper=False, left=False, unitriangular=True))
+    out = out + weighted(r, torch.linalg.pinv(r(n + 2, 3))) + weighted(r, torch.linalg.pinv(r(2, n + 2)))
+    out = out + weighted(r, torch.linalg.lstsq(r(n + 3, 3), r(n + 3, 2)).solution)
+    return out + weighted(r, torch.linalg.lstsq(r(2, n + 2), r(2, 1), driver="gelsd").solution)
+
+
+def _linalg_decompositions(r):
+    """svd (reduced and full, tall and wide), svdvals, eigh, eigvalsh, qr (tall, wide, square complete)."""
+    n = r.n
+    out = 0
+    for shape in ((n + 2, 3), (2, n + 2)):
+        u, s, vh = torch.linalg.svd(r(*shape), full_matrices=False)
+        out = out + weighted(r, u) + weighted(r, s) + weighted(r, vh)
+        q, rr = torch.linalg.qr(r(*shape))
+        out = out + weighted(r, q) + weighted(r, rr)
+    u, s, vh = torch.linalg.svd(r(3, 3), full_matrices=True)
+    out = out + weighted(r, u) + weighted(r, s) + weighted(r, vh) + weighted(r, torch.linalg.svdvals(r(n + 1, 3)))
+    a = r(3, 3)
+    lam, v = torch.linalg.eigh(a + a.T)
+    b = r(4, 4)
+    q, rr = torch.linalg.qr(r(3, 3), mode="complete")
+    return out + weighted(r, lam) + weighted(r, v) + weighted(r, torch.linalg.eigvalsh(b + b.T)) + weighted(
+        r, q) + weighted(r, rr)
+
+
+def _more_reductions(r):
+    x = r(r.n, 4)
+    out = x.median() + x.nanmedian() + weighted(r, x.nanmedian(1).values) + weighted(r, torch.sort(x, dim=1, stable=True)[0])
+    v, m = torch.var_mean(r(r.n, 4), 1)
+    sd, m2 = torch.std_mean(r(r.n, 4), correction=0)
+    out = out + weighted(r, v) + weighted(r, m) + sd * 2 + m2 + torch.nansum(r(r.n, 3)) + torch.nanmean(r(r.n, 3), 0).sum()
+    mn, mx = torch.aminmax(r(r.n, 4), dim=1)
+    mn2, mx2 = torch.aminmax(r(r.n, 4))
+    out = out + weighted(r, mn) + weighted(r, mx) + mn2 * 2 + mx2 + weighted(r, torch.logcumsumexp(r(r.n, 4), 1))
+    out = out + weighted(r, torch.renorm(r(r.n, 3, 2), 2, 1, 0.8)) + weighted(r, torch.renorm(r(r.n, 3), 1, 0, 1.5))
+    tgt = torch.tensor([[3, 0, -1, 1], [1, 2, 3, -1], [-1, 0, 0, 0]][: r.n] + [[0, 1, -1, 2]] * max(0, r.n - 3))
+    out = out + F.multilabel_margin_loss(r(r.n, 4), tgt) + weighted(r, F.multilabel_margin_loss(
+        r(r.n, 4), tgt, reduction="none"))
+    rm, rv = torch.zeros(3, dtype=r.dtype), torch.ones(3, dtype=r.dtype)
+    out = out + weighted(r, torch.ops.aten._native_batch_norm_legit(r(r.n + 2, 3, 2), r(3), r(3), rm.clone(),
+                                                                     rv.clone(), True, 0.1, 1e-5)[0])
+    return out + weighted(r, torch.ops.aten._batch_norm_with_update(r(r.n + 2, 3, 2), r(3), r(3), rm.clone(),
+                                                                    rv.clone(), 0.1, 1e-5)[0])
+
+
+CASES.update({
+    "linalg_solves": _linalg_solves,
+    "linalg_decompositions": _linalg_decompositions,
+    "linalg_products_bilinear": lambda r: weighted(r, torch.addmv(r(3), r(3, r.n), r(r.n), beta=0.5, alpha=2.0)
+                                                   + torch.addr(r(3, 1), r(3), r(1)) + torch.addbmm(
+        r(3, 1), r(r.n, 3, 2), r(r.n, 2, 1), alpha=0.5)[:, 0]) + torch.vdot(r(4), r(4)) + weighted(
+        r, F.bilinear(r(r.n, 3), r(r.n, 2), r(4, 3, 2), r(4))),
+    "more_reductions_losses": _more_reductions,
+})
+
+
 # Where PyTorch's own backward is wrong (its gradient test expects a failure): the mirror must report a mismatch.
 TORCH_WRONG = {
     "as_strided_scatter": lambda r: weighted(r, torch.as_strided_scatter(r(3, 3) * 1, r(2, 2), (2, 2), (1, 2), 1)),

@@ -200,12 +200,18 @@ def _eye_like(a):
     return np.broadcast_to(np.eye(a.shape[-1]), a.shape)
 
 
+def _lsolve(a, b):  # a^-1 b; for Values (scalar mode) the inverse's product, whose error the solve's bound covers
+    if getattr(b, "dtype", None) == object:
+        return np.linalg.inv(np.asarray(a, dtype=np.float64)) @ b
+    return np.linalg.solve(a, b)
+
+
 def _solve_left(a, b, adjoint=False):  # a^-1 b, or a^-T b
-    return np.linalg.solve(_mT(a) if adjoint else a, b)
+    return _lsolve(_mT(a) if adjoint else a, b)
 
 
 def _solve_right(b, a, adjoint=False):  # b a^-1, or b a^-T
-    return _mT(np.linalg.solve(a if adjoint else _mT(a), _mT(b)))
+    return _mT(_lsolve(a if adjoint else _mT(a), _mT(b)))
 
 
 def _tri(a, upper, unit=False):  # the triangle a triangular solve reads (its diagonal 1 when unitriangular)
@@ -226,7 +232,8 @@ def _nonsingular(d, what):
 def _det(c):  # G det(A) A^-T
     a, det = c.s["A"], c.s["result"]
     _nonsingular(det, "det")
-    return (_solve_left(a, (c.g * det)[..., None, None] * _eye_like(a), adjoint=True),)
+    gd = np.reshape(c.g * det, np.shape(det) + (1, 1))  # (a 0-d product of Values is a bare Value)
+    return (_solve_left(a, gd * _eye_like(a), adjoint=True),)
 
 
 @rule("LinalgSlogdetBackward0")
@@ -448,7 +455,7 @@ def _lstsq(c):  # outputs (solution, residuals, rank, singular values): slots (s
     if np.any(np.linalg.matrix_rank(np.asarray(a)) < min(a.shape[-2:])):
         raise Unsupported("lstsq of a rank-deficient matrix (its pseudo-inverse is PyTorch's SVD's)")
     if a.shape[-2] >= a.shape[-1]:  # full column rank: (A^T A)^-1 A^T
-        pinv = np.linalg.solve(_mT(a) @ a, _mT(a))
+        pinv = _lsolve(_mT(a) @ a, _mT(a))
     else:  # full row rank: A^T (A A^T)^-1
         pinv = _mT(np.linalg.solve(a @ _mT(a), a))
     gb = _mT(pinv) @ g
