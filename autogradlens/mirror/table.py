@@ -136,4 +136,9 @@ NO_RULE = {
     "ScaledDotProductFlashAttentionBackward0": "CUDA only (CPU uses ScaledDotProductFlashAttentionForCpuBackward0)",
     "ScaledDotProductEfficientAttentionBackward0": "CUDA only",
     "CudnnRnnBackward0": "CUDA only (CPU uses MkldnnRnnLayerBackward0 or plain ops)",
+    "ToSparseBackward0": "a sparse tensor's gradient: its layout (which zeros are structural) is not compared",
+    "ToSparseBackward1": "a sparse tensor's gradient: its layout (which zeros are structural) is not compared",
+    "ToDenseBackward0": "a sparse tensor's gradient: its layout (which zeros are structural) is not compared",
+    "SparseMmReduceImplBackward0": "a sparse tensor's gradient: its layout (which zeros are structural) is not "
+                                   "compared",
 }

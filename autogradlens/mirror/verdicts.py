@@ -47,7 +47,7 @@ import torch
 
 from .driver import REAL_OF, rounding, unreadable
 from .scalar import floats
-from .table import RULES
+from .table import NO_RULE, RULES
 
 
 def _rounded(m: np.ndarray, dtype: str) -> np.ndarray:
@@ -130,7 +130,8 @@ def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> lis
         flows = step.incoming.get(nid) or []
         e2e = None if op.note else _merge([_compare(f.g, _zeros_for(f.g) if t is None else t, f.e, op.out_dtype)
                                            for f, t in zip(flows, seen_in[nid]) if f is not None])
-        note = step.notes.get(nid) or (None if op.type in RULES else "no rule for this node type")
+        note = step.notes.get(nid) or (None if op.type in RULES else  # a known reason's first clause, or none
+                                       NO_RULE.get(op.type, "no rule for this node type").split(": ")[0])
         rows.append(_row(nid, op.type, op.name, "node", local, e2e, note, _largest(bounds or []),
                          _largest([f.e for f in flows if f is not None])))
     for nid in tr.graph:  # leaves in the order the trace walked them
