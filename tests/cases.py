@@ -571,7 +571,9 @@ def _linalg_solves(r):
     tri = torch.triu(_square(r))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*deprecated.*", UserWarning)  # the old names, still their own nodes
-        out = out + weighted(r, torch.cholesky(_spd(r))) + weighted(r, torch.cholesky_inverse(chol.mT, upper=True))
+        if hasattr(torch._C._functions, "CholeskyBackward0"):  # torch.cholesky, removed in torch 2.14
+            out = out + weighted(r, torch.cholesky(_spd(r)))
+        out = out + weighted(r, torch.cholesky_inverse(chol.mT, upper=True))
         out = out + weighted(r, torch.triangular_solve(r(3, n), tri).solution)
         out = out + weighted(r, torch.triangular_solve(r(3, n), tri.mT, upper=False, transpose=True,
                                                        unitriangular=True).solution)

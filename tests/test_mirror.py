@@ -61,7 +61,12 @@ def test_catalogue_covers_the_issue_list_and_every_type_has_a_rule():
     for name, case in TORCH_WRONG.items():  # test_pytorchs_own_wrong_gradients_are_caught
         r = Rand(1)
         seen |= {row["type"] for row in lens.mirror(case(r), params=r.leaves, mode="tensor").rows}
-    assert set(table.RULES) <= seen, f"rules no test exercises: {sorted(set(table.RULES) - seen)}"
+    assert existing(table.RULES) <= seen, f"rules no test exercises: {sorted(existing(table.RULES) - seen)}"
+
+
+def existing(types) -> set:
+    """The node types the running torch has (a rule may serve an older one: CholeskyBackward0 before 2.14)."""
+    return {t for t in types if hasattr(torch._C._functions, t)}
 
 
 class _Nudged(Rand):
