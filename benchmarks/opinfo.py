@@ -134,9 +134,10 @@ def known_wrong(op) -> bool:
     TestBwdGradients.test_fn_grad), or KNOWN_WRONG lists it: its backward is known to be wrong, so a mismatch there
     is the mirror catching it."""
     import unittest
-    return op_name(op) in KNOWN_WRONG or any(getattr(d, "cls_name", None) == "TestBwdGradients" and getattr(d, "test_name", None) == "test_fn_grad"
-               and unittest.expectedFailure in getattr(d, "decorators", ()) and d.active_if and d.device_type in
-               (None, "cpu") for d in op.decorators)
+    return op_name(op) in KNOWN_WRONG or any(
+        getattr(d, "cls_name", None) == "TestBwdGradients" and getattr(d, "test_name", None) == "test_fn_grad"
+        and unittest.expectedFailure in getattr(d, "decorators", ()) and d.active_if and d.device_type in (None, "cpu")
+        for d in op.decorators)
 
 
 def differentiable(op, dtype) -> bool:

@@ -201,7 +201,7 @@ def _eye_like(a):
 
 
 def _lsolve(a, b):  # a^-1 b (for Values, scalar mode: an LU solve written out, as backward stable as LAPACK's)
-    if getattr(b, "dtype", None) == object:
+    if isinstance(b, np.ndarray) and b.dtype.kind == "O":
         return _values_solve(np.asarray(a, dtype=np.float64), b)
     return np.linalg.solve(a, b)
 

@@ -185,8 +185,8 @@ def _torch_version() -> tuple:
     return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 
 
-# torch 2.14 changed clamp's backward at its bounds (measured on 2.13.0 and 2.14.1): with number bounds the gradient is 0
-# at x == min or max (2.13: it passes), with tensor bounds a tie shares G between x and the bound (2.13: x takes it),
+# torch 2.14 changed clamp's backward at its bounds (measured on 2.13.0 and 2.14.1): with number bounds the gradient is
+# 0 at x == min or max (2.13: it passes), with tensor bounds a tie shares G between x and the bound (2.13: x takes it),
 # and clamp_min/clamp_max with a tensor are maximum/minimum (a NaN gives both sides G). The rules follow the torch
 # that runs.
 CLAMP_TIES_SHARED = _torch_version() >= (2, 14)
@@ -595,7 +595,8 @@ def _clamp_one_side(g, x, b, beyond):
     takes it beyond; 2.14: as maximum / minimum (ties share G, a NaN gives both sides G)."""
     if CLAMP_TIES_SHARED:
         tie = x == b
-        return (np.where(beyond(x, b), 0.0, np.where(tie, g / 2, g)), np.where(beyond(b, x), 0.0, np.where(tie, g / 2, g)))
+        return (np.where(beyond(x, b), 0.0, np.where(tie, g / 2, g)),
+                np.where(beyond(b, x), 0.0, np.where(tie, g / 2, g)))
     return (np.where(beyond(x, b) | np.isnan(x), 0.0, g), np.where(beyond(x, b), g, 0.0))
 
 
