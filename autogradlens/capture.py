@@ -28,6 +28,8 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     t = t.resolve_conj().resolve_neg()
     if t.is_floating_point():
         t = t.to("cpu", torch.float64)
+    elif t.is_complex():  # complex32 (chalf) has no numpy type
+        t = t.to("cpu", torch.complex128)
     # force: PyTorch hands some all-zero gradients over as "ZeroTensors" (sgn's, for one) that refuse a plain .numpy()
     return t.to("cpu").numpy(force=True).copy()
 

@@ -409,6 +409,237 @@ NEW_CASES = {
 }
 CASES.update(NEW_CASES)
 
+
+def _unit(r, *shape):  # inside (-0.9, 0.9): for asin, atanh, erfinv
+    return torch.tanh(r(*shape)) * 0.9
+
+
+def _zero_gradient_ops(r):
+    """Ops whose gradient is zero everywhere: angle of a real tensor, division with rounding, fill_, zero_, random
+    samples (normal, bernoulli), each beside a term that does have a gradient."""
+    x, p, m = r(r.n, 3), torch.sigmoid(r(r.n, 3)), r(r.n, 3)
+    out = torch.angle(x) + torch.div(x, 0.7, rounding_mode="floor") + torch.div(x, x.detach() + 3, rounding_mode="trunc")
+    out = out + x.clone().fill_(2.0) + x.clone().zero_() + torch.normal(m, 1.0, generator=r.g)
+    out = out + torch.normal(2.0, p, generator=r.g) + torch.normal(m, p, generator=r.g) + m.clone().normal_(generator=r.g)
+    out = out + torch.bernoulli(p, generator=r.g) + m.clone().bernoulli_(0.5, generator=r.g)
+    return weighted(r, out + m.clone().bernoulli_(p, generator=r.g) + x * m * p)
+
+
+def _views_copy(r):
+    """The *_copy ops (a view op that copies): each has its view's backward."""
+    x = r(2, r.n, 1, 3)
+    out = torch.squeeze_copy(x).sum() + torch.squeeze_copy(x, 2).sum() + torch.squeeze_copy(x, (0, 2)).sum(0)[0]
+    out = out + torch.select_copy(x, 1, 0).sum() + torch.slice_copy(x, 1, 0, 1).sum() + torch.t_copy(r(3, 2))[1]
+    out = out + torch.split_copy(x, 1, 0)[1].sum() + torch.split_with_sizes_copy(x, [1, 1], 0)[0].sum()
+    out = out + torch.transpose_copy(x, 0, 3).sum((1, 2, 3)) + torch.permute_copy(x, (3, 1, 2, 0)).sum((1, 2, 3))
+    out = out + torch.unbind_copy(x, 3)[2].sum() + torch.unfold_copy(r(5), 0, 2, 1).sum() + torch.alias_copy(r(3))
+    out = out + torch.unsqueeze_copy(r(3), 0)[0] + torch.view_copy(r(1, 3), (3,)) + torch.expand_copy(r(1), (3,))
+    out = out + torch.diagonal_copy(r(3, 4)) + torch.as_strided_copy(r(2, 3) * 1, (3,), (2,), 0)
+    return weighted(r, out)
+
+
+def _in_place_squeezes(r):  # squeeze_(), squeeze_(dim), squeeze_(dims): SqueezeBackward3, 4, 5
+    x = r(1, r.n, 1, 2)
+    return weighted(r, x.clone().squeeze_().sum(-1) + x.clone().squeeze_(0).sum((1, 2)) + x.clone().squeeze_((0, 2))[:, 0])
+
+
+def _scatter_views(r):
+    x = r(4, 5)
+    return weighted(r, torch.diagonal_scatter(x, r(4), 0) + torch.diagonal_scatter(x, r(4), 1, 0, 1)
+                    + torch.select_scatter(x, r(5), 0, 2) + torch.slice_scatter(x, r(4, 2), 1, 1, 5, 2)
+                    + x.diagonal(-1).sum() + torch.rot90(r(5, 4), 1, (0, 1)) + torch.rot90(r(4, 5), 2)
+                    + torch.narrow_copy(r(4, 7), 1, 2, 5))
+
+
+def _index_writes(r):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*_unsafe_masked_index.*")
+        mask = torch.tensor([[True, False, True], [False, True, True]])
+        idx = (torch.tensor([[0], [3]]), torch.tensor([[1, 7, 2]]))  # 7: out of range where the mask is off
+        a = torch.ops.aten._unsafe_masked_index(r(4, 3), mask, idx[:1] + (torch.tensor([[1, 0, 2]]),), 0.0)
+        b = torch.ops.aten._unsafe_masked_index_put_accumulate(r(4, 3), mask, (idx[0], torch.tensor([[1, 0, 2]])),
+                                                              r(2, 3))
+    x = r(5, 3)
+    out = x.index_copy(0, torch.tensor([3, 0]), r(2, 3)) + x.put(torch.tensor([1, -2, 4]), r(3))
+    out = out + x.put(torch.tensor([1, 1, 4]), r(3), accumulate=True) + x.index_fill(1, torch.tensor([2]), r(()))
+    out = out + torch.zeros(5, 3, dtype=r.dtype).copy_(r(3)) + x.clone().fill_(r(())) + torch.fill(x, 2.0)
+    out = out + torch.fill(x, r(()))
+    return weighted(r, out) + weighted(r, a) + weighted(r, b) + weighted(r, r(()).index_copy(0, torch.tensor([0]), r(())))
+
+
+def _pools(r):
+    s2 = torch.rand(1, 2, 2, generator=r.g, dtype=r.dtype)
+    s3 = torch.rand(1, 2, 3, generator=r.g, dtype=r.dtype)
+    out = weighted(r, F.fractional_max_pool2d(r(1, 2, 7, 6), 2, output_size=(3, 3), _random_samples=s2))
+    out = out + weighted(r, F.fractional_max_pool3d(r(1, 2, 5, 5, 4), 2, output_size=2, _random_samples=s3))
+    out = out + weighted(r, F.adaptive_max_pool3d(r(1, 2, 4, 3, 5), (2, 2, 3)))
+    x2, x3 = r(1, 2, 4, 6, grad=False), r(1, 1, 4, 4, 4, grad=False)
+    o2, i2 = F.max_pool2d(x2, 2, return_indices=True)
+    o3, i3 = F.max_pool3d(x3, 2, return_indices=True)
+    g2, g3 = r(*o2.shape), r(*o3.shape)
+    out = out + weighted(r, torch.ops.aten.max_pool2d_with_indices_backward(g2, x2, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                                            False, i2))
+    return out + weighted(r, torch.ops.aten.max_pool3d_with_indices_backward(g3, x3, [2] * 3, [2] * 3, [0] * 3,
+                                                                             [1] * 3, False, i3))
+
+
+def _stft_magnitude(r):
+    """An audio front end: the magnitude of a short-time Fourier transform (frames by as_strided, a window, rfft)."""
+    x = r(2, 40)
+    spec = torch.stft(x, n_fft=8, hop_length=4, window=torch.hann_window(8, dtype=r.dtype), return_complex=True)
+    return weighted(r, torch.view_as_real(spec).pow(2).sum(-1).add(1e-6).sqrt()) + weighted(r, spec.abs())
+
+
+def _fft_conv(r):
+    """A convolution through the FFT (irfft(rfft(x) rfft(w))), and the complex transforms, polar and complex."""
+    x, w = r(r.n, 8), r(8)
+    y = torch.fft.irfft(torch.fft.rfft(x) * torch.fft.rfft(w), n=8)
+    z = torch.fft.fft2(r(3, 4)) * torch.polar(r(3, 4, positive=True), r(3, 4)) + torch.complex(r(3, 4), r(3, 4))
+    z = torch.fft.ifft(z.conj() / (torch.view_as_complex(r(3, 4, 2)) + 3), dim=0) + torch.conj_physical(z)
+    return weighted(r, y) + weighted(r, torch.view_as_real(z.resolve_conj())) + weighted(r, torch.fft.hfft(z, n=6)) + weighted(
+        r, torch.view_as_real(torch.fft.ihfft(r(r.n, 5)).resolve_conj()))
+
+
+ISSUE_19_CASES = {
+    "trig_hyperbolic_log": lambda r: weighted(r, torch.asin(_unit(r, r.n, 3)) + torch.acos(_unit(r, r.n, 3))
+                                              + torch.atan(r(r.n, 3)) + torch.asinh(r(r.n, 3))
+                                              + torch.acosh(r(r.n, 3, positive=True) + 1) + torch.atanh(_unit(r, r.n, 3))
+                                              + torch.sinh(r(r.n, 3)) + torch.cosh(r(r.n, 3)) + torch.tan(r(r.n, 3) * 0.5)
+                                              + torch.expm1(r(r.n, 3)) + torch.log2(r(r.n, 3, positive=True))
+                                              + torch.log10(r(r.n, 3, positive=True)) + torch.erfc(r(r.n, 3))),
+    "special_gamma": lambda r: weighted(r, torch.lgamma(r(r.n, 3, positive=True)) + torch.digamma(r(r.n, 3) * 3)
+                                        + torch.polygamma(2, r(r.n, 3, positive=True)) + torch.polygamma(1, r(r.n, 3) * 3)
+                                        + torch.mvlgamma(r(r.n, 3, positive=True) + 2, 3)),
+    "special_bessel_normal": lambda r: weighted(r, torch.i0(r(r.n, 3) * 3) + torch.special.i0e(r(r.n, 3) * 3)
+                                                + torch.special.i1(r(r.n, 3) * 3) + torch.special.i1e(r(r.n, 3) * 3)
+                                                + torch.erfinv(_unit(r, r.n, 3))
+                                                + torch.special.ndtri(torch.sigmoid(r(r.n, 3)))
+                                                + torch.special.log_ndtr(r(r.n, 3) * 3) + torch.special.erfcx(r(r.n, 3))
+                                                + torch.special.xlog1py(r(r.n, 3), r(r.n, 3, positive=True))),
+    "fmax_fmin_clamp_tensors": lambda r: weighted(r, torch.fmax(r(r.n, 4), r(r.n, 4)) + torch.fmin(r(r.n, 4), r(4))
+                                                  + torch.clamp(r(r.n, 4), r(r.n, 4) - 0.5, r(r.n, 4) + 0.5)
+                                                  + torch.clamp(r(r.n, 4), min=r(4)) + torch.clamp_min(r(r.n, 4), r(4))
+                                                  + torch.clamp_max(r(r.n, 4), r(r.n, 1))),
+    "zero_gradient_ops": _zero_gradient_ops,
+    "nextafter_frexp_ldexp_rrelu": lambda r: weighted(r, torch.nextafter(r(r.n, 3), r(r.n, 3))
+                                                      + torch.frexp(r(r.n, 3)).mantissa
+                                                      + torch.ldexp(r(r.n, 3), r(r.n, 3))
+                                                      + F.rrelu(r(r.n, 3), training=True)),
+    "dropout_double": lambda r: weighted(r, torch.ops.aten.native_dropout_backward(
+        r(r.n, 4), torch.rand(r.n, 4, generator=r.g) > 0.3, 1 / 0.7)),
+    "views_copy": _views_copy,
+    "squeeze_in_place": _in_place_squeezes,
+    "scatter_views_rot90_narrow": _scatter_views,
+    "channel_shuffle": lambda r: weighted(r, F.channel_shuffle(r(2, 6, 2, r.n), 3)),
+    "index_writes": _index_writes,
+    "fractional_adaptive3d_pool_double": _pools,
+    "stft_magnitude": _stft_magnitude,
+    "fft_conv_complex": _fft_conv,
+}
+CASES.update(ISSUE_19_CASES)
+def _square(r, k=3):  # well conditioned: a random matrix plus k on the diagonal
+    return r(k, k) + k * torch.eye(k, dtype=r.dtype)
+
+
+def _spd(r, k=3):  # symmetric positive definite, from a leaf
+    a = r(k, k)
+    return a @ a.T + k * torch.eye(k, dtype=r.dtype)
+
+
+def _linalg_solves(r):
+    """det, slogdet, solve (matrix, vector, right), LU (factor, unpack, solve in its four forms), Cholesky (its
+    inverse and solve), triangular solves, pinv and lstsq (tall and wide)."""
+    n = r.n
+    out = torch.linalg.det(_square(r)) + torch.linalg.slogdet(_square(r)).logabsdet
+    out = out + weighted(r, torch.linalg.solve(_square(r), r(3, n))) + weighted(r, torch.linalg.solve(_square(r), r(3)))
+    out = out + weighted(r, torch.linalg.solve(_square(r), r(n, 3), left=False))
+    lu, piv = torch.linalg.lu_factor(_square(r))
+    out = out + weighted(r, lu)
+    _, lo, up = torch.linalg.lu(r(3, n + 1))
+    out = out + weighted(r, lo) + weighted(r, up)
+    lu2, piv2 = torch.linalg.lu_factor(r(n + 1, 3))
+    _, lo2, up2 = torch.lu_unpack(lu2, piv2)
+    out = out + weighted(r, lo2) + weighted(r, up2)
+    lu3, piv3 = torch.linalg.lu_factor(_square(r))
+    for left in (True, False):
+        for adjoint in (False, True):
+            b = r(3, n) if left else r(n, 3)
+            out = out + weighted(r, torch.linalg.lu_solve(lu3, piv3, b, left=left, adjoint=adjoint))
+    chol = torch.linalg.cholesky(_spd(r))
+    out = out + weighted(r, chol) + weighted(r, torch.linalg.cholesky_ex(_spd(r), upper=True).L)
+    out = out + weighted(r, torch.cholesky_inverse(chol)) + weighted(r, torch.cholesky_solve(r(3, n), chol))
+    tri = torch.triu(_square(r))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*deprecated.*", UserWarning)  # the old names, still their own nodes
+        if hasattr(torch._C._functions, "CholeskyBackward0"):  # torch.cholesky, removed in torch 2.14
+            out = out + weighted(r, torch.cholesky(_spd(r)))
+        out = out + weighted(r, torch.cholesky_inverse(chol.mT, upper=True))
+        out = out + weighted(r, torch.triangular_solve(r(3, n), tri).solution)
+        out = out + weighted(r, torch.triangular_solve(r(3, n), tri.mT, upper=False, transpose=True,
+                                                       unitriangular=True).solution)
+    out = out + weighted(r, torch.linalg.solve_triangular(tri, r(3, n), upper=True))
+    out = out + weighted(r, torch.linalg.solve_triangular(tri.mT, r(n, 3), upper=False, left=False, unitriangular=True))
+    out = out + weighted(r, torch.linalg.pinv(r(n + 2, 3))) + weighted(r, torch.linalg.pinv(r(2, n + 2)))
+    out = out + weighted(r, torch.linalg.lstsq(r(n + 3, 3), r(n + 3, 2)).solution)
+    return out + weighted(r, torch.linalg.lstsq(r(2, n + 2), r(2, 1), driver="gelsd").solution)
+
+
+def _linalg_decompositions(r):
+    """svd (reduced and full, tall and wide), svdvals, eigh, eigvalsh, qr (tall, wide, square complete)."""
+    n = r.n
+    out = 0
+    for shape in ((n + 2, 3), (2, n + 2)):
+        u, s, vh = torch.linalg.svd(r(*shape), full_matrices=False)
+        out = out + weighted(r, u) + weighted(r, s) + weighted(r, vh)
+        q, rr = torch.linalg.qr(r(*shape))
+        out = out + weighted(r, q) + weighted(r, rr)
+    u, s, vh = torch.linalg.svd(r(3, 3), full_matrices=True)
+    out = out + weighted(r, u) + weighted(r, s) + weighted(r, vh) + weighted(r, torch.linalg.svdvals(r(n + 1, 3)))
+    a = r(3, 3)
+    lam, v = torch.linalg.eigh(a + a.T)
+    b = r(4, 4)
+    q, rr = torch.linalg.qr(r(3, 3), mode="complete")
+    return out + weighted(r, lam) + weighted(r, v) + weighted(r, torch.linalg.eigvalsh(b + b.T)) + weighted(
+        r, q) + weighted(r, rr)
+
+
+def _more_reductions(r):
+    x = r(r.n, 4)
+    out = x.median() + x.nanmedian() + weighted(r, x.nanmedian(1).values) + weighted(r, torch.sort(x, dim=1, stable=True)[0])
+    v, m = torch.var_mean(r(r.n, 4), 1)
+    sd, m2 = torch.std_mean(r(r.n, 4), correction=0)
+    out = out + weighted(r, v) + weighted(r, m) + sd * 2 + m2 + torch.nansum(r(r.n, 3)) + torch.nanmean(r(r.n, 3), 0).sum()
+    mn, mx = torch.aminmax(r(r.n, 4), dim=1)
+    mn2, mx2 = torch.aminmax(r(r.n, 4))
+    out = out + weighted(r, mn) + weighted(r, mx) + mn2 * 2 + mx2 + weighted(r, torch.logcumsumexp(r(r.n, 4), 1))
+    out = out + weighted(r, torch.renorm(r(r.n, 3, 2), 2, 1, 0.8)) + weighted(r, torch.renorm(r(r.n, 3), 1, 0, 1.5))
+    tgt = torch.tensor([[3, 0, -1, 1], [1, 2, 3, -1], [-1, 0, 0, 0]][: r.n] + [[0, 1, -1, 2]] * max(0, r.n - 3))
+    out = out + F.multilabel_margin_loss(r(r.n, 4), tgt) + weighted(r, F.multilabel_margin_loss(
+        r(r.n, 4), tgt, reduction="none"))
+    rm, rv = torch.zeros(3, dtype=r.dtype), torch.ones(3, dtype=r.dtype)
+    out = out + weighted(r, torch.ops.aten._native_batch_norm_legit(r(r.n + 2, 3, 2), r(3), r(3), rm.clone(),
+                                                                     rv.clone(), True, 0.1, 1e-5)[0])
+    return out + weighted(r, torch.ops.aten._batch_norm_with_update(r(r.n + 2, 3, 2), r(3), r(3), rm.clone(),
+                                                                    rv.clone(), 0.1, 1e-5)[0])
+
+
+CASES.update({
+    "linalg_solves": _linalg_solves,
+    "linalg_decompositions": _linalg_decompositions,
+    "linalg_products_bilinear": lambda r: weighted(r, torch.addmv(r(3), r(3, r.n), r(r.n), beta=0.5, alpha=2.0)
+                                                   + torch.addr(r(3, 1), r(3), r(1)) + torch.addbmm(
+        r(3, 1), r(r.n, 3, 2), r(r.n, 2, 1), alpha=0.5)[:, 0]) + torch.vdot(r(4), r(4)) + weighted(
+        r, F.bilinear(r(r.n, 3), r(r.n, 2), r(4, 3, 2), r(4))),
+    "more_reductions_losses": _more_reductions,
+})
+
+
+# Where PyTorch's own backward is wrong (its gradient test expects a failure): the mirror must report a mismatch.
+TORCH_WRONG = {
+    "as_strided_scatter": lambda r: weighted(r, torch.as_strided_scatter(r(3, 3) * 1, r(2, 2), (2, 2), (1, 2), 1)),
+}
+COMPLEX_CASES = {"stft_magnitude", "fft_conv_complex"}  # scalar mode leaves their complex nodes unmirrored (Values are real)
+
 # Node types the catalogue must produce (the issue's coverage list).
 EXPECTED_TYPES = {
     "AddmmBackward0", "MmBackward0", "BmmBackward0", "TBackward0", "ReluBackward0", "TanhBackward0",

@@ -55,8 +55,9 @@ def test_rules_are_linear_in_the_incoming_gradient_and_never_branch_on_it(name, 
                 if a is None:
                     assert b is None and m is None
                     continue
-                want = 2 * np.asarray(a, dtype=np.float64) + 3 * np.asarray(b, dtype=np.float64)
-                np.testing.assert_allclose(np.asarray(m, dtype=np.float64), want, rtol=1e-9, atol=1e-9, err_msg=c.type)
+                num = np.result_type(np.asarray(a), np.asarray(b), np.float64)  # complex gradients stay complex
+                want = 2 * np.asarray(a, dtype=num) + 3 * np.asarray(b, dtype=num)
+                np.testing.assert_allclose(np.asarray(m, dtype=num), want, rtol=1e-9, atol=1e-9, err_msg=c.type)
             checked.append(c.type)
             return out
         return rule

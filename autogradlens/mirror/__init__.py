@@ -3,8 +3,8 @@
 This package is `lens.mirror` itself: calling it runs :func:`mirror` (its docstring below). Inside:
 
 - ``table``: the rule table (``RULES``), what a rule is given (``Ctx``), the helpers rules share;
-- the rules by op family: ``pointwise``, ``reductions``, ``linalg``, ``shape``, ``indexing``, ``conv``, ``norm``,
-  ``losses``, ``attention``;
+- the rules by op family: ``pointwise``, ``special``, ``reductions``, ``linalg``, ``shape``, ``indexing``, ``conv``,
+  ``norm``, ``losses``, ``attention``, ``complex``;
 - ``driver``: the graph as the mirror reads it and its own backward pass (``replay``);
 - ``bounds``: rules run on magnitudes, the rounding bound; ``verdicts``: the comparisons (NOTE [bound]);
 - ``scalar``: scalar mode (every element a ``Value``); ``report``: ``MirrorReport``.
@@ -22,9 +22,9 @@ from .._guard import collector_paused
 from ..capture import capture
 from ..errors import LensValueError
 from ..tracing import short_name, traced
-from . import attention, conv, indexing, linalg, losses, norm, pointwise, reductions, shape  # noqa: F401 (the rules)
+from . import attention, complex, conv, indexing, linalg, losses, norm, pointwise, reductions, shape, special  # noqa: F401
 from .bounds import unit_roundoff
-from .driver import Flow, Step, consumers_first, read_ops, replay
+from .driver import Flow, Step, consumers_first, is_complex, read_ops, replay
 from .report import MirrorReport
 from .scalar import as_values, choose_mode, floats, running, scalar_cost
 from .table import NO_RULE, RULES
@@ -68,7 +68,10 @@ def mirror(root, *, params=None, mode: str = "auto", backward: bool = False) -> 
 def _mirror(root, params, mode: str, backward: bool) -> MirrorReport:
     tr, walk = traced(root, params)  # one walk: the report's graph and the live nodes
     ops = read_ops(tr, walk)
+    asked = mode
     mode, reason = choose_mode(mode, scalar_cost(list(ops.values())))
+    if asked == "auto" and mode == "scalar" and any(is_complex(op) for op in ops.values()):
+        mode, reason = "tensor", "auto chose tensor mode: the graph has complex tensors (a Value holds a real number)"
     scalar = mode == "scalar"
     roots = list(root) if isinstance(root, (list, tuple)) else [root]
     live = {fn: walk.ids[fn] for fn in walk.order}

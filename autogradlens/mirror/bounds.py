@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import LensTypeError
 from .table import Ctx, round_to
 
-__all__ = ["Mag", "MagCtx", "gamma", "local_bound", "unit_roundoff"]
+__all__ = ["Mag", "MagCtx", "Reduced", "gamma", "local_bound", "unit_roundoff"]
 
 # Unit roundoff u = eps / 2 (half the distance from 1 to the next float) per dtype, and the smallest
 # subnormal / 2: the absolute error one rounding may add near underflow (fl(x op y) = (x op y)(1 + d) + e).
@@ -126,7 +126,7 @@ class Mag:
     @classmethod
     def grad(cls, g) -> Mag:
         """The incoming gradient (or its error bound): magnitudes only, no values."""
-        return cls(np.abs(np.asarray(g, dtype=np.float64)), None, 0)
+        return cls(np.abs(np.asarray(g)).astype(np.float64, copy=False), None, 0)  # |z| of a complex gradient
 
     @property
     def n(self) -> int:
@@ -273,7 +273,7 @@ class Mag:
             return Mag(xs[0].m + xs[1].m, uf(*vals) if known else None, n + 1)
         if uf is np.multiply:
             return Mag(xs[0].m * xs[1].m, uf(*vals) if known else None, xs[0].c + xs[1].c + 1)
-        if uf in (np.negative, np.positive, np.absolute):
+        if uf in (np.negative, np.positive, np.absolute, np.conjugate):
             return Mag(xs[0].m, uf(vals[0]) if known else None, n)
         if uf is np.matmul:
             k = xs[0].shape[-1] if xs[0].ndim else 1
@@ -316,6 +316,13 @@ class Mag:
             if len(mags) == 1:
                 return mags[0]._view(m, v)
             return Mag(m, v, n)
+        if func in (np.real, np.imag):  # a part of a complex number is no larger than the number
+            x = args[0]
+            return x._view(x.m, None if x.v is None else func(x.v))
+        if func is np.fft.fftn:
+            return _fftn(Mag.of(args[0]), kw["axes"])
+        if func in (np.linalg.solve, np.linalg.inv):
+            return _solve(Mag.of(args[0]), None if func is np.linalg.inv else Mag.of(args[1]))
         if func is np.where:
             cond, a, b = (list(args) + [None, None])[:3]
             a, b = Mag.of(a), Mag.of(b)
@@ -356,6 +363,55 @@ class Mag:
         if any(x.v is None for x in mags):
             raise LensTypeError(f"np.{func.__name__} of a gradient on magnitudes")
         return func(*_swap(args, "v"), **_swap(kw, "v"))  # a coefficient: computed on values, exact
+
+
+class Reduced:
+    """A special function of a coefficient whose implementations reduce or reflect the argument on the way (digamma,
+    polygamma, Bessel functions, erfinv): their results err like the function at an argument a few ulps off, so on
+    magnitudes it gives |f(x)| + |x f'(x)| with ELEMENTARY_UNITS roundings (the conditioning of f at x), not |f(x)|
+    alone. `f` and `deriv` take and return plain arrays; on plain arrays the call is just f(x)."""
+
+    def __init__(self, f, deriv):
+        self.f, self.deriv = f, deriv
+
+    def __call__(self, x):
+        if not isinstance(x, Mag):
+            return self.f(x)
+        if x.v is None:
+            raise LensTypeError("a special function of a gradient (the rule is not linear in G?)")
+        with np.errstate(all="ignore"):
+            r = np.asarray(self.f(x.v), dtype=np.float64)
+            m = np.abs(r) + np.nan_to_num(np.abs(x.v * self.deriv(x.v)), nan=np.inf) + np.abs(self.deriv(x.v)) * x.m \
+                * (x.n > 0)
+        return Mag(m, r, x.c + ELEMENTARY_UNITS)
+
+
+def _fftn(x: Mag, axes) -> Mag:
+    """A discrete Fourier transform over `axes` (np.fft.fftn, unnormalised): every output element is a sum of N terms
+    of the size of the inputs (|e^-i..| = 1), so M = sum |x| over the axes and n = N + 2 (the sum, and the twiddle
+    factors' own rounding): the dot-product bound, which covers the fast transform's smaller error."""
+    axes = tuple(a % x.ndim for a in axes)
+    n = math.prod(x.shape[a] for a in axes)
+    m = np.broadcast_to(x.m.sum(axis=axes, keepdims=True), x.shape).copy()
+    return Mag(m, None if x.v is None else np.fft.fftn(x.v, axes=axes), x.c + (n + 1, 2))
+
+
+def _solve(a: Mag, b: Mag | None) -> Mag:
+    """A^-1 B (np.linalg.solve) or A^-1 (np.linalg.inv), A a coefficient (values known), B anything. A backward-stable
+    solve of size n (LU, or a triangular solve) errs by at most gamma_3n |A^-1| |L||U| |x| (Higham, Thm 9.4 and 8.5);
+    with |L||U| taken as |A| (a pivoted LU of a matrix that is not pathological) and |x| <= |A^-1| |B|, the magnitude
+    is |A^-1| |A| |A^-1| |B|: Skeel's componentwise condition number times the size of B, so an ill-conditioned
+    matrix gets the allowance it needs. An inexact A (from earlier roundings) counts through its magnitudes."""
+    if a.v is None:
+        raise LensTypeError("a solve with a gradient as the matrix (the rule is not linear in G?)")
+    inv = np.linalg.inv(a.v)
+    ai, n = np.abs(inv), a.shape[-1]
+    right = ai if b is None else ai @ b.m
+    m = ai @ (np.maximum(a.m, np.abs(a.v)) @ right)
+    known = b is None or b.v is not None
+    v = inv if b is None else np.linalg.solve(a.v, b.v) if known else None
+    c = a.c if b is None else np.maximum(a.c, b.c)
+    return Mag(np.asarray(m, dtype=np.float64), v, c + (3 * n + 2, 2))
 
 
 def _count(k) -> np.ndarray:

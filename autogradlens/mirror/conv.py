@@ -10,7 +10,8 @@ import numpy as np
 from .table import rule, scatter_axis
 
 
-@rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0")
+@rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0", "FractionalMaxPool2DBackward0",
+      "FractionalMaxPool3DBackward0")
 def _maxpool(c):  # the indices are flat over the last 2 (3) input dimensions
     x, idx, g = c.s["self"], c.s["result1"], c.g
     k = 3 if "3D" in c.type else 2
@@ -192,9 +193,18 @@ def _separable(g, mats):  # apply m.T along each of the last len(mats) axes
     return g
 
 
-@rule("AdaptiveMaxPool2DBackward0")
+@rule("AdaptiveMaxPool2DBackward0", "AdaptiveMaxPool3DBackward0")
 def _adaptive_max(c):
     return _maxpool(c)
+
+
+@rule("MaxPool2DWithIndicesBackwardBackward0", "MaxPool3DWithIndicesBackwardBackward0")
+def _maxpool_bb(c):  # max_pool_backward(grad_output, self, ..., indices): linear in grad_output, a gather at indices
+    idx = c.s["indices"]
+    k = 3 if "3D" in c.type else 2
+    g = c.g.reshape(c.g.shape[:-k] + (-1,))
+    out = np.take_along_axis(g, idx.reshape(idx.shape[:-k] + (-1,)), axis=-1).reshape(idx.shape)
+    return (out, None if len(c.in_shapes) < 2 or c.in_shapes[1] is None else c.zeros(c.in_shapes[1]))
 
 
 def _nearest_src(n_in, n_out, scale):  # PyTorch's nearest_idx, in float32 as its CPU kernel computes it
@@ -229,20 +239,21 @@ def _upsample_nearest(c):
     return (g,)
 
 
-def _linear_weights(n_in, n_out, align, scale):
-    """(n_out, n_in) matrix of PyTorch's linear interpolation (area_pixel_compute_source_index)."""
+def _linear_weights(n_in, n_out, align, scale, ft=np.float64):
+    """(n_out, n_in) matrix of PyTorch's linear interpolation (area_pixel_compute_source_index), computed in `ft` as
+    the CPU kernel does (its opmath type: float32 for float32 and half tensors, float64 for float64)."""
     if align:
-        r = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-        src = np.arange(n_out) * r
+        r = ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
+        src = r * np.arange(n_out, dtype=ft)
     else:
-        r = 1.0 / scale if scale else n_in / n_out
-        src = np.maximum((np.arange(n_out) + 0.5) * r - 0.5, 0.0)
+        r = ft(1.0 / scale) if scale else ft(n_in) / ft(n_out)
+        src = np.maximum(r * (np.arange(n_out, dtype=ft) + ft(0.5)) - ft(0.5), ft(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = src - i0
+    lam = (src - i0.astype(ft)).astype(ft)
     m = np.zeros((n_out, n_in))
-    np.add.at(m, (np.arange(n_out), i0), 1 - lam)
-    np.add.at(m, (np.arange(n_out), i1), lam)
+    np.add.at(m, (np.arange(n_out), i0), (ft(1) - lam).astype(np.float64))
+    np.add.at(m, (np.arange(n_out), i1), lam.astype(np.float64))
     return m
 
 
@@ -250,7 +261,8 @@ def _linear_weights(n_in, n_out, align, scale):
 def _upsample_linear(c):
     sizes, g = c.a["self_sym_sizes"], c.g
     k = len(sizes) - 2
-    mats = [_linear_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc)
+    ft = np.float64 if c.in_dtypes[0] == "float64" else np.float32
+    mats = [_linear_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc, ft)
             for i, sc in enumerate(_scales(c, k))]
     return (_separable(g, mats),)
 

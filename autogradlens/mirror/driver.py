@@ -14,7 +14,7 @@ from ..capture import to_numpy
 from ..errors import LensRuntimeError
 from .bounds import UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, unit_roundoff
 from .scalar import as_values, floats
-from .table import RULES, Ctx, Unsupported, sum_to
+from .table import COMPLEX_RULES, RULES, Ctx, Unsupported, sum_to
 
 # A rule that cannot run on magnitudes (bounds.Mag) falls back to a relative bound of this many roundings
 # of the graph dtype on the larger of the two results (a row note says so; tests keep every rule off it).
@@ -50,8 +50,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
         raise Unsupported(f"a {str(t.layout).removeprefix('torch.')} saved tensor")
     if t.device.type == "meta":
         raise Unsupported("a meta tensor (no values)")
-    if t.is_complex():
-        raise Unsupported("complex tensors")
     return to_numpy(t)
 
 
@@ -91,14 +89,21 @@ def unreadable(d: dict) -> str | None:
     """Why the gradients of a node (or leaf) cannot be checked, from its trace attributes, else None."""
     if d["device"] == "meta":
         return "a meta tensor (no values)"
-    if (d["dtype"] or "").startswith("complex"):
-        return "complex tensors"
     return None
 
 
+# A complex dtype rounds its real and imaginary parts as the real dtype of the same precision.
+REAL_OF = {"complex128": "float64", "complex64": "float32", "complex32": "float16"}
+
+
 def lowest(dtypes) -> str:
-    return max((d for d in dtypes if d in ("float64", "float32", "float16", "bfloat16")),
-               key=unit_roundoff, default="float64")
+    real = (REAL_OF.get(d, d) for d in dtypes)
+    return max((d for d in real if d in ("float64", "float32", "float16", "bfloat16")), key=unit_roundoff,
+               default="float64")
+
+
+def is_complex(op) -> bool:
+    return any((d or "").startswith("complex") for d in (op.out_dtype, *op.in_dtypes))
 
 
 def read_ops(tr, walk, freed_ok: bool = False) -> dict:
@@ -122,11 +127,43 @@ def read_ops(tr, walk, freed_ok: bool = False) -> dict:
             except Unsupported as e:
                 note = str(e)
         dtype, cuda = lowest([d["dtype"], *in_dtypes]), (d["device"] or "").startswith("cuda")
+        attrs = d["attrs"] if d["type"] not in _GEOMETRY else {**d["attrs"], "input_geometry": _geometry(nf[0][0])}
         ops[nid] = Op(nid, d["type"], d.get("name"), nexts, in_shapes, in_dtypes, list(d["outputs"]),
-                       dtype, d["dtype"] or "float64", d["attrs"], saved, note,
+                       dtype, d["dtype"] or "float64", attrs, saved, note,
                        cuda and dtype == "float32" and d["type"] in tf32,
                        cuda and dtype in ("float16", "bfloat16") and d["type"].startswith(_ATOMIC))
     return ops
+
+
+# Nodes whose rule needs the input's strides and storage offset (as_strided indexes the storage itself): known
+# for a leaf (its tensor is on the graph), None otherwise.
+_GEOMETRY = frozenset({"AsStridedBackward0", "AsStridedBackward0_copy", "AsStridedScatterBackward0"})
+
+
+def _geometry(fn):
+    """(strides, storage offset) of a leaf input; "fresh" for the output of an op that allocates its result (taken
+    as contiguous at offset 0); None for a view (its geometry is not exposed to Python)."""
+    name = type(fn).__name__
+    while name.startswith(_RESHAPES):  # a reshaping view of a contiguous tensor is contiguous at the same offset
+        fn = fn.next_functions[0][0]
+        name = type(fn).__name__
+        if name == "AccumulateGrad":
+            v = fn.variable
+            return "fresh" if v.is_contiguous() and v.storage_offset() == 0 else None
+    if fn is None:
+        return None
+    if name == "AccumulateGrad":
+        return tuple(fn.variable.stride()), fn.variable.storage_offset()
+    return None if name.startswith(_VIEWS) else "fresh"  # CopySlices: a base tensor changed in place through a view
+
+
+_RESHAPES = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "UnsqueezeBackward0", "SqueezeBackward",
+             "AliasBackward0")
+
+
+_VIEWS = ("View", "Reshape", "Slice", "Select", "Transpose", "TBackward", "Permute", "Expand", "Squeeze", "Unsqueeze",
+          "AsStrided", "Diagonal", "Alias", "Unfold", "Split", "Unbind", "Narrow", "Unsafe", "Real", "Imag", "ViewAs",
+          "Chunk", "Indices", "Values", "Conj", "Neg")
 
 
 # Forward ops whose CUDA backward adds into its result with atomicAdd in the tensor's own dtype.
@@ -155,8 +192,10 @@ class Flow(NamedTuple):
     u: float
 
     def __add__(self, o: Flow) -> Flow:  # the engine's sum and the mirror's each round once
-        a = self.a + o.a
-        return Flow(self.g + o.g, self.e + o.e + (self.u + _U64) * a + _ETA[self.u], a, max(self.u, o.u))
+        a, g = self.a + o.a, self.g + o.g
+        if not isinstance(g, (np.ndarray, np.generic)):  # two 0-d object arrays of Values add to a bare Value
+            g = np.asarray(g, dtype=object)
+        return Flow(g, self.e + o.e + (self.u + _U64) * a + _ETA[self.u], a, max(self.u, o.u))
 
 
 def replay(order: list, ops: dict, seeds: dict, step) -> dict:
@@ -211,8 +250,15 @@ def run_rule(op: Op, gs, ctx=Ctx, saved=None, scalar=False) -> list:
         if len(out) != len(op.nexts):
             raise Unsupported(f"rule for {op.type} returned {len(out)} gradients for {len(op.nexts)} inputs")
         return [None if o is None or s is None or op.nexts[i] is None else
-                sum_to(o if isinstance(o, Mag) else np.asarray(o), s)
+                sum_to(_real_for(o if isinstance(o, Mag) else np.asarray(o), op.in_dtypes[i]), s)
                 for i, (o, s) in enumerate(zip(out, op.in_shapes))]
+
+
+def _real_for(o, dtype):
+    """A complex gradient for a real input keeps its real part (PyTorch's handle_r_to_c)."""
+    if (dtype or "").startswith("complex") or not (isinstance(o, Mag) or np.iscomplexobj(o)):
+        return o
+    return np.real(o)
 
 
 def _mag_saved(saved: dict) -> dict:
@@ -236,10 +282,15 @@ class Step:
         torch_in = self.seen_in.get(op.id)
         if torch_in is None:
             return None  # PyTorch did not run this node (no leaf needed it)
+        if any(t is None and f is not None for t, f in zip(torch_in, flows)):  # PyTorch's undefined gradient: 0
+            torch_in = [np.zeros(np.shape(f.e)) if t is None and f is not None else t for t, f in zip(torch_in, flows)]
         self.incoming[op.id] = flows
         torch_out = self.seen_out[op.id]
         local = mine = None
-        if op.type in RULES and op.note is None:
+        if op.note is None and op.type in RULES and is_complex(op) and (self.scalar or op.type not in COMPLEX_RULES):
+            self.notes[op.id] = ("complex tensors: scalar mode's Values are real numbers (mode='tensor' checks them)"
+                                 if self.scalar else f"complex tensors: the rule for {op.type} is for real numbers")
+        elif op.type in RULES and op.note is None:
             try:
                 local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], scalar=self.scalar)
                 mine = run_rule(op, [None if f is None else f.g for f in flows], scalar=self.scalar)
@@ -291,7 +342,9 @@ class Step:
         u = unit_roundoff(op.dtype)
         try:
             mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in], MagCtx, _mag_saved(op.saved))
-            return [None if x is None else local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
+            # complex arithmetic: a product is within sqrt2 gamma_2, a quotient within sqrt2 gamma_7 (Higham §3.6)
+            k = 10 if is_complex(op) else 1
+            return [None if x is None else k * local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
         except Exception as e:  # noqa: BLE001 - relative fallback, noted on the row
             self.notes[op.id] = f"bound: relative fallback ({type(e).__name__}: {e})"
             return [None if m is None or t is None else
@@ -301,9 +354,11 @@ class Step:
 
 def rounding(x, dtype) -> np.ndarray | float:
     """What the local check allows for rounding the float64 mirror to `dtype` (also carried on)."""
+    dtype = REAL_OF.get(dtype, dtype)
     if x is None or dtype in (None, "float64") or dtype not in UNDERFLOW:
         return 0.0
-    return unit_roundoff(dtype) * np.abs(floats(x)) + UNDERFLOW[dtype]
+    x = floats(x)  # a complex number rounds in its two parts
+    return (1 + np.iscomplexobj(x)) * unit_roundoff(dtype) * np.abs(x) + UNDERFLOW[dtype]
 
 
 def _difference(m: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -30,6 +30,8 @@ def _gather(c):
 @rule("IndexSelectBackward0")
 def _index_select(c):
     out = c.zeros(c.a["self_sym_sizes"])
+    if out.ndim == 0:  # a 0-d tensor: every index picks its one value
+        return (np.reshape(c.g, -1).sum(),)
     d = c.a["dim"] % out.ndim
     np.add.at(np.moveaxis(out, d, 0), c.s["index"], np.moveaxis(c.g, d, 0))
     return (out,)
@@ -118,12 +120,17 @@ def _scatter_rule(c):  # slots (self, src) or (self,) for a scalar value
     return (dself,) if c.type == "ScatterBackward1" else (dself, c.g[where])
 
 
-@rule("IndexFillBackward0")
-def _index_fill(c):
+@rule("IndexFillBackward0", "IndexFillBackward1")
+def _index_fill(c):  # slots (self,) for a number, (self, value) for a 0-d tensor value: the filled places' sum
     d, idx = c.a["dim"] % max(c.g.ndim, 1), c.s["index"]
-    sel = [slice(None)] * c.g.ndim
-    sel[d] = idx
-    return (np.where(_hit(c.g.shape, tuple(sel)), 0.0, c.g),)
+    if c.g.ndim == 0:  # a 0-d tensor: filled when the index names it
+        hit = np.array(idx.size > 0)
+    else:
+        sel = [slice(None)] * c.g.ndim
+        sel[d] = idx
+        hit = _hit(c.g.shape, tuple(sel))
+    dself = np.where(hit, 0.0, c.g)
+    return (dself,) if c.type == "IndexFillBackward0" else (dself, np.where(hit, c.g, 0.0).sum())
 
 
 @rule("MaskedScatterBackward0")
@@ -159,6 +166,12 @@ def _scatter_reduce(c):
     among the elements equal to the result (PyTorch's scatter_reduce_backward)."""
     x, res, red, keep = c.s["self"], c.s["result"], c.a["reduce"], c.a["include_self"]
     src = c.s["src"] if c.type == "ScatterReduceBackward0" else c.s["source"]
+    if x.ndim == 0:  # a 0-d self: as a 1-element tensor, the gradients shaped back
+        one = {**c.s, "self": x.reshape(1), "result": res.reshape(1), "index": c.s["index"].reshape(-1),
+               "src" if c.type == "ScatterReduceBackward0" else "source": src.reshape(-1)}
+        gx, gs = _scatter_reduce(type(c)(c.type, [np.reshape(c.g, (1,))], one, c.a, [(1,), (src.size,)],
+                                         [(1,)], c.scalar, c.in_dtypes))
+        return (np.reshape(gx, ()), np.reshape(gs, src.shape))
     d = c.a["dim"] % max(1, x.ndim)
     idx = c.s["index"]
     if c.type == "IndexReduceBackward0":  # index picks whole slices: the same index for every element of one
@@ -190,3 +203,47 @@ def _scatter_reduce(c):
     else:
         raise Unsupported(f"scatter_reduce with reduce={red!r}")
     return (np.where(hit, 0.0, gx) if not keep else gx, gs)
+
+
+@rule("IndexCopyBackward0")
+def _index_copy(c):  # self.index_copy(dim, index, source): slots (self, source)
+    idx = c.s["index"].reshape(-1)
+    if c.g.ndim == 0:  # a 0-d self: replaced by the 0-d source
+        return (c.g * 0.0, c.g.reshape(c.in_shapes[1]) if c.in_shapes[1] is not None else None)
+    d = c.a["dim"] % c.g.ndim
+    sel = [slice(None)] * c.g.ndim
+    sel[d] = idx
+    src = np.moveaxis(np.moveaxis(c.g, d, 0)[idx], 0, d)
+    return (np.where(_hit(c.g.shape, tuple(sel)), 0.0, c.g),
+            None if c.in_shapes[1] is None else src.reshape(c.in_shapes[1]))
+
+
+@rule("PutBackward0")
+def _put(c):  # self.put(index, source, accumulate): flat indices (negative from the end); slots (self, source)
+    flat = c.g.reshape(-1)
+    idx = c.s["index"].reshape(-1) % max(1, flat.size)
+    dself = c.g if c.a["accumulate"] else np.where(_hit(flat.shape, idx), 0.0, flat).reshape(c.g.shape)
+    return (dself, None if c.in_shapes[1] is None else flat[idx].reshape(c.in_shapes[1]))
+
+
+def _masked_indices(c, shape):  # indices clamped into range (the masked-off ones may point anywhere)
+    ind = c.s["indices"]
+    return tuple(slice(None) if i is None else np.clip(i, -n, n - 1)
+                 for i, n in zip(ind if isinstance(ind, tuple) else (ind,), shape))
+
+
+@rule("UnsafeMaskedIndexBackward0")
+def _unsafe_masked_index(c):  # where(mask, self[indices], fill): the masked places back to where they were read
+    out = c.zeros(c.a["self_sym_sizes"])
+    mask = np.broadcast_to(c.s["mask"].astype(bool), c.g.shape)
+    np.add.at(out, _masked_indices(c, out.shape), np.where(mask, c.g, 0.0))
+    return (out,)
+
+
+@rule("UnsafeMaskedIndexPutAccumulateBackward0")
+def _unsafe_masked_index_put(c):  # self.index_put(indices, where(mask, values, 0), accumulate): slots (self, values)
+    if "mask" not in c.s:  # saved only for the values' gradient
+        return (c.g, None)
+    mask = c.s["mask"].astype(bool)
+    vals = c.g[_masked_indices(c, c.g.shape)]
+    return (c.g, np.where(np.broadcast_to(mask, vals.shape), vals, 0.0))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .reductions import pnorm_grad
-from .table import rule
+from .table import Unsupported, rule
 
 
 @rule("AddmmBackward0")
@@ -130,3 +130,453 @@ def _cross3(a, b, d):  # a x b along axis d (length 3), as numpy arrays or magni
 def _inv(c):  # d A^-1 = -A^-1 dA A^-1: the gradient is -A^-T G A^-T, from the saved inverse
     t = np.swapaxes(c.s["inverse"], -1, -2)
     return (-(t @ (c.g @ t)),)
+
+
+@rule("AddmvBackward0")
+def _addmv(c):  # beta self + alpha mat @ vec: slots (self, mat, vec)
+    mat, vec, alpha, beta = c.s.get("mat"), c.s.get("vec"), c.a["alpha"], c.a["beta"]
+    g = c.g if alpha == 1 else c.g * alpha
+    return (c.g if beta == 1 else c.g * beta, None if vec is None else np.outer(g, vec),
+            None if mat is None else mat.T @ g)
+
+
+@rule("AddrBackward0")
+def _addr(c):  # beta self + alpha outer(vec1, vec2): slots (self, vec1, vec2)
+    v1, v2, alpha, beta = c.s.get("vec1"), c.s.get("vec2"), c.a["alpha"], c.a["beta"]
+    g = c.g if alpha == 1 else c.g * alpha
+    return (c.g if beta == 1 else c.g * beta, None if v2 is None else g @ v2, None if v1 is None else v1 @ g)
+
+
+@rule("AddbmmBackward0")
+def _addbmm(c):  # beta self + alpha sum_b batch1[b] @ batch2[b]: slots (self, batch1, batch2)
+    b1, b2, alpha, beta = c.s.get("batch1"), c.s.get("batch2"), c.a["alpha"], c.a["beta"]
+    g = c.g if alpha == 1 else c.g * alpha
+    return (c.g if beta == 1 else c.g * beta,
+            None if b2 is None else np.einsum("ik,bjk->bij", g, b2),
+            None if b1 is None else np.einsum("bji,jk->bik", b1, g))
+
+
+@rule("TrilinearBackward0")
+def _trilinear(c):
+    """_trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim) (nn.functional.bilinear): each input unsqueezed at its
+    expand dims, the three multiplied and summed over sumdim; each input's gradient is G (unsqueezed at sumdim) times
+    the other two, summed over the dims it was expanded along."""
+    ins = [c.s.get("i1"), c.s.get("i2"), c.s.get("i3")]
+    exps = [c.a["expand1"], c.a["expand2"], c.a["expand3"]]
+
+    def expand(t, dims):
+        for d in sorted(dims):
+            t = np.expand_dims(t, d)
+        return t
+    ge = expand(c.g, c.a["sumdim"])
+    out = []
+    for k in range(3):
+        if c.in_shapes[k] is None:
+            out.append(None)
+            continue
+        a, b = [expand(ins[j], exps[j]) for j in range(3) if j != k]
+        out.append((ge * a * b).sum(axis=tuple(exps[k])) if exps[k] else ge * a * b)
+    return tuple(out)
+
+
+@rule("VdotBackward0")
+def _vdot(c):  # conj(self) . other, for real tensors a dot product
+    a, b = c.s.get("self"), c.s.get("other")
+    return (None if b is None else c.g * b, None if a is None else c.g * a)
+
+
+# ----------------------------------------------------------------------------- decompositions and solves
+#
+# PyTorch's backward formulas (torch/csrc/autograd/FunctionsManual.cpp) evaluated from the same saved factors. Solves
+# and inverses go through np.linalg.solve / np.linalg.inv, which bounds.Mag bounds with the matrix's componentwise
+# condition number |A^-1||A||A^-1| (a backward-stable solve); coefficients such as 1 / (s_j^2 - s_i^2) carry their
+# cancellation through Mag's division. Real tensors only (complex ones: unmirrored with the reason).
+
+def _mT(a):
+    return np.swapaxes(a, -1, -2)
+
+
+def _eye_like(a):
+    return np.broadcast_to(np.eye(a.shape[-1]), a.shape)
+
+
+def _lsolve(a, b):  # a^-1 b (for Values, scalar mode: an LU solve written out, as backward stable as LAPACK's)
+    if isinstance(b, np.ndarray) and b.dtype.kind == "O":
+        return _values_solve(np.asarray(a, dtype=np.float64), b)
+    return np.linalg.solve(a, b)
+
+
+def _values_solve(a, b):
+    """A^-1 B for a float matrix A and an object array B of Values: LU with partial pivoting on A's numbers, then
+    forward and back substitution on B's Values (every step a Value operation)."""
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a, b = np.broadcast_to(a, shape + a.shape[-2:]), np.broadcast_to(b, shape + b.shape[-2:])
+    out = np.empty(b.shape, dtype=object)
+    n = a.shape[-1]
+    for idx in np.ndindex(*shape):
+        lu, perm = a[idx].copy(), np.arange(n)
+        for k in range(n):
+            p = k + int(np.argmax(np.abs(lu[k:, k])))
+            lu[[k, p]], perm[[k, p]] = lu[[p, k]], perm[[p, k]]
+            lu[k + 1:, k] /= lu[k, k]
+            lu[k + 1:, k + 1:] -= np.outer(lu[k + 1:, k], lu[k, k + 1:])
+        y = b[idx][perm].copy()
+        for i in range(1, n):
+            y[i] = y[i] - lu[i, :i] @ y[:i]
+        y[n - 1] = y[n - 1] / lu[n - 1, n - 1]
+        for i in range(n - 2, -1, -1):
+            y[i] = (y[i] - lu[i, i + 1:] @ y[i + 1:]) / lu[i, i]
+        out[idx] = y
+    return out
+
+
+def _solve_left(a, b, adjoint=False):  # a^-1 b, or a^-T b
+    return _lsolve(_mT(a) if adjoint else a, b)
+
+
+def _solve_right(b, a, adjoint=False):  # b a^-1, or b a^-T
+    return _mT(_lsolve(a if adjoint else _mT(a), _mT(b)))
+
+
+def _tri(a, upper, unit=False):  # the triangle a triangular solve reads (its diagonal 1 when unitriangular)
+    t = np.triu(a, 1 if unit else 0) if upper else np.tril(a, -1 if unit else 0)
+    return t + _eye_like(a) if unit else t
+
+
+def _vec_rhs(a, b):  # linalg.solve's vector case: B of A's shape minus its last dimension
+    return np.ndim(b) == np.ndim(a) - 1
+
+
+def _nonsingular(d, what):
+    if np.any(np.asarray(d) == 0):
+        raise Unsupported(f"{what} of a singular matrix: PyTorch takes a different (SVD) path there")
+
+
+@rule("LinalgDetBackward0")
+def _det(c):  # G det(A) A^-T
+    a, det = c.s["A"], c.s["result"]
+    _nonsingular(det, "det")
+    gd = np.reshape(c.g * det, np.shape(det) + (1, 1))  # (a 0-d product of Values is a bare Value)
+    return (_solve_left(a, gd * _eye_like(a), adjoint=True),)
+
+
+@rule("LinalgSlogdetBackward0")
+def _slogdet(c):  # outputs (sign, logabsdet): G_logabsdet A^-T (the sign has no gradient for real matrices)
+    a, g = c.s["A"], c.gs[1] if len(c.gs) > 1 else None
+    _nonsingular(c.s["sign"], "slogdet")
+    if g is None:
+        return (c.zeros(a.shape),)
+    return (_solve_left(a, g[..., None, None] * _eye_like(a), adjoint=True),)
+
+
+@rule("LinalgSolveExBackward0")
+def _solve(c):  # X = A^-1 B (left) or B A^-1: slots (A, B)
+    a, x, left = c.s["A"], c.s["result"], c.a["left"]
+    g = c.g
+    vec = _vec_rhs(a, x)
+    if vec:
+        g, x = g[..., None], x[..., None]
+    gb = _solve_left(a, g, adjoint=True) if left else _solve_right(g, a, adjoint=True)
+    ga = -(gb @ _mT(x)) if left else -(_mT(x) @ gb)
+    return (ga, gb[..., 0] if vec else gb)
+
+
+def _unpack(lu, pivots):  # (P, L, U) from LAPACK's packed LU and its 1-based row swaps
+    m, n = lu.shape[-2:]
+    k = min(m, n)
+    lo = np.tril(lu[..., :, :k], -1) + np.eye(m, k)
+    up = np.triu(lu[..., :k, :])
+    batch = lu.shape[:-2]
+    p = np.empty(batch + (m, m))
+    for idx in np.ndindex(*batch):
+        perm = np.arange(m)
+        for i, j in enumerate(np.asarray(pivots[idx]) - 1):
+            perm[[i, j]] = perm[[j, i]]
+        p[idx] = np.eye(m)[:, perm]
+    return p, lo, up
+
+
+def _lu_backward(gl, gu, p, lo, up, pivot):
+    """PyTorch's linalg_lu_backward: A = P L U, gA from the gradients of L (strictly lower) and U (upper)."""
+    m, n = lo.shape[-2], up.shape[-1]
+    k = min(m, n)
+    if m == n:
+        ga = None if gl is None else np.tril(_mT(lo) @ gl, -1)
+        if gu is not None:
+            t = np.triu(gu @ _mT(up))
+            ga = t if ga is None else ga + t
+        ga = _solve_left(_tri(lo, False, True), _solve_right(ga, up, adjoint=True), adjoint=True)
+    elif m < n:  # wide
+        u1 = up[..., :k]
+        ga = None if gl is None else _mT(lo) @ gl
+        if gu is not None:
+            t = -(np.triu(gu) @ _mT(up))
+            ga = t if ga is None else ga + t
+        ga = _solve_right(np.tril(ga, -1), u1, adjoint=True)
+        if gu is not None:
+            ga = np.concatenate([ga + np.triu(gu[..., :k]), gu[..., k:]], axis=-1)
+        ga = _solve_left(_tri(lo, False, True), ga, adjoint=True)
+        if gu is None:
+            ga = np.concatenate([ga, np.zeros(up[..., k:].shape)], axis=-1)
+    else:  # tall
+        l1 = lo[..., :k, :]
+        ga = None if gu is None else gu @ _mT(up)
+        if gl is not None:
+            t = -(_mT(lo) @ np.tril(gl, -1))
+            ga = t if ga is None else ga + t
+        ga = _solve_left(_tri(l1, False, True), np.triu(ga), adjoint=True)
+        if gl is not None:
+            ga = np.concatenate([ga + np.tril(gl[..., :k, :], -1), gl[..., k:, :]], axis=-2)
+        ga = _solve_right(ga, up, adjoint=True)
+        if gl is None:
+            ga = np.concatenate([ga, np.zeros(lo[..., k:, :].shape)], axis=-2)
+    return p @ ga if pivot else ga
+
+
+@rule("LinalgLuFactorExBackward0")
+def _lu_factor(c):  # the packed LU's gradient: its strictly lower part is L's, its upper part U's
+    p, lo, up = _unpack(c.s["LU"], c.s["pivots"])
+    k = min(lo.shape[-2], up.shape[-1])
+    g = c.g
+    return (_lu_backward(np.tril(g[..., :, :k], -1), np.triu(g[..., :k, :]), p, lo, up, c.a["pivot"]),)
+
+
+@rule("LinalgLuBackward0")
+def _lu(c):  # differentiable outputs (L, U) of (P, L, U)
+    gl, gu = (list(c.gs) + [None, None])[:2]
+    if gl is None and gu is None:
+        return (c.zeros(c.in_shapes[0]),)
+    return (_lu_backward(gl, gu, c.s["P"], c.s["L"], c.s["U"], c.a["pivot"]),)
+
+
+@rule("LuUnpackBackward0")
+def _lu_unpack(c):  # differentiable outputs (L, U): L's strictly lower part and U's upper part back into one
+    gl, gu = (list(c.gs) + [None, None])[:2]
+    m, n = c.a["LU_data_sym_argsize_minus_2"], c.a["LU_data_sym_argsize_minus_1"]
+    k = min(m, n)
+    shape = c.in_shapes[0]
+    out = c.zeros(shape)
+    if gl is not None:
+        out[..., :, :k] = out[..., :, :k] + np.tril(gl, -1)
+    if gu is not None:
+        out[..., :k, :] = out[..., :k, :] + np.triu(gu)
+    return (out,)
+
+
+@rule("LinalgLuSolveBackward0")
+def _lu_solve(c):
+    """X from the packed LU (A = P L U) and B: slots (LU, B). B's gradient is a solve with op(A)^T; LU's follows
+    PyTorch's linalg_lu_solve_LU (an auxiliary gR, split into its triangles)."""
+    lu_, x, left, adj = c.s["LU"], c.s["result"], c.a["left"], c.a["adjoint"]
+    p, lo, up = _unpack(lu_, c.s["pivots"])
+    a = p @ lo @ up
+    g = c.g
+    # left, not adjoint: A X = B; left, adjoint: A^T X = B; right: X A = B (adjoint: X A^T = B)
+    if left:
+        gb = _solve_left(a, g, adjoint=not adj)
+    else:
+        gb = _solve_right(g, a, adjoint=not adj)
+    if c.in_shapes[0] is None:
+        return (None, gb)
+    lt, ut = _tri(lo, False, True), up
+    if left != adj:  # gR = U^-H op2(-gX) op2(X)^H, gU = triu(gR), gL = tril(L^-H gR U^H, -1)
+        op2 = (lambda t: t) if left else _mT
+        gr = _solve_left(ut, op2(-g) @ _mT(op2(x)), adjoint=True)
+        gu, gl = np.triu(gr), np.tril(_solve_left(lt, gr @ _mT(ut), adjoint=True), -1)
+    else:  # gR = -P^T op3(X) op1(op2(gX)) P L^-H, gU = triu(L^H gR U^-H), gL = tril(gR, -1)
+        if left:  # adjoint: op1 = ^H, op2 = id, op3 = id
+            inner = x @ _mT(g)
+        else:  # not adjoint: op1 = id, op2 = ^H, op3 = ^H
+            inner = _mT(x) @ g
+        gr = _solve_right(-(_mT(p) @ inner @ p), lt, adjoint=True)
+        gu, gl = np.triu(_solve_right(_mT(lt) @ gr, ut, adjoint=True)), np.tril(gr, -1)
+    return (gl + gu, gb)
+
+
+def _cholesky_grad(gl, lo):
+    """gA = L^-H Phi(L^H gL) L^-1, Phi(X) = (tril(X) + tril(X, -1)^H) / 2 (PyTorch's cholesky_backward, lower L)."""
+    ga = np.tril(_mT(lo) @ gl)
+    ga = 0.5 * (ga + _mT(np.tril(ga, -1)))
+    return _solve_right(_solve_left(lo, ga, adjoint=True), lo)
+
+
+@rule("CholeskyBackward0", "LinalgCholeskyExBackward0")
+def _cholesky(c):
+    lo, upper = c.s["result"] if "result" in c.s else c.s["L"], c.a["upper"]
+    g = c.g
+    if upper:
+        lo, g = _mT(lo), _mT(g)
+    return (_cholesky_grad(g, lo),)
+
+
+@rule("CholeskyInverseBackward0")
+def _cholesky_inverse(c):  # inverse = (L L^H)^-1: gL = -(G + G^H) inv-sandwiched times L
+    lo, inv, upper = c.s["self"], c.s["result"], c.a["upper"]
+    common = inv @ ((c.g + _mT(c.g)) @ inv)
+    return (-(lo @ common) if upper else -(common @ lo),)
+
+
+@rule("CholeskySolveBackward0")
+def _cholesky_solve(c):  # X = (L L^H)^-1 B: slots (self = B, input2 = L)
+    lo, x, upper = c.s["input2"], c.s["result"], c.a["upper"]
+    a = _mT(lo) @ lo if upper else lo @ _mT(lo)
+    gb = _solve_left(a, c.g)
+    common = gb @ _mT(x)
+    common = common + _mT(common)
+    return (gb, -(lo @ common) if upper else -(common @ lo))
+
+
+@rule("TriangularSolveBackward0")
+def _triangular_solve(c):  # torch.triangular_solve(b, A) -> (X, A clone): slots (b, A)
+    a, x = c.s["A"], c.s["solution"]
+    upper, trans, unit = c.a["upper"], c.a["transpose"], c.a["unitriangular"]
+    gx, gm = (list(c.gs) + [None, None])[:2]
+    t = _tri(a, upper, unit)
+    gb = ga = None
+    if gx is not None:
+        gb = _solve_left(t, gx, adjoint=not trans)
+        ga = -(x @ _mT(gb)) if trans else -(gb @ _mT(x))
+        ga = np.triu(ga, int(unit)) if upper else np.tril(ga, -int(unit))
+    if gm is not None:
+        ga = gm if ga is None else ga + gm
+    return (gb, ga)
+
+
+@rule("LinalgSolveTriangularBackward0")
+def _solve_triangular(c):  # X = A^-1 B (left) or B A^-1: slots (A, B)
+    a, x = c.s["self"], c.s["result"]
+    upper, left, unit = c.a["upper"], c.a["left"], c.a["unitriangular"]
+    t = _tri(a, upper, unit)
+    gb = _solve_left(t, c.g, adjoint=True) if left else _solve_right(c.g, t, adjoint=True)
+    ga = -(gb @ _mT(x)) if left else -(_mT(x) @ gb)
+    return (np.triu(ga, int(unit)) if upper else np.tril(ga, -int(unit)), gb)
+
+
+def _pinv_grad(g, pinv, a):  # PyTorch's pinv_backward (products only)
+    m, n = a.shape[-2:]
+    pinvh, gh = _mT(pinv), _mT(g)
+    if m <= n:
+        k = gh @ pinv
+        kp = k @ pinvh
+        return -_mT(pinv @ k) + kp - (a @ pinv) @ kp + (pinvh @ pinv) @ (gh - k @ a)
+    k = pinv @ gh
+    pk = pinvh @ k
+    return -_mT(k @ pinv) + pk - (pk @ pinv) @ a + ((gh - a @ k) @ pinv) @ pinvh
+
+
+@rule("LinalgPinvBackward0")
+def _pinv(c):
+    return (_pinv_grad(c.g, c.s["result"], c.s["self"]),)
+
+
+@rule("LinalgLstsqBackward0")
+def _lstsq(c):  # outputs (solution, residuals, rank, singular values): slots (self = A, b)
+    a, b = c.s["self"], c.s["b"]
+    g = c.g
+    vec = _vec_rhs(a, b)
+    if vec:
+        g, b = g[..., None], b[..., None]
+    if np.any(np.linalg.matrix_rank(np.asarray(a)) < min(a.shape[-2:])):
+        raise Unsupported("lstsq of a rank-deficient matrix (its pseudo-inverse is PyTorch's SVD's)")
+    if a.shape[-2] >= a.shape[-1]:  # full column rank: (A^T A)^-1 A^T
+        pinv = _lsolve(_mT(a) @ a, _mT(a))
+    else:  # full row rank: A^T (A A^T)^-1
+        pinv = _mT(np.linalg.solve(a @ _mT(a), a))
+    gb = _mT(pinv) @ g
+    ga = _pinv_grad(g @ _mT(b), pinv, a)
+    gr = c.gs[1] if len(c.gs) > 1 else None
+    if gr is not None and gr.size:  # the residuals ||A x_j - b_j||^2 (x optimal: only their explicit terms)
+        x = c.s["solution"][..., None] if vec else c.s["solution"]
+        res = (a @ x - b) * (gr[..., None] if vec else gr)[..., None, :]
+        ga, gb = ga + 2 * (res @ _mT(x)), gb - 2 * res
+    return (ga, gb[..., 0] if vec else gb)
+
+
+@rule("LinalgSvdBackward0")
+def _svd(c):
+    """PyTorch's svd_backward from the saved (U, S, Vh), singular values assumed distinct: the skew parts of U^T gU and
+    Vh gVh^T divided by E_ij = s_j^2 - s_i^2, gS on the diagonal, and the projections for a non-square A."""
+    u, s, vh = c.s["U"], c.s["S"], c.s["Vh"]
+    gu, gs, gvh = (list(c.gs) + [None] * 3)[:3]
+    k = s.shape[-1]
+    if c.a["full_matrices"]:
+        u, vh = u[..., :k], vh[..., :k, :]
+        gu = None if gu is None else gu[..., :k]
+        gvh = None if gvh is None else gvh[..., :k, :]
+    m, n = u.shape[-2], vh.shape[-1]
+    if gu is None and gvh is None:
+        gs = c.zeros(s.shape) if gs is None else gs
+        return (u @ (gs[..., :, None] * vh) if m >= n else (u * gs[..., None, :]) @ vh,)
+    s2 = s * s
+    e = s2[..., None, :] - s2[..., :, None]
+    eye = np.eye(k, dtype=bool)
+    e = np.where(eye, 1.0, e)
+    uhgu = None if gu is None else _mT(u) @ gu
+    vhgv = None if gvh is None else vh @ _mT(gvh)
+    uhgu = None if uhgu is None else uhgu - _mT(uhgu)
+    vhgv = None if vhgv is None else vhgv - _mT(vhgv)
+    if uhgu is not None and vhgv is not None:
+        ret = (uhgu * s[..., None, :] + s[..., :, None] * vhgv) / e
+    elif uhgu is not None:
+        ret = uhgu * (s[..., None, :] / e)
+    else:
+        ret = s[..., :, None] * (vhgv / e)
+    if gs is not None:
+        ret = ret + gs[..., :, None] * np.eye(k)
+    if m > n and gu is not None:
+        ga = u @ ret
+        gus = gu / s[..., None, :]
+        ga = (ga + gus - u @ (_mT(u) @ gus)) @ vh
+    elif m < n and gvh is not None:
+        ga = ret @ vh
+        sgvh = gvh / s[..., :, None]
+        ga = u @ (ga + sgvh - (sgvh @ _mT(vh)) @ vh)
+    else:
+        ga = u @ (ret @ vh) if m >= n else (u @ ret) @ vh
+    return (ga,)
+
+
+@rule("LinalgEighBackward0")
+def _eigh(c):  # PyTorch's linalg_eig_backward for a symmetric matrix: V ((V^T gV skew) / E + diag(gL)) V^T
+    lam, v = c.s["eigenvalues"], c.s["eigenvectors"]
+    gl, gv = (list(c.gs) + [None, None])[:2]
+    if gv is None:
+        gl = c.zeros(lam.shape) if gl is None else gl
+        return ((v * gl[..., None, :]) @ _mT(v),)
+    vhgv = _mT(v) @ gv
+    vhgv = 0.5 * (vhgv - _mT(vhgv))
+    n = lam.shape[-1]
+    eye = np.eye(n, dtype=bool)
+    e = np.where(eye, 1.0, lam[..., None, :] - lam[..., :, None])
+    ga = np.where(eye, 0.0, vhgv / e)
+    if gl is not None:
+        ga = ga + gl[..., :, None] * np.eye(n)
+    return (v @ (ga @ _mT(v)),)
+
+
+def _syminvadj(x):  # X + X^H with the diagonal halved
+    return x + _mT(x) - np.eye(x.shape[-1]) * x
+
+
+@rule("LinalgQrBackward0")
+def _qr(c):  # PyTorch's linalg_qr_backward (reduced or square complete mode)
+    q, r = c.s["Q"], c.s["R"]
+    gq, gr = (list(c.gs) + [None, None])[:2]
+    m, n = q.shape[-2], r.shape[-1]
+    if c.a["mode"] == "complete" and m > n:
+        raise Unsupported("QR in complete mode of a tall matrix: not differentiable in PyTorch")
+    mh = None if gr is None else gr @ _mT(r)
+    if gq is not None:
+        t = -(_mT(q) @ gq)
+        mh = t if mh is None else mh + t
+    if mh is None:
+        return (c.zeros(c.in_shapes[0]),)
+    if m >= n:
+        b = q @ _syminvadj(np.triu(mh))
+        if gq is not None:
+            b = b + gq
+        return (_solve_right(b, _tri(r, True), adjoint=True),)
+    b = q @ np.tril(-mh + _mT(mh))
+    res = _solve_right(b, _tri(r[..., :, :m], True), adjoint=True)
+    res = np.concatenate([res, np.zeros(res.shape[:-1] + (n - m,))], axis=-1)
+    return (res if gr is None else res + q @ gr,)

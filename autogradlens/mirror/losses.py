@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .table import rule, unsigned
+from .table import round_to, rule, unsigned
 
 
 @rule("LogSoftmaxBackward0")
@@ -44,10 +44,12 @@ def _bce_logits(c):
     x, t, w, pw, red = c.s["self"], c.s["target"], c.s.get("weight"), c.s.get("pos_weight"), c.a["reduction"]
     sig = 1 / (1 + np.exp(-x))
     d = sig - t if pw is None else (pw * t + 1 - t) * sig - pw * t
+    # the target's: -x, or log(1 - sigmoid(x)) - pos_weight log(sigmoid(x)) (PyTorch's ..._target_backward)
+    dt = -x if pw is None else np.log(1 - sig) - pw * np.log(sig)
+    g = c.g if red == "none" else c.g[()] / x.size if red == "mean" else c.g[()]
     if w is not None:
-        d = d * w
-    d = d * c.g if red == "none" else d * (c.g[()] / x.size if red == "mean" else c.g[()])
-    return (d, None)
+        d, dt = d * w, dt * w
+    return (d * g, dt * g)
 
 
 @rule("MseLossBackward0")
@@ -142,15 +144,41 @@ def _multi_margin(c):
     true class minus their sum (PyTorch's CPU kernel, before the incoming gradient multiplies)."""
     x, t, w = c.s["self"], c.s["target"].astype(np.int64).reshape(-1), c.s.get("weight")
     p, red = c.a["p"], c.a["reduction"]
-    x2 = x.reshape((1, -1)) if x.ndim == 1 else x
+    x2 = x.reshape((1, -1)) if x.ndim <= 1 else x
     n, k = x2.shape
     rows = np.arange(n)
     z = c.a["margin"] - x2[rows, t][:, None] + x2
     on = (z > 0) & (np.arange(k)[None, :] != t[:, None])
     g0 = 1.0 / (n * k) if red == "mean" else 1.0 / k
+    dt = c.in_dtypes[0] if c.in_dtypes and c.in_dtypes[0] in ("float32", "float16", "bfloat16") else None
+    if dt is not None:  # PyTorch computes the coefficient in the tensor's dtype
+        g0 = float(round_to(dt, np.float64(g0)))
     h = np.where(on, g0 if p == 1 else 2 * g0 * z, 0.0)
     if w is not None:
         h = h * w[t][:, None]
     h = np.where(np.arange(k)[None, :] == t[:, None], -h.sum(axis=1, keepdims=True), h)
     g = c.g.reshape((n, 1)) if red == "none" and x.ndim == 2 else c.g
+    return ((g * h).reshape(x.shape),)
+
+
+@rule("MultilabelMarginLossBackward0")
+def _multilabel_margin(c):
+    """sum over the targets j (up to the first -1) and the other classes i of max(0, 1 - (x_j - x_i)) / classes: each
+    violating pair adds 1/classes to i and takes it from j (and 1/samples for the mean), as PyTorch's CPU kernel."""
+    x, t, is_t = c.s["self"], c.s["target"].astype(np.int64), c.s["is_target"].astype(bool)
+    red = c.a["reduction"]
+    x2, t2, m2 = (x.reshape(1, -1), t.reshape(1, -1), is_t.reshape(1, -1)) if x.ndim <= 1 else (x, t, is_t)
+    n, k = x2.shape
+    xv = np.asarray(x2, dtype=np.float64)
+    h = c.zeros((n, k))
+    scale = 1.0 / k / (n if red == "mean" else 1)
+    for s in range(n):
+        for j in t2[s]:
+            if j < 0:
+                break
+            on = (1 - xv[s, j] + xv[s] > 0) & ~m2[s]
+            idx = np.nonzero(on)[0]
+            np.add.at(h, (np.full(idx.size, s), idx), scale)
+            np.add.at(h, (np.full(idx.size, s), np.full(idx.size, j)), -scale)
+    g = c.g.reshape(n, 1) if red == "none" else c.g
     return ((g * h).reshape(x.shape),)

@@ -17,11 +17,11 @@ def _bcast(v, x):
     return v.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
-@rule("NativeBatchNormBackward0")
-def _batchnorm(c):
+@rule("NativeBatchNormBackward0", "NativeBatchNormLegitBackward0", "BatchNormWithUpdateBackward0")
+def _batchnorm(c):  # _batch_norm_with_update: always training
     x, w, g = c.s["input"], c.s.get("weight"), c.g
     ax = _bn_axes(x)
-    if c.a["training"]:
+    if c.a.get("training", True):
         mean, invstd = _bcast(c.s["result1"], x), _bcast(c.s["result2"], x)
     else:
         mean = _bcast(c.s["running_mean"], x)
@@ -30,7 +30,7 @@ def _batchnorm(c):
     dot = (g * xmu).sum(axis=ax)
     gsum = g.sum(axis=ax)
     wv = 1.0 if w is None else _bcast(w, x)
-    if c.a["training"]:
+    if c.a.get("training", True):
         n = x.size // x.shape[1]
         k = _bcast(dot, x) * invstd * invstd / n
         dx = (g - _bcast(gsum, x) / n - xmu * k) * invstd * wv
@@ -50,8 +50,21 @@ def _layernorm(c):
     xhat = (x - mean) * rstd
     gh = g if w is None else g * w
     dx = rstd / n * (n * gh - gh.sum(axis=ax, keepdims=True) - xhat * (gh * xhat).sum(axis=ax, keepdims=True))
+    dx = _stats_grad(dx, c.gs, x - mean, rstd, n)
     rows = tuple(range(x.ndim - k))
-    return (dx, None if w is None else c.dtype_sum(g * xhat, rows), c.dtype_sum(g, rows) if w is not None else None)
+    return (dx, None if w is None else c.dtype_sum(g * xhat, rows),
+            c.dtype_sum(g, rows) if len(c.in_shapes) > 2 and c.in_shapes[2] is not None else None)
+
+
+def _stats_grad(dx, gs, xc, rstd, n):
+    """Adds what flows into the saved statistics outputs (mean, rstd = (var + eps)^-1/2, var biased): d mean/dx = 1/n,
+    d rstd/dx = -rstd^3 (x - mean) / n."""
+    gmean, grstd = (list(gs) + [None, None])[1:3]
+    if gmean is not None:
+        dx = dx + np.broadcast_to(gmean.reshape(np.shape(rstd)) / n, np.shape(xc))
+    if grstd is not None:
+        dx = dx + grstd.reshape(np.shape(rstd)) * (-(rstd * rstd * rstd) / n) * xc
+    return dx
 
 
 def _proj(v, xh, ax):  # v - mean(v) - xhat * mean(v * xhat) over the normalised axes
@@ -66,7 +79,8 @@ def _groupnorm(c):
     mean, rstd = c.s["result1"].reshape(n, groups, 1), c.s["result2"].reshape(n, groups, 1)
     xh = (xs - mean) * rstd
     gh = g if w is None else g * w.reshape((1, ch) + (1,) * (x.ndim - 2))
-    dx = (rstd * _proj(gh.reshape(n, groups, -1), xh, 2)).reshape(x.shape)
+    dx = _stats_grad(rstd * _proj(gh.reshape(n, groups, -1), xh, 2), c.gs, xs - mean, rstd, xs.shape[2])
+    dx = dx.reshape(x.shape)
     ax = (0,) + tuple(range(2, x.ndim))
     dw = (g * xh.reshape(x.shape)).sum(axis=ax)
     return (dx, dw, g.sum(axis=ax))

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .bounds import Reduced
 from .table import round_to, rule
 
 
@@ -23,22 +24,23 @@ def _identity(c):  # also x - a number, and x minus a piecewise constant of x (f
 def _to_copy(c):  # the gradient is cast back to the input's dtype, rounding it
     dt = c.in_dtypes[0]
     if dt not in ("float32", "float16", "bfloat16"):
-        return (c.g,)
-    if c.scalar:
-        from ..value import Value
-        return (np.vectorize(lambda v: Value(float(round_to(dt, np.float64(v.data if isinstance(v, Value) else v)))),
-                             otypes=[object])(c.g),)
-    return (c.rounded(dt, c.g),)
+        return (c.g,)  # a complex dtype: the comparison rounds to it; float64 needs no rounding
+    if not c.scalar:
+        return (c.rounded(dt, np.real(c.g)),)  # a complex gradient for a real input: its real part, rounded
+    from ..value import Value
+    return (np.vectorize(lambda v: Value(float(round_to(dt, np.float64(v.data if isinstance(v, Value) else v)))),
+                         otypes=[object])(c.g),)
 
 
+# NaN inputs: rules test the side PyTorch's kernel tests (`x <= 0 ? 0 : g`), so a NaN takes the same branch.
 @rule("ReluBackward0")
-def _relu(c):
-    return (np.where(c.s["result"] > 0, c.g, 0.0),)
+def _relu(c):  # threshold_backward(G, result, 0): G passes a NaN
+    return (np.where(c.s["result"] <= 0, 0.0, c.g),)
 
 
 @rule("ThresholdBackward0")
 def _threshold(c):
-    return (np.where(c.s["self"] > c.a["threshold"], c.g, 0.0),)
+    return (np.where(c.s["self"] <= c.a["threshold"], 0.0, c.g),)
 
 
 @rule("TanhBackward0")
@@ -68,7 +70,9 @@ def _gelu(c):
     return (c.g * d,)
 
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+# erf as libm computes it; on magnitudes with its conditioning (|erf(z)| + |z erf'(z)|, bounds.Reduced), so that the
+# rounding of its argument (x / sqrt 2) and of PyTorch's own erf count in GELU's bound
+_erf = Reduced(np.vectorize(math.erf, otypes=[np.float64]), lambda z: 2 / math.sqrt(math.pi) * np.exp(-z * z))
 
 
 @rule("LeakyReluBackward0", "LeakyReluBackward1")
@@ -87,13 +91,13 @@ def _silu(c):
 @rule("HardtanhBackward0")
 def _hardtanh(c):
     x = c.s["self"]
-    return (np.where((x > c.a["min_val"]) & (x < c.a["max_val"]), c.g, 0.0),)
+    return (np.where((x <= c.a["min_val"]) | (x >= c.a["max_val"]), 0.0, c.g),)
 
 
 @rule("EluBackward0")
 def _elu(c):
     x, alpha, scale, iscale = c.s["self"], c.a["alpha"], c.a["scale"], c.a["input_scale"]
-    return (np.where(x > 0, c.g * scale, c.g * (iscale * alpha * scale * np.exp(x * iscale))),)
+    return (np.where(x <= 0, c.g * (iscale * alpha * scale * np.exp(x * iscale)), c.g * scale),)
 
 
 @rule("SoftplusBackward0")
@@ -146,8 +150,9 @@ def _sqrt(c):
 
 
 @rule("AbsBackward0")
-def _abs(c):
-    return (c.g * np.sign(c.s["self"]),)
+def _abs(c):  # G sgn(x): PyTorch's sign of a NaN is 0; a complex z: z / |z|
+    x = c.s["self"]
+    return (c.g * (np.sign(x) if np.iscomplexobj(x) else np.where(x > 0, 1.0, np.where(x < 0, -1.0, 0.0))),)
 
 
 @rule("ReciprocalBackward0")
@@ -175,14 +180,26 @@ def _pow_scalar_base(c):
     return (c.g * (c.s["result"] * math.log(c.a["self"])),)
 
 
+def _torch_version() -> tuple:
+    import torch
+    return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+
+
+# torch 2.14 changed clamp's backward at its bounds (measured on 2.13.0 and 2.14.1): with number bounds the gradient is
+# 0 at x == min or max (2.13: it passes), with tensor bounds a tie shares G between x and the bound (2.13: x takes it),
+# and clamp_min/clamp_max with a tensor are maximum/minimum (a NaN gives both sides G). The rules follow the torch
+# that runs.
+CLAMP_TIES_SHARED = _torch_version() >= (2, 14)
+
+
 @rule("ClampBackward1", "ClampMinBackward0", "ClampMaxBackward0")
 def _clamp(c):
     x, lo, hi = c.s["self"], c.a.get("min"), c.a.get("max")
     keep = np.ones(x.shape, dtype=bool)
     if lo is not None:
-        keep &= x >= lo
+        keep &= (x > lo) if CLAMP_TIES_SHARED else (x >= lo)
     if hi is not None:
-        keep &= x <= hi
+        keep &= (x < hi) if CLAMP_TIES_SHARED else (x <= hi)
     return (np.where(keep, c.g, 0.0),)
 
 
@@ -228,9 +245,9 @@ def _rsub_scalar(c):
 
 
 @rule("MulBackward0", "DotBackward0")
-def _mul(c):  # a * b; a dot product has the same rule (the engine sums nothing: G is a scalar)
+def _mul(c):  # a * b; a dot product has the same rule (the engine sums nothing: G is a scalar); complex: conjugates
     a, b = c.s.get("self"), c.s.get("other", c.s.get("tensor"))
-    return (None if b is None else c.g * b, None if a is None else c.g * a)
+    return (None if b is None else c.g * np.conj(b), None if a is None else c.g * np.conj(a))
 
 
 @rule("MulBackward1")
@@ -239,9 +256,9 @@ def _mul_scalar(c):
 
 
 @rule("DivBackward0")
-def _div(c):
-    a, b = c.s.get("self"), c.s["other"]
-    return (c.g / b, None if a is None else -c.g * ((a / b) / b))
+def _div(c):  # complex: conjugates (PyTorch's convention)
+    a, b = c.s.get("self"), np.conj(c.s["other"])
+    return (c.g / b, None if a is None else -c.g * ((np.conj(a) / b) / b))
 
 
 @rule("DivBackward1")
@@ -252,9 +269,10 @@ def _div_scalar(c):
 @rule("MaximumBackward0", "MinimumBackward0")
 def _maximum(c):
     a, b = c.s["self"], c.s["other"]
-    win = a > b if c.type == "MaximumBackward0" else a < b
+    lose = a < b if c.type == "MaximumBackward0" else a > b  # where(a == b, G / 2, G).masked_fill(a loses, 0):
+    win = a > b if c.type == "MaximumBackward0" else a < b   # a NaN on either side gives both sides G
     tie = a == b
-    return (np.where(win, c.g, np.where(tie, c.g / 2, 0.0)), np.where(win, 0.0, np.where(tie, c.g / 2, c.g)))
+    return (np.where(lose, 0.0, np.where(tie, c.g / 2, c.g)), np.where(win, 0.0, np.where(tie, c.g / 2, c.g)))
 
 
 @rule("HardswishBackward0")
@@ -404,7 +422,7 @@ def _atan2(c):  # atan2(self, other)
 @rule("CeluBackward0")
 def _celu(c):  # elu with input scale 1/alpha, as PyTorch computes it
     x, alpha = c.s["self"], c.a["alpha"]
-    return (np.where(x > 0, c.g, c.g * ((1 / alpha) * alpha * np.exp(x * (1 / alpha)))),)
+    return (np.where(x <= 0, c.g * ((1 / alpha) * alpha * np.exp(x * (1 / alpha))), c.g),)
 
 
 @rule("HardshrinkBackward0", "SoftshrinkBackward0")
@@ -485,3 +503,136 @@ def _logaddexp(c):  # log(e^a + e^b): each side's share, 1 / (1 + e^(other - sel
     a, b = c.s["self"], c.s["other"]
     up = np.exp if c.type == "LogaddexpBackward0" else np.exp2
     return (c.g / (1 + up(b - a)), c.g / (1 + up(a - b)))
+
+
+@rule("AsinBackward0", "AcosBackward0")
+def _asin(c):  # +-1 / sqrt(1 - x^2)
+    x = c.s["self"]
+    d = 1 / np.sqrt(1 - x * x)
+    return (c.g * d if c.type == "AsinBackward0" else c.g * -d,)
+
+
+@rule("AtanBackward0")
+def _atan(c):
+    x = c.s["self"]
+    return (c.g / (x * x + 1),)
+
+
+@rule("AsinhBackward0", "AcoshBackward0")
+def _asinh(c):  # (x^2 + 1)^-1/2, (x^2 - 1)^-1/2 (PyTorch: rsqrt of self.pow(2) -+ 1)
+    x = c.s["self"]
+    return (c.g * (1 / np.sqrt(x * x + (1 if c.type == "AsinhBackward0" else -1))),)
+
+
+@rule("AtanhBackward0")
+def _atanh(c):
+    x = c.s["self"]
+    return (c.g * (1 / (1 - x * x)),)
+
+
+@rule("SinhBackward0", "CoshBackward0")
+def _sinh(c):
+    x = c.s["self"]
+    return (c.g * (np.cosh(x) if c.type == "SinhBackward0" else np.sinh(x)),)
+
+
+@rule("TanBackward0")
+def _tan(c):
+    y = c.s["result"]
+    return (c.g * (1 + y * y),)
+
+
+@rule("Expm1Backward0")
+def _expm1(c):
+    return (c.g * (c.s["result"] + 1),)
+
+
+@rule("Log2Backward0", "Log10Backward0")
+def _log2(c):  # g / (x ln b)
+    ln = math.log(2) if c.type == "Log2Backward0" else math.log(10)
+    return (c.g / (c.s["self"] * ln),)
+
+
+@rule("ErfcBackward0")
+def _erfc(c):
+    x = c.s["self"]
+    return (c.g * (-2 / math.sqrt(math.pi) * np.exp(-x * x)),)
+
+
+@rule("FmaxBackward0", "FminBackward0")
+def _fmax(c):  # the side that was taken (self on ties, the other one where self is NaN and it is not)
+    a, b = c.s["self"], c.s["other"]
+    take = ((a >= b) if c.type == "FmaxBackward0" else (a <= b)) | np.isnan(b)
+    return (np.where(take, c.g, 0.0), np.where(take, 0.0, c.g))
+
+
+@rule("ClampBackward0", "ClampMinBackward1", "ClampMaxBackward1")
+def _clamp_tensor(c):
+    """clamp with tensor bounds: slots (self, min, max), (self, min) or (self, max). torch 2.13: x takes G inside
+    [min, max], a bound takes it beyond (max where min > max); 2.14: ties share G (CLAMP_TIES_SHARED)."""
+    x, lo, hi = c.s["self"], c.s.get("min"), c.s.get("max")
+    if c.type == "ClampMinBackward1":
+        return _clamp_one_side(c.g, x, lo, lambda a, b: a < b)
+    if c.type == "ClampMaxBackward1":
+        return _clamp_one_side(c.g, x, hi, lambda a, b: a > b)
+    if lo is None or hi is None:  # clamp(x, min=t) or clamp(x, max=t) with a tensor
+        dx, db = _clamp_one_side(c.g, x, lo if hi is None else hi, (lambda a, b: a < b) if hi is None else
+                                 (lambda a, b: a > b))
+        return (dx, db, None) if hi is None else (dx, None, db)
+    crossed = lo > hi
+    if CLAMP_TIES_SHARED:
+        at_lo, at_hi = (x == lo) & (x != hi), (x == hi) & (x != lo)
+        dx = np.where((x < lo) | (x > hi) | crossed, 0.0, np.where(at_lo | at_hi, c.g / 2, c.g))
+        dlo = np.where(crossed, 0.0, np.where(x < lo, c.g, np.where(at_lo, c.g / 2, 0.0)))
+        dhi = np.where(crossed | (x > hi), c.g, np.where(at_hi, c.g / 2, 0.0))
+        return (dx, dlo, dhi)
+    return (np.where((x >= lo) & (x <= hi), c.g, 0.0), np.where((x < lo) & (lo < hi), c.g, 0.0),
+            np.where((x > hi) | (hi < lo), c.g, 0.0))
+
+
+def _clamp_one_side(g, x, b, beyond):
+    """clamp_min / clamp_max with a tensor bound b (`beyond(x, b)`: x is past it). 2.13: x takes G unless beyond, b
+    takes it beyond; 2.14: as maximum / minimum (ties share G, a NaN gives both sides G)."""
+    if CLAMP_TIES_SHARED:
+        tie = x == b
+        return (np.where(beyond(x, b), 0.0, np.where(tie, g / 2, g)),
+                np.where(beyond(b, x), 0.0, np.where(tie, g / 2, g)))
+    return (np.where(beyond(x, b) | np.isnan(x), 0.0, g), np.where(beyond(x, b), g, 0.0))
+
+
+@rule("NextafterBackward0")
+def _nextafter(c):  # PyTorch passes self's gradient through (the step is below rounding) and gives other none
+    return (c.g, c.zeros(c.in_shapes[1]) if c.in_shapes[1] is not None else None)
+
+
+@rule("AngleBackward0", "DivBackward2", "FillBackward0", "FillBackward2", "ZeroBackward0",
+      "NormalBackward0", "NormalBackward1", "NormalBackward2", "NormalBackward3", "BernoulliBackward0",
+      "BernoulliBackward1", "BernoulliBackward2")
+def _zero(c):
+    """No gradient: piecewise constant or random results (angle of a real number, division with rounding, fill, zero_,
+    normal and bernoulli samples): zeros for every input, as PyTorch gives."""
+    return tuple(None if s is None else c.zeros(s) for s in c.in_shapes)
+
+
+@rule("FrexpBackward0")
+def _frexp(c):  # mantissa = x / 2^exponent
+    return (c.g / np.exp2(c.s["exponent"]),)
+
+
+@rule("LdexpBackward0")
+def _ldexp(c):  # x 2^other: slots (self, other)
+    other, y = c.s.get("other"), c.s.get("result")
+    return (None if other is None else c.g * np.exp2(other), None if y is None else c.g * (y * math.log(2)))
+
+
+@rule("RreluWithNoiseBackward0")
+def _rrelu(c):  # training: the noise is the slope PyTorch drew (1 where x > 0); else the mean slope
+    x = c.s["self"]
+    if c.a["training"]:
+        return (c.g * c.s["noise"],)
+    return (np.where(x > 0, c.g, c.g * ((c.a["lower"] + c.a["upper"]) / 2)),)
+
+
+@rule("NativeDropoutBackwardBackward0")
+def _dropout_bb(c):  # native_dropout_backward(grad_output, mask, scale) = grad_output * mask * scale
+    return (c.g * (c.s["mask"] * c.a["scale"]), None)

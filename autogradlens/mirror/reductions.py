@@ -34,10 +34,10 @@ def _mean_dim(c):
     return (unsqueeze_to(c.g, sizes, dims, c.a["keepdim"]) / n,)
 
 
-@rule("MaxBackward1", "MinBackward1")
-def _max_all(c):
+@rule("MaxBackward1", "MinBackward1", "MedianBackward0", "NanmedianBackward0")
+def _max_all(c):  # PyTorch's evenly_distribute_backward: shared among the elements equal to the result (NaN: the NaNs)
     x, y = c.s["self"], c.s["result"]
-    mask = x == y
+    mask = np.isnan(x) if np.isnan(y) else x == y
     return (np.where(mask, c.g / mask.sum(), 0.0),)
 
 
@@ -47,12 +47,14 @@ def _amax(c):
     dims = norm_dims(c.a["dim"], x.ndim)
     ye = unsqueeze_to(y, x.shape, dims, c.a["keepdim"])
     mask = x == ye
-    count = mask.sum(axis=tuple(dims), keepdims=True)
-    return (np.where(mask, unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"]) / count, 0.0),)
+    count = mask.sum(axis=tuple(dims), keepdims=True)  # 0 in a slice whose result is NaN: G / 0 * 0, NaN, as PyTorch
+    return (unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"]) / count * mask,)
 
 
 @rule("MaxBackward0", "MinBackward0")
 def _max_dim(c):
+    if not c.a["self_sym_sizes"]:  # a 0-d tensor: its one value is selected
+        return (c.g,)
     sizes, d = c.a["self_sym_sizes"], c.a["dim"] % len(c.a["self_sym_sizes"])
     idx, g = c.s["indices"], c.g
     if not c.a["keepdim"]:
@@ -68,6 +70,8 @@ def _rcumsum(a, d):  # PyTorch's reversed_cumsum: flip, cumsum, flip
 
 @rule("CumsumBackward0")
 def _cumsum(c):
+    if c.g.ndim == 0:
+        return (c.g,)
     return (_rcumsum(c.g, c.a["dim"] % c.g.ndim),)
 
 
@@ -101,16 +105,82 @@ def _cumprod(c):
     return (np.where(first, at_z1, out),)
 
 
-@rule("VarBackward0", "StdBackward0")
-def _var(c):
+@rule("VarBackward0", "StdBackward0", "VarMeanBackward0", "StdMeanBackward0")
+def _var(c):  # var/std, and var_mean/std_mean (outputs (var or std, mean))
     x = c.s["self"]
     dims = norm_dims(c.a["dim"] if c.a["dim"] is not None else [], x.ndim)
     n = math.prod(x.shape[d] for d in dims)
     corr = 1 if c.a["correction"] is None else c.a["correction"]
-    g = unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"])
-    if c.type == "StdBackward0":
-        g = g / (2 * unsqueeze_to(c.s["result"], x.shape, dims, c.a["keepdim"]))
-    return (g * (2.0 / (n - corr)) * (x - x.mean(axis=tuple(dims), keepdims=True)),)
+    gv, gm = (list(c.gs) + [None, None])[:2] if c.type.endswith("MeanBackward0") else (c.g, None)
+    out = None
+    if gv is not None:
+        g = unsqueeze_to(gv, x.shape, dims, c.a["keepdim"])
+        if c.type.startswith("Std"):
+            y = c.s["result"] if "result" in c.s else c.s["result0"]
+            g = g / (2 * unsqueeze_to(y, x.shape, dims, c.a["keepdim"]))
+        out = g * (2.0 / (n - corr)) * (x - x.mean(axis=tuple(dims), keepdims=True))
+    if gm is not None:
+        t = unsqueeze_to(gm, x.shape, dims, c.a["keepdim"]) / n
+        out = t if out is None else out + t
+    return (c.zeros(x.shape) if out is None else out,)
+
+
+@rule("NansumBackward0")
+def _nansum(c):  # nansum/nanmean's sum: G where the input is not NaN
+    x = c.s["self"]
+    dims = norm_dims(c.a["dim"] if c.a["dim"] is not None else [], x.ndim)
+    return (np.where(np.isnan(x), 0.0, unsqueeze_to(c.g, x.shape, dims, c.a["keepdim"])),)
+
+
+@rule("AminmaxBackward0")
+def _aminmax(c):  # outputs (min, max): each shared among the elements equal to it along dim (or everywhere)
+    x = c.s["self"]
+    dims = norm_dims(c.a["dim"] if c.a["dim"] is not None else [], x.ndim)
+    out = None
+    for g, v in zip(c.gs, (c.s.get("min"), c.s.get("max"))):
+        if g is None:
+            continue
+        mask = x == unsqueeze_to(v, x.shape, dims, c.a["keepdim"])
+        count = mask.sum(axis=tuple(dims), keepdims=True)
+        t = np.where(mask, unsqueeze_to(g, x.shape, dims, c.a["keepdim"]) / count, 0.0)
+        out = t if out is None else out + t
+    return (out,)
+
+
+@rule("LogcumsumexpBackward0")
+def _logcumsumexp(c):  # y_j = log sum_{i <= j} e^{x_i}: dx_i = sum_{j >= i} G_j e^{x_i - y_j}
+    x, y = c.s["self"], c.s["result"]
+    if np.ndim(x) == 0:
+        return (c.g,)
+    d = c.a["dim"] % x.ndim
+    xm, ym, gm = np.moveaxis(x, d, -1), np.moveaxis(y, d, -1), np.moveaxis(c.g, d, -1)
+    n = xm.shape[-1]
+    upper = np.triu(np.ones((n, n), dtype=bool))
+    w = np.where(upper, np.exp(np.where(upper, xm[..., :, None] - ym[..., None, :], 0.0)), 0.0)
+    return (np.moveaxis(np.einsum("...ij,...j->...i", w, gm), -1, d),)
+
+
+@rule("RenormBackward0")
+def _renorm(c):
+    """renorm(p, dim, maxnorm): slices along dim whose p-norm exceeds maxnorm are scaled to it (by maxnorm / (norm +
+    1e-7)): their gradient is that factor times G minus the factor / (norm + 1e-7) times the norm's gradient applied to
+    the slice's sum of x G (PyTorch's renorm_backward); other slices pass G."""
+    x, p, maxnorm = c.s["self"], float(c.a["p"]), c.a["maxnorm"]
+    d = c.a["dim"] % x.ndim
+    dims = [a for a in range(x.ndim) if a != d]
+    ax = tuple(dims)
+    if math.isinf(p):
+        norm = np.max(np.abs(x), axis=ax, keepdims=True) if dims else np.abs(x)
+    elif p == 2:
+        norm = np.sqrt((x * x).sum(axis=ax, keepdims=True))
+    else:
+        norm = ((np.abs(x) ** p).sum(axis=ax, keepdims=True)) ** (1 / p)
+    ne = np.broadcast_to(norm, x.shape)
+    go = np.broadcast_to((x * c.g).sum(axis=ax, keepdims=True), x.shape)
+    nb = pnorm_grad(go, x, ne, p, dims)
+    inv = 1 / (ne + 1e-7)
+    factor = inv * maxnorm
+    return (np.where(ne > maxnorm, factor * c.g - (factor * inv) * nb, c.g),)
 
 
 @rule("LinalgVectorNormBackward0")
@@ -151,8 +221,11 @@ def _pnorm(c):  # torch.norm(x, p[, dim, keepdim])
     return (pnorm_grad(unsqueeze_to(c.g, x.shape, dims, keep), x, unsqueeze_to(y, x.shape, dims, keep), p, dims),)
 
 
-@rule("SortBackward0", "TopkBackward0", "KthvalueBackward0", "MedianBackward1", "ModeBackward0")
+@rule("SortBackward0", "SortBackward1", "TopkBackward0", "KthvalueBackward0", "MedianBackward1", "NanmedianBackward1",
+      "ModeBackward0")
 def _sort(c):  # gradient to where each selected value came from
+    if not c.a["self_sym_sizes"]:  # a 0-d tensor: its one value is selected
+        return (np.reshape(c.g, ()),)
     sizes, d = c.a["self_sym_sizes"], c.a["dim"] % len(c.a["self_sym_sizes"])
     idx, g = c.s["indices"], c.g
     if idx.ndim < len(sizes):

@@ -71,7 +71,7 @@ def floats(a) -> np.ndarray:
     """
     a = np.asarray(a)
     if a.dtype != object:
-        return a.astype(np.float64, copy=False)
+        return a.astype(np.complex128 if np.iscomplexobj(a) else np.float64, copy=False)  # complex stays complex
     flat = [v.data if isinstance(v, Value) else v for v in a.ravel().tolist()]
     return np.array(flat, dtype=np.float64).reshape(a.shape)
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .table import Unsupported, rule, scatter_axis, sum_to
+from .table import RULES, Unsupported, rule, scatter_axis, sum_to
 
 
 @rule("TBackward0")
@@ -26,7 +24,7 @@ def _permute(c):
 
 
 @rule("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0", "SqueezeBackward1",
-      "SqueezeBackward2")
+      "SqueezeBackward2", "SqueezeBackward3", "SqueezeBackward4", "SqueezeBackward5")
 def _view(c):
     return (c.g.reshape(c.in_shapes[0] if c.in_shapes[0] is not None else c.a["self_sym_sizes"]),)
 
@@ -128,20 +126,45 @@ def _unsafe_split(c):
     return _split(c)
 
 
-@rule("AsStridedBackward0")
+@rule("AsStridedBackward0", "AsStridedBackward0_copy")
 def _as_strided(c):
-    """The input's own geometry is not exposed to Python: the rule takes it as contiguous at offset 0."""
-    shape = c.in_shapes[0]
-    n = math.prod(shape)
-    size, stride, off = c.a["size"], c.a["stride"], c.a["storage_offset"] or 0
-    idx = off + sum(np.arange(m).reshape((-1,) + (1,) * (len(size) - 1 - i)) * st
-                    for i, (m, st) in enumerate(zip(size, stride)))
-    idx = np.broadcast_to(idx, tuple(size))
-    if idx.size and (idx.max() >= n or idx.min() < 0):
-        raise Unsupported("as_strided reaching outside a contiguous input")
-    flat = c.zeros((n,))
-    np.add.at(flat, idx.reshape(-1), c.g.reshape(-1))
-    return (flat.reshape(shape),)
+    """as_strided indexes the input's storage: the gradient goes onto the storage positions the output reads, then
+    back to the input elements at those positions (shared by the elements of an overlapping input), as PyTorch's
+    as_strided_backward. Needs the input's own strides and offset: known for a leaf, contiguous at 0 for a tensor
+    an op allocated; a view's are not exposed to Python (unmirrored)."""
+    shape, geom = tuple(c.in_shapes[0]), c.a.get("input_geometry")
+    if geom is None:
+        raise Unsupported("as_strided on a view: the view's strides and storage offset are not exposed to Python")
+    istride, ioff = (_contiguous(shape), 0) if geom == "fresh" else geom
+    size, stride, off = c.a["size"], c.a["stride"], c.a["storage_offset"]
+    off = ioff if off is None else off
+    out_pos = off + _positions(size, stride)
+    in_pos = ioff + _positions(shape, istride)
+    lo = min(out_pos.min(initial=ioff), in_pos.min(initial=ioff))
+    hi = max(out_pos.max(initial=ioff), in_pos.max(initial=ioff)) + 1
+    storage = c.zeros((hi - lo,))
+    np.add.at(storage, out_pos.reshape(-1) - lo, c.g.reshape(-1))
+    count = np.zeros(hi - lo)
+    np.add.at(count, in_pos.reshape(-1) - lo, 1.0)
+    g = storage[in_pos.reshape(-1) - lo]
+    if count.max(initial=0) > 1:  # an overlapping input (expanded): its elements share each position's gradient
+        g = g / count[in_pos.reshape(-1) - lo]
+    return (g.reshape(shape),)
+
+
+def _contiguous(shape):
+    out, acc = [], 1
+    for n in reversed(shape):
+        out.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(out))
+
+
+def _positions(size, stride):  # the storage position of every element (relative to the offset)
+    idx = np.zeros(tuple(size), dtype=np.int64)
+    for i, (m, st) in enumerate(zip(size, stride)):
+        idx = idx + np.arange(m).reshape((-1,) + (1,) * (len(size) - 1 - i)) * st
+    return idx
 
 
 @rule("PixelShuffleBackward0")
@@ -243,3 +266,92 @@ def _block_diag(c):  # each input's block of the gradient, in order along the di
         out.append(None if shape is None else c.g[r:r + rows, k:k + cols].reshape(shape))
         r, k = r + rows, k + cols
     return tuple(out)
+
+
+def _diag_index(shape, offset, d1, d2):  # the (row, column) positions of a diagonal, with its length
+    n1, n2 = shape[d1], shape[d2]
+    k = max(0, min(n1 - max(0, -offset), n2 - max(0, offset)))
+    rows = np.arange(k) + max(0, -offset)
+    return rows, rows + offset
+
+
+@rule("DiagonalBackward0")
+def _diagonal(c):  # the diagonal back into a zero matrix (the diagonal is the last axis of G)
+    sizes = c.a["self_sym_sizes"]
+    out = c.zeros(sizes)
+    if len(sizes) < 2:
+        return (out,)
+    d1, d2 = c.a["dim1"] % len(sizes), c.a["dim2"] % len(sizes)
+    rows, cols = _diag_index(sizes, c.a["offset"], d1, d2)
+    np.moveaxis(out, (d1, d2), (-2, -1))[..., rows, cols] = c.g
+    return (out,)
+
+
+@rule("DiagonalScatterBackward0", "SelectScatterBackward0", "SliceScatterBackward0")
+def _scatter_view(c):  # x.<view>_scatter(src, ...): slots (self, src): G outside the view, and the view of G
+    g, a = c.g, c.a
+    if c.type == "DiagonalScatterBackward0":
+        d1, d2 = a["dim1"] % g.ndim, a["dim2"] % g.ndim
+        rows, cols = _diag_index(g.shape, a["offset"], d1, d2)
+        hit = np.zeros(g.shape, dtype=bool)
+        np.moveaxis(hit, (d1, d2), (-2, -1))[..., rows, cols] = True
+        return (np.where(hit, 0.0, g), np.moveaxis(g, (d1, d2), (-2, -1))[..., rows, cols])
+    idx = [slice(None)] * g.ndim
+    d = a["dim"] % g.ndim
+    idx[d] = a["index"] if c.type == "SelectScatterBackward0" else slice(a["start"], a["end"], a["step"])
+    hit = np.zeros(g.shape, dtype=bool)
+    hit[tuple(idx)] = True
+    return (np.where(hit, 0.0, g), g[tuple(idx)])
+
+
+@rule("AsStridedScatterBackward0")
+def _as_strided_scatter(c):  # slots (self, src): src went to the storage positions the view names
+    shape, geom = tuple(c.in_shapes[0] or c.out_shapes[0]), c.a.get("input_geometry")
+    if geom != "fresh" and (geom is None or geom != (_contiguous(shape), 0)):
+        raise Unsupported("as_strided_scatter on a tensor that is not contiguous at offset 0 (its strides and "
+                          "storage offset are not exposed to Python)")
+    pos = (c.a["storage_offset"] or 0) + _positions(c.a["size"], c.a["stride"])
+    flat = c.g.reshape(-1)
+    hit = np.zeros(flat.shape, dtype=bool)
+    hit[pos.reshape(-1)] = True
+    return (np.where(hit, 0.0, flat).reshape(shape), flat[pos])
+
+
+@rule("Rot90Backward0")
+def _rot90(c):
+    return (np.rot90(c.g, -c.a["k"], axes=tuple(c.a["dims"])),)
+
+
+@rule("ChannelShuffleBackward0")
+def _channel_shuffle(c):  # forward: (N, g, C/g, *) -> (N, C/g, g, *); backward the inverse
+    g, groups = c.g, c.a["groups"]
+    n, ch = g.shape[:2]
+    rest = g.shape[2:]
+    return (np.swapaxes(g.reshape((n, ch // groups, groups) + rest), 1, 2).reshape(g.shape),)
+
+
+@rule("NarrowCopyBackward0")
+def _narrow(c):
+    out = c.zeros(c.a["self_sym_sizes"])
+    idx = [slice(None)] * out.ndim
+    idx[c.a["dim"] % out.ndim] = slice(c.a["start"], c.a["start"] + c.a["length"])
+    out[tuple(idx)] = c.g
+    return (out,)
+
+
+@rule("CopyBackwards")
+def _copy(c):  # self.copy_(src): slots (self, src): self's old values are gone, src's go on
+    return (None if c.in_shapes[0] is None else c.zeros(c.in_shapes[0]), c.g)
+
+
+@rule("FillBackward1", "FillBackward3")
+def _fill_tensor(c):  # fill(value) / fill_(value), value a 0-d tensor: slots (self, value)
+    return (None if c.in_shapes[0] is None else c.zeros(c.in_shapes[0]), c.g.sum())
+
+
+# The *_copy ops (view_copy, t_copy, ...: a view op that copies) have their view's backward.
+for _name in ("AliasBackward0", "DiagonalBackward0", "ExpandBackward0", "PermuteBackward0", "SplitBackward0",
+              "SplitWithSizesBackward0", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2",
+              "TBackward0", "TransposeBackward0", "UnbindBackward0",
+              "UnfoldBackward0", "UnsqueezeBackward0", "ViewBackward0", "SelectBackward0", "SliceBackward0"):
+    rule(_name + "_copy")(RULES[_name])

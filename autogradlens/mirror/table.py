@@ -22,6 +22,16 @@ import numpy as np
 RULES: dict = {}
 
 
+# Node types whose rule is right for complex tensors too (PyTorch's convention: the gradient of a real loss L with
+# respect to z = x + iy is dL/dx + i dL/dy, so a product's rule multiplies by the conjugate): structural rules, and
+# those written with conjugates (complex.py lists them). Other rules on complex tensors leave the node unmirrored.
+COMPLEX_RULES: set = set()
+
+
+def complex_ok(*names):
+    COMPLEX_RULES.update(names)
+
+
 class Unsupported(Exception):
     """A rule met a case it does not handle (the mirror then passes PyTorch's gradients through)."""
 
@@ -45,8 +55,10 @@ class Ctx:
     def g(self):
         return self.gs[0]
 
-    def zeros(self, shape):
-        return object_zeros(shape) if self.scalar else np.zeros(shape)
+    def zeros(self, shape):  # a buffer for gradients: complex when they are
+        if self.scalar:
+            return object_zeros(shape)
+        return np.zeros(shape, dtype=complex if any(np.iscomplexobj(g) for g in self.gs) else float)
 
     def rounded(self, dtype: str, a):
         """`a` rounded to `dtype` as PyTorch's cast does (bounds.MagCtx counts it as one rounding)."""
@@ -76,6 +88,8 @@ def sum_to(g, shape):
 
 
 def norm_dims(d, ndim):
+    if ndim == 0:  # a 0-d tensor: dim 0 (or -1) names the tensor itself, nothing to reduce
+        return []
     d = d if isinstance(d, list) else [d]
     return sorted(x % ndim for x in d) if d else list(range(ndim))
 
@@ -122,4 +136,9 @@ NO_RULE = {
     "ScaledDotProductFlashAttentionBackward0": "CUDA only (CPU uses ScaledDotProductFlashAttentionForCpuBackward0)",
     "ScaledDotProductEfficientAttentionBackward0": "CUDA only",
     "CudnnRnnBackward0": "CUDA only (CPU uses MkldnnRnnLayerBackward0 or plain ops)",
+    "ToSparseBackward0": "a sparse tensor's gradient: its layout (which zeros are structural) is not compared",
+    "ToSparseBackward1": "a sparse tensor's gradient: its layout (which zeros are structural) is not compared",
+    "ToDenseBackward0": "a sparse tensor's gradient: its layout (which zeros are structural) is not compared",
+    "SparseMmReduceImplBackward0": "a sparse tensor's gradient: its layout (which zeros are structural) is not "
+                                   "compared",
 }

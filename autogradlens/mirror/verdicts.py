@@ -30,7 +30,10 @@ covered) and gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of Numeri
   (E = 0 after it).
 - the float64 mirror is rounded to the graph dtype before it is compared (exact = bitwise equal after
   that rounding, reported separately), which adds half an ulp: u * |mirror| + eta.
-- equal values match (equal infinities included), NaN matches NaN, anything else must be within the bound.
+- equal values match (equal infinities included), NaN matches NaN, anything else must be within the bound; a NaN
+  or an infinity on one side only never matches (a rule must give what PyTorch's kernel gives at NaN and
+  infinite inputs: relu passes the gradient through a NaN, abs' gradient at NaN is NaN, ...).
+- complex gradients (PyTorch's convention: dL/dx + i dL/dy for z = x + iy) compare by modulus.
 
 Every quantity on the right is computed from the same data, in float64 arrays, in both modes.
 """
@@ -42,12 +45,14 @@ import math
 import numpy as np
 import torch
 
-from .driver import rounding, unreadable
+from .driver import REAL_OF, rounding, unreadable
 from .scalar import floats
-from .table import RULES
+from .table import NO_RULE, RULES
 
 
 def _rounded(m: np.ndarray, dtype: str) -> np.ndarray:
+    if np.iscomplexobj(m):
+        return _rounded(m.real, REAL_OF.get(dtype, dtype)) + 1j * _rounded(m.imag, REAL_OF.get(dtype, dtype))
     if dtype == "float64" or dtype not in ("float32", "float16", "bfloat16"):
         return m
     return torch.from_numpy(np.array(m, dtype=np.float64)).to(getattr(torch, dtype)).to(torch.float64).numpy()
@@ -55,9 +60,7 @@ def _rounded(m: np.ndarray, dtype: str) -> np.ndarray:
 
 def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
     """(status, exact, max_abs, max_rel) of the mirror's `m` against PyTorch's `t`, within `bound`."""
-    if np.iscomplexobj(m) or np.iscomplexobj(t):
-        return None  # complex gradients are passed on, not checked
-    m, t = floats(m), floats(t)
+    m, t = (np.asarray(m), np.asarray(t)) if np.iscomplexobj(m) or np.iscomplexobj(t) else (floats(m), floats(t))
     if m.shape != t.shape:
         try:
             m = np.broadcast_to(m, t.shape)
@@ -70,13 +73,20 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
         diff = np.where(same, 0.0, np.abs(r - t))
         diff = np.where(np.isnan(diff), np.inf, diff)
         b = np.zeros(t.shape) if bound is None else np.broadcast_to(bound, t.shape)
-        b = b + rounding(np.maximum(np.abs(r), np.abs(m)), dtype)  # the mirror rounded to the graph's dtype
+        # the mirror rounded to the graph's dtype (a complex number: its two parts)
+        b = b + (1 + np.iscomplexobj(r)) * rounding(np.maximum(np.abs(r), np.abs(m)), dtype)
         b = np.where(np.isnan(b), np.inf, b)
-        ok = bool(np.all(diff <= b))
+        # a NaN or an infinity on one side only is a disagreement whatever the bound (NaN inputs: NOTE [bound])
+        lone = ~same & (~np.isfinite(r) | ~np.isfinite(t))
+        ok = bool(np.all((diff <= b) & ~lone))
         max_abs = float(np.max(diff, initial=0.0))
         scale = float(np.max(np.abs(np.where(np.isfinite(t), t, 0.0)), initial=0.0))
     max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
     return ("match" if ok else "mismatch"), exact, max_abs, max_rel
+
+
+def _zeros_for(m) -> np.ndarray:
+    return np.zeros(np.shape(m))
 
 
 def _merge(checks):
@@ -111,15 +121,17 @@ def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> lis
             mine, bounds = step.local[nid]
             checks = []
             for i, (m, t) in enumerate(zip(mine, seen_out[nid])):
-                if t is None or op.nexts[i] is None:
+                if op.nexts[i] is None or (t is None and m is None):
                     continue
+                t = _zeros_for(m) if t is None else t  # PyTorch's undefined gradient is 0
                 checks.append(("mismatch", False, math.inf, math.inf) if m is None else
                               _compare(m, t, bounds[i], op.in_dtypes[i] or op.dtype))
             local = _merge(checks) or ("match", True, 0.0, 0.0)
         flows = step.incoming.get(nid) or []
-        e2e = None if op.note else _merge([_compare(f.g, t, f.e, op.out_dtype) for f, t in zip(flows, seen_in[nid])
-                                          if f is not None and t is not None])
-        note = step.notes.get(nid) or (None if op.type in RULES else "no rule for this node type")
+        e2e = None if op.note else _merge([_compare(f.g, _zeros_for(f.g) if t is None else t, f.e, op.out_dtype)
+                                           for f, t in zip(flows, seen_in[nid]) if f is not None])
+        note = step.notes.get(nid) or (None if op.type in RULES else  # a known reason's first clause, or none
+                                       NO_RULE.get(op.type, "no rule for this node type").split(": ")[0])
         rows.append(_row(nid, op.type, op.name, "node", local, e2e, note, _largest(bounds or []),
                          _largest([f.e for f in flows if f is not None])))
     for nid in tr.graph:  # leaves in the order the trace walked them
@@ -127,6 +139,8 @@ def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> lis
         if not d["is_leaf"]:
             continue
         f, t, note = grads.get((nid, 0)), leaf_in.get(nid), unreadable(d)
+        if t is None and f is not None and nid in leaf_in:  # PyTorch's undefined gradient is 0
+            t = _zeros_for(f.g)
         check = None if f is None or t is None or note else _compare(f.g, t, f.e, d["dtype"])
         rows.append(_row(nid, "AccumulateGrad", d["param"], "leaf", check, check, note,
                          None if f is None else _largest([f.e]), None if f is None else _largest([f.e])))
