@@ -60,7 +60,7 @@ from ._torch import is_freed, is_stale, saved_names, saved_value
 from .bounds import UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, unit_roundoff
 from .capture import capture, to_numpy
 from .errors import LensRuntimeError, LensValueError
-from .render import Drawable, trace_spec
+from .render import COLUMN, Drawable, trace_spec
 from .rules import RULES, Ctx, Unsupported, sum_to
 from .scalar import as_values, choose_mode, floats, running, scalar_cost
 from .tracing import _dtype, _trace
@@ -502,7 +502,8 @@ class MirrorReport(Drawable):
 
     def _repr_html_(self) -> str:
         cols = ["name", "type", "status", "exact", "max_abs", "max_rel", "e2e_status"]
-        return f"<p><b>{report.esc(repr(self))}</b></p>" + report.table(self.rows, cols) + report.svg(self.to_svg())
+        return (f"<p><b>{report.esc(repr(self))}</b></p>" + report.table(self.rows, cols)
+                + report.svg(self.to_svg(width=COLUMN)))
 
 
 def _row(nid, type_, name, kind, local, e2e, note, bound=None, e2e_bound=None) -> dict:

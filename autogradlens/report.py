@@ -62,7 +62,8 @@ def table(rows: list[dict], columns: list[str] | None = None, limit: int = 400, 
     body = "".join("<tr>" + "".join(f"<td>{r.get(c) or '' if c in html_columns else esc(_fmt(r.get(c)))}</td>"
                                     for c in columns) + "</tr>" for r in rows[:limit])
     more = f"<p><i>… {len(rows) - limit} more rows</i></p>" if len(rows) > limit else ""
-    return f"<table><tr>{head}</tr>{body}</table>{more}"
+    # a long name (layer1.0.downsample.0.weight) breaks inside rather than push the table past the column
+    return f'<table style="max-width:100%;overflow-wrap:anywhere"><tr>{head}</tr>{body}</table>{more}'
 
 
 def _fmt(v) -> str:

@@ -115,7 +115,9 @@ def test_grads_colour_nodes_by_log_magnitude():
     t = lens.trace((x * 1000.0).sum() + (x * 1e-3).sum(), params={"x": x}, grads=True)
     cols, (lo, hi) = render.grad_colors(t.graph)
     assert hi - lo > 3 and len(set(cols.values())) >= 2  # |grad x| = 1000, the rest 1
-    assert "log10 of the gradient" in t.to_dot()
+    dot = t.to_dot()
+    assert "colour: ‖grad‖, log scale" in dot and "1e+03" in dot  # the scale as the legend, from 1 to 1000
+    assert "operation (grad_fn)" not in dot  # fills are gradient colours, not kinds
     assert lens.trace((x * 2).sum()).graph.nodes["AccumulateGrad:0"]["grad"] is None  # grads=False: the key is None
 
 
@@ -200,9 +202,9 @@ def test_a_two_layer_transformer_collapses_into_modules_and_fits(record):
     assert any("layers.0.self_attn" in s["label"] for _, s in _drawn(spec) if s["kind"] == "box")
     full = render.trace_spec(t, depth=99)
     assert len(_drawn(full)) > len(_drawn(spec)) and not [1 for _, s in _drawn(full) if s["kind"] == "box"]
-    if _deps.dot_available():
-        w, h = map(float, re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', t.to_svg()).groups())
-        assert w <= 2000 and h <= 2000
+    if _deps.dot_available():  # shown in a notebook's column: readable there (the browser test measures it too)
+        f = render.fit(t)
+        assert f.fits and f.natural * f.scale <= render.COLUMN and f.text_px >= render.MIN_TEXT_PX
 
 
 def test_huge_chains_fold_and_labels_carry_full_ids():
@@ -224,7 +226,8 @@ def test_multi_output_edges_are_labelled_with_input_nr():
     x = torch.randn(4, 3, requires_grad=True)
     a, b = x.split(2)
     dot = lens.trace((b * 2 + a).sum()).to_dot()
-    assert '-> "SplitBackward0:0" [label=":1"]' in dot and '-> "SplitBackward0:0" [label=":0"]' in dot
+    assert re.search(r'-> "SplitBackward0:0" \[[^]]*label=":1"', dot)
+    assert re.search(r'-> "SplitBackward0:0" \[[^]]*label=":0"', dot)
 
 
 # ----------------------------------------------------------------------------- fallback and façade
@@ -244,7 +247,7 @@ def test_matplotlib_fallback_draws_on_a_figure_without_touching_the_backend(no_d
     graph_edges = [e for e in spec["edges"] if e[2].get("style") != "dashed"]
     assert sum(a.get_arrowstyle().__class__.__name__ == "CurveFilledB" for a in arrows) == len(graph_edges)
     texts = {x.get_text() for x in fig.axes[0].texts}
-    assert {"mat1", "mat2", "result"} <= texts  # slot labels on the saved-tensor lines
+    assert any("mat1 (6, 5)" in x and "mat2 = 2.weight" in x for x in texts)  # the slots, in the node's note
     pos = {x.get_text(): x.get_position() for x in fig.axes[0].texts}
     notes = [s for _, s in spec["nodes"] if s["kind"] == "saved"]
     assert notes
@@ -324,6 +327,7 @@ def test_a_collapsed_box_shows_the_worst_verdict_inside_it():
     t = lens.trace(loss, params=m)
     inside = next(n for n, d in t.graph.nodes(data=True) if d["module"] == "layers.1.self_attn")
     spec = render.trace_spec(t, colors={inside: render.COLORS["removed"]})
-    boxes = {s["label"].split("\n")[0]: s["fillcolor"] for _, s in _drawn(spec) if s["kind"] == "box"}
+    boxes = {s["label"].split("\n")[0].split(" · ")[0]: s["fillcolor"] for _, s in _drawn(spec)
+             if s["kind"] == "box"}
     assert boxes["layers.1.self_attn"] == render.COLORS["removed"]
     assert boxes["layers.0.self_attn"] == render.COLORS["box"]
