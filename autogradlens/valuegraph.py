@@ -84,11 +84,8 @@ def _esc(s: str) -> str:
     return s
 
 
-VALUE_LIMIT = 100  # values a picture draws by default (the nearest to the root); limit=None draws all
-
-
 def value_spec(trace, *, rankdir: str = "LR", legend=True, prefix: str = "", colors: dict | None = None,
-               label: str | None = None, limit: int | None = VALUE_LIMIT, mark: dict | None = None,
+               label: str | None = None, limit: int | None = 60, mark: dict | None = None,
                names: dict | None = None) -> dict:
     """The lecture's draw_dot: a record ``label | data | grad`` per value (an empty label for a value without
     one, as draw_dot shows it; the id is the tooltip), a small op node between, left to right (inputs on the
