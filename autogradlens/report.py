@@ -12,12 +12,16 @@ _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{border-bottom:2px solid #ffd166}h2{margin-top:2em;border-bottom:1px solid #ddd}
-pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:12px}
+pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 th{background:#f0f3f8}.pic{overflow:auto;border:1px solid #eee;padding:.5em;margin:.5em 0}
-.pic svg{max-width:100%;height:auto}.note{color:#555;font-size:14px;background:#fffbea;padding:.5em .8em;
+.pic svg,.pic img{max-width:100%;height:auto}.note{color:#555;font-size:14px;background:#fffbea;padding:.5em .8em;
 border-left:3px solid #ffd166}.ok{color:#2a7a2a}.bad{color:#b00020}
 """
+
+
+COLUMN = 1080  # px: the width a picture gets in the page (the 1100 px body less the frame around a picture)
+DPI = 110  # a figure's PNG: plots.WIDTH (8.4 in) is 924 px, inside the column at full size
 
 
 def esc(s) -> str:
@@ -31,10 +35,15 @@ def svg(svg_text: str) -> str:
 
 
 def figure(fig) -> str:
-    """Inline a matplotlib figure as a PNG."""
+    """Inline a matplotlib figure as a PNG (``data-text-px``: its smallest text, in px of the PNG)."""
+    from matplotlib.text import Text
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return f'<div class="pic"><img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></div>'
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    px = f' data-text-px="{min(sizes) * DPI / 72:.1f}"' if sizes else ""
+    return (f'<div class="pic"><img{px} alt="figure" '
+            f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></div>')
 
 
 def link(node_id) -> str:

@@ -74,7 +74,7 @@ _MEASURE = r"""
     const natural = e.tagName === 'img' || e.tagName === 'IMG' ? e.naturalWidth
       : (e.width && e.width.baseVal ? e.width.baseVal.value : r.width);
     return {tag: e.tagName.toLowerCase(), natural: natural, width: r.width, height: r.height, left: r.left,
-            right: r.right};
+            right: r.right, text_px: e.dataset && e.dataset.textPx ? parseFloat(e.dataset.textPx) : null};
   });
   const outs = [...host.querySelectorAll('.jp-OutputArea-output, .pic')];
   const over = outs.map(o => o.scrollWidth - o.clientWidth);
@@ -146,6 +146,10 @@ class Browser:
     def page(self, html: str, screenshot=None) -> dict:
         """Show a whole page at the window's width and measure it."""
         return self._show(html, "body", screenshot)
+
+    def figure_text_px(self, m) -> list[float]:
+        """The smallest text of each PNG figure of a measured page, as drawn (its px in the PNG times the scale)."""
+        return [p["text_px"] * p["width"] / p["natural"] for p in m["pics"] if p["text_px"] and p["natural"]]
 
     def _show(self, html: str, sel: str, screenshot) -> dict:
         p = self._page
