@@ -27,15 +27,28 @@ def _figure_class():
         from matplotlib.figure import Figure
 
         class LensFigure(Figure):
-            """A matplotlib Figure that shows itself as a PNG in a notebook."""
+            """A matplotlib Figure that shows itself as a PNG in a notebook, at most COLUMN px wide."""
 
             def _repr_png_(self):
-                buf = io.BytesIO()
-                self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-                return buf.getvalue()
+                return png(self, 100, COLUMN)[0]
 
         _FIG = LensFigure
     return _FIG
+
+
+COLUMN = 840  # px: the widest PNG a notebook gets (JupyterLab's column is 848 px)
+
+
+def png(fig, dpi: int, most: int) -> tuple[bytes, float]:
+    """The figure as a PNG (cropped to what it draws) and its dpi: `dpi`, or less if that is wider than `most` px."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    width = int.from_bytes(buf.getvalue()[16:20], "big")  # the PNG header's IHDR width
+    if width > most:
+        dpi = dpi * most / width * 0.995
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue(), dpi
 
 
 def figure(size=(6.4, 3.6), ncols: int = 1, nrows: int = 1):

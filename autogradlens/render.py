@@ -40,7 +40,8 @@ MARK = "#b00020"  # the border of a marked node (lens.check's first wrong line)
 _OPAQUE = ("CompiledFunctionBackward", "BackwardHookFunctionBackward", "CopySlices")
 AUTO_LIMIT = 150  # above this many nodes, saved tensors and attributes are hidden unless asked for
 BOXES = 60  # a picture written to a file shows at most about this many boxes by default
-COLUMN = 848  # px: a notebook's output column (JupyterLab at a 1280 px window); displays fit it
+COLUMN = 828  # px: what a picture gets in a notebook (JupyterLab's 848 px output column at a 1280 px window, less
+#               the 20 px its HTML outputs keep free on the right); displays fit it
 MIN_TEXT_PX = 8.0  # the smallest text a fitted picture draws
 COMFORT_PX = 10.0  # a display collapses further while that gives text at least this big
 MAX_HEIGHT_PX = 6000  # a fitted picture taller than this (once scaled) collapses further

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 from pathlib import Path
 
@@ -38,12 +37,13 @@ def figure(fig) -> str:
     """Inline a matplotlib figure as a PNG (``data-text-px``: its smallest text, in px of the PNG)."""
     from matplotlib.text import Text
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    from .plots import png
+
+    data, dpi = png(fig, DPI, COLUMN)
     sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
-    px = f' data-text-px="{min(sizes) * DPI / 72:.1f}"' if sizes else ""
+    px = f' data-text-px="{min(sizes) * dpi / 72:.1f}"' if sizes else ""
     return (f'<div class="pic"><img{px} alt="figure" '
-            f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></div>')
+            f'src="data:image/png;base64,{base64.b64encode(data).decode()}"></div>')
 
 
 def link(node_id) -> str:
@@ -55,7 +55,8 @@ def link(node_id) -> str:
 
 
 def pre(text: str) -> str:
-    return f"<pre>{esc(text)}</pre>"
+    """Preformatted text that wraps its long lines (in a notebook, where this page's style is absent, too)."""
+    return f'<pre style="white-space:pre-wrap;overflow-wrap:anywhere">{esc(text)}</pre>'
 
 
 def note(text: str) -> str:

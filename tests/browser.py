@@ -187,6 +187,22 @@ class Measure(dict):
                 f"text {lo:.1f}-{hi:.1f} px, {100 * self.share_readable():.0f}% >= 8 px")
 
 
+def problems(m, px: float = 8.0) -> list[str]:
+    """What keeps a measured display from fitting its column: overflow, a picture wider than the column or
+    scaled below its natural size when it is a PNG (whose text would shrink), text drawn below `px`."""
+    out = []
+    if m["overflow"] > 0 or m["page_overflow"] > 0:
+        out.append(f"overflows sideways by {max(m['overflow'], m['page_overflow']):.0f} px")
+    for p in m["pics"]:
+        if p["width"] > COLUMN:
+            out.append(f"a {p['tag']} {p['width']:.0f} px wide")
+        if p["tag"] == "img" and p["natural"] and p["width"] < p["natural"] - 1:
+            out.append(f"an image shrunk from {p['natural']} to {p['width']:.0f} px")
+    if m["texts"] and (m.share_readable(px) < 0.98 or min(m.text_px) < px - 1):
+        out.append(f"text below {px:g} px: {[(t['text'], t['px']) for t in m.small(px)[:4]]}")
+    return out
+
+
 _SHARED: list = []
 
 

@@ -4,7 +4,7 @@ nearly all text is drawn at 8 px or more. (The tutorials' pictures: test_tutoria
 
 import gallery
 import pytest
-from browser import COLUMN
+from browser import COLUMN, problems
 
 from autogradlens import render
 from autogradlens.examples import makemore
@@ -13,9 +13,7 @@ from autogradlens.examples import makemore
 def readable(m, px: float = 8.0) -> None:
     """What every display promises in the column."""
     assert m["pics"], "the display shows a picture"
-    assert m["overflow"] <= 0 and m["page_overflow"] <= 0, m.summary()
-    assert m.width <= COLUMN, m.summary()
-    assert m.share_readable(px) >= 0.98 and min(m.text_px) >= px - 1, (m.summary(), m.small(px)[:5])
+    assert m.width <= COLUMN and not problems(m, px), (m.summary(), problems(m, px))
 
 
 def texts(m) -> set:

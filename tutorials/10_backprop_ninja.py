@@ -63,4 +63,4 @@ print("every gradient agrees:", report.ok, "| .grad untouched:", all(names[p].gr
 # The graph, coloured by verdict (green: match). Named nodes show the lecture's names.
 
 # %%
-report  # noqa: B018 - a notebook cell shows its last expression: the verdict-coloured graph
+report
