@@ -89,7 +89,7 @@ def test_a_value_graph_too_big_to_draw_readably_draws_the_part_near_the_output()
     assert f.svg.count('class="node"') <= 2 * render.FIT_LIMITS[0] + 1 and "more values not drawn" in f.svg
     text = str(t)  # print(t): a summary and the first lines, not megabytes
     assert text.startswith(repr(t)) and len(text.splitlines()) < 40 and "to_text() gives all of it" in text
-    assert len(t.to_text().splitlines()) > 60_000
+    assert len(t.to_text().splitlines()) > 15_000
 
 
 def test_print_of_a_small_trace_is_its_tree_and_of_a_big_one_a_summary():

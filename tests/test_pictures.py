@@ -135,7 +135,52 @@ def test_gradient_flow_figure_from_trace_module_and_dict():
     with pytest.raises(TypeError):
         plots.gradient_flow("model")
     fig = plots.activations(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), torch.randn(8, 3))
-    assert "saturated" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    assert "saturated" in fig.axes[0].get_title()
+
+
+def _text_sizes(fig) -> list[float]:
+    from matplotlib.text import Text
+
+    return [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+def test_every_figure_fits_a_notebook_column_at_natural_size_with_readable_text():
+    """Each plot as a notebook shows it (its PNG at 100 dpi): at most 840 px wide (the column is 848), no text
+    under 8 pt (11 px), a panel per layer for activations, curves that lie on each other told apart."""
+    import io
+
+    from matplotlib.image import imread
+
+    from autogradlens.data import digits
+    from autogradlens.examples import MLP
+    from autogradlens.training import fit
+
+    torch.manual_seed(0)
+    deep = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(16, 16), nn.Sigmoid())], nn.Linear(16, 2))
+    loss, m = mlp_ce()
+    d = digits()
+    runs = {}
+    for name in ("sgd", "adam"):
+        torch.manual_seed(0)
+        runs[name] = fit(MLP((d.n_features, 8, d.n_classes)), d, name, epochs=1, progress=False, watch=True)
+    ws = {h.optimizer: h.watch for h in runs.values()}
+    figs = {"activations": plots.activations(deep, torch.randn(32, 16)),
+            "gradient_flow": plots.gradient_flow(lens.trace(loss, params=m, grads=True), weights_only=False),
+            "training_curves": plots.training_curves(runs), "grad_norms": plots.grad_norms(ws),
+            "update_ratios": plots.update_ratios(ws), "saved_bytes": plots.saved_bytes(ws["Adam"]),
+            "step_sizes": plots.step_sizes(ws)}
+    for name, fig in figs.items():
+        width = imread(io.BytesIO(fig._repr_png_())).shape[1]
+        assert width <= 840 and min(_text_sizes(fig)) >= plots.FONT, (name, width, min(_text_sizes(fig)))
+        for ax in fig.axes:  # a legend beside or below the data, never over it
+            leg = ax.get_legend()
+            assert leg is None or leg.get_bbox_to_anchor().x0 >= ax.get_window_extent().x0, name
+    assert len([a for a in figs["activations"].axes if a.get_visible()]) == 8  # one panel per layer
+    sgd = [line.get_label() for line in figs["step_sizes"].axes[0].get_lines() if line.get_label().startswith("SGD")]
+    assert sgd == ["SGD (every parameter)"]  # SGD's one step size: one line, not four lying on each other
+    styles = {line.get_label(): line.get_linestyle() for line in figs["grad_norms"].axes[0].get_lines()
+              if not line.get_label().startswith("_")}
+    assert styles["net.0.weight"] != styles["net.0.bias"]
 
 
 # ----------------------------------------------------------------------------- modules and big graphs
