@@ -1135,14 +1135,14 @@ def _record_text(label: str) -> str:
     return " | ".join(p.strip() for p in label.strip("{} ").split("|"))
 
 
-def _port(p, q, lr: bool):
-    """Where an edge from p towards q leaves p's box (boxes are about 0.5 high, 1.2 wide in data units)."""
-    (x1, y1), (x2, y2) = p, q
-    if lr:
-        return (x1 + (0.75 if x2 > x1 else -0.75 if x2 < x1 else 0), y1 + (0.2 if y2 > y1 else -0.2 if y2 < y1 else 0))
-    if y1 == y2:  # side by side (a saved note beside its node)
-        return (x1 + (0.6 if x2 > x1 else -0.6), y1)
-    return (x1 + (0.3 if x2 > x1 + 0.5 else -0.3 if x2 < x1 - 0.5 else 0), y1 + (0.22 if y2 > y1 else -0.22))
+def _port(p, q, half):
+    """Where the line from p towards q leaves p's box (`half`: the box's half width and half height)."""
+    (x1, y1), (x2, y2), (hw, hh) = p, q, half
+    dx, dy = x2 - x1, y2 - y1
+    if not dx and not dy:
+        return p
+    t = min(hw / abs(dx) if dx else math.inf, hh / abs(dy) if dy else math.inf)
+    return (x1 + t * dx, y1 + t * dy)
 
 
 def spec_to_matplotlib(spec: dict):
@@ -1164,20 +1164,38 @@ def spec_to_matplotlib(spec: dict):
     for n, s in styles.items():
         if s.get("kind") == "saved":
             notes_of.setdefault(s.get("near"), []).append(n)
-    width = max((len(r) + sum(len(notes_of.get(x, ())) for x in r) for r in rows.values()), default=1)
-    pos = {}
-    for li, row in rows.items():
+    def size(n):  # (width, height) of a node's text box, in inches at 8 pt (1 data unit = 1 inch)
+        s = styles[n]
+        lines = (_record_text(s["label"]) if s.get("shape") == "record" else s["label"]).split("\n")
+        return max(len(x) for x in lines) * 0.075 + 0.3, len(lines) * 0.16 + 0.25
+
+    pos, offset, half = {}, 0.0, {}
+    for li in sorted(rows):
         slots = []
-        for x in row:
+        for x in rows[li]:
             slots.append(x)
             slots += notes_of.get(x, [])  # saved notes right beside the node that saved them
-        for i, x in enumerate(slots):
-            a, b = li * 1.0, (i - (len(slots) - 1) / 2) * 1.0
-            pos[x] = (a * 2.2, -b) if lr else (b * 1.6, -a)
+        sizes = [size(x) for x in slots]
+        half.update({x: (w / 2, h / 2) for x, (w, h) in zip(slots, sizes)})
+        if lr:  # a column per layer, its boxes stacked
+            total = sum(h for _, h in sizes) + 0.2 * (len(slots) - 1)
+            y, col = total / 2, max(w for w, _ in sizes)
+            for x, (_, h) in zip(slots, sizes):
+                pos[x] = (offset + col / 2, y - h / 2)
+                y -= h + 0.2
+            offset += col + 0.6
+        else:  # a row per layer, its boxes side by side
+            total = sum(w for w, _ in sizes) + 0.25 * (len(slots) - 1)
+            x0, row = -total / 2, max(h for _, h in sizes)
+            for x, (w, _) in zip(slots, sizes):
+                pos[x] = (x0 + w / 2, -offset - row / 2)
+                x0 += w + 0.25
+            offset += row + 0.45
     for n in styles:  # notes of nodes not drawn (should not happen): park them on top
         pos.setdefault(n, (0.0, 1.0))
-    depth = max(rows, default=0) + 1
-    w, h = (depth * 2.4, width * 0.9) if lr else (width * 1.9, depth * 1.0)
+    xs, ys = [p[0] for p in pos.values()], [p[1] for p in pos.values()]
+    w = (max(xs, default=0) - min(xs, default=0)) + 2.5
+    h = (max(ys, default=0) - min(ys, default=0)) + 1.6
     fig = Figure(figsize=(min(max(6.0, w), 60.0), min(max(3.0, h + 0.8), 60.0)))
     ax = fig.add_subplot()
     n_nodes = len(pos)
@@ -1194,7 +1212,8 @@ def spec_to_matplotlib(spec: dict):
         if u not in pos or v not in pos or a.get("style") == "invis":
             continue
         dashed = a.get("style") == "dashed"
-        arrow = FancyArrowPatch(_port(pos[u], pos[v], lr), _port(pos[v], pos[u], lr),
+        start = _port(pos[u], pos[v], half.get(u, (0.3, 0.2)))
+        arrow = FancyArrowPatch(start, _port(pos[v], pos[u], half.get(v, (0.3, 0.2))),
                                 arrowstyle="-" if dashed else "-|>", mutation_scale=10, lw=0.8, zorder=5,
                                 shrinkA=0, shrinkB=0, color=a.get("color", "#555555"),
                                 linestyle="--" if dashed else "-")
@@ -1214,7 +1233,6 @@ def spec_to_matplotlib(spec: dict):
                     for t, c in scale_stops(spec["scale"])]
     if handles:
         ax.legend(handles=handles, loc="lower right", fontsize=fs, framealpha=0.9)
-    xs, ys = [p[0] for p in pos.values()], [p[1] for p in pos.values()]
     ax.set_xlim(min(xs, default=0) - 1.2, max(xs, default=0) + 1.2)
     ax.set_ylim(min(ys, default=0) - 0.8, max(ys, default=0) + 0.8)
     ax.axis("off")

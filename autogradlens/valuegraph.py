@@ -102,9 +102,10 @@ def value_spec(trace, *, rankdir: str = "LR", legend=True, prefix: str = "", col
     keep = _nearest_values(trace, limit)
     lr = rankdir in ("LR", "RL")
     nodes, edges = [], []
-    for nid, d in g.nodes(data=True):
-        if keep is not None and nid not in keep:
-            continue
+    drawn = list(g.nodes) if keep is None else keep
+    keepset = None if keep is None else set(keep)
+    for nid in drawn:
+        d = g.nodes[nid]
         name = names.get(nid) or d.get("label") or ""
         fields = [_esc(str(name)), f"data {d['data']:.4f}", f"grad {d['grad']:.4f}"]
         if nid in mark:
@@ -132,10 +133,8 @@ def value_spec(trace, *, rankdir: str = "LR", legend=True, prefix: str = "", col
         notes.append(f"the {len(keep)} values nearest the output drawn, {hidden:,} not: render(path, limit=None) "
                      "draws all (Graphviz needs minutes for tens of thousands)")
     linked = set()
-    for u, v, k in sorted(g.edges(keys=True), key=lambda e: (e[0], e[2])):
-        if keep is not None and u not in keep:
-            continue
-        if keep is not None and v not in keep:
+    for u, v, k in sorted(g.edges(drawn, keys=True), key=lambda e: (e[0], e[2])):
+        if keepset is not None and v not in keepset:
             if u not in linked:  # one edge from each drawn value whose inputs are not drawn
                 linked.add(u)
                 edges.append((f"{prefix}more:0", f"{prefix}{u}/op", {"style": "dashed"}))
@@ -150,7 +149,7 @@ def value_spec(trace, *, rankdir: str = "LR", legend=True, prefix: str = "", col
     return spec
 
 
-def _nearest_values(trace, limit: int | None) -> set | None:
+def _nearest_values(trace, limit: int | None) -> list | None:
     """The `limit` values nearest the root(s), breadth first (None: all)."""
     g = trace.graph
     if limit is None or g.number_of_nodes() <= limit:
@@ -162,4 +161,5 @@ def _nearest_values(trace, limit: int | None) -> set | None:
         if x not in keep:
             keep[x] = True
             queue += [v for _, v, _k in sorted(g.out_edges(x, keys=True), key=lambda e: e[2])]
-    return set(keep)
+    order = {n: i for i, n in enumerate(g.nodes)}  # drawn in the graph's own order (deterministic DOT)
+    return sorted(keep, key=order.__getitem__)
