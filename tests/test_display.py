@@ -58,7 +58,7 @@ def test_unlabelled_values_show_an_empty_label_as_draw_dot_does():
     assert "a = leaf:0  data=2.0000 grad=-3.0000" in t.to_text()
 
 
-def _value_mlp(n_in=20, hidden=(32, 32), batch=6):
+def _value_mlp(n_in=16, hidden=(24, 24), batch=5):
     torch.manual_seed(0)
     V = lens.Value
     rnd = torch.rand(100_000).tolist()
@@ -79,7 +79,7 @@ def _value_mlp(n_in=20, hidden=(32, 32), batch=6):
 
 def test_a_value_graph_too_big_to_draw_readably_draws_the_part_near_the_output():
     t = lens.trace(_value_mlp())
-    assert len(t) > 15_000  # an MLP as Values (the demo's had 65,818: dot ran for minutes on all of it)
+    assert len(t) > 8_000  # an MLP as Values (the demo's had 65,818: dot ran for minutes on all of it)
     spec = t._spec()  # render(path) draws the BOXES values nearest the output, and says how to draw all
     records = [s for _, s in spec["nodes"] if s.get("shape") == "record"]
     assert len(records) == render.BOXES and "render(path, limit=None) draws all" in spec["label"]
@@ -89,7 +89,7 @@ def test_a_value_graph_too_big_to_draw_readably_draws_the_part_near_the_output()
     assert f.svg.count('class="node"') <= 2 * render.FIT_LIMITS[0] + 1 and "more values not drawn" in f.svg
     text = str(t)  # print(t): a summary and the first lines, not megabytes
     assert text.startswith(repr(t)) and len(text.splitlines()) < 40 and "to_text() gives all of it" in text
-    assert len(t.to_text().splitlines()) > 15_000
+    assert len(t.to_text().splitlines()) > 8_000
 
 
 def test_print_of_a_small_trace_is_its_tree_and_of_a_big_one_a_summary():
@@ -154,41 +154,50 @@ RENDER = textwrap.dedent("""
         t.render(sys.argv[1], limit=None)  # 2,500 values, every one: dot needs minutes
     except KeyboardInterrupt:
         print("interrupted", flush=True)
+        sys.stdin.read()  # stays alive (a notebook kernel goes on): dot must be gone already
 """)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "ctrl-c twice", "killed"])
-def test_an_interrupted_render_leaves_no_dot_behind(tmp_path, how):
-    p = subprocess.Popen([sys.executable, "-c", RENDER, str(tmp_path / "big.svg")], stdout=subprocess.PIPE,
-                         text=True, env=ENV)
+def test_an_interrupted_render_leaves_no_dot_behind(tmp_path):
+    """Ctrl-C (Jupyter's interrupt), Ctrl-C pressed twice, and the process killed outright, while dot draws a
+    picture it needs minutes for: no dot outlives any of them (three renders side by side)."""
+    hows = ("ctrl-c", "ctrl-c twice", "killed")
+    procs = {how: subprocess.Popen([sys.executable, "-c", RENDER, str(tmp_path / f"{i}.svg")],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+             for i, how in enumerate(hows)}
     try:
-        assert p.stdout.readline().strip() == "rendering"
-        dots = []
-        for _ in range(600):  # until dot runs (at most 60 s)
-            dots = _dot_children(p.pid)
-            if dots:
-                break
-            subprocess.run(["sleep", "0.1"])
-        assert dots, "dot never started"
-        if how == "killed":
-            if sys.platform.startswith("linux"):  # the kernel stops dot with its parent, whatever ends it
-                assert _deps.dot_command("svg")[:3] == ["setpriv", "--pdeathsig", "KILL"]
-            p.kill()
-        else:
-            p.send_signal(signal.SIGINT)  # Jupyter's interrupt, or Ctrl-C in a terminal
-            if how == "ctrl-c twice":
-                p.send_signal(signal.SIGINT)
-        p.wait(timeout=30)
+        dots = {}
+        for how, p in procs.items():
+            assert p.stdout.readline().strip() == "rendering"
+            for _ in range(600):  # until dot runs (at most 60 s)
+                dots[how] = _dot_children(p.pid)
+                if dots[how]:
+                    break
+                subprocess.run(["sleep", "0.1"])
+            assert dots[how], "dot never started"
+        if sys.platform.startswith("linux"):  # the kernel stops dot with its parent, whatever ends that
+            assert _deps.dot_command("svg")[:3] == ["setpriv", "--pdeathsig", "KILL"]
+        procs["killed"].kill()
+        for how in ("ctrl-c", "ctrl-c twice"):
+            procs[how].send_signal(signal.SIGINT)
+        procs["ctrl-c twice"].send_signal(signal.SIGINT)
+        for how in ("ctrl-c", "ctrl-c twice"):  # the interrupted process lives on, as a kernel does
+            assert procs[how].stdout.readline().strip() == "interrupted" and procs[how].poll() is None
+        procs["killed"].wait(timeout=30)
+        left = []
         for _ in range(100):
-            if not any(_alive(d) for d in dots):
+            left = [(how, d) for how, ds in dots.items() for d in ds if _alive(d)]
+            if not left:
                 break
             subprocess.run(["sleep", "0.1"])
-        assert not any(_alive(d) for d in dots), f"dot {dots} outlived an interrupted render ({how})"
-        assert not (tmp_path / "big.svg").exists()
+        assert not left, f"dot outlived an interrupted render: {left}"
+        assert not list(tmp_path.glob("*.svg"))
+        assert all(procs[how].poll() is None for how in ("ctrl-c", "ctrl-c twice"))
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_the_program_tells_its_version():
