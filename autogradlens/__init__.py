@@ -3,6 +3,7 @@
     import autogradlens as lens
     t = lens.trace(loss, params=model)      # the real autograd graph, as a networkx graph
     r = lens.mirror(loss, params=model)     # a micrograd-style Value re-derives every gradient
+    c = lens.check(loss, {"h": dh}, params=names)  # grade your own backprop, line by line
     with lens.watch(model, optimizer=opt) as w: ...   # hooks while training
     d = lens.diff(t_a, t_b)                 # two graphs side by side
     with lens.modules(model): loss = ...    # record which module made each node (pictures group by module)
@@ -22,19 +23,19 @@ from .errors import LensError
 
 __version__ = "0.1.0"
 
-__all__ = ["Event", "GraphDiff", "LensError", "MirrorReport", "Trace", "Value", "Watch", "__version__", "data",
-           "diff", "mirror", "modules", "trace", "watch"]
+__all__ = ["CheckReport", "Event", "GraphDiff", "LensError", "MirrorReport", "Trace", "Value", "Watch", "__version__",
+           "check", "data", "diff", "mirror", "modules", "trace", "watch"]
 
 # public name -> the module defining it (None: the name is a module of its own)
-_WHERE = {"Event": "watching", "GraphDiff": "diffing", "MirrorReport": "mirroring", "Trace": "tracing",
-          "Value": "value", "Watch": "watching", "data": None, "diff": "diffing", "mirror": "mirroring",
-          "modules": "attribution", "trace": "tracing", "watch": "watching"}
+_WHERE = {"CheckReport": "checking", "Event": "watching", "GraphDiff": "diffing", "MirrorReport": "mirror",
+          "Trace": "tracing", "Value": "value", "Watch": "watching", "check": "checking", "data": None,
+          "diff": "diffing", "mirror": None, "modules": "attribution", "trace": "tracing", "watch": "watching"}
 
 if TYPE_CHECKING:  # what static tools and IDEs see
-    from . import data
+    from . import data, mirror
     from .attribution import modules
     from .diffing import GraphDiff, diff
-    from .mirroring import MirrorReport, mirror
+    from .mirror import MirrorReport
     from .tracing import Trace, trace
     from .value import Value
     from .watching import Event, Watch, watch

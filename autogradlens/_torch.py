@@ -255,3 +255,39 @@ def pop_saved_hooks() -> None:
 
 def push_saved_hooks(pack, unpack) -> None:
     torch._C._autograd._push_saved_tensors_default_hooks(pack, unpack)
+
+
+# ----------------------------------------------------------------------------- calling nodes (engine.run)
+
+def call_node(fn, grads: list) -> tuple:
+    """Node `fn`'s backward on `grads` (one per forward output, None where undefined), as the engine calls it but
+    without its hooks: a C++ node is callable; a custom ``autograd.Function`` node runs its ``backward`` through
+    ``apply``, with zeros for undefined gradients (PyNode's default), its values mapped to the tensor inputs.
+    Returns one gradient (or None) per ``next_functions`` slot."""
+    nexts = fn.next_functions
+    n = len(nexts)
+    if not isinstance(fn, torch.autograd.function.BackwardCFunction):
+        out = fn(*grads)
+        return out if isinstance(out, tuple) else (out,)
+    # PyNode materializes undefined gradients as zeros unless ctx.set_materialize_grads(False) (not readable from
+    # Python, so always: the same numbers, only a backward that tests for None sees zeros instead)
+    grads = [torch.zeros(tuple(m.shape), dtype=m.dtype, device=m.device) if g is None else g
+             for g, m in zip(grads, fn._input_metadata)]
+    out = fn.apply(*grads)
+    out = out if isinstance(out, tuple) else (out,)
+    # backward returns one value per forward input, next_functions has one slot per tensor input: the inputs that
+    # need a gradient, in order, are the slots with an edge (PyNode maps them with is_variable_input)
+    need = [i for i, x in enumerate(fn.needs_input_grad) if x]
+    slots = [k for k, (f, _) in enumerate(nexts) if f is not None]
+    if len(out) == len(fn.needs_input_grad) and len(need) == len(slots):
+        res = [None] * n
+        for i, k in zip(need, slots):
+            res[k] = out[i]
+        return tuple(res)
+    return tuple(out[:n]) + (None,) * (n - len(out))
+
+
+def tensor_hooks(t: torch.Tensor) -> list:
+    """The Python hooks of tensor `t` (``t.register_hook``), in the order they run."""
+    hooks = getattr(t, "_backward_hooks", None)
+    return list(hooks.values()) if hooks else []

@@ -1,20 +1,18 @@
-"""PyTorch's own gradients at every node of a graph, from one real backward pass with node hooks.
+"""PyTorch's own gradients at every node of a graph, for `mirror` (the per-node checks) and ``trace(grads=True)``
+(gradients drawn on the graph).
 
-Shared by `mirror` (the per-node checks) and `trace(..., grads=True)` (gradients drawn on the graph).
-Observing never changes what is observed: every ``.grad`` (leaves, ``retain_grad()`` intermediates, and
-parameters a reentrant checkpoint reaches outside the graph) is as it was afterwards, unless ``backward=True``.
+Observing never changes what is observed: the gradients come from `engine.run`, which calls each node's backward
+itself (no hook, no ``.grad`` written, ``retain_grad()`` tensors untouched, nothing freed, no scan of the heap).
+Only ``backward=True`` runs PyTorch's real backward, for a mirror asked to leave ``.grad`` as ``backward()`` does.
 """
 
 from __future__ import annotations
 
-import gc
-import sys
-from itertools import compress
-
 import numpy as np
 import torch
 
-from ._torch import is_checkpoint_refusal
+from . import engine
+from ._torch import tensor_hooks
 
 __all__ = ["capture", "to_numpy"]
 
@@ -34,97 +32,35 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.to("cpu").numpy(force=True).copy()
 
 
-# Graphs with at least this many op nodes get a full scan of the collector's objects for retained tensors
-# (tens of ms on a notebook-size heap: small next to mirroring such a graph); smaller ones a cheap one.
-FULL_SCAN_NODES = 64
-_TENSOR_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
+def _np(g):
+    return None if g is None else to_numpy(g)
 
 
-def _retaining(fns: set) -> list:
-    """Tensors that called ``retain_grad()`` and were made by a node of this graph (autograd writes their
-    ``.grad`` on every backward pass, ``torch.autograd.grad`` included). Nothing lists them but the garbage
-    collector. A big graph scans all its objects (C-level iterators); a small one scans the young
-    generations (its forward pass just made them) and the variables of the calling frames (a notebook's
-    globals, a function's locals), one container deep."""
-    if len(fns) >= FULL_SCAN_NODES:
-        objs = gc.get_objects()
-    else:
-        objs = gc.get_objects(0) + gc.get_objects(1)
-        frame = sys._getframe(1)
-        while frame is not None:
-            for space in (frame.f_locals, frame.f_globals):
-                for v in list(space.values()):
-                    objs.append(v)
-                    if isinstance(v, (dict, list, tuple)) and len(v) < 10_000:
-                        objs.extend(v.values() if isinstance(v, dict) else v)
-            frame = frame.f_back
-    found = compress(objs, map(_TENSOR_TYPES.__contains__, map(type, objs)))
-    return list({id(t): t for t in found if t.grad_fn in fns and t.retains_grad}.values())
-
-
-def capture(roots: list, ops: dict, leaves: dict, backward: bool = False, keep: tuple = ()):
-    """Run one backward pass from `roots` (each seeded with ones, as ``torch.autograd.backward(roots)``
-    seeds them: a tensor listed twice counts twice) and record, keyed by node id:
+def capture(walk, roots: list, ops: dict, leaves: dict, backward: bool = False, keep: tuple = ()):
+    """PyTorch's backward from `roots` (each seeded with ones, as ``torch.autograd.backward(roots)`` seeds them:
+    a tensor listed twice counts twice) over the graph `walk` (``tracing.traced``), keyed by node id:
 
     - ``seen_in[id]``: the gradients flowing into op node `id` (one per forward output, None where none);
     - ``seen_out[id]``: the gradients it sends to its inputs (one per ``next_functions`` slot);
     - ``leaf_in[id]``: each leaf's gradient.
 
-    `ops` and `leaves` map grad_fn objects to ids; `keep` lists more tensors whose ``.grad`` must survive.
-    With ``backward=False`` leaf gradients come from ``torch.autograd.grad`` (graph retained; a reentrant
-    checkpoint, which refuses it, gets a retained ``backward`` whose ``.grad`` writes are undone); with
-    ``backward=True`` a real backward runs. Hooks are removed whatever happens.
+    `ops` and `leaves` map grad_fn objects to ids; `keep` lists named tensors (their Python hooks apply, and a
+    reentrant checkpoint's inner backward leaves their ``.grad`` as it was). With ``backward=True`` PyTorch's
+    real backward runs afterwards, so ``.grad`` ends up as after ``torch.autograd.backward(roots)``.
     """
-    seen_in, seen_out, leaf_in, handles = {}, {}, {}, []
-
-    def post_hook(nid):
-        def hook(grad_inputs, grad_outputs):
-            seen_in[nid] = [None if g is None else to_numpy(g) for g in grad_outputs]
-            seen_out[nid] = [None if g is None else to_numpy(g) for g in grad_inputs]
-        return hook
-
-    def acc_hook(nid):
-        def hook(grad_outputs):
-            leaf_in[nid] = None if grad_outputs[0] is None else to_numpy(grad_outputs[0])
-        return hook
-
-    grads = [torch.ones_like(r) for r in roots]
-    guarded = [] if backward else ([fn.variable for fn in leaves] + _retaining(set(ops))
-                                   + [t for t in keep if t.grad_fn is None or t.retains_grad])
-    saved = [(t, t.grad) for t in guarded]
-    try:
-        for fn, nid in ops.items():
-            handles.append(fn.register_hook(post_hook(nid)))
-        if backward:
-            for fn, nid in leaves.items():
-                handles.append(fn.register_prehook(acc_hook(nid)))
-            torch.autograd.backward(roots, grads)
-        else:
-            fns = list(leaves)
-            try:
-                got = torch.autograd.grad(roots, [fn.variable for fn in fns], grads, retain_graph=True,
-                                          allow_unused=True)
-            except RuntimeError as e:
-                if not is_checkpoint_refusal(e):
-                    raise
-                seen_in.clear()
-                seen_out.clear()
-                got = _backward_undone(roots, grads, fns, guarded)
-            for fn, g in zip(fns, got):
-                leaf_in[leaves[fn]] = None if g is None else to_numpy(g)
-    finally:
-        for h in handles:
-            h.remove()
-        for t, g in saved:
-            t.grad = g
+    seeds: dict = {}
+    for r in roots:
+        seeds.setdefault((r.grad_fn, r.output_nr), []).append(torch.ones_like(r))
+    hooks = {(fn, 0): fn.variable for fn in leaves if _hooked(fn.variable)}
+    hooks.update({(t.grad_fn, t.output_nr): t for t in keep if t.grad_fn is not None and _hooked(t)})
+    run = engine.run(walk.order, walk.nexts, seeds, hooks=hooks, keep=tuple(t for t in keep if t.grad_fn is None))
+    seen_in = {ops[fn]: [_np(g) for g in gs] for fn, gs in run.incoming.items() if fn in ops}
+    seen_out = {ops[fn]: [_np(g) for g in gs] for fn, gs in run.outgoing.items() if fn in ops}
+    leaf_in = {leaves[fn]: _np(g) for fn, g in run.leaves.items() if fn in leaves}
+    if backward:
+        torch.autograd.backward(roots, [torch.ones_like(r) for r in roots])
     return seen_in, seen_out, leaf_in
 
 
-def _backward_undone(roots, grads, fns, guarded) -> list:
-    """Leaf gradients from a retained ``torch.autograd.backward`` into fresh ``.grad`` slots (the caller puts
-    every guarded ``.grad`` back)."""
-    variables = [fn.variable for fn in fns]
-    for t in {id(t): t for t in variables + guarded}.values():
-        t.grad = None
-    torch.autograd.backward(roots, grads, retain_graph=True)
-    return [v.grad for v in variables]
+def _hooked(t: torch.Tensor) -> bool:
+    return bool(tensor_hooks(t))

@@ -1,6 +1,7 @@
 """The `autogradlens` command (also `python -m autogradlens`).
 
-Exit status: 0 done; 1 `mirror` found a mismatch; 2 bad usage or bad input (one line ``autogradlens: error: ...``
+Exit status: 0 done; 1 `mirror` found a mismatch or `check` a line that is not right; 2 bad usage or bad input
+(one line ``autogradlens: error: ...``
 on stderr, never a traceback), also for `autogradlens` alone, which lists the commands; 130 interrupted (Ctrl-C);
 141 the reader of the output went away (``autogradlens trace ... | head``), quietly.
 """
@@ -29,6 +30,8 @@ commands (each has --help):
              autogradlens trace autogradlens.examples:mlp_loss -o graph.svg
   mirror   re-derive TARGET's backward with micrograd-style Values and compare with PyTorch
              autogradlens mirror autogradlens.examples:mlp_loss
+  check    grade your own gradients line by line: TARGET returns (loss, grads, params)
+             autogradlens check autogradlens.examples:makemore_exercise_with_a_bug
   diff     compare two graphs (TARGETs or traces saved as .json)
              autogradlens diff a.json b.json -o diff.html
 
@@ -39,6 +42,7 @@ TARGET_HELP = ("file.py:function or package.module:function returning the loss (
                "e.g. autogradlens.examples:mlp_loss or model.py:loss")
 OUTPUTS = {"trace": ("svg", "png", "pdf", "dot", "gv", "json", "txt"),
            "mirror": ("svg", "png", "pdf", "dot", "gv", "txt"),
+           "check": ("svg", "png", "pdf", "dot", "gv", "txt"),
            "diff": ("html", "svg", "png", "pdf", "dot", "gv", "txt")}
 
 
@@ -77,8 +81,9 @@ def _failed(spec: str, what: str, e: Exception) -> TargetError:
     return TargetError(f"{what} {spec} raised {type(e).__name__} (traceback above): {e}")
 
 
-def load_target(spec: str):
-    """`file.py:function` or `package.module:function` -> (tensor, params); `x.json` -> Trace.
+def load_target(spec: str, raw: bool = False):
+    """`file.py:function` or `package.module:function` -> (tensor, params); `x.json` -> Trace. With `raw`, what
+    the function returned, as it is.
 
     Raises:
         TargetError: (a LensValueError) the file, module or function is missing, the function fails or
@@ -140,6 +145,8 @@ def load_target(spec: str):
         out = fn()
     except Exception as e:
         raise _failed(spec, "calling", e) from None
+    if raw:
+        return out
     if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor) and _params_like(out[1]):
         root, params = out
     else:
@@ -179,13 +186,32 @@ def _cmd_trace(a) -> int:
 
 
 def _cmd_mirror(a) -> int:
-    from .mirroring import mirror
+    from .mirror import mirror
 
     _check_output("mirror", a.output)
     t = load_target(a.target)
     if not isinstance(t, tuple):
         raise TargetError("mirror needs a live graph: give file.py:function or module:function, not a saved trace")
     rep = mirror(t[0], params=t[1], mode=a.mode)
+    print(rep.to_text())
+    if a.output:
+        print(f"wrote {rep.render(a.output)}")
+    return 0 if rep.ok else 1
+
+
+def _cmd_check(a) -> int:
+    from .checking import check
+
+    _check_output("check", a.output)
+    if a.target.endswith(".json"):
+        raise TargetError("check needs your gradients: give file.py:function or module:function returning (loss, "
+                          "grads, params), not a saved trace")
+    out = load_target(a.target, raw=True)
+    if not (isinstance(out, tuple) and len(out) in (2, 3) and isinstance(out[1], Mapping)):
+        raise TargetError(f"{a.target} must return (loss, grads) or (loss, grads, params): grads a dict name -> "
+                          "gradient (or -> (tensor, gradient)), params naming the tensors; it returned "
+                          f"{_describe(out)}")
+    rep = check(out[0], out[1], params=out[2] if len(out) == 3 else None)
     print(rep.to_text())
     if a.output:
         print(f"wrote {rep.render(a.output)}")
@@ -239,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "watch, diff.", epilog=COMMANDS, formatter_class=_Help)
     from . import __version__
     p.add_argument("--version", action="version", version=f"autogradlens {__version__}")
-    sub = p.add_subparsers(dest="cmd", title="command", metavar="{demo,trace,mirror,diff}", description="one of "
+    sub = p.add_subparsers(dest="cmd", title="command", metavar="{demo,trace,mirror,check,diff}", description="one of "
                            "the commands below; `autogradlens COMMAND --help` shows its options")
 
     def command(name, help, example, func):  # help goes to the command's own page; the list is COMMANDS
@@ -263,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mode", default="auto", choices=["auto", "scalar", "tensor"],
                    help="scalar: one Value per element (small graphs); tensor: Values holding arrays")
     m.add_argument("-o", "--output", metavar="FILE", help="also write the verdict-coloured graph (.svg .png .pdf .dot) "
+                   "or the table (.txt)")
+    c = command("check", "grade your own gradients line by line against PyTorch's: the first wrong line and why "
+                "(exit 1 unless all are right)",
+                "autogradlens check autogradlens.examples:makemore_exercise_with_a_bug", _cmd_check)
+    c.add_argument("target", metavar="TARGET", help="file.py:function or package.module:function returning (loss, "
+                   "grads, params): grads maps names to your gradients, params names the tensors (as lens.check takes "
+                   "them)")
+    c.add_argument("-o", "--output", metavar="FILE", help="also write the status-coloured graph (.svg .png .pdf .dot) "
                    "or the table (.txt)")
     d = command("diff", "compare two graphs and list what was removed, added and changed",
                 "autogradlens diff autogradlens.examples:neuron autogradlens.examples:neuron_formula -o diff.html",
@@ -292,7 +326,7 @@ def main(argv=None) -> int:
     """
     args = build_parser().parse_args(argv)
     if args.cmd is None:
-        print("usage: autogradlens {demo,trace,mirror,diff} ... (autogradlens --help for more)\n\n" + COMMANDS,
+        print("usage: autogradlens {demo,trace,mirror,check,diff} ... (autogradlens --help for more)\n\n" + COMMANDS,
               file=sys.stderr)
         return 2
     try:

@@ -16,7 +16,7 @@ from . import plots, report
 from .diffing import diff
 from .errors import LensTypeError, LensValueError
 from .examples import MLP, neuron, neuron_formula
-from .mirroring import mirror
+from .mirror import mirror
 from .tracing import trace
 from .training import DEFAULT_LR, fit
 from .value import Value

@@ -99,6 +99,11 @@ def makemore(batch: int = 32, *, n_embd: int = 10, n_hidden: int = 64, block_siz
     ``lens.mirror(loss, params=names)``. ``retain_grad=True`` calls ``retain_grad()`` on every intermediate,
     as the lecture does.
     """
+    loss, names, _, _ = _makemore(batch, n_embd, n_hidden, block_size, vocab_size, seed, dtype, retain_grad)
+    return loss, names
+
+
+def _makemore(batch, n_embd, n_hidden, block_size, vocab_size, seed, dtype, retain_grad):
     g = torch.Generator().manual_seed(seed)
     C = torch.randn((vocab_size, n_embd), generator=g)
     W1 = torch.randn((n_embd * block_size, n_hidden), generator=g) * (5 / 3) / ((n_embd * block_size) ** 0.5)
@@ -139,4 +144,76 @@ def makemore(batch: int = 32, *, n_embd: int = 10, n_hidden: int = 64, block_siz
     if retain_grad:
         for t in inter.values():
             t.retain_grad()
-    return loss, {**params, **inter}
+    return loss, {**params, **inter}, Xb, Yb
+
+
+# The lecture's cmp order: the gradients of its Exercise 1, loss side first.
+MAKEMORE_GRADS = ("logprobs", "probs", "counts_sum_inv", "counts_sum", "counts", "norm_logits", "logit_maxes",
+                  "logits", "h", "W2", "b2", "hpreact", "bngain", "bnbias", "bnraw", "bnvar_inv", "bnvar", "bndiff2",
+                  "bndiff", "bnmeani", "hprebn", "embcat", "W1", "b1", "emb", "C")
+MAKEMORE_BUGS = ("sign", "broadcast", "one_path", "scale", "transpose")
+
+
+def makemore_backward(names: dict, Xb, Yb, bug: str | None = None) -> dict:
+    """Exercise 1 of makemore part 4 solved by hand, line by line as the lecture does (``dlogprobs``, ...,
+    ``dC``): ``{name: gradient}``. `bug` plants one of the mistakes learners make: "sign" (dlogprobs),
+    "broadcast" (dcounts_sum_inv without its sum), "one_path" (dcounts without ``+= dcounts_sum``), "scale"
+    (1/n for 1/(n-1) in dbndiff2) or "transpose" (dW1)."""
+    if bug is not None and bug not in MAKEMORE_BUGS:
+        raise LensValueError(f"bug must be one of {MAKEMORE_BUGS} or None, got {bug!r}")
+    (logprobs, probs, counts, counts_sum, counts_sum_inv, logits, h, bnraw, bnvar_inv, bnvar, bndiff2, bndiff, hprebn,
+     embcat, emb, C, W1, W2, bngain) = (names[k].detach() for k in (
+        "logprobs", "probs", "counts", "counts_sum", "counts_sum_inv", "logits", "h", "bnraw", "bnvar_inv", "bnvar",
+        "bndiff2", "bndiff", "hprebn", "embcat", "emb", "C", "W1", "W2", "bngain"))
+    n = Xb.shape[0]
+    dlogprobs = torch.zeros_like(logprobs)
+    dlogprobs[range(n), Yb] = (1.0 if bug == "sign" else -1.0) / n
+    dprobs = (1.0 / probs) * dlogprobs
+    dcounts_sum_inv = counts * dprobs if bug == "broadcast" else (counts * dprobs).sum(1, keepdim=True)
+    dcounts = counts_sum_inv * dprobs
+    dcounts_sum = (-counts_sum**-2) * dcounts_sum_inv
+    if bug != "one_path":
+        dcounts += torch.ones_like(counts) * dcounts_sum
+    dnorm_logits = counts * dcounts
+    dlogits = dnorm_logits.clone()
+    dlogit_maxes = (-dnorm_logits).sum(1, keepdim=True)
+    dlogits += F.one_hot(logits.max(1).indices, num_classes=logits.shape[1]) * dlogit_maxes
+    dh = dlogits @ W2.T
+    dW2 = h.T @ dlogits
+    db2 = dlogits.sum(0)
+    dhpreact = (1.0 - h**2) * dh
+    dbngain = (bnraw * dhpreact).sum(0, keepdim=True)
+    dbnraw = bngain * dhpreact
+    dbnbias = dhpreact.sum(0, keepdim=True)
+    dbndiff = bnvar_inv * dbnraw
+    dbnvar_inv = (bndiff * dbnraw).sum(0, keepdim=True)
+    dbnvar = (-0.5 * (bnvar + 1e-5) ** -1.5) * dbnvar_inv
+    dbndiff2 = (1.0 / (n if bug == "scale" else n - 1)) * torch.ones_like(bndiff2) * dbnvar
+    dbndiff += (2 * bndiff) * dbndiff2
+    dhprebn = dbndiff.clone()
+    dbnmeani = (-dbndiff).sum(0)
+    dhprebn += 1.0 / n * (torch.ones_like(hprebn) * dbnmeani)
+    dembcat = dhprebn @ W1.T
+    dW1 = dhprebn.T @ embcat if bug == "transpose" else embcat.T @ dhprebn
+    db1 = dhprebn.sum(0)
+    demb = dembcat.view(emb.shape)
+    dC = torch.zeros_like(C)
+    dC.index_put_((Xb.reshape(-1),), demb.reshape(-1, demb.shape[-1]), accumulate=True)
+    d = locals()
+    return {k: d["d" + k] for k in MAKEMORE_GRADS}
+
+
+def makemore_exercise(bug: str | None = None, *, batch: int = 32, dtype=torch.float32, backward: bool = True,
+                      seed: int = 2147483647):
+    """Makemore part 4's Exercise 1 as a learner hands it in: ``(loss, grads, names)`` for ``lens.check(loss, grads,
+    params=names)`` (or ``autogradlens check autogradlens.examples:makemore_exercise``). The intermediates call
+    ``retain_grad()`` and ``loss.backward()`` runs first, as in the lecture (``backward=False``: not yet)."""
+    loss, names, Xb, Yb = _makemore(batch, 10, 64, 3, 27, seed, dtype, True)
+    if backward:
+        loss.backward()
+    return loss, makemore_backward(names, Xb, Yb, bug), names
+
+
+def makemore_exercise_with_a_bug():
+    """The exercise with one path of two missing (``dcounts`` without ``+= dcounts_sum``): for the command line."""
+    return makemore_exercise("one_path")

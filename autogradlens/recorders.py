@@ -38,7 +38,7 @@ from ._torch import (
     unpack_hook,
     version,
 )
-from .tracing import _assign_ids, _dtype, _walk
+from .tracing import assign_ids, short_name, walk
 
 _SAMPLE = 1024     # Adam's effective step size: median over up to this many evenly spaced elements of v
 _CACHE_SIZE = 16   # attribution answers remembered (one per distinct sequence of packs)
@@ -150,7 +150,7 @@ def _pack_event(r) -> dict:
     """A pack record [node, node_id, slot, step, shape, dtype, storage key, producer type] as its event."""
     node, node_id, slot, step, shape, dtype, storage, _ = r
     return {"kind": "pack", "step": step, "node": node, "node_id": node_id, "slot": slot,
-            "shape": None if shape is None else tuple(shape), "dtype": _dtype(dtype),
+            "shape": None if shape is None else tuple(shape), "dtype": short_name(dtype),
             "nbytes": None if shape is None else math.prod(shape) * dtype.itemsize, "storage": storage}
 
 
@@ -291,8 +291,8 @@ class SavedTensors(Recorder):
                 fns.append(fn)
         if not fns:
             return 0
-        order, _ = _walk(fns)
-        ids = _assign_ids(order, {})
+        order, _ = walk(fns)
+        ids = assign_ids(order, {})
         ours, foreign = self.unpack, 0
         for fn in order:
             ntype = type(fn).__name__

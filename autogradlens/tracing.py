@@ -14,7 +14,6 @@ edge      u -> v: u sends gradient to v; key = slot = position in u.next_functio
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from ._files import dumps
+from ._guard import collector_paused
 from ._torch import input_metadata, read_slot, saved_attr, saved_names, sequence_nr, storage_of, version
 from ._tracejson import SCHEMA, read_trace
 from .attribution import infer_modules, module_of
@@ -33,7 +33,7 @@ from .render import Drawable, trace_spec
 from .render import to_text as _to_text
 from .valuegraph import is_value, trace_value
 
-__all__ = ["Trace", "trace"]
+__all__ = ["Trace", "Walk", "assign_ids", "short_name", "trace", "traced", "walk"]
 
 _U64 = 2**64
 _REDUCTION = {0: "none", 1: "mean", 2: "sum"}
@@ -49,7 +49,7 @@ def _node_type(fn) -> str:
     return type(fn).__name__
 
 
-def _walk(roots: list) -> tuple[list, list]:
+def walk(roots: list) -> tuple[list, list]:
     """Nodes reachable from `roots` (grad_fns) in deterministic DFS pre-order (iterative), with their
     next_functions (read once: each access builds a new tuple)."""
     order, nexts, seen, stack = [], [], set(), list(reversed(roots))
@@ -68,7 +68,7 @@ def _walk(roots: list) -> tuple[list, list]:
     return order, nexts
 
 
-def _assign_ids(order: list, names: dict[int, str]) -> dict:
+def assign_ids(order: list, names: dict[int, str]) -> dict:
     ids, counts = {}, {}
     for fn in order:
         t = _node_type(fn)
@@ -140,7 +140,8 @@ def _roots(root) -> list:
 _STR: dict = {}  # torch.dtype / torch.device -> display string (str() of a device costs ~0.5 us)
 
 
-def _dtype(d) -> str:
+def short_name(d) -> str:
+    """A dtype or device as trace attributes spell it: "float32", "cpu"."""
     s = _STR.get(d)
     if s is None:
         s = _STR[d] = str(d).removeprefix("torch.")
@@ -203,7 +204,7 @@ class _Ledger:
                 alias = self.first.get(key)
             self.first.setdefault(key, f"{nid}.{name}")
         sparse = t.layout not in (torch.strided, torch.jagged)  # numel() counts the zeros: not its bytes
-        return {"name": name, "shape": _shape(t), "dtype": _dtype(t.dtype), "device": _dtype(t.device),
+        return {"name": name, "shape": _shape(t), "dtype": short_name(t.dtype), "device": short_name(t.device),
                 "nbytes": None if sparse else t.numel() * t.element_size(), "storage": key, "storage_nbytes": snb,
                 "is_output": fn is not None and t.grad_fn is fn, "alias": alias, "state": state,
                 "version": version(t), "unmeasured": why}
@@ -233,13 +234,13 @@ def _node_attrs(fn, nid: str, ledger: _Ledger, cache: dict, names: dict, inter: 
     if t == "AccumulateGrad":
         var = fn.variable
         shapes = [tuple(var.shape)]
-        dtype, device, seq = _dtype(var.dtype), _dtype(var.device), None
+        dtype, device, seq = short_name(var.dtype), short_name(var.device), None
         param = name = names.get(id(var))
     else:
         meta = input_metadata(fn)
         shapes = [tuple(m.shape) for m in meta]
-        dtype = _dtype(meta[0].dtype) if meta else None
-        device = _dtype(meta[0].device) if meta else None
+        dtype = short_name(meta[0].dtype) if meta else None
+        device = short_name(meta[0].device) if meta else None
         seq, param, name = sequence_nr(fn), None, inter.get(fn)
         slots, other = saved_names(fn, cache)
         for a in other:
@@ -309,7 +310,7 @@ def trace(root, *, params=None, grads: bool = False) -> Trace:
         g = trace_value(root)
         ids = [n for n, d in g.nodes(data=True) if d["is_root"]]
         return Trace(g, ids if isinstance(root, (list, tuple)) else ids[0])
-    t, w = _trace(root, params)
+    t, w = traced(root, params)
     if grads:
         _attach_grads(t, w, list(root) if isinstance(root, (list, tuple)) else [root])
     return t
@@ -330,7 +331,7 @@ def _grad_stats(gs: list) -> dict | None:
     return out
 
 
-def _attach_grads(t: Trace, w: _Walk, roots: list) -> None:
+def _attach_grads(t: Trace, w: Walk, roots: list) -> None:
     ops = {fn: w.ids[fn] for fn in w.order if _node_type(fn) != "AccumulateGrad"}
     leaves = {fn: w.ids[fn] for fn in w.order if _node_type(fn) == "AccumulateGrad"}
     if not leaves:
@@ -340,7 +341,7 @@ def _attach_grads(t: Trace, w: _Walk, roots: list) -> None:
         raise LensRuntimeError(f"grads=True runs a backward pass, but saved tensors of this graph are "
                                f"{' and '.join(sorted(gone))}: trace with grads=True before backward() (or "
                                "backward(retain_graph=True)) and before changing its tensors in place")
-    seen_in, _, leaf_in = capture(roots, ops, leaves)  # every .grad as it was, retain_grad() tensors included
+    seen_in, _, leaf_in = capture(w, roots, ops, leaves, keep=tuple(t for _, t in w.named))  # changes no .grad
     g = t.graph
     for nid, gs in seen_in.items():
         g.nodes[nid]["grad"] = _grad_stats(gs)
@@ -348,7 +349,7 @@ def _attach_grads(t: Trace, w: _Walk, roots: list) -> None:
         g.nodes[nid]["grad"] = _grad_stats([gv])
 
 
-class _Walk(NamedTuple):
+class Walk(NamedTuple):
     """What a trace walked, for the mirror (live node objects: never stored on a Trace)."""
     fns: list
     order: list
@@ -358,7 +359,9 @@ class _Walk(NamedTuple):
     named: list  # the (name, tensor) pairs of `params`, leaves and intermediates
 
 
-def _trace(root, params) -> tuple[Trace, _Walk]:
+def traced(root, params) -> tuple[Trace, Walk]:
+    """The one walk the other tools share: the Trace of `root` and what it walked (the live nodes, their
+    next_functions and ids, the named tensors), for the mirror and the check. Raises as `trace` does."""
     fns = _roots(root)
     named = _named(params)
     names: dict[int, str] = {}  # id(leaf tensor) -> name, for this call only (never stored)
@@ -369,19 +372,14 @@ def _trace(root, params) -> tuple[Trace, _Walk]:
         else:
             names.setdefault(id(t), n)
     param_ptrs = {ptr: n for n, p in named if p.grad_fn is None for ptr, snb, _ in [storage_of(p)] if snb}
-    order, nexts = _walk(fns)
-    ids = _assign_ids(order, names)
+    order, nexts = walk(fns)
+    ids = assign_ids(order, names)
     g = nx.MultiDiGraph()
     ledger, cache = _Ledger(param_ptrs), {}
-    gc_was = gc.isenabled()
-    gc.disable()  # many small dicts and no cycles: the collector would only rescan them
-    try:
+    with collector_paused():  # many small dicts and no cycles: the collector would only rescan them
         g.add_nodes_from((ids[fn], _node_attrs(fn, ids[fn], ledger, cache, names, inter)) for fn in order)
         g.add_edges_from((ids[fn], ids[f], slot, {"input_nr": nr, "slot": slot})
                          for fn, nf in zip(order, nexts) for slot, (f, nr) in enumerate(nf) if f is not None)
-    finally:
-        if gc_was:
-            gc.enable()
     seqs = [d["seq"] for _, d in g.nodes(data=True) if d["seq"] is not None]
     base = min(seqs, default=0)  # the counter is per thread and global: keep it relative, so reruns agree
     for _, d in g.nodes(data=True):
@@ -394,7 +392,7 @@ def _trace(root, params) -> tuple[Trace, _Walk]:
     t = Trace(g, root_ids[0] if not isinstance(root, (list, tuple)) else root_ids)
     if isinstance(params, torch.nn.Module):  # pictures title modules by path and class: "layer1.0 · BasicBlock"
         t.module_types = {n: type(m).__name__ for n, m in params.named_modules() if n}
-    return t, _Walk(fns, order, nexts, ids, names, named)
+    return t, Walk(fns, order, nexts, ids, names, named)
 
 
 class Trace(Drawable):

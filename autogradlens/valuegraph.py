@@ -13,7 +13,7 @@ import torch
 
 from .errors import LensTypeError
 
-__all__ = ["is_value", "trace_value", "value_spec"]
+__all__ = ["is_value", "trace_value", "value_spec", "walk_values"]
 
 
 def is_value(x) -> bool:
@@ -42,9 +42,9 @@ def _type(v) -> str:
     return str(v._op) if v._op else "leaf"
 
 
-def trace_value(root) -> nx.MultiDiGraph:
-    """The graph of values behind `root` (iterative walk, deterministic ids "<op>:<k>" in DFS pre-order)."""
-    roots = list(root) if isinstance(root, (list, tuple)) else [root]
+def walk_values(roots: list) -> tuple[list, dict, dict]:
+    """The values behind `roots` in DFS pre-order (iterative), each one's children, and their ids "<op>:<k>"
+    (keyed by id() inside this call only, to know which objects are the same value)."""
     for i, r in enumerate(roots):
         if not is_value(r):
             raise LensTypeError(f"root[{i}] is a {type(r).__name__}: expected a Value (data, grad, _prev, _op) "
@@ -59,11 +59,18 @@ def trace_value(root) -> nx.MultiDiGraph:
         ks = kids[id(v)] = _children(v)
         stack += [c for c in reversed(ks) if id(c) not in seen]
     ids, counts = {}, {}
-    for v in order:  # id() only inside this call, to know which objects are the same value
+    for v in order:
         t = _type(v)
         k = counts.get(t, 0)
         counts[t] = k + 1
         ids[id(v)] = f"{t}:{k}"
+    return order, kids, ids
+
+
+def trace_value(root) -> nx.MultiDiGraph:
+    """The graph of values behind `root` (iterative walk, deterministic ids "<op>:<k>" in DFS pre-order)."""
+    roots = list(root) if isinstance(root, (list, tuple)) else [root]
+    order, kids, ids = walk_values(roots)
     g = nx.MultiDiGraph()
     root_ids = {ids[id(r)] for r in roots}
     for v in order:
@@ -86,14 +93,15 @@ def _esc(s: str) -> str:
 
 def value_spec(trace, *, rankdir: str = "LR", legend=True, prefix: str = "", colors: dict | None = None,
                label: str | None = None, limit: int | None = 60, mark: dict | None = None,
-               names: dict | None = None) -> dict:
+               names: dict | None = None, **tensor_options) -> dict:
     """The lecture's draw_dot: a record ``label | data | grad`` per value (an empty label for a value without
     one, as draw_dot shows it; the id is the tooltip), a small op node between, left to right (inputs on the
     left, the output on the right) or top to bottom.
 
     A graph of more than `limit` values draws the `limit` nearest the root and one box for the rest (with a
     note saying how to draw all: ``render(path, limit=None)``; dot needs minutes for tens of thousands).
-    `colors`, `legend`, `mark` and `names` work as in ``trace_spec``.
+    `colors`, `legend`, `mark` and `names` work as in ``trace_spec``; its options for tensor graphs
+    (``show_saved``, ``depth``, ...) change nothing here.
     """
     from .render import MARK
 

@@ -22,8 +22,8 @@ import numpy as np
 
 import autogradlens as lens
 import autogradlens.value as value_module
-from autogradlens import scalar
 from autogradlens.examples import makemore
+from autogradlens.mirror import scalar
 
 
 def timed(mode, batch, paused=False):
@@ -55,11 +55,10 @@ def count_values(batch) -> int:
 
 
 def estimate(batch) -> int:
-    from autogradlens.mirroring import _snapshot, _trace  # the mirror's own node records (internal)
+    from autogradlens.mirror.driver import read_ops  # the mirror's own node records (internal)
+    from autogradlens.tracing import traced
     loss, names = makemore(batch=batch)
-    _, walk = _trace(loss, names)
-    nodes = [_snapshot(fn, walk.ids[fn], nf, {}) for fn, nf in zip(walk.order, walk.nexts)]
-    return scalar.scalar_cost([n for n in nodes if n.type != "AccumulateGrad"])
+    return scalar.scalar_cost(list(read_ops(*traced(loss, names)).values()))
 
 
 def bytes_per_value(n=200_000) -> float:

@@ -6,7 +6,7 @@
 Per model: op nodes, distinct node types, % of op nodes checked (not "unmirrored"), the verdict in each variant
 (float64, float32, bfloat16, float16, bf16 autocast: "ok" or the number of mismatching rows), and the median time
 of lens.mirror(mode="tensor") as a multiple of the median forward+backward time of the same model (float64).
-Then the totals, and every node type left without a rule with the reason (autogradlens.rules.NO_RULE).
+Then the totals, and every node type left without a rule with the reason (autogradlens.mirror.table.NO_RULE).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from _timing import median_time  # noqa: E402
 from zoo import AUTOCAST, VARIANTS, ZOO, build  # noqa: E402
 
 import autogradlens as lens  # noqa: E402
-from autogradlens.rules import NO_RULE  # noqa: E402
+from autogradlens.mirror.table import NO_RULE  # noqa: E402
 
 
 def _fwd_bwd(name):

@@ -86,3 +86,28 @@ def test_a_diff_fits_the_column_side_by_side(browser):
     o, p = neuron()
     f, q = neuron_formula()
     readable(browser.notebook(lens.diff(lens.trace(o, params=p), lens.trace(f, params=q))))
+
+
+def test_lens_check_pictures_fit_the_column(browser):
+    """lens.check's display: makemore part 4's exercise with a planted bug (the learner's names, coloured by
+    status, the first wrong line outlined) and the micrograd lecture's gradients set by hand."""
+    import autogradlens as lens
+    from autogradlens.examples import makemore_exercise
+
+    loss, grads, names = makemore_exercise("one_path")
+    rep = lens.check(loss, grads, params=names)
+    m = browser.notebook(rep)
+    readable(m)
+    assert rep.first_wrong in texts(m) and "logprobs" in texts(m)
+    a, b, c, f = (lens.Value(x, label=k) for x, k in ((2.0, "a"), (-3.0, "b"), (10.0, "c"), (-2.0, "f")))
+    e = a * b
+    e.label = "e"
+    d = e + c
+    d.label = "d"
+    L = d * f
+    L.label = "L"
+    L.grad, f.grad, d.grad, c.grad, e.grad = 1.0, 4.0, -2.0, -2.0, -2.0
+    a.grad, b.grad = b.data, -4.0  # a.grad forgets e.grad
+    m = browser.notebook(lens.check(L))
+    readable(m)
+    assert {"a", "b", "L"} <= texts(m)

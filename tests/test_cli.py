@@ -219,3 +219,40 @@ def test_damaged_trace_files_give_one_error_line(target, tmp_path, capsys):
         assert rc == 2, (name, err)
         assert err.startswith("autogradlens: error: ") and err.count("\n") == 1, (name, err)
         assert "Traceback" not in err and cases[name][1] in err, (name, err)
+
+
+CHECK_TARGET = """
+import torch
+def learner(sign=1.0):
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    h = x * x
+    loss = h.sum()
+    dh = torch.ones(3)
+    return loss, {"h": dh, "x": sign * 2 * x.detach() * dh}, {"x": x, "h": h}
+def wrong():
+    return learner(-1.0)
+def two():
+    loss, grads, params = learner()
+    return loss, {k: (params[k], v) for k, v in grads.items()}
+def not_grads():
+    return learner()[0], 3
+"""
+
+
+def test_check_grades_the_learners_gradients_with_exit_codes(tmp_path, capsys):
+    p = tmp_path / "mine.py"
+    p.write_text(CHECK_TARGET)
+    assert cli.main(["check", f"{p}:learner"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("name | exact | approximate") and "all right" in out
+    assert cli.main(["check", f"{p}:two", "-o", str(tmp_path / "c.txt")]) == 0
+    assert "all right" in (tmp_path / "c.txt").read_text()
+    assert cli.main(["check", f"{p}:wrong"]) == 1
+    out = capsys.readouterr().out
+    assert "first wrong: x" in out and "wrong sign" in out
+    assert cli.main(["check", f"{p}:not_grads"]) == 2
+    assert "must return (loss, grads)" in capsys.readouterr().err
+    assert cli.main(["check", f"{p}:learner", "-o", str(tmp_path / "c.json")]) == 2
+    assert cli.main(["check", "x.json"]) == 2
+    assert cli.main(["check", "autogradlens.examples:makemore_exercise_with_a_bug"]) == 1
+    assert "first wrong: counts" in capsys.readouterr().out

@@ -20,7 +20,7 @@ def test_all_is_sorted_flat_and_importable():
     assert callable(lens.data.digits) and callable(lens.data.mnist)  # DESIGN: lens.data.digits()
 
 
-MODULES = [m.name for m in pkgutil.iter_modules(lens.__path__, "autogradlens.") if m.name != "autogradlens.__main__"]
+MODULES = [m.name for m in pkgutil.walk_packages(lens.__path__, "autogradlens.") if m.name != "autogradlens.__main__"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -56,11 +56,11 @@ def test_names_and_submodules_load_on_first_use(monkeypatch):
 
 def test_modules_are_not_shadowed_by_the_functions_they_export():
     import autogradlens.diffing
-    import autogradlens.mirroring
+    import autogradlens.mirror
     import autogradlens.tracing
     import autogradlens.watching
 
-    assert autogradlens.tracing.Trace is lens.Trace and autogradlens.mirroring.MirrorReport is lens.MirrorReport
+    assert autogradlens.tracing.Trace is lens.Trace and autogradlens.mirror.MirrorReport is lens.MirrorReport
     assert autogradlens.watching.Watch is lens.Watch and autogradlens.diffing.GraphDiff is lens.GraphDiff
     assert callable(lens.trace) and callable(lens.mirror) and callable(lens.watch) and callable(lens.diff)
     assert lens.LensError is importlib.import_module("autogradlens.errors").LensError

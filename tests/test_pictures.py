@@ -15,7 +15,7 @@ from models import mlp_ce, transformer
 import autogradlens as lens
 from autogradlens import _deps, plots, render, report
 from autogradlens.diffing import GraphDiff
-from autogradlens.mirroring import MirrorReport
+from autogradlens.mirror import MirrorReport
 from autogradlens.render import Drawable
 from autogradlens.tracing import Trace
 

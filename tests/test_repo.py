@@ -105,3 +105,25 @@ def test_license_file_matches_pyproject():
     text = " ".join((ROOT / "LICENSE").read_text().split())
     assert text.startswith("MIT License Copyright (c) 2026 the autogradlens authors ")
     assert MIT_GRANT in text and MIT_WARRANTY in text
+
+
+def top_level_redefinitions(source: str) -> list[str]:
+    """Functions and classes defined twice at a module's top level (the second silently shadows the first:
+    rules.py once had two `_pad`s). Assignments may rebind; definitions may not."""
+    seen, twice = set(), []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name in seen:
+                twice.append(f"{node.name} (line {node.lineno})")
+            seen.add(node.name)
+    return twice
+
+
+def test_the_redefinition_check_finds_a_shadowed_helper():
+    assert top_level_redefinitions("def _pad(c):\n    pass\n\ndef _pad(x, p):\n    pass\n") == ["_pad (line 4)"]
+    assert top_level_redefinitions("def a():\n    pass\n\nclass B:\n    def a(self):\n        pass\n") == []
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "autogradlens").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_defines_a_top_level_name_twice(path):
+    assert top_level_redefinitions(path.read_text()) == [], f"{path.name} defines these twice"

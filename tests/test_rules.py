@@ -6,7 +6,7 @@ import torch
 from cases import CASES, Rand
 
 import autogradlens as lens
-from autogradlens import rules
+from autogradlens.mirror import table
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
@@ -14,11 +14,11 @@ def test_round_to_rounds_as_pytorch_casts(dtype):
     x = torch.randn(20000, dtype=torch.float64) * torch.logspace(-40, 39, 20000, dtype=torch.float64)
     x[:4] = torch.tensor([float("inf"), -float("inf"), float("nan"), 1 + 2**-8])  # 1 + 2**-8: a bf16 tie
     want = x.to(getattr(torch, dtype)).double().numpy()
-    assert np.array_equal(rules.round_to(dtype, x.numpy()), want, equal_nan=True)
+    assert np.array_equal(table.round_to(dtype, x.numpy()), want, equal_nan=True)
 
 
 def test_no_rule_lists_only_types_without_a_rule():
-    assert not set(rules.NO_RULE) & set(rules.RULES)
+    assert not set(table.NO_RULE) & set(table.RULES)
 
 
 class _Strict(np.ndarray):
@@ -48,7 +48,7 @@ def test_rules_are_linear_in_the_incoming_gradient_and_never_branch_on_it(name, 
                 return out
             h = [None if g is None else rng.standard_normal(np.shape(g)) for g in c.gs]
             mix = [None if g is None else (2 * np.asarray(g) + 3 * k).view(_Strict) for g, k in zip(c.gs, h)]
-            ctx = rules.Ctx
+            ctx = table.Ctx
             out_h = orig(ctx(c.type, h, c.s, c.a, c.in_shapes, c.out_shapes, False, c.in_dtypes))
             out_mix = orig(ctx(c.type, mix, c.s, c.a, c.in_shapes, c.out_shapes, False, c.in_dtypes))
             for a, b, m in zip(out, out_h, out_mix):
@@ -61,8 +61,8 @@ def test_rules_are_linear_in_the_incoming_gradient_and_never_branch_on_it(name, 
             return out
         return rule
 
-    for t, f in list(rules.RULES.items()):
-        monkeypatch.setitem(rules.RULES, t, wrap(f))
+    for t, f in list(table.RULES.items()):
+        monkeypatch.setitem(table.RULES, t, wrap(f))
     r = Rand(0, torch.float64)
     lens.mirror(CASES[name](r), params=r.leaves, mode="tensor")
     assert checked or name == "to_bfloat16_float16"

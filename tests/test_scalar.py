@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import autogradlens as lens
-from autogradlens import Value, scalar
+from autogradlens import Value
 from autogradlens.errors import LensValueError
 from autogradlens.examples import makemore
+from autogradlens.mirror import scalar
 
 
 def test_as_values_and_floats_round_trip():

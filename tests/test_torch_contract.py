@@ -148,3 +148,40 @@ def test_the_in_place_error_names_nodes_as_this_torch_does(monkeypatch):
     assert _torch.names_ops() == ("of Exp," in str(e.value))
     monkeypatch.setattr(_torch, "_NAMES_OPS", [False])
     assert ", which is output 0 of ExpBackward0, is at version 1;" in _torch.inplace_error(a, "ExpBackward0", 0, 0)
+
+
+def test_nodes_are_called_directly_and_custom_functions_map_their_gradients_to_tensor_inputs():
+    """engine.run calls nodes itself: a C++ node is callable (a multi-output node takes None for an undefined
+    gradient); a custom Function's node runs `apply`, returns one value per forward input, and `needs_input_grad`
+    says which of them have an edge in next_functions."""
+    x = torch.randn(4, 3, requires_grad=True)
+    a, _ = x.split(2)
+    with torch.no_grad():
+        (g,) = _torch.call_node(a.grad_fn, [torch.ones(2, 3), None])
+    assert torch.equal(g, torch.cat([torch.ones(2, 3), torch.zeros(2, 3)]))
+
+    class Scale(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, k, x, flag, w):
+            return k * x * w
+
+        @staticmethod
+        def backward(ctx, g):
+            return None, g * 2, None, g * 3
+
+    w = torch.randn(4, 3, requires_grad=True)
+    y = Scale.apply(2.0, x, True, w)
+    assert y.grad_fn.needs_input_grad == (False, True, False, True)
+    assert len(y.grad_fn.next_functions) == 2
+    gx, gw = _torch.call_node(y.grad_fn, [torch.ones(4, 3)])
+    assert torch.equal(gx, torch.full((4, 3), 2.0)) and torch.equal(gw, torch.full((4, 3), 3.0))
+
+
+def test_a_tensors_python_hooks_are_in_backward_hooks():
+    x = torch.randn(3, requires_grad=True)
+    assert _torch.tensor_hooks(x) == []
+    h = x.register_hook(lambda g: g * 2)
+    (hook,) = _torch.tensor_hooks(x)
+    assert torch.equal(hook(torch.ones(3)), torch.full((3,), 2.0))
+    h.remove()
+    assert _torch.tensor_hooks(x) == []

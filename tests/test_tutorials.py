@@ -139,6 +139,7 @@ EXPECTED = {  # tutorial -> a picture it must show, and a text that proves it is
     "04_mirror_an_mlp.py": ("text/html", "<table"),
     "07_grad_accumulation.py": ("image/png", ""),
     "09_graph_diff.py": ("text/html", "<svg"),
+    "10_backprop_ninja.py": ("text/html", "first wrong: counts"),
     "12_value_pictures.py": ("image/svg+xml", "grad 6.0000"),
     "13_nn_parameter.py": ("image/svg+xml", "param:w"),
     "14_edges.py": ("image/svg+xml", "SplitBackward0:0"),

@@ -9,8 +9,9 @@ from cases import CASES, Rand
 from models import MODELS
 
 import autogradlens as lens
-from autogradlens import bounds, mirroring, rules
-from autogradlens.bounds import Mag, MagCtx, gamma
+from autogradlens.mirror import bounds, driver, table
+from autogradlens.mirror.bounds import Mag, MagCtx, gamma
+from autogradlens.tracing import traced
 
 
 def cnn(dtype, norm="batch", scale=1.0):
@@ -153,7 +154,7 @@ def _planted(dtype, change):
     m = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).to(dtype)
     h = m[2](m[1](m[0](torch.randn(7, 5, dtype=dtype))))
     h.register_hook(change)
-    return F.cross_entropy(m[4](m[3](h)), torch.randint(0, 3, (7,))), m
+    return F.cross_entropy(m[4](m[3](h)), torch.randint(0, 3, (7,))), {**dict(m.named_parameters()), "h": h}
 
 
 @pytest.mark.parametrize("dtype,factor", [(torch.float64, 1 + 1e-6), (torch.float32, 1 + 1e-3)], ids=["f64", "f32"])
@@ -180,13 +181,13 @@ def test_a_hook_flipping_one_element_is_caught(dtype):
 
 
 def test_a_wrong_rule_is_caught_locally():
-    orig = rules.RULES["TanhBackward0"]
-    rules.RULES["TanhBackward0"] = lambda c: (c.g * (1 - c.s["result"] ** 2) * (1 + 1e-4),)
+    orig = table.RULES["TanhBackward0"]
+    table.RULES["TanhBackward0"] = lambda c: (c.g * (1 - c.s["result"] ** 2) * (1 + 1e-4),)
     try:
         loss, m = _planted(torch.float32, lambda g: g)
         rep = lens.mirror(loss, params=m)
     finally:
-        rules.RULES["TanhBackward0"] = orig
+        table.RULES["TanhBackward0"] = orig
     tanh = next(r for r in rep.rows if r["type"] == "TanhBackward0")
     assert tanh["status"] == "mismatch" and rep.diverges_at == []
 
@@ -217,7 +218,7 @@ def test_every_rule_runs_on_magnitudes_without_fallback():
         rep = lens.mirror(loss, params=params)
         assert rep.ok and not [x for x in rep.rows if fallback(x)]
         seen |= {x["type"] for x in rep.rows}
-    assert set(rules.RULES) <= seen
+    assert set(table.RULES) <= seen
 
 
 def test_mag_gives_the_size_of_the_terms_and_counts_roundings():
@@ -272,7 +273,7 @@ def test_the_bound_covers_tensorfloat32_products_and_the_float32_bound_would_not
     assert np.all(err <= bounds.local_bound(mag, "float32", tf32=True))
     assert np.mean(err > bounds.local_bound(mag, "float32")) > 0.5
     # the zoo on an H100 (benchmarks/gpu_check.py --zoo) needs it for its float32 convolutions
-    assert mirroring._TF32_CONV <= rules.RULES.keys() and mirroring._TF32_MATMUL <= rules.RULES.keys()
+    assert driver._TF32_CONV <= table.RULES.keys() and driver._TF32_MATMUL <= table.RULES.keys()
 
 
 def test_the_atomic_bound_covers_half_precision_sums_rounded_at_every_addition():
@@ -289,25 +290,25 @@ def test_the_atomic_bound_covers_half_precision_sums_rounded_at_every_addition()
     err = np.abs(acc.double().numpy() - exact)
     assert np.all(err <= bounds.local_bound(mag, "bfloat16", atomic=True))
     assert np.any(err > bounds.local_bound(mag, "bfloat16"))
-    assert all(t.startswith(mirroring._ATOMIC) for t in ("UpsampleBilinear2DBackward0", "CummaxBackward0"))
-    assert not "MmBackward0".startswith(mirroring._ATOMIC)  # cuBLAS sums in float32: the usual bound
+    assert all(t.startswith(driver._ATOMIC) for t in ("UpsampleBilinear2DBackward0", "CummaxBackward0"))
+    assert not "MmBackward0".startswith(driver._ATOMIC)  # cuBLAS sums in float32: the usual bound
     loss, m = cnn(torch.bfloat16)
-    assert not any(op.atomic for op in mirroring._ops(*mirroring._trace(loss, m)).values())  # not on CPU
+    assert not any(op.atomic for op in driver.read_ops(*traced(loss, m)).values())  # not on CPU
 
 
 def test_tensorfloat32_applies_to_cuda_nodes_under_the_settings_that_enable_it(monkeypatch):
     loss, m = cnn(torch.float32)
-    ops = mirroring._ops(*mirroring._trace(loss, m))
+    ops = driver.read_ops(*traced(loss, m))
     assert not any(op.tf32 for op in ops.values())  # on CPU never
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    assert mirroring._tf32_types() == mirroring._TF32_CONV  # PyTorch's defaults
+    assert driver._tf32_types() == driver._TF32_CONV  # PyTorch's defaults
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     try:
         torch.set_float32_matmul_precision("high")
-        assert mirroring._tf32_types() == mirroring._TF32_MATMUL
+        assert driver._tf32_types() == driver._TF32_MATMUL
     finally:
         torch.set_float32_matmul_precision("highest")
-    assert mirroring._tf32_types() == frozenset()
+    assert driver._tf32_types() == frozenset()
 
 
 def test_scalar_and_tensor_modes_agree_on_a_bias_before_batchnorm():

@@ -7,7 +7,7 @@ import torch
 from zoo import AUTOCAST, ZOO, build
 
 import autogradlens as lens
-from autogradlens.rules import NO_RULE
+from autogradlens.mirror.table import NO_RULE
 
 
 @functools.cache  # the coverage test and the per-model tests read the same reports (one file, one worker)

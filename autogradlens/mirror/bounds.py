@@ -19,11 +19,11 @@ rounding after every addition: r = n, e.g. the CPU layer-norm kernel's per-threa
 bfloat16/float16, measured bit for bit against torch 2.13: each thread adds its rows one by one in bfloat16,
 then the buffers are added).
 
-Conventions for rule authors (rules.py): use numpy functions and operators only (``np.where``, ``np.einsum``
-with explicit output subscripts, ``...`` allowed, ``np.add.at``, ``.sum(axis=...)``, slicing and slice
-assignment, ``c.zeros(shape)`` for buffers); never turn G
-into Python floats or branch on its values; elementwise functions of saved tensors may be anything (unknown
-numpy functions of coefficients run on their values). A rule that cannot run on a ``Mag`` makes the mirror
+Conventions for rule authors (the rule modules of this package): use numpy functions and operators only
+(``np.where``, ``np.einsum`` with explicit output subscripts, ``...`` allowed, ``np.add.at``,
+``.sum(axis=...)``, slicing and slice assignment, ``c.zeros(shape)`` for buffers); never turn G into Python
+floats or branch on its values; elementwise functions of saved tensors may be anything (unknown numpy functions
+of coefficients run on their values). A rule that cannot run on a ``Mag`` makes the mirror
 fall back to a relative bound for that node (noted on its row); tests/test_verdicts.py checks every rule.
 """
 
@@ -33,8 +33,8 @@ import math
 
 import numpy as np
 
-from .errors import LensTypeError
-from .rules import Ctx, round_to
+from ..errors import LensTypeError
+from .table import Ctx, round_to
 
 __all__ = ["Mag", "MagCtx", "gamma", "local_bound", "unit_roundoff"]
 

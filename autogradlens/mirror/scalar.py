@@ -22,7 +22,6 @@ a laptop. Karpathy's makemore part 4 network at batch 32 makes about a million.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import sys
@@ -30,7 +29,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .value import Value, _b_none, _new
+from .._guard import collector_paused
+from ..value import Value, _b_none, _new
 
 SCALAR_LIMIT = 4_000_000  # Values mode="scalar" accepts (about 0.6 GB; see the module docstring)
 AUTO_SCALAR = 5_000       # mode="auto" picks scalar mode up to this many (a few milliseconds)
@@ -108,7 +108,7 @@ def choose_mode(mode: str, cost: int) -> tuple[str, str]:
         ('scalar', ('tensor', "auto chose tensor mode: about 524,908 scalar operations, more than 5,000; \
 tensor mode gives the same verdicts faster (mode='scalar' re-derives every one with Value, up to 4,000,000)"))
     """
-    from .errors import LensValueError
+    from ..errors import LensValueError
     if mode not in ("auto", "scalar", "tensor"):
         raise LensValueError(f"mode must be 'auto', 'scalar' or 'tensor', got {mode!r}")
     if mode == "scalar":
@@ -152,21 +152,18 @@ def running(n_nodes: int, scalar: bool):
     if not scalar:
         yield _nothing
         return
-    was_enabled = gc.isenabled()
-    gc.disable()
     bar = None
-    try:
-        if _progress_wanted():
-            from tqdm import tqdm
-            bar = tqdm(total=n_nodes, desc="mirror (scalar mode)", unit="node", delay=1.0, leave=False)
-            yield bar.update
-        else:
-            yield _nothing
-    finally:
-        if bar is not None:
-            bar.close()
-        if was_enabled:
-            gc.enable()
+    with collector_paused():
+        try:
+            if _progress_wanted():
+                from tqdm import tqdm
+                bar = tqdm(total=n_nodes, desc="mirror (scalar mode)", unit="node", delay=1.0, leave=False)
+                yield bar.update
+            else:
+                yield _nothing
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def _nothing(n=1):

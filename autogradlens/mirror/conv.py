@@ -1,0 +1,339 @@
+"""Convolution (any dimension, transposed, double backward), pooling, upsampling, fold/unfold."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from .table import rule, scatter_axis
+
+
+@rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0")
+def _maxpool(c):  # the indices are flat over the last 2 (3) input dimensions
+    x, idx, g = c.s["self"], c.s["result1"], c.g
+    k = 3 if "3D" in c.type else 2
+    flat = c.zeros(x.shape[:-k] + (math.prod(x.shape[-k:]),))
+    gi = g.reshape(g.shape[:-k] + (-1,))
+    ii = idx.reshape(idx.shape[:-k] + (-1,))
+    lead = np.indices(ii.shape[:-1])
+    for k in range(ii.shape[-1]):
+        np.add.at(flat, tuple(lead) + (ii[..., k],), gi[..., k])
+    return (flat.reshape(x.shape),)
+
+
+@rule("AvgPool2DBackward0", "AvgPool3DBackward0")
+def _avgpool(c):  # any padding, ceil_mode, count_include_pad, divisor_override: separable window matrices
+    x, g = c.s["self"], c.g
+    k = 3 if "3D" in c.type else 2
+    def per_axis(v):
+        v = list(v)
+        return v * k if len(v) == 1 else v
+    ks = per_axis(c.a["kernel_size"])
+    st = per_axis(c.a["stride"] or ks)
+    pad = per_axis(c.a["padding"])
+    mats, divs = [], []
+    for i in range(k):
+        n_in, n_out = x.shape[-k + i], g.shape[-k + i]
+        m, full, clip = np.zeros((n_out, n_in)), np.zeros(n_out), np.zeros(n_out)
+        for o in range(n_out):
+            lo = o * st[i] - pad[i]
+            hi = min(lo + ks[i], n_in + pad[i])
+            full[o] = hi - lo
+            lo, hi = max(lo, 0), min(hi, n_in)
+            m[o, lo:hi] = 1.0
+            clip[o] = hi - lo
+        mats.append(m)
+        divs.append(full if c.a["count_include_pad"] else clip)
+    if c.a["divisor_override"]:
+        return (_separable(g / c.a["divisor_override"], mats),)
+    div = divs[0]
+    for d in divs[1:]:
+        div = np.multiply.outer(div, d)
+    return (_separable(g / div, mats),)
+
+
+def _taps(kernel):
+    return itertools.product(*(range(k) for k in kernel))
+
+
+def _win(k, dil, stride, n):  # the input positions kernel tap k meets, for n outputs
+    return (slice(None),) * 3 + tuple(slice(a * d, a * d + s * (m - 1) + 1, s) for a, d, s, m in zip(k, dil, stride, n))
+
+
+def _pad_spatial(x, p):
+    return np.pad(x, [(0, 0), (0, 0)] + [(a, a) for a in p]) if any(p) else x
+
+
+def _conv_fwd(x, w, s, p, d, groups, zeros):
+    """y = conv(x, w): x (N, C, *S), w (O, C/G, *K) -> (N, O, *So)."""
+    xp = _pad_spatial(x, p)
+    n, ch, o, k = x.shape[0], x.shape[1], w.shape[0], w.shape[2:]
+    so = tuple((xp.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(len(k)))
+    xg = xp.reshape((n, groups, ch // groups) + xp.shape[2:])
+    wg = w.reshape((groups, o // groups, ch // groups) + tuple(k))
+    y = zeros((n, groups, o // groups, math.prod(so)))
+    for t in _taps(k):
+        y = y + np.einsum("ngcs,goc->ngos", xg[_win(t, d, s, so)].reshape(n, groups, ch // groups, -1),
+                          wg[(slice(None),) * 3 + t])
+    return y.reshape((n, o) + so)
+
+
+def _conv_dx(gy, w, xshape, s, p, d, groups, zeros):
+    """The adjoint of _conv_fwd in x (a transposed convolution), cropped to xshape."""
+    n, o, so, k = gy.shape[0], gy.shape[1], gy.shape[2:], w.shape[2:]
+    ch = xshape[1]
+    full = tuple(xshape[2 + i] + 2 * p[i] for i in range(len(k)))
+    full = tuple(max(f, d[i] * (k[i] - 1) + s[i] * (so[i] - 1) + 1) for i, f in enumerate(full))
+    dxp = zeros((n, groups, ch // groups) + full)
+    gg = gy.reshape((n, groups, o // groups, -1))
+    wg = w.reshape((groups, o // groups, ch // groups) + tuple(k))
+    for t in _taps(k):
+        dxp[_win(t, d, s, so)] += np.einsum("ngos,goc->ngcs", gg, wg[(slice(None),) * 3 + t]).reshape(
+            (n, groups, ch // groups) + tuple(so))
+    crop = (slice(None),) * 3 + tuple(slice(a, a + xshape[2 + i]) for i, a in enumerate(p))
+    return dxp[crop].reshape(tuple(xshape))
+
+
+def _conv_dw(x, gy, wshape, s, p, d, groups, zeros):
+    """The adjoint of _conv_fwd in w."""
+    xp = _pad_spatial(x, p)
+    n, ch, o, so, k = x.shape[0], x.shape[1], gy.shape[1], gy.shape[2:], tuple(wshape[2:])
+    xg = xp.reshape((n, groups, ch // groups) + xp.shape[2:])
+    gg = gy.reshape((n, groups, o // groups, -1))
+    dw = zeros((groups, o // groups, ch // groups) + k)
+    for t in _taps(k):
+        dw[(slice(None),) * 3 + t] = np.einsum("ngcs,ngos->goc", xg[_win(t, d, s, so)].reshape(
+            n, groups, ch // groups, -1), gg)
+    return dw.reshape(tuple(wshape))
+
+
+def _conv_geom(c):
+    a = c.a
+    return list(a["stride"]), list(a["padding"]), list(a["dilation"]), a["groups"], a["transposed"]
+
+
+def _conv_shape(c, slot, saved):
+    return c.in_shapes[slot] if c.in_shapes[slot] is not None else c.s[saved].shape
+
+
+@rule("ConvolutionBackward0")
+def _conv(c):  # 1-d/2-d/3-d, stride, padding, dilation, groups, transposed (with output_padding)
+    x, w, g = c.s.get("input"), c.s.get("weight"), c.g
+    s, p, d, groups, tr = _conv_geom(c)
+    need_x, need_w = c.in_shapes[0] is not None, c.in_shapes[1] is not None
+    dx = dw = None
+    if not tr:
+        if need_x:
+            dx = _conv_dx(g, w, c.in_shapes[0], s, p, d, groups, c.zeros)
+        if need_w:
+            dw = _conv_dw(x, g, c.in_shapes[1], s, p, d, groups, c.zeros)
+    else:  # y = the adjoint of a convolution from y-space to x-space with the same weight
+        if need_x:
+            xs = c.in_shapes[0]
+            dx = _conv_fwd(g, w, s, p, d, groups, c.zeros)[(slice(None),) * 2 + tuple(slice(0, n) for n in xs[2:])]
+        if need_w:
+            dw = _conv_dw(g, x, c.in_shapes[1], s, p, d, groups, c.zeros)
+    bias = g.sum(axis=(0,) + tuple(range(2, g.ndim))) if len(c.in_shapes) > 2 and c.in_shapes[2] is not None else None
+    return (dx, dw, bias)
+
+
+@rule("ConvolutionBackwardBackward0")
+def _conv_double(c):  # slots (grad_output, input, weight); incoming: gradients of (grad_input, grad_weight, grad_bias)
+    go, x, w = c.s["grad_output"], c.s["input"], c.s["weight"]
+    ggx, ggw, ggb = (list(c.gs) + [None] * 3)[:3]
+    s, p, d, groups, tr = _conv_geom(c)
+    z = c.zeros
+    d_go = d_x = d_w = None
+    if not tr:  # grad_input = _conv_dx(go, w), grad_weight = _conv_dw(x, go)
+        terms = [] if ggx is None else [_conv_fwd(ggx, w, s, p, d, groups, z)]
+        if ggw is not None:
+            terms.append(_conv_fwd(x, ggw, s, p, d, groups, z))
+            d_x = _conv_dx(go, ggw, x.shape, s, p, d, groups, z)
+        if ggx is not None:
+            d_w = _conv_dw(ggx, go, w.shape, s, p, d, groups, z)
+        terms = [t[(slice(None),) * 2 + tuple(slice(0, n) for n in go.shape[2:])] for t in terms]
+    else:  # grad_input = _conv_fwd(go, w), grad_weight = _conv_dw(go, x)
+        terms = [] if ggx is None else [_conv_dx(ggx, w, go.shape, s, p, d, groups, z)]
+        if ggw is not None:
+            terms.append(_conv_dx(x, ggw, go.shape, s, p, d, groups, z))
+            d_x = _conv_fwd(go, ggw, s, p, d, groups, z)[(slice(None),) * 2 + tuple(slice(0, n) for n in x.shape[2:])]
+        if ggx is not None:
+            d_w = _conv_dw(go, ggx, w.shape, s, p, d, groups, z)
+    if ggb is not None:
+        terms.append(np.broadcast_to(ggb.reshape((1, -1) + (1,) * (go.ndim - 2)), go.shape))
+    for t in terms:
+        d_go = t if d_go is None else d_go + t
+    return (d_go, d_x, d_w)
+
+
+def _bins(n_in, n_out):  # adaptive pooling windows: [floor(i n_in / n_out), ceil((i + 1) n_in / n_out))
+    return [(i * n_in // n_out, -(-(i + 1) * n_in // n_out)) for i in range(n_out)]
+
+
+@rule("AdaptiveAvgPool2DBackward0", "AdaptiveAvgPool3DBackward0")
+def _adaptive_avg(c):
+    x, g = c.s["self"], c.g
+    k = 2 if c.type == "AdaptiveAvgPool2DBackward0" else 3
+    mats = []
+    for n_in, n_out in zip(x.shape[-k:], g.shape[-k:]):
+        m = np.zeros((n_out, n_in))
+        for i, (a, b) in enumerate(_bins(n_in, n_out)):
+            m[i, a:b] = 1.0 / (b - a)
+        mats.append(m)
+    return (_separable(g, mats),)
+
+
+def _separable(g, mats):  # apply m.T along each of the last len(mats) axes
+    for i, m in enumerate(mats):
+        ax = g.ndim - len(mats) + i
+        g = np.moveaxis(np.tensordot(np.moveaxis(g, ax, -1), m, axes=([g.ndim - 1], [0])), -1, ax)
+    return g
+
+
+@rule("AdaptiveMaxPool2DBackward0")
+def _adaptive_max(c):
+    return _maxpool(c)
+
+
+def _nearest_src(n_in, n_out, scale):  # PyTorch's nearest_idx, in float32 as its CPU kernel computes it
+    if n_in == n_out:
+        return np.arange(n_out)
+    if n_out == 2 * n_in:
+        return np.arange(n_out) >> 1
+    sc = np.float32(1.0 / scale) if scale else np.float32(n_in) / np.float32(n_out)
+    return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * sc).astype(np.int64), n_in - 1)
+
+
+def _scales(c, k):
+    names = {1: ["scales"], 2: ["scales_h", "scales_w"], 3: ["scales_d", "scales_h", "scales_w"]}[k]
+    return [c.a.get(n) for n in names]
+
+
+def _nearest_exact_src(n_in, n_out, scale):  # PyTorch's nearest_exact_idx: floorf((i + 0.5) * scale)
+    sc = np.float32(1.0 / scale) if scale else np.float32(n_in) / np.float32(n_out)
+    src = ((np.arange(n_out) + 0.5) * np.float64(sc)).astype(np.float32)  # a double product, rounded by floorf
+    return np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+
+
+@rule("UpsampleNearest1DBackward0", "UpsampleNearest2DBackward0", "UpsampleNearest3DBackward0",
+      "UpsampleNearestExact1DBackward0", "UpsampleNearestExact2DBackward0", "UpsampleNearestExact3DBackward0")
+def _upsample_nearest(c):
+    sizes, g = c.a["self_sym_sizes"], c.g
+    k = len(sizes) - 2
+    src = _nearest_exact_src if "Exact" in c.type else _nearest_src
+    for i, sc in enumerate(_scales(c, k)):
+        ax = 2 + i
+        g = scatter_axis(g, src(sizes[ax], g.shape[ax], sc), sizes[ax], ax, c.zeros)
+    return (g,)
+
+
+def _linear_weights(n_in, n_out, align, scale):
+    """(n_out, n_in) matrix of PyTorch's linear interpolation (area_pixel_compute_source_index)."""
+    if align:
+        r = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        src = np.arange(n_out) * r
+    else:
+        r = 1.0 / scale if scale else n_in / n_out
+        src = np.maximum((np.arange(n_out) + 0.5) * r - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = src - i0
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), i0), 1 - lam)
+    np.add.at(m, (np.arange(n_out), i1), lam)
+    return m
+
+
+@rule("UpsampleLinear1DBackward0", "UpsampleBilinear2DBackward0", "UpsampleTrilinear3DBackward0")
+def _upsample_linear(c):
+    sizes, g = c.a["self_sym_sizes"], c.g
+    k = len(sizes) - 2
+    mats = [_linear_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc)
+            for i, sc in enumerate(_scales(c, k))]
+    return (_separable(g, mats),)
+
+
+def _cubic_weights(n_in, n_out, align, scale, ft):
+    """(n_out, n_in) matrix of PyTorch's bicubic interpolation (A = -0.75, the four taps clamped to the border),
+    computed in `ft` as the CPU kernel does (float32 for float32 and half tensors, float64 for float64)."""
+    one = ft(1)
+    if align:
+        sc = ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
+        real = sc * np.arange(n_out, dtype=ft)
+    else:
+        sc = ft(1.0 / scale) if scale else ft(n_in) / ft(n_out)
+        real = sc * (np.arange(n_out, dtype=ft) + ft(0.5)) - ft(0.5)  # not clamped at 0 for cubic
+    i0 = np.minimum(np.floor(real).astype(np.int64), n_in - 1)
+    t = np.clip(real - i0.astype(ft), ft(0), one)
+    a = ft(-0.75)
+
+    def near(x):  # |x| <= 1
+        return ((a + ft(2)) * x - (a + ft(3))) * x * x + one
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - ft(5) * a) * x + ft(8) * a) * x - ft(4) * a
+
+    m = np.zeros((n_out, n_in))
+    for k, w in enumerate((far(t + one), near(t), near(one - t), far(one - t + one))):
+        np.add.at(m, (np.arange(n_out), np.clip(i0 - 1 + k, 0, n_in - 1)), w.astype(np.float64))
+    return m
+
+
+@rule("UpsampleBicubic2DBackward0")
+def _upsample_bicubic(c):
+    sizes, g = c.a["self_sym_sizes"], c.g
+    ft = np.float64 if c.in_dtypes[0] == "float64" else np.float32
+    mats = [_cubic_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc, ft)
+            for i, sc in enumerate(_scales(c, 2))]
+    return (_separable(g, mats),)
+
+
+def _fold_geom(c):
+    return [list(c.a[k]) for k in ("kernel_size", "dilation", "padding", "stride")]
+
+
+def _col2im(g, size, k, dil, pad, st, zeros):  # (N, C kh kw, L) -> (N, C, H, W), adding overlaps
+    n, ckk, _ = g.shape
+    ch = ckk // (k[0] * k[1])
+    oh, ow = ((size[i] + 2 * pad[i] - dil[i] * (k[i] - 1) - 1) // st[i] + 1 for i in range(2))
+    g6 = g.reshape(n, ch, k[0], k[1], oh, ow)
+    out = zeros((n, ch, size[0] + 2 * pad[0], size[1] + 2 * pad[1]))
+    for i in range(k[0]):
+        for j in range(k[1]):
+            out[:, :, i * dil[0]: i * dil[0] + st[0] * (oh - 1) + 1: st[0],
+                j * dil[1]: j * dil[1] + st[1] * (ow - 1) + 1: st[1]] += g6[:, :, i, j]
+    return out[:, :, pad[0]: pad[0] + size[0], pad[1]: pad[1] + size[1]]
+
+
+def _im2col(x, k, dil, pad, st):  # (N, C, H, W) -> (N, C kh kw, L)
+    xp = _pad_spatial(x, pad)
+    n, ch = x.shape[:2]
+    oh, ow = ((xp.shape[2 + i] - dil[i] * (k[i] - 1) - 1) // st[i] + 1 for i in range(2))
+    cols = [xp[:, :, i * dil[0]: i * dil[0] + st[0] * (oh - 1) + 1: st[0],
+               j * dil[1]: j * dil[1] + st[1] * (ow - 1) + 1: st[1]] for i in range(k[0]) for j in range(k[1])]
+    return np.stack(cols, axis=2).reshape(n, ch * k[0] * k[1], oh * ow)
+
+
+@rule("Im2ColBackward0")
+def _unfold(c):  # F.unfold
+    shape = c.in_shapes[0]
+    g = c.g if c.g.ndim == 3 else c.g[None]
+    size = (c.a["self_sym_argsize_minus_2"], c.a["self_sym_argsize_minus_1"])
+    return (_col2im(g, size, *_fold_geom(c), c.zeros).reshape(shape),)
+
+
+@rule("Col2ImBackward0")
+def _fold(c):  # F.fold
+    g = c.g if c.g.ndim == 4 else c.g[None]
+    return (_im2col(g, *_fold_geom(c)).reshape(c.in_shapes[0]),)
+
+
+@rule("MaxUnpool2DBackward0", "MaxUnpool3DBackward0")
+def _max_unpool(c):  # each input element went to its index in the flattened spatial output
+    idx = c.s["indices"]
+    k = 2 if c.type == "MaxUnpool2DBackward0" else 3
+    lead = idx.shape[: idx.ndim - k]
+    g = c.g.reshape(lead + (-1,))
+    return (np.take_along_axis(g, idx.reshape(lead + (-1,)), axis=-1).reshape(idx.shape),)

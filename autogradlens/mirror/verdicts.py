@@ -1,0 +1,147 @@
+"""Verdicts: the mirror's gradients against PyTorch's, within a bound on rounding errors.
+
+
+NOTE [bound] Every rule is linear in its incoming gradient G. Running it a second time on magnitudes
+(bounds.Mag: ``a - b`` gives |a| + |b|, ``a @ b`` gives |a| @ |b|, ...) gives for each output element M,
+the sum of the absolute values of the terms that were added, and n, how many roundings a result went
+through (+1 per add or multiply, + k - 1 for a sum of k terms, + K for a length-K dot product, + 4 for an
+elementary function). With u the unit roundoff of the graph's dtype (2^-53 float64, 2^-24 float32, 2^-11
+float16, 2^-8 bfloat16; the lowest precision among the node's input and output dtypes, so autocast is
+covered) and gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of Numerical Algorithms, §3):
+
+- local: |mirror - torch| <= B = (gamma_n(u) + 3 gamma_n(u_64)) * M(|G|) + n * eta
+  (PyTorch's rounding in the graph dtype plus the mirror's own in float64; eta = half the smallest
+  subnormal, for underflow). For float16/bfloat16, whose sums PyTorch accumulates in float32 (opmath),
+  gamma_n(u) becomes gamma_n(u_32) + gamma_r(u), r counting only the roundings to the dtype itself.
+  A float32 convolution or matrix product on CUDA that may run in TensorFloat-32 (cudnn.allow_tf32, on by
+  default; cuda.matmul.allow_tf32) adds gamma_2(2^-10): each factor keeps 10 mantissa bits. A half-precision
+  CUDA node whose backward adds with atomics in the dtype (upsampling, index, gather, pooling) gets gamma_n(u).
+  This is the dot-product bound |fl(x.y) - x.y| <= gamma_n |x|.|y|: it scales with the terms, so a
+  gradient that is mathematically 0 but made of large terms (a bias before a normalisation) gets the
+  allowance its terms deserve, while a product of small terms gets a small one.
+- end to end: the mirror's own gradient differs from PyTorch's by at most E, carried from the roots
+  (E = 0 there): E_out = |rule(d)| + B + (the local check's rounding allowance), with d = G_mirror - G_torch
+  the difference already present at the node. By linearity rule(d) = rule(G_mirror) - rule(G_torch), so
+  it is known exactly (no worst case: running M(E_in) instead would grow by about sqrt(K) per layer and
+  hide a 1e-3 change in a float32 ResNet). Where |d| exceeds the incoming E (a real disagreement, such as
+  a tensor hook), only its admissible part (d clipped to +-E) is carried, so the disagreement is not
+  absorbed and keeps showing below. Where gradients from several consumers are summed, E = sum(E_i) +
+  (u + u_64) * sum(|g_i|) + eta per addition. A node without a rule passes PyTorch's own gradients on
+  (E = 0 after it).
+- the float64 mirror is rounded to the graph dtype before it is compared (exact = bitwise equal after
+  that rounding, reported separately), which adds half an ulp: u * |mirror| + eta.
+- equal values match (equal infinities included), NaN matches NaN, anything else must be within the bound.
+
+Every quantity on the right is computed from the same data, in float64 arrays, in both modes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .driver import rounding, unreadable
+from .scalar import floats
+from .table import RULES
+
+
+def _rounded(m: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "float64" or dtype not in ("float32", "float16", "bfloat16"):
+        return m
+    return torch.from_numpy(np.array(m, dtype=np.float64)).to(getattr(torch, dtype)).to(torch.float64).numpy()
+
+
+def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
+    """(status, exact, max_abs, max_rel) of the mirror's `m` against PyTorch's `t`, within `bound`."""
+    if np.iscomplexobj(m) or np.iscomplexobj(t):
+        return None  # complex gradients are passed on, not checked
+    m, t = floats(m), floats(t)
+    if m.shape != t.shape:
+        try:
+            m = np.broadcast_to(m, t.shape)
+        except ValueError:
+            return "mismatch", False, math.inf, math.inf
+    r = _rounded(m, dtype)
+    exact = bool(np.array_equal(r, t, equal_nan=True))
+    with np.errstate(all="ignore"):
+        same = (r == t) | (np.isnan(r) & np.isnan(t))
+        diff = np.where(same, 0.0, np.abs(r - t))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        b = np.zeros(t.shape) if bound is None else np.broadcast_to(bound, t.shape)
+        b = b + rounding(np.maximum(np.abs(r), np.abs(m)), dtype)  # the mirror rounded to the graph's dtype
+        b = np.where(np.isnan(b), np.inf, b)
+        ok = bool(np.all(diff <= b))
+        max_abs = float(np.max(diff, initial=0.0))
+        scale = float(np.max(np.abs(np.where(np.isfinite(t), t, 0.0)), initial=0.0))
+    max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
+    return ("match" if ok else "mismatch"), exact, max_abs, max_rel
+
+
+def _merge(checks):
+    checks = [c for c in checks if c is not None]
+    if not checks:
+        return None
+    return ("mismatch" if any(c[0] == "mismatch" for c in checks) else "match", all(c[1] for c in checks),
+            max(c[2] for c in checks), max(c[3] for c in checks))
+
+
+def _row(nid, type_, name, kind, local, e2e, note, bound=None, e2e_bound=None) -> dict:
+    status, exact, max_abs, max_rel = local if local is not None else ("unmirrored", False, 0.0, 0.0)
+    e = e2e if e2e is not None else (None, None, None, None)
+    return {"id": nid, "type": type_, "name": name or nid, "kind": kind, "status": status, "exact": exact,
+            "max_abs": max_abs, "max_rel": max_rel, "bound": bound, "e2e_status": e[0], "e2e_exact": e[1],
+            "e2e_max_abs": e[2], "e2e_bound": e2e_bound, "note": note}
+
+
+def _largest(xs) -> float | None:
+    xs = [float(np.max(x, initial=0.0)) for x in xs if x is not None and np.size(x)]
+    return max(xs) if xs else None
+
+
+def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> list:
+    rows = []
+    for nid in order:
+        op = ops.get(nid)
+        if op is None or nid not in seen_in:
+            continue
+        local, bounds = None, None
+        if nid in step.local:
+            mine, bounds = step.local[nid]
+            checks = []
+            for i, (m, t) in enumerate(zip(mine, seen_out[nid])):
+                if t is None or op.nexts[i] is None:
+                    continue
+                checks.append(("mismatch", False, math.inf, math.inf) if m is None else
+                              _compare(m, t, bounds[i], op.in_dtypes[i] or op.dtype))
+            local = _merge(checks) or ("match", True, 0.0, 0.0)
+        flows = step.incoming.get(nid) or []
+        e2e = None if op.note else _merge([_compare(f.g, t, f.e, op.out_dtype) for f, t in zip(flows, seen_in[nid])
+                                          if f is not None and t is not None])
+        note = step.notes.get(nid) or (None if op.type in RULES else "no rule for this node type")
+        rows.append(_row(nid, op.type, op.name, "node", local, e2e, note, _largest(bounds or []),
+                         _largest([f.e for f in flows if f is not None])))
+    for nid in tr.graph:  # leaves in the order the trace walked them
+        d = tr.graph.nodes[nid]
+        if not d["is_leaf"]:
+            continue
+        f, t, note = grads.get((nid, 0)), leaf_in.get(nid), unreadable(d)
+        check = None if f is None or t is None or note else _compare(f.g, t, f.e, d["dtype"])
+        rows.append(_row(nid, "AccumulateGrad", d["param"], "leaf", check, check, note,
+                         None if f is None else _largest([f.e]), None if f is None else _largest([f.e])))
+    return rows
+
+
+def divergence(ops, rows) -> list[str]:
+    """Nodes (and leaves) whose end-to-end input differs although every consumer's input and rule agreed:
+    something between them, not a rule, changed PyTorch's gradient."""
+    consumers: dict = {}
+    for op in ops.values():
+        for dest in op.nexts:
+            if dest is not None:
+                consumers.setdefault(dest[0], []).append(op.id)
+    local = {r["id"]: r["status"] for r in rows}
+    e2e = {r["id"]: r["e2e_status"] for r in rows}
+    return [r["id"] for r in rows if r["e2e_status"] == "mismatch"
+            and all(e2e.get(c) != "mismatch" and local.get(c) != "mismatch" for c in consumers.get(r["id"], ()))]
