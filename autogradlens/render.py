@@ -878,7 +878,7 @@ def spec_to_graphviz(spec: dict, name: str = "autograd"):
 # ----------------------------------------------------------------------------- pictures
 
 DOT_SECONDS = 20.0  # a display gives one layout this long before it tries a more collapsed one
-FIT_SECONDS = 8.0  # and stops trying layouts after this long (the best so far is shown)
+FIT_SECONDS = 30.0  # and stops trying layouts after this long (the best so far is shown): a safety net only
 
 
 def spec_picture(spec: dict, fmt: str, name: str = "autograd", timeout: float | None = None) -> bytes:

@@ -181,8 +181,10 @@ def test_an_interrupted_render_leaves_no_dot_behind(tmp_path):
         for how in ("ctrl-c", "ctrl-c twice"):
             procs[how].send_signal(signal.SIGINT)
         procs["ctrl-c twice"].send_signal(signal.SIGINT)
-        for how in ("ctrl-c", "ctrl-c twice"):  # the interrupted process lives on, as a kernel does
-            assert procs[how].stdout.readline().strip() == "interrupted" and procs[how].poll() is None
+        # after one Ctrl-C the process lives on, as a kernel does: dot must be gone by its own doing. (A second
+        # Ctrl-C may land after the first was handled and end the process: then dot goes with it.)
+        assert procs["ctrl-c"].stdout.readline().strip() == "interrupted" and procs["ctrl-c"].poll() is None
+        procs["ctrl-c twice"].stdout.readline()
         procs["killed"].wait(timeout=30)
         left = []
         for _ in range(100):
@@ -192,7 +194,7 @@ def test_an_interrupted_render_leaves_no_dot_behind(tmp_path):
             subprocess.run(["sleep", "0.1"])
         assert not left, f"dot outlived an interrupted render: {left}"
         assert not list(tmp_path.glob("*.svg"))
-        assert all(procs[how].poll() is None for how in ("ctrl-c", "ctrl-c twice"))
+        assert procs["ctrl-c"].poll() is None
     finally:
         for p in procs.values():
             if p.poll() is None:
