@@ -40,7 +40,7 @@ import torch
 
 from . import engine
 from .errors import LensTypeError, LensValueError
-from .render import Drawable, trace_spec
+from .render import COLUMN, Drawable, trace_spec
 from .tracing import Trace, traced
 
 __all__ = ["CheckReport", "check"]
@@ -134,8 +134,8 @@ class CheckReport(Drawable):
 
     def _repr_html_(self) -> str:
         from . import report
-        return (f"<p><b>{report.esc(repr(self))}</b></p><pre>{report.esc(self.to_text())}</pre>"
-                + report.svg(self.to_svg()))
+        return (f"<p><b>{report.esc(repr(self))}</b></p>{report.pre(self.to_text())}"
+                + report.svg(self.to_svg(width=COLUMN)))
 
 
 def _row(name, nid, shape, exact, approx, maxdiff, status, diagnosis=None, factor=None, hint=None, bound=None):

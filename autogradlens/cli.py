@@ -263,6 +263,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autogradlens", description="See PyTorch's autograd graph: trace, mirror, "
                                 "watch, diff.", epilog=COMMANDS, formatter_class=_Help)
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"autogradlens {__version__}")
     sub = p.add_subparsers(dest="cmd", title="command", metavar="{demo,trace,mirror,check,diff}", description="one of "
                            "the commands below; `autogradlens COMMAND --help` shows its options")
 

@@ -18,7 +18,7 @@ import torch
 
 from . import report
 from .errors import LensTypeError
-from .render import COLORS, Drawable, short_shape, trace_spec
+from .render import COLORS, COLUMN, Drawable, short_shape, trace_spec
 from .tracing import Trace, trace
 
 __all__ = ["GraphDiff", "diff"]
@@ -275,7 +275,8 @@ class GraphDiff(Drawable):
                                                  ("Differences", report.pre(self.to_text()) + report.table(rows))])
 
     def _repr_html_(self) -> str:
-        return f"<p><b>{report.esc(repr(self))}</b></p>" + report.svg(self.to_svg()) + report.pre(self.to_text())
+        return (f"<p><b>{report.esc(repr(self))}</b></p>" + report.svg(self.to_svg(width=COLUMN))
+                + report.pre(self.to_text()))
 
 
 def _all_nodes(c: dict) -> list:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 from pathlib import Path
 
@@ -12,12 +11,16 @@ _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{border-bottom:2px solid #ffd166}h2{margin-top:2em;border-bottom:1px solid #ddd}
-pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:12px}
+pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 th{background:#f0f3f8}.pic{overflow:auto;border:1px solid #eee;padding:.5em;margin:.5em 0}
-.pic svg{max-width:100%;height:auto}.note{color:#555;font-size:14px;background:#fffbea;padding:.5em .8em;
+.pic svg,.pic img{max-width:100%;height:auto}.note{color:#555;font-size:14px;background:#fffbea;padding:.5em .8em;
 border-left:3px solid #ffd166}.ok{color:#2a7a2a}.bad{color:#b00020}
 """
+
+
+COLUMN = 1080  # px: the width a picture gets in the page (the 1100 px body less the frame around a picture)
+DPI = 110  # a figure's PNG: plots.WIDTH (8.4 in) is 924 px, inside the column at full size
 
 
 def esc(s) -> str:
@@ -31,10 +34,16 @@ def svg(svg_text: str) -> str:
 
 
 def figure(fig) -> str:
-    """Inline a matplotlib figure as a PNG."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return f'<div class="pic"><img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></div>'
+    """Inline a matplotlib figure as a PNG (``data-text-px``: its smallest text, in px of the PNG)."""
+    from matplotlib.text import Text
+
+    from .plots import png
+
+    data, dpi = png(fig, DPI, COLUMN)
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    px = f' data-text-px="{min(sizes) * dpi / 72:.1f}"' if sizes else ""
+    return (f'<div class="pic"><img{px} alt="figure" '
+            f'src="data:image/png;base64,{base64.b64encode(data).decode()}"></div>')
 
 
 def link(node_id) -> str:
@@ -46,7 +55,8 @@ def link(node_id) -> str:
 
 
 def pre(text: str) -> str:
-    return f"<pre>{esc(text)}</pre>"
+    """Preformatted text that wraps its long lines (in a notebook, where this page's style is absent, too)."""
+    return f'<pre style="white-space:pre-wrap;overflow-wrap:anywhere">{esc(text)}</pre>'
 
 
 def note(text: str) -> str:
@@ -62,7 +72,8 @@ def table(rows: list[dict], columns: list[str] | None = None, limit: int = 400, 
     body = "".join("<tr>" + "".join(f"<td>{r.get(c) or '' if c in html_columns else esc(_fmt(r.get(c)))}</td>"
                                     for c in columns) + "</tr>" for r in rows[:limit])
     more = f"<p><i>… {len(rows) - limit} more rows</i></p>" if len(rows) > limit else ""
-    return f"<table><tr>{head}</tr>{body}</table>{more}"
+    # a long name (layer1.0.downsample.0.weight) breaks inside rather than push the table past the column
+    return f'<table style="max-width:100%;overflow-wrap:anywhere"><tr>{head}</tr>{body}</table>{more}'
 
 
 def _fmt(v) -> str:

@@ -390,6 +390,8 @@ def traced(root, params) -> tuple[Trace, Walk]:
     for r in root_ids:
         g.nodes[r]["is_root"] = True
     t = Trace(g, root_ids[0] if not isinstance(root, (list, tuple)) else root_ids)
+    if isinstance(params, torch.nn.Module):  # pictures title modules by path and class: "layer1.0 · BasicBlock"
+        t.module_types = {n: type(m).__name__ for n, m in params.named_modules() if n}
     return t, Walk(fns, order, nexts, ids, names, named)
 
 
@@ -435,7 +437,8 @@ class Trace(Drawable):
                 "saved_storages": len(storages)}
 
     def to_text(self, **opts) -> str:
-        """An indented tree (shared subgraphs shown once, then referenced). Options: show_saved, show_attrs."""
+        """An indented tree (shared subgraphs shown once, then referenced), names the user gave first.
+        Options: show_saved, show_attrs, limit (lines)."""
         return _to_text(self, **opts)
 
     # drawing (to_dot, to_graphviz, to_svg, render, notebook display) comes from render.Drawable
@@ -453,8 +456,16 @@ class Trace(Drawable):
         return (f"<Trace {s['nodes']} nodes, root {self.root}, {s['saved_tensors']} saved tensors, "
                 f"{s['saved_bytes']} bytes>")
 
+    STR_LINES = 60  # print(trace) shows the whole tree up to this many nodes, else its first lines
+
     def __str__(self) -> str:
-        return self.to_text()
+        """The text tree (``to_text()``); for a big trace its first lines and a note saying how to get all."""
+        n = len(self)
+        if n <= self.STR_LINES:
+            return self.to_text()
+        head = self.to_text(limit=self.STR_LINES // 2)
+        return (f"{repr(self)}\n{head}\n… the tree goes on ({n:,} nodes): to_text() gives all of it, "
+                "render('graph.txt') writes it to a file")
 
     # ---- JSON: plain, lossless for the graph
     def to_json(self, indent: int | None = None) -> str:

@@ -91,19 +91,40 @@ def _esc(s: str) -> str:
     return s
 
 
-def value_spec(trace, *, rankdir: str = "LR", legend: bool = True, prefix: str = "", colors: dict | None = None,
-               label: str | None = None) -> dict:
-    """The lecture's draw_dot: a record ``label | data | grad`` per value, a small op node between, left
-    to right (inputs on the left, the output on the right)."""
+def value_spec(trace, *, rankdir: str = "LR", legend=True, prefix: str = "", colors: dict | None = None,
+               label: str | None = None, limit: int | None = 60, mark: dict | None = None,
+               names: dict | None = None, **tensor_options) -> dict:
+    """The lecture's draw_dot: a record ``label | data | grad`` per value (an empty label for a value without
+    one, as draw_dot shows it; the id is the tooltip), a small op node between, left to right (inputs on the
+    left, the output on the right) or top to bottom.
+
+    A graph of more than `limit` values draws the `limit` nearest the root and one box for the rest (with a
+    note saying how to draw all: ``render(path, limit=None)``; dot needs minutes for tens of thousands).
+    `colors`, `legend`, `mark` and `names` work as in ``trace_spec``; its options for tensor graphs
+    (``show_saved``, ``depth``, ...) change nothing here.
+    """
+    from .render import MARK
+
     g = trace.graph
-    colors = colors or {}
+    colors, mark, names = colors or {}, mark or {}, names or {}
+    keep = _nearest_values(trace, limit)
+    lr = rankdir in ("LR", "RL")
     nodes, edges = [], []
-    for nid, d in g.nodes(data=True):
-        name = d.get("label") or nid
-        style = {"label": f"{{ {_esc(str(name))} | data {d['data']:.4f} | grad {d['grad']:.4f} }}",
+    drawn = list(g.nodes) if keep is None else keep
+    keepset = None if keep is None else set(keep)
+    for nid in drawn:
+        d = g.nodes[nid]
+        name = names.get(nid) or d.get("label") or ""
+        fields = [_esc(str(name)), f"data {d['data']:.4f}", f"grad {d['grad']:.4f}"]
+        if nid in mark:
+            fields[0] = _esc(f"{mark[nid]}: {name}" if name else str(mark[nid]))
+        body = " | ".join(fields)
+        style = {"label": f"{{ {body} }}" if lr else body,
                  "shape": "record", "style": "filled", "fillcolor": colors.get(nid, "#ffd166" if d["is_root"]
                                                                                  else "#ffffff"),
                  "kind": "value", "id": prefix + nid, "tooltip": nid}
+        if nid in mark:
+            style.update(penwidth="4", color=MARK, fontcolor=MARK)
         nodes.append((prefix + nid, style))
         if not d["is_leaf"]:
             op = f"{prefix}{nid}/op"
@@ -111,9 +132,42 @@ def value_spec(trace, *, rankdir: str = "LR", legend: bool = True, prefix: str =
                                "fontsize": "10", "width": "0.3", "height": "0.3", "margin": "0.02", "kind": "op",
                                "tooltip": f"{nid} = {d['type']}(…)"}))
             edges.append((op, prefix + nid, {}))
-    for u, v, k in sorted(g.edges(keys=True), key=lambda e: (e[0], e[2])):
+    hidden = 0 if keep is None else g.number_of_nodes() - len(keep)
+    notes = [label] if label else []
+    if hidden:
+        more = f"{prefix}more:0"
+        nodes.append((more, {"label": f"… {hidden:,} more values not drawn", "shape": "box3d", "style": "filled",
+                             "fillcolor": "#eeeeee", "kind": "box", "id": more}))
+        notes.append(f"the {len(keep)} values nearest the output drawn, {hidden:,} not: render(path, limit=None) "
+                     "draws all (Graphviz needs minutes for tens of thousands)")
+    linked = set()
+    for u, v, k in sorted(g.edges(drawn, keys=True), key=lambda e: (e[0], e[2])):
+        if keepset is not None and v not in keepset:
+            if u not in linked:  # one edge from each drawn value whose inputs are not drawn
+                linked.add(u)
+                edges.append((f"{prefix}more:0", f"{prefix}{u}/op", {"style": "dashed"}))
+            continue
         edges.append((prefix + v, f"{prefix}{u}/op", {"slot": k}))
-    spec = {"attrs": {"rankdir": rankdir}, "nodes": nodes, "edges": edges, "clusters": [], "label": label}
+    spec = {"attrs": {"rankdir": rankdir}, "nodes": nodes, "edges": edges, "clusters": [],
+            "label": "\n".join(notes) or None}
     if legend:
-        spec["legend"] = []
+        spec["legend"] = list(legend) if isinstance(legend, (list, tuple)) else []
+        if mark:
+            spec["legend"].append((f"thick border: {next(iter(mark.values()))}", "mark", "box"))
     return spec
+
+
+def _nearest_values(trace, limit: int | None) -> list | None:
+    """The `limit` values nearest the root(s), breadth first (None: all)."""
+    g = trace.graph
+    if limit is None or g.number_of_nodes() <= limit:
+        return None
+    keep, queue, i = {}, list(trace.roots), 0
+    while i < len(queue) and len(keep) < limit:
+        x = queue[i]
+        i += 1
+        if x not in keep:
+            keep[x] = True
+            queue += [v for _, v, _k in sorted(g.out_edges(x, keys=True), key=lambda e: e[2])]
+    order = {n: i for i, n in enumerate(g.nodes)}  # drawn in the graph's own order (deterministic DOT)
+    return sorted(keep, key=order.__getitem__)

@@ -4,6 +4,8 @@
 
 Targets (issue 10): a 2-layer nn.TransformerEncoder fits in 2000 x 2000 pt by default; notebook display of a
 20k-node trace < 2 s; to_text linear in time and memory (per-node cost at 100k ~ at 20k).
+Issue 18: notebook displays fit JupyterLab's column (text >= 8 px there, see tests/test_browser.py for the browser
+measurement); the display of a Value graph of ~65k values takes a second or two, not minutes.
 """
 
 from __future__ import annotations
@@ -43,6 +45,26 @@ def chain(n: int):
     return lens.trace(y.sum())
 
 
+def value_mlp(n_in: int = 64, hidden=(64, 64), batch: int = 4):
+    """An MLP's loss as lens.Values (about 72k values; the demo's MLP step had 65,818)."""
+    import random
+
+    random.seed(0)
+    V = lens.Value
+    layers = [[([V(random.uniform(-1, 1)) for _ in range(a)], V(0.0)) for _ in range(b)]
+              for a, b in zip((n_in, *hidden), (*hidden, 1))]
+    loss = V(0.0)
+    for _ in range(batch):
+        x = [V(random.uniform(-1, 1)) for _ in range(n_in)]
+        for i, layer in enumerate(layers):
+            x = [sum((w * xi for w, xi in zip(ws, x)), b) for ws, b in layer]
+            if i < len(layers) - 1:
+                x = [v.tanh() for v in x]
+        loss = loss + (x[0] - 1.0) ** 2
+    loss.backward()
+    return loss
+
+
 def size(svg: str) -> tuple[float, float]:
     w, h = re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups()
     return float(w), float(h)
@@ -70,6 +92,17 @@ def main():
         t = chain(n)
         s = median_time(t._repr_mimebundle_)
         print(f"  {len(t):6d} nodes  {s:6.2f} s   (< 2 s: {s < 2})")
+
+    print("\nfitted to a notebook column (render.fit, as the display does):")
+    for name, t in (("2-layer transformer, params only", plain), ("with lens.modules and grads", rec)):
+        f = lens.render.fit(t)
+        print(f"  {name:34s} {f.natural:5.0f} px natural, drawn at {100 * f.scale:3.0f}%, smallest text "
+              f"{f.text_px:4.1f} px, {f.tried} layouts tried, {median_time(lambda t=t: lens.render.fit(t)):5.2f} s")
+    v = value_mlp()
+    t = median_time(lambda: lens.trace(v), 1)
+    tv = lens.trace(v)
+    s = median_time(tv._repr_mimebundle_)
+    print(f"  a Value graph of {len(tv):,} values: trace {t:5.2f} s, notebook display {s:5.2f} s (median of 3)")
 
     print("\nto_text: time and peak memory of the text")
     per = {}

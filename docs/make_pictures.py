@@ -1,9 +1,12 @@
 """Write the README's pictures into docs/ (run from the repository root: python docs/make_pictures.py).
 
-neuron.svg       the lecture's neuron as lens.Values: label | data | grad on every value (draw_dot)
+Each is drawn as a notebook shows it: fitted to an 828 px column (the layout, the saved-tensor notes and the
+collapse chosen so that its text stays readable there).
+
+neuron.svg       the lecture's neuron with tanh written with exp, as lens.Values: label | data | grad (draw_dot)
 mlp_grads.svg    an MLP step traced with grads=True: the gradient on every node, coloured by log magnitude
 grad_flow.png    gradient flow per layer of a deep sigmoid MLP, without and with BatchNorm
-transformer.svg  a 2-layer nn.TransformerEncoder, modules collapsed into boxes so it fits a screen
+transformer.svg  a 2-layer nn.TransformerEncoder (no lens.modules): blocks collapse into boxes titled by class
 fallback.png     the matplotlib drawing used when Graphviz's `dot` is not installed
 """
 
@@ -17,8 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import autogradlens as lens
-from autogradlens import plots, render
-from autogradlens.demo import lecture_neuron
+from autogradlens import Value, plots, render
 from autogradlens.examples import MLP
 
 OUT = Path(__file__).parent
@@ -34,29 +36,53 @@ def deep(norm: bool, depth: int = 8, width: int = 64):
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
+def lecture_neuron_exp():
+    """The micrograd lecture's neuron, tanh written with exp, as in the lecture's notebook."""
+    x1, x2 = Value(2.0, label="x1"), Value(0.0, label="x2")
+    w1, w2 = Value(-3.0, label="w1"), Value(1.0, label="w2")
+    b = Value(6.8813735870195432, label="b")
+    x1w1 = x1 * w1
+    x1w1.label = "x1*w1"
+    x2w2 = x2 * w2
+    x2w2.label = "x2*w2"
+    x1w1x2w2 = x1w1 + x2w2
+    x1w1x2w2.label = "x1*w1 + x2*w2"
+    n = x1w1x2w2 + b
+    n.label = "n"
+    e = (2 * n).exp()
+    o = (e - 1) / (e + 1)
+    o.label = "o"
+    o.backward()
+    return o
+
+
+def fitted(drawable, name: str, **opts) -> None:
+    f = render.fit(drawable, render.COLUMN, **opts)
+    (OUT / name).write_text(f.svg, encoding="utf-8")
+    print(f"{name}: {f}")
+
+
 def main():
-    lens.trace(lecture_neuron()).render(OUT / "neuron.svg")
+    fitted(lens.trace(lecture_neuron_exp()), "neuron.svg")
 
     torch.manual_seed(0)
     model = MLP((64, 16, 10))
     x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
-    lens.trace(F.cross_entropy(model(x), y), params=model, grads=True).render(OUT / "mlp_grads.svg",
-                                                                               show_saved=False)
+    fitted(lens.trace(F.cross_entropy(model(x), y), params=model, grads=True), "mlp_grads.svg")
 
     torch.manual_seed(1)
     x, y = torch.randn(128, 64), torch.randint(0, 10, (128,))
     traces = {name: lens.trace(F.cross_entropy(m(x), y), params=m, grads=True)
               for name, m in (("no normalisation", deep(False)), ("BatchNorm", deep(True)))}
-    plots.gradient_flow(traces).savefig(OUT / "grad_flow.png", dpi=90, bbox_inches="tight")
+    (OUT / "grad_flow.png").write_bytes(plots.png(plots.gradient_flow(traces), 100, plots.COLUMN)[0])
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True), 2,
                                     enable_nested_tensor=False)
-    with lens.modules(enc):
-        loss = enc(torch.randn(2, 4, 8)).pow(2).mean()
-    lens.trace(loss, params=enc).render(OUT / "transformer.svg")
+    loss = enc(torch.randn(2, 4, 8)).pow(2).mean()  # no lens.modules: modules inferred from the parameters
+    fitted(lens.trace(loss, params=enc), "transformer.svg")
 
     torch.manual_seed(0)
     small = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))

@@ -49,3 +49,19 @@ _FIRST = ("test_watch_observe.py", "test_tutorials.py", "test_mirror.py", "test_
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(_FIRST)}
     items.sort(key=lambda it: rank.get(it.path.name, len(_FIRST)))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the worker's picture tests; a test that needs it fails, saying how to get one,
+    when none can be found (a picture test never passes by not looking)."""
+    import importlib.util
+
+    if importlib.util.find_spec("playwright") is None:
+        pytest.fail("the browser tests drive Chromium with Playwright: pip install -e '.[dev]' (make setup does)")
+    import browser as b
+
+    try:
+        return b.shared()
+    except RuntimeError as e:
+        pytest.fail(str(e))

@@ -8,7 +8,7 @@ from autogradlens import cli
 from autogradlens.demo import run_demo
 
 
-def test_demo_writes_a_self_contained_report(tmp_path, capsys):
+def test_demo_writes_a_self_contained_report(tmp_path, capsys, browser):
     assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "2"]) == 0
     path = tmp_path / "report.html"
     out = capsys.readouterr().out  # not a terminal: a line per phase, then where the report is
@@ -27,6 +27,15 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     assert not re.search(r"(src|href)=[\"']https?://", html)  # opens offline: nothing fetched
     assert "accumulate" in html and "pack" in html and "NllLossBackward0" in html
     assert (tmp_path / "mlp_graph.json").exists() and (tmp_path / "mirror.svg").exists()
+    # as a reader sees it, in a 1280 px window: nothing clipped or sideways, every text readable
+    m = browser.page(html)
+    assert m["page_overflow"] <= 0 and m["overflow"] <= 0, m.summary()
+    svgs = [p for p in m["pics"] if p["tag"] == "svg"]
+    imgs = [p for p in m["pics"] if p["tag"] == "img"]
+    assert len(svgs) >= 6 and len(imgs) >= 6
+    assert all(p["width"] <= 1100 for p in m["pics"]) and all(p["width"] >= p["natural"] - 1 for p in imgs)
+    assert m.share_readable(8) >= 0.98, m.small(8)[:5]
+    assert min(browser.figure_text_px(m)) >= 8
 
 
 def test_demo_bad_data(tmp_path, capsys):

@@ -158,6 +158,36 @@ def test_the_right_picture(name, notebooks):
     assert shown and any(needle in s for s in shown), f"{name}: no {kind} output with {needle!r}"
 
 
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
+def test_every_tutorial_picture_fits_a_notebook_column(path, notebooks, browser):
+    """Each picture a tutorial shows, as JupyterLab shows it at a 1280×900 window (848 px column), in Chromium:
+    nothing sideways, no PNG shrunk, nearly all text at 8 px or more."""
+    from browser import problems
+
+    nb = notebooks[path.name]
+    if isinstance(nb, Exception):
+        raise nb
+    shown = 0
+    for o in _outputs(nb):
+        data = o.get("data", {})
+        if not any(k in data for k in (*PICTURES, "text/html")):
+            continue
+        m = browser.notebook(dict(data))
+        shown += bool(m["pics"])
+        assert not problems(m), f"{path.name}: {m.summary()}: {problems(m)}"
+    assert shown
+
+
+def test_tutorials_teach_what_they_say_and_carry_no_lint_comments(notebooks):
+    for p in TUTORIALS:
+        assert "noqa" not in p.read_text() and "type: ignore" not in p.read_text(), p.name
+    nb = notebooks["07_grad_accumulation.py"]
+    if isinstance(nb, Exception):
+        raise nb
+    text = "".join(o.get("text", "") for o in _outputs(nb) if o.get("output_type") == "stream")
+    assert "accumulated=True" in text and "accumulated=False" in text  # the point of the tutorial, printed
+
+
 def test_readme_quick_example_runs(notebooks):
     nb = notebooks[README.name]
     if isinstance(nb, Exception):

@@ -66,9 +66,11 @@ def train(zero_grad: bool, steps: int = 12):
 
 good, _ = train(zero_grad=True)
 bad, caught = train(zero_grad=False)
-for e in bad.events[:40]:
-    if e.kind == "accumulate" and e.param == "0.bias":
-        print(f"step {e.step}: accumulated={e.accumulated}  |grad|={e.norm:.4f}")
+for name, w in (("with zero_grad()", good), ("without", bad)):
+    print(name)
+    for e in w.events:
+        if e.kind == "accumulate" and e.param == "0.bias" and e.step < 4:
+            print(f"  step {e.step}: accumulated={e.accumulated}  |grad|={e.norm:.4f}")
 print("warning:", caught[0].message if caught else None)
 
 # %% [markdown]

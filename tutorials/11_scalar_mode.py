@@ -68,4 +68,4 @@ print(f"\nsame verdict on all {len(t.rows)} rows: {same}; tensor ok: {t.ok}, sca
 # In a notebook the scalar report shows itself as a table, coloured by verdict:
 
 # %%
-s  # noqa: B018 (a notebook shows the last expression of a cell)
+s

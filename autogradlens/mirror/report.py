@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import report
-from ..render import Drawable, trace_spec
+from ..render import COLUMN, Drawable, trace_spec
 
 
 class MirrorReport(Drawable):
@@ -104,4 +104,5 @@ class MirrorReport(Drawable):
 
     def _repr_html_(self) -> str:
         cols = ["name", "type", "status", "exact", "max_abs", "max_rel", "e2e_status"]
-        return f"<p><b>{report.esc(repr(self))}</b></p>" + report.table(self.rows, cols) + report.svg(self.to_svg())
+        return (f"<p><b>{report.esc(repr(self))}</b></p>" + report.table(self.rows, cols)
+                + report.svg(self.to_svg(width=COLUMN)))
