@@ -111,23 +111,12 @@ class CheckReport(Drawable):
         return {r["id"]: COLORS[r["status"]] for r in self.rows}
 
     def _spec(self, **opts) -> dict:
-        """The traced graph with the learner's names, coloured by status; the first wrong line outlined."""
+        """The traced graph with the learner's names, coloured by status; the first wrong line marked."""
         first = next((r["id"] for r in self.rows if r["status"] == "wrong"), None)
-        from .render import is_value_graph
-        if is_value_graph(self.trace.graph):
-            from .valuegraph import value_spec
-            spec = value_spec(self.trace, colors=self.colors(), legend=False, **opts)
-        else:
-            spec = trace_spec(self.trace, colors=self.colors(), legend=False, **opts)
-        if first is not None:
-            for nid, style in spec["nodes"]:
-                if nid == first or style.get("id") == first:
-                    style["penwidth"] = "3"
-                    style["color"] = "#b00020"
-        present = {r["status"] for r in self.rows}
-        spec["legend"] = [(s, {"right": "added", "wrong": "removed", "inherits": "changed", "unknown": "freed"}[s],
-                           "box") for s in STATUSES if s in present]
-        return spec
+        opts = {"colors": self.colors(), "legend": [(s, COLORS[s], "box") for s in STATUSES],
+                "mark": {first: "first wrong"} if first is not None else None,
+                "names": {r["id"]: r["name"] for r in self.rows}, **opts}
+        return trace_spec(self.trace, **opts)
 
     def _text_formats(self, **opts) -> dict:
         return {"txt": lambda: self.to_text() + "\n"}

@@ -110,4 +110,4 @@ def test_lens_check_pictures_fit_the_column(browser):
     a.grad, b.grad = b.data, -4.0  # a.grad forgets e.grad
     m = browser.notebook(lens.check(L))
     readable(m)
-    assert {"a", "b", "L"} <= texts(m)
+    assert {"first wrong: a", "b", "L"} <= texts(m)  # the marked value says so on its first line
