@@ -4,6 +4,7 @@ and on magnitudes and keeps what the verdicts need. How the bounds are carried: 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from .._torch import is_freed, is_stale, saved_names, saved_value
 from ..capture import to_numpy
 from ..errors import LensRuntimeError
-from .bounds import UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, unit_roundoff
+from .bounds import EXACT, UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, rounding, unit_roundoff
 from .scalar import as_values, floats
 from .table import RULES, Ctx, Unsupported, sum_to
 
@@ -141,15 +142,19 @@ def _tf32_types() -> frozenset:
 
 class Flow(NamedTuple):
     """A gradient on its way: ``g`` (the mirror's value), ``e`` (a bound on its distance to PyTorch's),
-    ``a`` (the sum of the magnitudes of the parts added into it) and ``u`` (unit roundoff of the sum)."""
+    ``a`` (the sum of the magnitudes of the parts added into it; None: ``|g|``, computed only where gradients
+    are summed) and ``u`` (unit roundoff of the sum)."""
     g: object
     e: np.ndarray
-    a: np.ndarray
+    a: np.ndarray | None
     u: float
 
     def __add__(self, o: Flow) -> Flow:  # the engine's sum and the mirror's each round once
-        a = self.a + o.a
+        a = self.parts() + o.parts()
         return Flow(self.g + o.g, self.e + o.e + (self.u + _U64) * a + _ETA[self.u], a, max(self.u, o.u))
+
+    def parts(self) -> np.ndarray:
+        return np.abs(floats(self.g)) if self.a is None else self.a
 
 
 def replay(order: list, ops: dict, seeds: dict, step) -> dict:
@@ -194,48 +199,97 @@ def consumers_first(order: list, nexts: list, ids: dict) -> list[str]:
 
 
 def run_rule(op: Op, gs, ctx=Ctx, saved=None, scalar=False) -> list:
-    """The rule's gradients per slot, each summed to its input's shape (as the engine does)."""
+    """The rule's gradients per slot, each summed to its input's shape (as the engine does). Floating-point
+    warnings are the caller's to silence (the mirror runs under ``np.errstate(all="ignore")``)."""
     if all(g is None for g in gs):
         return [None] * len(op.nexts)
     c = ctx(op.type, gs, op.saved if saved is None else saved, op.attrs, op.in_shapes, op.out_shapes, scalar,
             op.in_dtypes)
-    with np.errstate(all="ignore"):
-        out = RULES[op.type](c)
-        if len(out) != len(op.nexts):
-            raise Unsupported(f"rule for {op.type} returned {len(out)} gradients for {len(op.nexts)} inputs")
-        return [None if o is None or s is None or op.nexts[i] is None else
-                sum_to(o if isinstance(o, Mag) else np.asarray(o), s)
-                for i, (o, s) in enumerate(zip(out, op.in_shapes))]
+    out = RULES[op.type](c)
+    if len(out) != len(op.nexts):
+        raise Unsupported(f"rule for {op.type} returned {len(out)} gradients for {len(op.nexts)} inputs")
+    return [None if o is None or s is None or op.nexts[i] is None else
+            sum_to(o if isinstance(o, Mag) else np.asarray(o), s)
+            for i, (o, s) in enumerate(zip(out, op.in_shapes))]
 
 
-def _mag_saved(saved: dict) -> dict:
-    def one(x):
-        return x if x is None or x.dtype.kind != "f" else Mag.of(x)
-    return {k: tuple(one(x) for x in v) if isinstance(v, tuple) else one(v) for k, v in saved.items()}
+class _SavedMags:
+    """The saved tensors as Mags (|x| and x) for the run on magnitudes, each |x| computed once however many
+    nodes saved the same array, and dropped after its last node."""
+
+    def __init__(self, ops):
+        self.left: dict = {}
+        for op in ops:
+            for x in _floats_saved(op.saved):
+                self.left[id(x)] = self.left.get(id(x), 0) + 1
+        self.abs: dict = {}
+
+    def __call__(self, saved: dict) -> dict:
+        def one(x):
+            if x is None or x.dtype.kind != "f":
+                return x
+            k = id(x)
+            m = self.abs.get(k)
+            if m is None:
+                m = self.abs[k] = np.abs(x) if x.dtype == np.float64 else np.abs(x).astype(np.float64)
+            return Mag(m, x, 0)
+        return {k: tuple(one(x) for x in v) if isinstance(v, tuple) else one(v) for k, v in saved.items()}
+
+    def done(self, saved: dict):
+        for x in _floats_saved(saved):
+            k = id(x)
+            n = self.left.get(k, 1) - 1
+            self.left[k] = n
+            if n <= 0:
+                self.abs.pop(k, None)
+
+
+def _floats_saved(saved: dict):
+    for v in saved.values():
+        for x in (v if isinstance(v, tuple) else (v,)):
+            if x is not None and x.dtype.kind == "f":
+                yield x
 
 
 class Step:
-    """Runs each node for `replay` and records what the verdicts need (values, bounds, notes)."""
+    """Runs each node for `replay` and judges it on the spot (NOTE [bound]): the local check (the rule on
+    PyTorch's incoming gradients against PyTorch's outgoing ones) and the end-to-end check (the mirror's own
+    incoming gradients against PyTorch's), kept in ``verdicts[id]``; the arrays themselves are not kept."""
 
-    def __init__(self, seen_in, seen_out, scalar: bool):
+    def __init__(self, seen_in, seen_out, scalar: bool, ops=()):
+        from . import verdicts  # (verdicts reads this module's helpers)
         self.seen_in, self.seen_out, self.scalar = seen_in, seen_out, scalar
         # complex gradients only pass between nodes left unmirrored (complex tensors): kept as they are
         self.wrap = (lambda a: a if np.iscomplexobj(a) else as_values(a)) if scalar else (lambda a: a)
-        self.local: dict = {}     # id -> (mirror's outputs from PyTorch's inputs, bound per slot) or None
-        self.incoming: dict = {}  # id -> the mirror's own incoming Flows
+        self.compare, self.merge, self.largest = verdicts._compare, verdicts._merge, verdicts._largest
+        self.verdicts: dict = {}  # id -> (local check, its largest bound, end-to-end check, its largest bound)
         self.notes: dict = {}
+        self.mags = _SavedMags(list(ops.values()) if isinstance(ops, dict) else list(ops))
 
     def __call__(self, op: Op, flows: list):
         torch_in = self.seen_in.get(op.id)
         if torch_in is None:
             return None  # PyTorch did not run this node (no leaf needed it)
-        self.incoming[op.id] = flows
         torch_out = self.seen_out[op.id]
-        local = mine = None
+        e2e = None if op.note else self.merge([self.compare(f.g, t, f.e, op.out_dtype)
+                                               for f, t in zip(flows, torch_in) if f is not None and t is not None])
+        e2e_bound = self.largest([f.e for f in flows if f is not None])
+        try:
+            return self._run(op, flows, torch_in, torch_out)
+        finally:
+            self.mags.done(op.saved)
+            local, bound = self.verdicts.get(op.id, (None, None))
+            self.verdicts[op.id] = (local, bound, e2e, e2e_bound)
+
+    def _run(self, op, flows, torch_in, torch_out):
+        local = mine = ds = None
         if op.type in RULES and op.note is None:
             try:
                 local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], scalar=self.scalar)
-                mine = run_rule(op, [None if f is None else f.g for f in flows], scalar=self.scalar)
+                ds, same = self._differences(op, flows, torch_in)
+                # the same incoming gradients give the same outgoing ones (tensor mode: scalar mode builds Values)
+                mine = local if same and not self.scalar else \
+                    run_rule(op, [None if f is None else f.g for f in flows], scalar=self.scalar)
             except Unsupported as e:  # a case the rule does not handle: unmirrored, with the reason
                 self.notes[op.id] = str(e)
                 local = mine = None
@@ -249,41 +303,72 @@ class Step:
                     Flow(self.wrap(t), np.zeros(np.shape(t)), np.abs(t), _u_of(op, i))
                     for i, (t, d) in enumerate(zip(torch_out, op.nexts))]
         bound = self._bound(op, torch_in, local, torch_out)
-        self.local[op.id] = (local, bound)
-        carried = self._carried(op, flows, torch_in, mine, local)
-        return [None if m is None else
-                Flow(m, np.broadcast_to(bound[i] + carried[i] + rounding(local[i], op.in_dtypes[i]), np.shape(m)),
-                     np.abs(floats(m)), _u_of(op, i))
-                for i, m in enumerate(mine)]
+        checks = [("mismatch", False, math.inf, math.inf) if m is None else
+                  self.compare(m, t, bound[i], op.in_dtypes[i] or op.dtype)
+                  for i, (m, t) in enumerate(zip(local, torch_out)) if t is not None and op.nexts[i] is not None]
+        self.verdicts[op.id] = (self.merge(checks) or ("match", True, 0.0, 0.0), self.largest(bound))
+        carried = self._carried(op, ds, mine, local)
+        out = []
+        for i, m in enumerate(mine):
+            if m is None:
+                out.append(None)
+                continue
+            e = np.add(bound[i], carried[i])
+            r = rounding(local[i], op.in_dtypes[i])
+            if np.ndim(r) and np.shape(e) == np.shape(r):
+                r += e  # (in place)
+                e = r
+            else:
+                e = e + r
+            out.append(Flow(m, e if np.shape(e) == np.shape(m) else np.broadcast_to(e, np.shape(m)), None,
+                            _u_of(op, i)))
+        return out
 
-    def _carried(self, op, flows, torch_in, mine, local) -> list:
-        """|rule(d)| per slot, d = the mirror's incoming gradient minus PyTorch's (NOTE [bound]): by linearity
-        rule(G_mirror) - rule(G_torch); where d exceeds the incoming bound (a real disagreement upstream),
-        only its admissible part min(|d|, E_in) is carried, so the disagreement is not absorbed."""
-        ds, clipped = [], False
+    def _differences(self, op, flows, torch_in):
+        """Per incoming slot d = the mirror's gradient minus PyTorch's (NOTE [bound]), clipped to what the bound
+        admits where it exceeds it (a real disagreement upstream: carried only in part, so it is not absorbed);
+        None where only one side has a gradient. Also: are the two incoming gradients equal everywhere?"""
+        ds, same = [], True
         for f, t in zip(flows, torch_in):
             if f is None or t is None:
                 ds.append(None if f is None else np.zeros(np.shape(f.e)))
+                same = same and f is None and t is None
                 continue
-            d = _difference(floats(f.g), t)
-            allowed = f.e + unit_roundoff(op.out_dtype) * np.abs(floats(f.g)) + UNDERFLOW.get(op.out_dtype, 0.0)
-            if np.any(np.abs(d) > allowed):
-                clipped, d = True, np.clip(d, -allowed, allowed)
+            g = floats(f.g)
+            d = _difference(g, t)
+            ad = np.abs(d)
+            top = np.max(ad, initial=0.0)
+            if top != 0 and not np.all(ad <= f.e):  # cheap first: inside the incoming bound, nothing to clip
+                allowed = f.e + unit_roundoff(op.out_dtype) * np.abs(g) + UNDERFLOW.get(op.out_dtype, 0.0)
+                if np.any(ad > allowed):
+                    d = np.clip(d, -allowed, allowed)
+                    ds.append(("clipped", d))
+                    same = False
+                    continue
+            same = same and top == 0
             ds.append(d)
-        with np.errstate(all="ignore"):
-            if not clipped:
-                return [0.0 if m is None else np.abs(_difference(floats(m), floats(c))) for m, c in zip(mine, local)]
-            try:
-                out = run_rule(op, ds)
-            except Exception:  # noqa: BLE001 - the disagreement is reported upstream; keep the bound only
-                return [0.0] * len(mine)
-            return [0.0 if o is None else np.abs(floats(o)) for o in out]
+        return ds, same
+
+    def _carried(self, op, ds, mine, local) -> list:
+        """|rule(d)| per slot: by linearity rule(G_mirror) - rule(G_torch), exactly known; with a clipped d, the
+        rule run on d itself."""
+        if mine is local:
+            return [0.0] * len(mine)
+        if not any(isinstance(d, tuple) for d in ds):
+            return [0.0 if m is None else _magnitude(_difference(floats(m), floats(c))) for m, c in zip(mine, local)]
+        try:
+            out = run_rule(op, [d[1] if isinstance(d, tuple) else d for d in ds])
+        except Exception:  # noqa: BLE001 - the disagreement is reported upstream; keep the bound only
+            return [0.0] * len(mine)
+        return [0.0 if o is None else np.abs(floats(o)) for o in out]
 
     def _bound(self, op, torch_in, local, torch_out) -> list:
         """Per slot: the bound B on PyTorch's rounding at this node, from one run on magnitudes."""
         u = unit_roundoff(op.dtype)
+        if op.type in EXACT:  # no rounding: B = 0 (a view, not an array)
+            return [None if m is None else np.broadcast_to(0.0, np.shape(m)) for m in local]
         try:
-            mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in], MagCtx, _mag_saved(op.saved))
+            mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in], MagCtx, self.mags(op.saved))
             return [None if x is None else local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
         except Exception as e:  # noqa: BLE001 - relative fallback, noted on the row
             self.notes[op.id] = f"bound: relative fallback ({type(e).__name__}: {e})"
@@ -292,17 +377,16 @@ class Step:
                     for m, t in zip(local, torch_out)]
 
 
-def rounding(x, dtype) -> np.ndarray | float:
-    """What the local check allows for rounding the float64 mirror to `dtype` (also carried on)."""
-    if x is None or dtype in (None, "float64") or dtype not in UNDERFLOW:
-        return 0.0
-    return unit_roundoff(dtype) * np.abs(floats(x)) + UNDERFLOW[dtype]
-
-
 def _difference(m: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """m - t, with 0 where they are equal (equal infinities included)."""
-    with np.errstate(all="ignore"):
-        return np.where((m == t) | (np.isnan(m) & np.isnan(t)), 0.0, m - t)
+    """m - t, with 0 where they are equal (equal infinities included) or both NaN."""
+    d = np.subtract(m, t)
+    if np.isfinite(np.add.reduce(d, axis=None)):  # one pass: every element finite, nothing to patch
+        return d
+    return np.where((m == t) | (np.isnan(m) & np.isnan(t)), 0.0, d)
+
+
+def _magnitude(d):
+    return np.abs(d, out=d) if isinstance(d, np.ndarray) and d.flags.writeable and d.base is None else np.abs(d)
 
 
 def _u_of(op: Op, slot: int) -> float:

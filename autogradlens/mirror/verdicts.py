@@ -40,21 +40,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-from .driver import rounding, unreadable
+from .bounds import rounding
+from .driver import unreadable
 from .scalar import floats
-from .table import RULES
+from .table import RULES, round_to
 
 
 def _rounded(m: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "float64" or dtype not in ("float32", "float16", "bfloat16"):
         return m
-    return torch.from_numpy(np.array(m, dtype=np.float64)).to(getattr(torch, dtype)).to(torch.float64).numpy()
+    return round_to(dtype, m)
 
 
 def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
-    """(status, exact, max_abs, max_rel) of the mirror's `m` against PyTorch's `t`, within `bound`."""
+    """(status, exact, max_abs, max_rel) of the mirror's `m` against PyTorch's `t`, within `bound`.
+    Floating-point warnings are the caller's to silence."""
     if np.iscomplexobj(m) or np.iscomplexobj(t):
         return None  # complex gradients are passed on, not checked
     m, t = floats(m), floats(t)
@@ -63,18 +64,37 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
             m = np.broadcast_to(m, t.shape)
         except ValueError:
             return "mismatch", False, math.inf, math.inf
-    r = _rounded(m, dtype)
+    # the mirror rounded to the graph's dtype (a float32 copy is that rounding, and half the memory)
+    r = m.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(m, dtype))
+    diff = np.asarray(np.subtract(r, t, dtype=np.float64))
+    diff = np.abs(diff, out=diff)
+    max_abs = float(np.max(diff, initial=0.0))
+    if not math.isfinite(max_abs):  # an infinity or a NaN somewhere
+        return _compare_special(m, t, np.asarray(r, dtype=np.float64), bound, dtype)
+    ok = True
+    if max_abs > 0:  # the full allowance only where the bound alone is exceeded (it only adds to it)
+        b = 0.0 if bound is None else np.broadcast_to(bound, t.shape)
+        over = diff > b  # a NaN bound admits anything, as an infinite one
+        if over.any():
+            extra = rounding(np.maximum(np.abs(r[over].astype(np.float64)), np.abs(m[over])), dtype)
+            ok = not np.any(diff[over] > (b[over] if np.ndim(b) else b) + extra)
+    scale = max(float(np.max(t, initial=0.0)), -float(np.min(t, initial=0.0)))
+    max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
+    return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
+
+
+def _compare_special(m, t, r, bound, dtype: str) -> tuple[str, bool, float, float]:
+    """_compare where infinities or NaNs occur: equal values match, NaN matches NaN."""
     exact = bool(np.array_equal(r, t, equal_nan=True))
-    with np.errstate(all="ignore"):
-        same = (r == t) | (np.isnan(r) & np.isnan(t))
-        diff = np.where(same, 0.0, np.abs(r - t))
-        diff = np.where(np.isnan(diff), np.inf, diff)
-        b = np.zeros(t.shape) if bound is None else np.broadcast_to(bound, t.shape)
-        b = b + rounding(np.maximum(np.abs(r), np.abs(m)), dtype)  # the mirror rounded to the graph's dtype
-        b = np.where(np.isnan(b), np.inf, b)
-        ok = bool(np.all(diff <= b))
-        max_abs = float(np.max(diff, initial=0.0))
-        scale = float(np.max(np.abs(np.where(np.isfinite(t), t, 0.0)), initial=0.0))
+    same = (r == t) | (np.isnan(r) & np.isnan(t))
+    diff = np.where(same, 0.0, np.abs(r - t))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    b = np.zeros(t.shape) if bound is None else np.broadcast_to(bound, t.shape)
+    b = b + rounding(np.maximum(np.abs(r), np.abs(m)), dtype)  # the mirror rounded to the graph's dtype
+    b = np.where(np.isnan(b), np.inf, b)
+    ok = bool(np.all(diff <= b))
+    max_abs = float(np.max(diff, initial=0.0))
+    scale = float(np.max(np.abs(np.where(np.isfinite(t), t, 0.0)), initial=0.0))
     max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
     return ("match" if ok else "mismatch"), exact, max_abs, max_rel
 
@@ -106,28 +126,16 @@ def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> lis
         op = ops.get(nid)
         if op is None or nid not in seen_in:
             continue
-        local, bounds = None, None
-        if nid in step.local:
-            mine, bounds = step.local[nid]
-            checks = []
-            for i, (m, t) in enumerate(zip(mine, seen_out[nid])):
-                if t is None or op.nexts[i] is None:
-                    continue
-                checks.append(("mismatch", False, math.inf, math.inf) if m is None else
-                              _compare(m, t, bounds[i], op.in_dtypes[i] or op.dtype))
-            local = _merge(checks) or ("match", True, 0.0, 0.0)
-        flows = step.incoming.get(nid) or []
-        e2e = None if op.note else _merge([_compare(f.g, t, f.e, op.out_dtype) for f, t in zip(flows, seen_in[nid])
-                                          if f is not None and t is not None])
+        local, bound, e2e, e2e_bound = step.verdicts.get(nid, (None, None, None, None))
         note = step.notes.get(nid) or (None if op.type in RULES else "no rule for this node type")
-        rows.append(_row(nid, op.type, op.name, "node", local, e2e, note, _largest(bounds or []),
-                         _largest([f.e for f in flows if f is not None])))
+        rows.append(_row(nid, op.type, op.name, "node", local, e2e, note, bound, e2e_bound))
     for nid in tr.graph:  # leaves in the order the trace walked them
         d = tr.graph.nodes[nid]
         if not d["is_leaf"]:
             continue
         f, t, note = grads.get((nid, 0)), leaf_in.get(nid), unreadable(d)
-        check = None if f is None or t is None or note else _compare(f.g, t, f.e, d["dtype"])
+        with np.errstate(all="ignore"):
+            check = None if f is None or t is None or note else _compare(f.g, t, f.e, d["dtype"])
         rows.append(_row(nid, "AccumulateGrad", d["param"], "leaf", check, check, note,
                          None if f is None else _largest([f.e]), None if f is None else _largest([f.e])))
     return rows
