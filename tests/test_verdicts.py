@@ -247,6 +247,36 @@ def test_mag_gives_the_size_of_the_terms_and_counts_roundings():
     assert (s.n, s.r) == (6, 6) and (t.n, t.r) == (6, 1)  # accumulated in the dtype: every addition rounds to it
 
 
+def test_rules_said_to_be_exact_round_nothing_on_magnitudes(monkeypatch):
+    """bounds.EXACT skips the run on magnitudes (B = 0): each of its rules, run on magnitudes anyway wherever the
+    catalogue and the zoo's models use it, counts no rounding (n = r = 0), and nodes outside it run on magnitudes."""
+    counts, ran = {}, []
+    orig = driver.run_rule
+
+    def recording(op, gs, ctx=table.Ctx, saved=None, scalar=False):
+        out = orig(op, gs, ctx, saved, scalar)
+        if ctx is MagCtx:
+            ran.append(op.type)
+            counts.setdefault(op.type, set()).update((x.n, x.r) for x in out if x is not None)
+        return out
+    monkeypatch.setattr(driver, "EXACT", frozenset())  # every node runs on magnitudes
+    monkeypatch.setattr(driver, "run_rule", recording)
+    for name, case in sorted(CASES.items()):
+        r = Rand(1, torch.float32)
+        lens.mirror(case(r), params=r.leaves, mode="tensor")
+    for build in MODELS.values():
+        torch.manual_seed(0)
+        lens.mirror(build(torch.float32)[0], mode="tensor")
+    assert bounds.EXACT <= set(table.RULES) and bounds.EXACT <= set(counts), bounds.EXACT - set(counts)
+    assert {t: c for t, c in counts.items() if t in bounds.EXACT and c != {(0, 0)}} == {}
+    ran.clear()
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    monkeypatch.setattr(driver, "run_rule", recording)
+    lens.mirror(MODELS["mlp_ce"](torch.float32)[0], mode="tensor")
+    assert ran and not set(ran) & bounds.EXACT
+
+
 def test_gamma_and_unit_roundoffs():
     assert bounds.UNIT_ROUNDOFF["float32"] == np.finfo(np.float32).eps / 2
     assert bounds.UNIT_ROUNDOFF["float64"] == np.finfo(np.float64).eps / 2

@@ -165,7 +165,7 @@ class Mag:
         return int(self._n[0][1])
 
     @property
-    def c(self) -> np.ndarray:
+    def c(self) -> _Count:
         return self._n[0]
 
     @c.setter
@@ -217,7 +217,7 @@ class Mag:
             self.v[idx] = val.v
         else:
             self.v = None
-        self.c = np.maximum(self.c, val.c)
+        self.c = _cmax(self.c, val.c)
 
     def reshape(self, *shape, **kw):
         return np.reshape(self, shape[0] if len(shape) == 1 else shape, **kw)
@@ -376,7 +376,7 @@ class Mag:
                 np.put_along_axis(arr.v, idx, vals.v, *args[3:], **kw)
             else:
                 arr.v = None
-            arr.c = np.maximum(arr.c, vals.c)
+            arr.c = _cmax(arr.c, vals.c)
             return None
         mags = _mags(args) + _mags(kw)
         if any(x.v is None for x in mags):
@@ -384,14 +384,45 @@ class Mag:
         return func(*_swap(args, "v"), **_swap(kw, "v"))  # a coefficient: computed on values, exact
 
 
-def _count(k) -> np.ndarray:
-    """(n, r) as an int array: an int k means (k, k)."""
-    a = np.asarray(k, dtype=np.int64)
-    return np.array([a, a]) if a.ndim == 0 else a.copy()
+class _Count(tuple):
+    """(n, r) rounding counts (see Mag.n, Mag.r): + adds elementwise (an int to both), * scales both."""
+
+    __slots__ = ()
+
+    def __new__(cls, n, r):
+        return tuple.__new__(cls, (n, r))
+
+    def __add__(self, o):
+        if isinstance(o, tuple):
+            return _Count(self[0] + o[0], self[1] + o[1])
+        return _Count(self[0] + o, self[1] + o)
+
+    __radd__ = __add__
+
+    def __mul__(self, k):
+        return _Count(self[0] * k, self[1] * k)
+
+    __rmul__ = __mul__
+
+    def any(self) -> bool:
+        return bool(self[0] or self[1])
 
 
-def _top(xs) -> np.ndarray:
-    return np.maximum.reduce([x.c for x in xs])
+def _count(k) -> _Count:
+    """(n, r) from an int k (meaning (k, k)) or a pair."""
+    if isinstance(k, _Count):
+        return k
+    if np.ndim(k) == 0:
+        return _Count(int(k), int(k))
+    return _Count(int(k[0]), int(k[1]))
+
+
+def _cmax(*cs) -> _Count:
+    return _Count(max(c[0] for c in cs), max(c[1] for c in cs))
+
+
+def _top(xs) -> _Count:
+    return _cmax(*[x.c for x in xs])
 
 
 def _value(x):
@@ -436,7 +467,7 @@ def _add_at(out, idx, b=None):
         out.v = None
     count = np.zeros(out.shape, dtype=np.int64)
     np.add.at(count, idx, 1)  # duplicate indices add up: that many roundings
-    out.c = np.maximum(out.c, b.c) + int(count.max(initial=0))
+    out.c = _cmax(out.c, b.c) + int(count.max(initial=0))
 
 
 def _einsum(args, kw):

@@ -149,8 +149,16 @@ def _conv_dw(x, gy, wshape, s, p, d, groups, zeros):
 
 
 def _conv_geom(c):
+    """stride, padding, dilation (one per spatial dimension), groups, transposed. PyTorch saves a single padding
+    for ``padding='valid'`` (0,) whatever the dimension: it stands for every spatial dimension (the stride is
+    saved in full)."""
     a = c.a
-    return list(a["stride"]), list(a["padding"]), list(a["dilation"]), a["groups"], a["transposed"]
+    nd = len(a["stride"])
+
+    def per_dim(v):
+        v = list(v)
+        return v * nd if len(v) == 1 else v
+    return per_dim(a["stride"]), per_dim(a["padding"]), per_dim(a["dilation"]), a["groups"], a["transposed"]
 
 
 def _conv_shape(c, slot, saved):

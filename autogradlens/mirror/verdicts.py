@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from .bounds import rounding
+from .bounds import UNDERFLOW, rounding, unit_roundoff
 from .driver import unreadable
 from .scalar import floats
 from .table import RULES, round_to
@@ -64,6 +64,8 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
             m = np.broadcast_to(m, t.shape)
         except ValueError:
             return "mismatch", False, math.inf, math.inf
+    if t.size <= SMALL:
+        return _compare_small(m, t, bound, dtype)
     # the mirror rounded to the graph's dtype (a float32 copy is that rounding, and half the memory)
     r = m.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(m, dtype))
     diff = np.asarray(np.subtract(r, t, dtype=np.float64))
@@ -81,6 +83,36 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
     scale = max(float(np.max(t, initial=0.0)), -float(np.min(t, initial=0.0)))
     max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
     return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
+
+
+SMALL = 16  # arrays up to this size are compared element by element in Python floats (numpy's calls cost more)
+
+
+def _compare_small(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
+    """_compare on a few elements, with the same arithmetic (Python floats are IEEE doubles)."""
+    rs = (m.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(m, dtype))).ravel().tolist()
+    ts, ms = t.ravel().tolist(), m.ravel().tolist()
+    bs = [0.0] * len(ts) if bound is None else np.broadcast_to(bound, t.shape).ravel().tolist()
+    u, eta = (unit_roundoff(dtype), UNDERFLOW[dtype]) if dtype in UNDERFLOW and dtype != "float64" else (None, 0.0)
+    exact, ok, max_abs, scale = True, True, 0.0, 0.0
+    for r, x, mm, b in zip(rs, ts, ms, bs):
+        if x == x and abs(x) != math.inf and abs(x) > scale:
+            scale = abs(x)
+        if r == x or (r != r and x != x):
+            continue
+        exact = False
+        d = abs(r - x)
+        if d != d:
+            d = math.inf
+        if d > max_abs:
+            max_abs = d
+        if u is not None:
+            big = math.nan if r != r or mm != mm else max(abs(r), abs(mm))
+            b = b + (u * big + eta)
+        if not d <= (math.inf if b != b else b):
+            ok = False
+    max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
+    return ("match" if ok else "mismatch"), exact, max_abs, max_rel
 
 
 def _compare_special(m, t, r, bound, dtype: str) -> tuple[str, bool, float, float]:
@@ -101,8 +133,8 @@ def _compare_special(m, t, r, bound, dtype: str) -> tuple[str, bool, float, floa
 
 def _merge(checks):
     checks = [c for c in checks if c is not None]
-    if not checks:
-        return None
+    if len(checks) < 2:
+        return checks[0] if checks else None
     return ("mismatch" if any(c[0] == "mismatch" for c in checks) else "match", all(c[1] for c in checks),
             max(c[2] for c in checks), max(c[3] for c in checks))
 
@@ -116,8 +148,13 @@ def _row(nid, type_, name, kind, local, e2e, note, bound=None, e2e_bound=None) -
 
 
 def _largest(xs) -> float | None:
-    xs = [float(np.max(x, initial=0.0)) for x in xs if x is not None and np.size(x)]
-    return max(xs) if xs else None
+    best = None
+    for x in xs:
+        if x is None or not np.size(x):
+            continue
+        v = float(x.max(initial=0.0) if isinstance(x, np.ndarray) else np.max(x, initial=0.0))
+        best = v if best is None else max(best, v)
+    return best
 
 
 def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> list:
