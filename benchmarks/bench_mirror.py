@@ -192,7 +192,8 @@ def main():
             rs = res[k]
             ratio = [r["mirror"] / r["fb"] for r in rs if r["fb"]]
             print(f"{name:10s} {k:7s} {_span([r['fb'] and r['fb'] * 1e3 for r in rs], '{:.0f}'):>11s} "
-                  f"{_span([r['mirror'] for r in rs], '{:.2f}'):>12s} {_span([r['capture'] for r in rs], '{:.2f}'):>10s} "
+                  f"{_span([r['mirror'] for r in rs], '{:.2f}'):>12s} "
+                  f"{_span([r['capture'] for r in rs], '{:.2f}'):>10s} "
                   f"{_span([r['trace'] for r in rs], '{:.2f}'):>9s} {_span(ratio, '{:.1f}x'):>10s}", flush=True)
 
 

@@ -46,19 +46,35 @@ class Op(NamedTuple):
     atomic: bool = False  # a half-precision CUDA node whose backward adds with atomics in the dtype
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
+def _saved_tensor(t: torch.Tensor, seen: dict) -> torch.Tensor:
+    """A saved tensor the rules can read, detached; the same tensor object for the same tensor saved by several
+    nodes (`seen` maps what identifies it, its memory and version, to the first one, which it keeps alive)."""
     if t.layout != torch.strided:
         raise Unsupported(f"a {str(t.layout).removeprefix('torch.')} saved tensor")
     if t.device.type == "meta":
         raise Unsupported("a meta tensor (no values)")
     if t.is_complex():
         raise Unsupported("complex tensors")
-    return to_numpy(t)
+    key = (t.data_ptr(), t.dtype, t.device, t.shape, t.stride(), t._version)
+    hit = seen.get(key)
+    if hit is None:
+        hit = seen[key] = t.detach()
+    return hit
 
 
-def _read_saved(fn, nid: str, slots: list, dtype: str) -> dict:
-    """Saved tensors as numpy arrays; a clear error when backward() freed them or they changed in place.
-    A Python number saved as a 0-d float64 tensor enters a `dtype` computation rounded to `dtype`."""
+def _as_array(t: torch.Tensor) -> np.ndarray:
+    """A saved tensor as the rules read it: a read-only numpy array, float64 for floating tensors (one copy)."""
+    d = t.resolve_neg()
+    a = (d.to("cpu", torch.float64, copy=True, memory_format=torch.contiguous_format).numpy(force=True)
+         if d.is_floating_point() else to_numpy(d))
+    a.flags.writeable = False  # shared by the nodes that saved it: a rule must not change it
+    return a
+
+
+def _read_saved(fn, nid: str, slots: list, dtype: str, seen: dict) -> dict:
+    """Saved tensors (the mirror turns them into numpy arrays when it runs the node: Step); a clear error when
+    backward() freed them or they changed in place. A Python number saved as a 0-d float64 tensor enters a
+    `dtype` computation rounded to `dtype`."""
     out = {}
     for a in slots:
         try:
@@ -74,11 +90,11 @@ def _read_saved(fn, nid: str, slots: list, dtype: str) -> dict:
                     "mirror the graph before optimizer.step() or other in-place updates") from None
             raise
         if isinstance(v, tuple):
-            out[a] = tuple(None if x is None else _np(x) for x in v)
+            out[a] = tuple(None if x is None else _saved_tensor(x, seen) for x in v)
         elif v is not None:
             if v.ndim == 0 and v.dtype == torch.float64 and dtype in ("float32", "float16", "bfloat16"):
                 v = v.to(getattr(torch, dtype))
-            out[a] = _np(v)
+            out[a] = _saved_tensor(v, seen)
     return out
 
 
@@ -98,7 +114,7 @@ def lowest(dtypes) -> str:
 
 def read_ops(tr, walk) -> dict:
     """Op node id -> Op, for every node with a grad_fn (leaves are not ops)."""
-    g, cache, ops, tf32 = tr.graph, {}, {}, _tf32_types()
+    g, cache, ops, tf32, seen = tr.graph, {}, {}, _tf32_types(), {}
     for fn, nf in zip(walk.order, walk.nexts):
         nid = walk.ids[fn]
         d = g.nodes[nid]
@@ -112,7 +128,7 @@ def read_ops(tr, walk) -> dict:
         saved, note = {}, unreadable(d)
         if d["type"] in RULES and note is None:
             try:
-                saved = _read_saved(fn, nid, saved_names(fn, cache)[0], d["dtype"])
+                saved = _read_saved(fn, nid, saved_names(fn, cache)[0], d["dtype"], seen)
             except Unsupported as e:
                 note = str(e)
         dtype, cuda = lowest([d["dtype"], *in_dtypes]), (d["device"] or "").startswith("cuda")
@@ -198,13 +214,13 @@ def consumers_first(order: list, nexts: list, ids: dict) -> list[str]:
     return out
 
 
-def run_rule(op: Op, gs, ctx=Ctx, saved=None, scalar=False) -> list:
-    """The rule's gradients per slot, each summed to its input's shape (as the engine does). Floating-point
-    warnings are the caller's to silence (the mirror runs under ``np.errstate(all="ignore")``)."""
+def run_rule(op: Op, gs, saved: dict, ctx=Ctx, scalar=False) -> list:
+    """The rule's gradients per slot, each summed to its input's shape (as the engine does), given the incoming
+    gradients `gs` and the saved tensors as arrays (`saved`, see _Saved). Floating-point warnings are the
+    caller's to silence (the mirror runs under ``np.errstate(all="ignore")``)."""
     if all(g is None for g in gs):
         return [None] * len(op.nexts)
-    c = ctx(op.type, gs, op.saved if saved is None else saved, op.attrs, op.in_shapes, op.out_shapes, scalar,
-            op.in_dtypes)
+    c = ctx(op.type, gs, saved, op.attrs, op.in_shapes, op.out_shapes, scalar, op.in_dtypes)
     out = RULES[op.type](c)
     if len(out) != len(op.nexts):
         raise Unsupported(f"rule for {op.type} returned {len(out)} gradients for {len(op.nexts)} inputs")
@@ -213,42 +229,70 @@ def run_rule(op: Op, gs, ctx=Ctx, saved=None, scalar=False) -> list:
             for i, (o, s) in enumerate(zip(out, op.in_shapes))]
 
 
-class _SavedMags:
-    """The saved tensors as Mags (|x| and x) for the run on magnitudes, each |x| computed once however many
-    nodes saved the same array, and dropped after its last node."""
+class _Saved:
+    """The nodes' saved tensors as the rules read them: numpy arrays (float64 for floating tensors, `array`),
+    their magnitudes for the run on magnitudes (`mags`), float32 copies (`float32`). Each made when first needed,
+    once however many nodes saved the same tensor, and dropped after its last node (`done`)."""
 
     def __init__(self, ops):
         self.left: dict = {}
+        self.made: dict = {}
         for op in ops:
-            for x in _floats_saved(op.saved):
-                self.left[id(x)] = self.left.get(id(x), 0) + 1
-        self.abs: dict = {}
+            for t in _tensors(op.saved):
+                self.left[id(t)] = self.left.get(id(t), 0) + 1
 
-    def __call__(self, saved: dict) -> dict:
-        def one(x):
-            if x is None or x.dtype.kind != "f":
-                return x
-            k = id(x)
-            m = self.abs.get(k)
-            if m is None:
-                m = self.abs[k] = np.abs(x) if x.dtype == np.float64 else np.abs(x).astype(np.float64)
-            return Mag(m, x, 0)
-        return {k: tuple(one(x) for x in v) if isinstance(v, tuple) else one(v) for k, v in saved.items()}
+    def _get(self, t, kind):
+        rec = self.made.setdefault(id(t), {})
+        v = rec.get(kind)
+        if v is None:
+            if kind == "array":
+                v = _as_array(t)
+            else:
+                a = self._get(t, "array")
+                v = _abs(a) if kind == "mags" else _float32_of_saved(a)
+            rec[kind] = v
+        return v
+
+    def view(self, saved: dict, kind: str = "array") -> dict:
+        def one(t):
+            if t is None:
+                return None
+            if kind == "array" or not t.is_floating_point():
+                return self._get(t, "array")
+            v = self._get(t, kind)
+            return Mag(v, self._get(t, "array"), 0) if kind == "mags" else v  # a fresh Mag: its count is its own
+        return {k: tuple(one(t) for t in v) if isinstance(v, tuple) else one(v) for k, v in saved.items()}
 
     def done(self, saved: dict):
-        for x in _floats_saved(saved):
-            k = id(x)
+        for t in _tensors(saved):
+            k = id(t)
             n = self.left.get(k, 1) - 1
             self.left[k] = n
             if n <= 0:
-                self.abs.pop(k, None)
+                self.made.pop(k, None)
 
 
-def _floats_saved(saved: dict):
+def _tensors(saved: dict):
     for v in saved.values():
         for x in (v if isinstance(v, tuple) else (v,)):
-            if x is not None and x.dtype.kind == "f":
+            if x is not None:
                 yield x
+
+
+def _abs(x):
+    return np.abs(x) if x.dtype == np.float64 else np.abs(x).astype(np.float64)
+
+
+def _float32_of_saved(x):
+    top = float(np.max(np.abs(x), initial=0.0))
+    return x.astype(np.float32) if top < _F32_SAFE else _OUT
+
+
+_F32_SAFE = 2.0**100
+_OUT = np.zeros(0)  # a saved array out of float32's comfortable range
+# Matrix products and convolutions: their rule on the difference d runs in float32 (Step._corrected).
+_CORRECTED = frozenset({"ConvolutionBackward0", "MmBackward0", "AddmmBackward0", "BmmBackward0", "BaddbmmBackward0"})
+_CORRECTED_SIZE = 4096
 
 
 class Step:
@@ -264,7 +308,7 @@ class Step:
         self.compare, self.merge, self.largest = verdicts._compare, verdicts._merge, verdicts._largest
         self.verdicts: dict = {}  # id -> (local check, its largest bound, end-to-end check, its largest bound)
         self.notes: dict = {}
-        self.mags = _SavedMags(list(ops.values()) if isinstance(ops, dict) else list(ops))
+        self.saved = _Saved(list(ops.values()) if isinstance(ops, dict) else list(ops))
 
     def __call__(self, op: Op, flows: list):
         torch_in = self.seen_in.get(op.id)
@@ -277,7 +321,7 @@ class Step:
         try:
             return self._run(op, flows, torch_in, torch_out)
         finally:
-            self.mags.done(op.saved)
+            self.saved.done(op.saved)
             local, bound = self.verdicts.get(op.id, (None, None))
             self.verdicts[op.id] = (local, bound, e2e, e2e_bound)
 
@@ -285,11 +329,17 @@ class Step:
         local = mine = ds = None
         if op.type in RULES and op.note is None:
             try:
-                local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], scalar=self.scalar)
-                ds, same = self._differences(op, flows, torch_in)
-                # the same incoming gradients give the same outgoing ones (tensor mode: scalar mode builds Values)
-                mine = local if same and not self.scalar else \
-                    run_rule(op, [None if f is None else f.g for f in flows], scalar=self.scalar)
+                arrays = self.saved.view(op.saved)
+                local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], arrays,
+                                 scalar=self.scalar)
+                ds, tops = self._differences(op, flows, torch_in)
+                if self.scalar:
+                    mine = run_rule(op, [None if f is None else f.g for f in flows], arrays, scalar=True)
+                elif all(t == 0 for t in tops):  # the same incoming gradients give the same outgoing ones
+                    mine = local
+                else:
+                    mine = self._corrected(op, local, ds, tops) or \
+                        run_rule(op, [None if f is None else f.g for f in flows], arrays)
             except Unsupported as e:  # a case the rule does not handle: unmirrored, with the reason
                 self.notes[op.id] = str(e)
                 local = mine = None
@@ -307,7 +357,7 @@ class Step:
                   self.compare(m, t, bound[i], op.in_dtypes[i] or op.dtype)
                   for i, (m, t) in enumerate(zip(local, torch_out)) if t is not None and op.nexts[i] is not None]
         self.verdicts[op.id] = (self.merge(checks) or ("match", True, 0.0, 0.0), self.largest(bound))
-        carried = self._carried(op, ds, mine, local)
+        carried = self._carried(op, ds, mine, local, arrays)
         out = []
         for i, m in enumerate(mine):
             if m is None:
@@ -327,12 +377,13 @@ class Step:
     def _differences(self, op, flows, torch_in):
         """Per incoming slot d = the mirror's gradient minus PyTorch's (NOTE [bound]), clipped to what the bound
         admits where it exceeds it (a real disagreement upstream: carried only in part, so it is not absorbed);
-        None where only one side has a gradient. Also: are the two incoming gradients equal everywhere?"""
-        ds, same = [], True
+        None where only one side has a gradient. Also per slot: the largest |d|, 0 where neither side has a
+        gradient, None where the two are not comparable (one side only, clipped)."""
+        ds, tops = [], []
         for f, t in zip(flows, torch_in):
             if f is None or t is None:
                 ds.append(None if f is None else np.zeros(np.shape(f.e)))
-                same = same and f is None and t is None
+                tops.append(0.0 if f is None and t is None else None)
                 continue
             g = floats(f.g)
             d = _difference(g, t)
@@ -343,13 +394,43 @@ class Step:
                 if np.any(ad > allowed):
                     d = np.clip(d, -allowed, allowed)
                     ds.append(("clipped", d))
-                    same = False
+                    tops.append(None)
                     continue
-            same = same and top == 0
+            tops.append(float(top))
             ds.append(d)
-        return ds, same
+        return ds, tops
 
-    def _carried(self, op, ds, mine, local) -> list:
+    def _corrected(self, op, local, ds, tops) -> list | None:
+        """The mirror's gradients as local + rule(d), rule(d) in float32 (its BLAS is twice as fast): for matrix
+        products and convolutions on big arrays whose d is small, a rounding-sized difference, where the float32
+        error in rule(d) is far below the float64 mirror's own. None where that does not apply. The end-to-end
+        bound carries |mine - local| as it is (NOTE [bound]), so it holds whatever the accuracy of rule(d)."""
+        if op.type not in _CORRECTED or any(t is None for t in tops) or \
+                sum(np.size(d) for d in ds if d is not None) < _CORRECTED_SIZE:
+            return None
+        top = max(tops)
+        e = math.frexp(top)[1] if math.isfinite(top) else 9999
+        saved = self.saved.view(op.saved, "float32")
+        if not -1000 < e < 1000 or any(v is _OUT for v in _tensors(saved)):
+            return None
+        scale = math.ldexp(1.0, -e)  # d scaled by a power of 2 to at most 1: exact, and far from float32's limits
+        try:
+            c = run_rule(op, [None if d is None else (d * scale).astype(np.float32) for d in ds], saved)
+        except Exception:  # noqa: BLE001 - the plain run decides
+            return None
+        mine = []
+        for m, o in zip(local, c):
+            if m is None or o is None:
+                if o is not None:
+                    return None
+                mine.append(m)
+                continue
+            o = np.asarray(o, dtype=np.float64) * math.ldexp(1.0, e)
+            o += m
+            mine.append(o)
+        return mine
+
+    def _carried(self, op, ds, mine, local, arrays) -> list:
         """|rule(d)| per slot: by linearity rule(G_mirror) - rule(G_torch), exactly known; with a clipped d, the
         rule run on d itself."""
         if mine is local:
@@ -357,7 +438,7 @@ class Step:
         if not any(isinstance(d, tuple) for d in ds):
             return [0.0 if m is None else _magnitude(_difference(floats(m), floats(c))) for m, c in zip(mine, local)]
         try:
-            out = run_rule(op, [d[1] if isinstance(d, tuple) else d for d in ds])
+            out = run_rule(op, [d[1] if isinstance(d, tuple) else d for d in ds], arrays)
         except Exception:  # noqa: BLE001 - the disagreement is reported upstream; keep the bound only
             return [0.0] * len(mine)
         return [0.0 if o is None else np.abs(floats(o)) for o in out]
@@ -368,7 +449,8 @@ class Step:
         if op.type in EXACT:  # no rounding: B = 0 (a view, not an array)
             return [None if m is None else np.broadcast_to(0.0, np.shape(m)) for m in local]
         try:
-            mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in], MagCtx, self.mags(op.saved))
+            mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in],
+                            self.saved.view(op.saved, "mags"), MagCtx)
             return [None if x is None else local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
         except Exception as e:  # noqa: BLE001 - relative fallback, noted on the row
             self.notes[op.id] = f"bound: relative fallback ({type(e).__name__}: {e})"
