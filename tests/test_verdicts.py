@@ -181,7 +181,7 @@ def test_a_hook_flipping_one_element_is_caught(dtype):
 
 
 def _big(dtype, change=None):
-    """Convolutions and matrix products big enough for the mirror's float32 run on the difference d."""
+    """Convolutions and matrix products of some size (the tests above use tiny ones)."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
                       nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 128), nn.Tanh(), nn.Linear(128, 10)).to(dtype)
@@ -189,40 +189,6 @@ def _big(dtype, change=None):
     if change is not None:
         h.register_hook(change)
     return F.cross_entropy(m[7:](h), torch.randint(0, 10, (32,))), m
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
-def test_the_float32_run_on_the_difference_keeps_verdicts_bounds_and_gradients(dtype, monkeypatch):
-    """Big convolutions and matrix products get their end-to-end gradient as local + rule(d) with rule(d) in
-    float32 (driver.Step._corrected): the same verdicts, end-to-end bounds and leaf gradients as the float64 run."""
-    used = []
-    orig = driver.Step._corrected
-
-    def spy(self, op, *a):
-        out = orig(self, op, *a)
-        used.append((op.type, out is not None))
-        return out
-    monkeypatch.setattr(driver.Step, "_corrected", spy)
-    loss, m = _big(dtype)
-    fast = lens.mirror(loss, params=m, mode="tensor")
-    assert {t for t, ok in used if ok} == {"ConvolutionBackward0", "AddmmBackward0"}
-    monkeypatch.setattr(driver, "_CORRECTED", frozenset())
-    plain = lens.mirror(loss, params=m, mode="tensor")
-    ok_or_explain(fast)
-    assert [(r["id"], r["status"], r["e2e_status"]) for r in fast.rows] == \
-        [(r["id"], r["status"], r["e2e_status"]) for r in plain.rows]
-    # B is not touched; E carries |rule(d)| as computed: in float64 (E at the mirror's own rounding) it moves with it
-    rel = 2.0 if dtype == torch.float64 else 1e-3
-    for a, b in zip(fast.rows, plain.rows):
-        assert a["bound"] == b["bound"] or a["kind"] == "leaf"
-        if b["e2e_bound"]:
-            assert a["e2e_bound"] == pytest.approx(b["e2e_bound"], rel=rel)
-    # the two end-to-end gradients differ by far less than either may differ from PyTorch's
-    for r in plain.rows:
-        if r["kind"] == "leaf":
-            g = plain.grads[r["name"]]
-            share = 1.0 if dtype == torch.float64 else 1e-4
-            assert np.abs(fast.grads[r["name"]] - g).max() <= share * r["bound"] + 4 * 2**-53 * np.abs(g).max()
 
 
 @pytest.mark.parametrize("dtype,factor", [(torch.float64, 1 + 1e-6), (torch.float32, 1 + 1e-3)], ids=["f64", "f32"])

@@ -62,11 +62,18 @@ def _saved_tensor(t: torch.Tensor, seen: dict) -> torch.Tensor:
     return hit
 
 
+_NP_INT = {torch.bool: np.bool_, torch.uint8: np.uint8, torch.int8: np.int8, torch.int16: np.int16,
+           torch.int32: np.int32, torch.int64: np.int64}
+
+
 def _as_array(t: torch.Tensor) -> np.ndarray:
     """A saved tensor as the rules read it: a read-only numpy array, float64 for floating tensors (one copy)."""
     d = t.resolve_neg()
-    a = (d.to("cpu", torch.float64, copy=True, memory_format=torch.contiguous_format).numpy(force=True)
-         if d.is_floating_point() else to_numpy(d))
+    if d.numel() <= 16 and d.device.type == "cpu":  # a few numbers: through Python (exact), torch's calls cost more
+        a = np.array(d.tolist(), dtype=np.float64 if d.is_floating_point() else _NP_INT.get(d.dtype, None))
+    else:
+        a = (d.to("cpu", torch.float64, copy=True, memory_format=torch.contiguous_format).numpy(force=True)
+             if d.is_floating_point() else to_numpy(d))
     a.flags.writeable = False  # shared by the nodes that saved it: a rule must not change it
     return a
 
@@ -231,7 +238,7 @@ def run_rule(op: Op, gs, saved: dict, ctx=Ctx, scalar=False) -> list:
 
 class _Saved:
     """The nodes' saved tensors as the rules read them: numpy arrays (float64 for floating tensors, `array`),
-    their magnitudes for the run on magnitudes (`mags`), float32 copies (`float32`). Each made when first needed,
+    and their magnitudes for the run on magnitudes (`mags`). Each made when first needed,
     once however many nodes saved the same tensor, and dropped after its last node (`done`)."""
 
     def __init__(self, ops):
@@ -245,12 +252,7 @@ class _Saved:
         rec = self.made.setdefault(id(t), {})
         v = rec.get(kind)
         if v is None:
-            if kind == "array":
-                v = _as_array(t)
-            else:
-                a = self._get(t, "array")
-                v = _abs(a) if kind == "mags" else _float32_of_saved(a)
-            rec[kind] = v
+            v = rec[kind] = _as_array(t) if kind == "array" else _abs(self._get(t, "array"))
         return v
 
     def view(self, saved: dict, kind: str = "array") -> dict:
@@ -259,8 +261,7 @@ class _Saved:
                 return None
             if kind == "array" or not t.is_floating_point():
                 return self._get(t, "array")
-            v = self._get(t, kind)
-            return Mag(v, self._get(t, "array"), 0) if kind == "mags" else v  # a fresh Mag: its count is its own
+            return Mag(self._get(t, "mags"), self._get(t, "array"), 0)  # a fresh Mag: its rounding count is its own
         return {k: tuple(one(t) for t in v) if isinstance(v, tuple) else one(v) for k, v in saved.items()}
 
     def done(self, saved: dict):
@@ -281,18 +282,6 @@ def _tensors(saved: dict):
 
 def _abs(x):
     return np.abs(x) if x.dtype == np.float64 else np.abs(x).astype(np.float64)
-
-
-def _float32_of_saved(x):
-    top = float(np.max(np.abs(x), initial=0.0))
-    return x.astype(np.float32) if top < _F32_SAFE else _OUT
-
-
-_F32_SAFE = 2.0**100
-_OUT = np.zeros(0)  # a saved array out of float32's comfortable range
-# Matrix products and convolutions: their rule on the difference d runs in float32 (Step._corrected).
-_CORRECTED = frozenset({"ConvolutionBackward0", "MmBackward0", "AddmmBackward0", "BmmBackward0", "BaddbmmBackward0"})
-_CORRECTED_SIZE = 4096
 
 
 class Step:
@@ -332,14 +321,10 @@ class Step:
                 arrays = self.saved.view(op.saved)
                 local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], arrays,
                                  scalar=self.scalar)
-                ds, tops = self._differences(op, flows, torch_in)
-                if self.scalar:
-                    mine = run_rule(op, [None if f is None else f.g for f in flows], arrays, scalar=True)
-                elif all(t == 0 for t in tops):  # the same incoming gradients give the same outgoing ones
-                    mine = local
-                else:
-                    mine = self._corrected(op, local, ds, tops) or \
-                        run_rule(op, [None if f is None else f.g for f in flows], arrays)
+                ds, same = self._differences(op, flows, torch_in)
+                # the same incoming gradients give the same outgoing ones (tensor mode: scalar mode builds Values)
+                mine = local if same and not self.scalar else \
+                    run_rule(op, [None if f is None else f.g for f in flows], arrays, scalar=self.scalar)
             except Unsupported as e:  # a case the rule does not handle: unmirrored, with the reason
                 self.notes[op.id] = str(e)
                 local = mine = None
@@ -377,13 +362,12 @@ class Step:
     def _differences(self, op, flows, torch_in):
         """Per incoming slot d = the mirror's gradient minus PyTorch's (NOTE [bound]), clipped to what the bound
         admits where it exceeds it (a real disagreement upstream: carried only in part, so it is not absorbed);
-        None where only one side has a gradient. Also per slot: the largest |d|, 0 where neither side has a
-        gradient, None where the two are not comparable (one side only, clipped)."""
-        ds, tops = [], []
+        None where only one side has a gradient. Also: are the two incoming gradients equal everywhere?"""
+        ds, same = [], True
         for f, t in zip(flows, torch_in):
             if f is None or t is None:
                 ds.append(None if f is None else np.zeros(np.shape(f.e)))
-                tops.append(0.0 if f is None and t is None else None)
+                same = same and f is None and t is None
                 continue
             g = floats(f.g)
             d = _difference(g, t)
@@ -394,41 +378,11 @@ class Step:
                 if np.any(ad > allowed):
                     d = np.clip(d, -allowed, allowed)
                     ds.append(("clipped", d))
-                    tops.append(None)
+                    same = False
                     continue
-            tops.append(float(top))
+            same = same and top == 0
             ds.append(d)
-        return ds, tops
-
-    def _corrected(self, op, local, ds, tops) -> list | None:
-        """The mirror's gradients as local + rule(d), rule(d) in float32 (its BLAS is twice as fast): for matrix
-        products and convolutions on big arrays whose d is small, a rounding-sized difference, where the float32
-        error in rule(d) is far below the float64 mirror's own. None where that does not apply. The end-to-end
-        bound carries |mine - local| as it is (NOTE [bound]), so it holds whatever the accuracy of rule(d)."""
-        if op.type not in _CORRECTED or any(t is None for t in tops) or \
-                sum(np.size(d) for d in ds if d is not None) < _CORRECTED_SIZE:
-            return None
-        top = max(tops)
-        e = math.frexp(top)[1] if math.isfinite(top) else 9999
-        saved = self.saved.view(op.saved, "float32")
-        if not -1000 < e < 1000 or any(v is _OUT for v in _tensors(saved)):
-            return None
-        scale = math.ldexp(1.0, -e)  # d scaled by a power of 2 to at most 1: exact, and far from float32's limits
-        try:
-            c = run_rule(op, [None if d is None else (d * scale).astype(np.float32) for d in ds], saved)
-        except Exception:  # noqa: BLE001 - the plain run decides
-            return None
-        mine = []
-        for m, o in zip(local, c):
-            if m is None or o is None:
-                if o is not None:
-                    return None
-                mine.append(m)
-                continue
-            o = np.asarray(o, dtype=np.float64) * math.ldexp(1.0, e)
-            o += m
-            mine.append(o)
-        return mine
+        return ds, same
 
     def _carried(self, op, ds, mine, local, arrays) -> list:
         """|rule(d)| per slot: by linearity rule(G_mirror) - rule(G_torch), exactly known; with a clipped d, the

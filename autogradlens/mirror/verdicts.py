@@ -92,7 +92,8 @@ def _compare_small(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
     """_compare on a few elements, with the same arithmetic (Python floats are IEEE doubles)."""
     rs = (m.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(m, dtype))).ravel().tolist()
     ts, ms = t.ravel().tolist(), m.ravel().tolist()
-    bs = [0.0] * len(ts) if bound is None else np.broadcast_to(bound, t.shape).ravel().tolist()
+    bs = [0.0] * len(ts) if bound is None else \
+        (bound if np.shape(bound) == t.shape else np.broadcast_to(bound, t.shape)).ravel().tolist()
     u, eta = (unit_roundoff(dtype), UNDERFLOW[dtype]) if dtype in UNDERFLOW and dtype != "float64" else (None, 0.0)
     exact, ok, max_abs, scale = True, True, 0.0, 0.0
     for r, x, mm, b in zip(rs, ts, ms, bs):
@@ -152,7 +153,11 @@ def _largest(xs) -> float | None:
     for x in xs:
         if x is None or not np.size(x):
             continue
-        v = float(x.max(initial=0.0) if isinstance(x, np.ndarray) else np.max(x, initial=0.0))
+        if isinstance(x, np.ndarray) and x.size <= SMALL:  # as np.max(x, initial=0.0), NaN included
+            vals = x.ravel().tolist()
+            v = math.nan if any(a != a for a in vals) else max(0.0, *vals)
+        else:
+            v = float(np.max(x, initial=0.0))
         best = v if best is None else max(best, v)
     return best
 
