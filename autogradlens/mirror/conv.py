@@ -154,7 +154,7 @@ def _conv_dx(gy, w, xshape, s, p, d, groups, zeros):
 
 def _conv_dw(x, gy, wshape, s, p, d, groups, zeros):
     """The adjoint of _conv_fwd in w."""
-    k, cg = tuple(wshape[2:]), wshape[1]
+    k = tuple(wshape[2:])
     if isinstance(x, Mag) or isinstance(gy, Mag):
         n_terms = gy.shape[0] * math.prod(gy.shape[2:])
         return _on_mags(lambda a, b: _conv_dw(a, b, wshape, s, p, d, groups, np.zeros), x, gy, 1 + n_terms, 2)
