@@ -268,7 +268,7 @@ def test_mag_gives_the_size_of_the_terms_and_counts_roundings():
 
 
 def test_rules_said_to_be_exact_round_nothing_on_magnitudes(monkeypatch):
-    """bounds.EXACT skips the run on magnitudes (B = 0): each of its rules, run on magnitudes anyway wherever the
+    """bounds.MOVES_ONLY skips the run on magnitudes (B = 0): each of its rules, run on magnitudes anyway wherever the
     catalogue and the zoo's models use it, counts no rounding (n = r = 0), and nodes outside it run on magnitudes."""
     counts, ran = {}, []
     orig = driver.run_rule
@@ -279,7 +279,7 @@ def test_rules_said_to_be_exact_round_nothing_on_magnitudes(monkeypatch):
             ran.append(op.type)
             counts.setdefault(op.type, set()).update((x.n, x.r) for x in out if x is not None)
         return out
-    monkeypatch.setattr(driver, "EXACT", frozenset())  # every node runs on magnitudes
+    monkeypatch.setattr(driver, "MOVES_ONLY", frozenset())  # every node runs on magnitudes
     monkeypatch.setattr(driver, "run_rule", recording)
     for name, case in sorted(CASES.items()):
         r = Rand(1, torch.float32)
@@ -287,14 +287,14 @@ def test_rules_said_to_be_exact_round_nothing_on_magnitudes(monkeypatch):
     for build in MODELS.values():
         torch.manual_seed(0)
         lens.mirror(build(torch.float32)[0], mode="tensor")
-    assert bounds.EXACT <= set(table.RULES) and bounds.EXACT <= set(counts), bounds.EXACT - set(counts)
-    assert {t: c for t, c in counts.items() if t in bounds.EXACT and c != {(0, 0)}} == {}
+    assert bounds.MOVES_ONLY <= set(table.RULES) and bounds.MOVES_ONLY <= set(counts), bounds.MOVES_ONLY - set(counts)
+    assert {t: c for t, c in counts.items() if t in bounds.MOVES_ONLY and c != {(0, 0)}} == {}
     ran.clear()
     monkeypatch.undo()
     torch.manual_seed(0)
     monkeypatch.setattr(driver, "run_rule", recording)
     lens.mirror(MODELS["mlp_ce"](torch.float32)[0], mode="tensor")
-    assert ran and not set(ran) & bounds.EXACT
+    assert ran and not set(ran) & bounds.MOVES_ONLY
 
 
 def test_gamma_and_unit_roundoffs():

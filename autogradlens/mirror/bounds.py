@@ -37,7 +37,7 @@ from ..errors import LensTypeError
 from .scalar import floats
 from .table import Ctx, round_to
 
-__all__ = ["EXACT", "Mag", "MagCtx", "gamma", "local_bound", "rounding", "unit_roundoff"]
+__all__ = ["MOVES_ONLY", "Mag", "MagCtx", "gamma", "local_bound", "rounding", "unit_roundoff"]
 
 # Unit roundoff u = eps / 2 (half the distance from 1 to the next float) per dtype, and the smallest
 # subnormal / 2: the absolute error one rounding may add near underflow (fl(x op y) = (x op y)(1 + d) + e).
@@ -82,7 +82,7 @@ def local_bound(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) ->
 # Node types whose rules only move, select or negate the elements of the incoming gradient (views, slices,
 # concatenation, masks): no rounding anywhere (n = r = 0 on magnitudes), so B = 0 without the run on magnitudes.
 # tests/test_verdicts.py checks each on magnitudes.
-EXACT = frozenset({
+MOVES_ONLY = frozenset({
     "AliasBackward0", "CatBackward0", "CloneBackward0", "ConstantPadNdBackward0", "FlipBackward0", "NegBackward0",
     "PermuteBackward0", "PixelShuffleBackward0", "PixelUnshuffleBackward0", "ReluBackward0", "ReshapeAliasBackward0",
     "RollBackward0", "SelectBackward0", "SliceBackward0", "SplitBackward0", "SplitWithSizesBackward0",

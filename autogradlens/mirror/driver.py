@@ -1,6 +1,9 @@
 """The mirror's driver: the graph as the mirror reads it (`ops`), its own backward pass (`replay`, the shape of
 tinygrad's ``compute_gradient``: a rule table and a short loop), and `Step`, which runs one node's rule on values
-and on magnitudes and keeps what the verdicts need. How the bounds are carried: verdicts.py (NOTE [bound])."""
+and on magnitudes, judges it and keeps only the verdicts. How the bounds are carried: verdicts.py (NOTE [bound]).
+
+Memory: PyTorch's gradients come from capture; the saved tensors become float64 arrays only when their node
+runs (`_Saved`: once per tensor, however many nodes saved it) and are dropped after their last node."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import torch
 from .._torch import is_freed, is_stale, saved_names, saved_value
 from ..capture import to_numpy
 from ..errors import LensRuntimeError
-from .bounds import EXACT, UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, rounding, unit_roundoff
+from .bounds import MOVES_ONLY, UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, rounding, unit_roundoff
 from .scalar import as_values, floats
 from .table import RULES, Ctx, Unsupported, sum_to
 
@@ -409,7 +412,7 @@ class Step:
     def _bound(self, op, torch_in, local, torch_out) -> list:
         """Per slot: the bound B on PyTorch's rounding at this node, from one run on magnitudes."""
         u = unit_roundoff(op.dtype)
-        if op.type in EXACT:  # no rounding: B = 0 (a view, not an array)
+        if op.type in MOVES_ONLY:  # no rounding: B = 0 (a view, not an array)
             return [None if m is None else np.broadcast_to(0.0, np.shape(m)) for m in local]
         try:
             mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in],

@@ -33,6 +33,13 @@ covered) and gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of Numeri
 - equal values match (equal infinities included), NaN matches NaN, anything else must be within the bound.
 
 Every quantity on the right is computed from the same data, in float64 arrays, in both modes.
+
+What the cost is (benchmarks/bench_mirror.py): per node the rule runs on PyTorch's incoming gradient (the
+local check), on the mirror's own (skipped where the two are equal: the same outputs) and on magnitudes
+(skipped for the rules in bounds.MOVES_ONLY, which only move gradient elements: B = 0). Each node is judged
+as it is run (driver.Step) and its arrays dropped. A comparison subtracts once and adds the rounding
+allowance only where the bound alone is exceeded (it only adds to it: the verdict is the same); a few
+elements are compared in Python floats, with the same arithmetic.
 """
 
 from __future__ import annotations
