@@ -9,7 +9,7 @@ from cases import CASES, Rand
 from models import MODELS
 
 import autogradlens as lens
-from autogradlens.mirror import bounds, driver, table
+from autogradlens.mirror import bounds, driver, table, verdicts
 from autogradlens.mirror.bounds import Mag, MagCtx, gamma
 from autogradlens.tracing import traced
 
@@ -295,6 +295,39 @@ def test_rules_said_to_be_exact_round_nothing_on_magnitudes(monkeypatch):
     monkeypatch.setattr(driver, "run_rule", recording)
     lens.mirror(MODELS["mlp_ce"](torch.float32)[0], mode="tensor")
     assert ran and not set(ran) & bounds.MOVES_ONLY
+
+
+def test_judging_element_by_element_whole_or_chunk_by_chunk_gives_the_same_rows(monkeypatch):
+    """Few elements are judged in Python floats, big arrays chunk by chunk (bounds.CHUNK), the rest as whole arrays:
+    the same arithmetic, so the same rows, bit for bit (with infinities and NaNs, planted changes, broadcasting)."""
+    def planted(g):
+        return g * (1 + 1e-3)
+
+    def builds():
+        for name in ("broadcast_arith", "pow_exp_log_sqrt", "nan_to_num_logit", "log_softmax", "conv2d", "embedding",
+                     "index_duplicates", "max_pool2d", "layernorm", "split_chunk"):
+            yield name, lambda name=name: (lambda r: (CASES[name](r), r.leaves))(Rand(3, torch.float32))
+        yield "big", lambda: _big(torch.float32)
+        yield "big-hook", lambda: _big(torch.float32, planted)
+        yield "ieee", lambda: ((torch.tensor([0.0, 1.0, 4.0], requires_grad=True).sqrt() * 2).sum(), None)
+
+    def rows(small, chunk):
+        monkeypatch.setattr(verdicts, "SMALL", small)
+        monkeypatch.setattr(driver, "_SMALL", small)
+        for mod in (bounds, verdicts, driver):
+            monkeypatch.setattr(mod, "CHUNK", chunk)
+        out = {}
+        for name, build in builds():
+            torch.manual_seed(0)
+            loss, params = build()
+            rep = lens.mirror(loss, params=params, mode="tensor")
+            out[name] = [tuple(repr(r[k]) for k in ("id", "status", "exact", "max_abs", "max_rel", "bound",
+                                                    "e2e_status", "e2e_max_abs", "e2e_bound")) for r in rep.rows]
+        return out
+    whole = rows(0, 10**12)
+    assert rows(0, 7) == whole  # (7: chunks end mid-row)
+    assert rows(16, 10**12) == whole
+    assert any(r[1] == "'mismatch'" or r[6] == "'mismatch'" for r in whole["big-hook"])
 
 
 def test_gamma_and_unit_roundoffs():

@@ -37,7 +37,7 @@ from ..errors import LensTypeError
 from .scalar import floats
 from .table import Ctx, round_to
 
-__all__ = ["MOVES_ONLY", "Mag", "MagCtx", "gamma", "local_bound", "rounding", "unit_roundoff"]
+__all__ = ["CHUNK", "MOVES_ONLY", "Mag", "MagCtx", "chunks", "gamma", "local_bound", "rounding", "unit_roundoff"]
 
 # Unit roundoff u = eps / 2 (half the distance from 1 to the next float) per dtype, and the smallest
 # subnormal / 2: the absolute error one rounding may add near underflow (fl(x op y) = (x op y)(1 + d) + e).
@@ -90,6 +90,21 @@ MOVES_ONLY = frozenset({
     "TBackward0", "ThresholdBackward0", "TransposeBackward0", "TransposeBackward1", "UnbindBackward0",
     "UnsafeSplitBackward0", "UnsafeSplitWithSizesBackward0", "UnsafeViewBackward0", "UnsqueezeBackward0",
     "ViewBackward0", "MaskedFillBackward0", "TrilBackward0", "TriuBackward0"})
+
+
+CHUNK = 1 << 16  # elements: arrays larger than this are judged chunk by chunk (the temporaries stay in cache)
+
+
+def chunks(*arrays, out=False):
+    """Iterate over equal 1-d chunks of `arrays` broadcast together (any layout; None and numbers as 0-d), with
+    one more, written, float64 chunk of a new array when `out` (``it.operands[-1]`` after the loop)."""
+    ops = [np.float64(0.0) if a is None else a for a in arrays]
+    flags = [["readonly"]] * len(ops)
+    if out:
+        ops.append(None)
+        flags = flags + [["writeonly", "allocate"]]
+    return np.nditer(ops, flags=["external_loop", "buffered", "zerosize_ok", "refs_ok"], op_flags=flags,
+                     op_dtypes=[None] * len(arrays) + ([np.float64] if out else []), buffersize=CHUNK)
 
 
 def rounding(x, dtype) -> np.ndarray | float:

@@ -16,7 +16,19 @@ import torch
 from .._torch import is_freed, is_stale, saved_names, saved_value
 from ..capture import to_numpy
 from ..errors import LensRuntimeError
-from .bounds import MOVES_ONLY, UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, rounding, unit_roundoff
+from .bounds import (
+    CHUNK,
+    MOVES_ONLY,
+    UNDERFLOW,
+    UNIT_ROUNDOFF,
+    Mag,
+    MagCtx,
+    chunks,
+    gamma,
+    local_bound,
+    rounding,
+    unit_roundoff,
+)
 from .scalar import as_values, floats
 from .table import RULES, Ctx, Unsupported, sum_to
 
@@ -353,7 +365,12 @@ class Step:
             if m is None:
                 out.append(None)
                 continue
-            e = np.add(bound[i], carried[i])
+            if carried[i] is None and np.size(m) > CHUNK:  # |mine - local| and E in one pass, chunk by chunk
+                out.append(Flow(m, _bound_out(bound[i], floats(m), floats(local[i]), op.in_dtypes[i]), None,
+                                _u_of(op, i)))
+                continue
+            c = _magnitude(_difference(floats(m), floats(local[i]))) if carried[i] is None else carried[i]
+            e = np.add(bound[i], c)
             r = rounding(local[i], op.in_dtypes[i])
             if np.ndim(r) and np.shape(e) == np.shape(r):
                 r += e  # (in place)
@@ -375,8 +392,8 @@ class Step:
                 same = same and f is None and t is None
                 continue
             g = floats(f.g)
-            if t.size <= _SMALL:
-                within, equal = _within_small(g, t, f.e)
+            if t.size <= _SMALL or t.size > CHUNK:
+                within, equal = (_within_small if t.size <= _SMALL else _within_chunks)(g, t, f.e)
                 if within:  # nothing to clip: d itself is needed only if another slot is clipped
                     same = same and equal
                     ds.append((g, t))
@@ -396,12 +413,12 @@ class Step:
         return ds, same
 
     def _carried(self, op, ds, mine, local, arrays) -> list:
-        """|rule(d)| per slot: by linearity rule(G_mirror) - rule(G_torch), exactly known; with a clipped d, the
-        rule run on d itself."""
+        """|rule(d)| per slot: by linearity rule(G_mirror) - rule(G_torch), exactly known (None: |mine - local|,
+        computed with E); with a clipped d, the rule run on d itself."""
         if mine is local:
             return [0.0] * len(mine)
         if not any(isinstance(d, tuple) and isinstance(d[0], str) for d in ds):
-            return [0.0 if m is None else _magnitude(_difference(floats(m), floats(c))) for m, c in zip(mine, local)]
+            return [None] * len(mine)
         try:  # (a few elements judged in Python floats come as (g, t): their d now)
             out = run_rule(op, [d if not isinstance(d, tuple) else d[1] if isinstance(d[0], str) else
                                 _difference(*d) for d in ds], arrays)
@@ -443,12 +460,46 @@ def _within_small(g, t, e) -> tuple[bool, bool]:
     return True, equal
 
 
+def _within_chunks(g, t, e) -> tuple[bool, bool]:
+    """_within_small for big arrays, chunk by chunk with numpy (the same arithmetic as _differences)."""
+    equal = True
+    it = chunks(g, t, e)
+    with it:
+        for gc, tc, ec in it:
+            ad = np.abs(_difference(gc, tc))
+            top = ad.max()
+            if top != 0:
+                equal = False
+                if not np.all(ad <= ec):
+                    return False, False
+    return True, equal
+
+
 def _difference(m: np.ndarray, t: np.ndarray) -> np.ndarray:
     """m - t, with 0 where they are equal (equal infinities included) or both NaN."""
     d = np.subtract(m, t)
     if np.isfinite(np.add.reduce(d, axis=None)):  # one pass: every element finite, nothing to patch
         return d
     return np.where((m == t) | (np.isnan(m) & np.isnan(t)), 0.0, d)
+
+
+def _bound_out(b, m, local, dtype) -> np.ndarray:
+    """E = (B + |m - local|) + rounding(local, dtype) (Step._run's arithmetic), chunk by chunk."""
+    it = chunks(b, m, local, out=True)
+    u, eta = (unit_roundoff(dtype), UNDERFLOW[dtype]) if dtype in UNDERFLOW and dtype != "float64" else (None, 0.0)
+    with it:
+        for bc, mc, lc, ec in it:
+            d = mc - lc
+            if not np.isfinite(np.add.reduce(d)):
+                d = np.where((mc == lc) | (np.isnan(mc) & np.isnan(lc)), 0.0, d)
+            e = np.add(bc, np.abs(d, out=d), out=d)
+            if u is not None:
+                r = np.abs(lc)
+                r *= u
+                r += eta
+                e = np.add(r, e, out=r)
+            ec[...] = e
+        return it.operands[-1]
 
 
 def _magnitude(d):

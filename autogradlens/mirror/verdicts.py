@@ -48,7 +48,7 @@ import math
 
 import numpy as np
 
-from .bounds import UNDERFLOW, rounding, unit_roundoff
+from .bounds import CHUNK, UNDERFLOW, chunks, rounding, unit_roundoff
 from .driver import unreadable
 from .scalar import floats
 from .table import RULES, round_to
@@ -73,6 +73,8 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
             return "mismatch", False, math.inf, math.inf
     if t.size <= SMALL:
         return _compare_small(m, t, bound, dtype)
+    if t.size > CHUNK:
+        return _compare_chunks(m, t, bound, dtype)
     # the mirror rounded to the graph's dtype (a float32 copy is that rounding, and half the memory)
     r = m.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(m, dtype))
     diff = np.asarray(np.subtract(r, t, dtype=np.float64))
@@ -88,6 +90,30 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
             extra = rounding(np.maximum(np.abs(r[over].astype(np.float64)), np.abs(m[over])), dtype)
             ok = not np.any(diff[over] > (b[over] if np.ndim(b) else b) + extra)
     scale = max(float(np.max(t, initial=0.0)), -float(np.min(t, initial=0.0)))
+    max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
+    return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
+
+
+def _compare_chunks(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
+    """_compare's array path, chunk by chunk (bounds.chunks): the same arithmetic on each chunk."""
+    max_abs, ok, hi, lo = 0.0, True, 0.0, 0.0
+    it = chunks(m, t, bound)
+    with it:
+        for mc, tc, bc in it:
+            r = mc.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(mc, dtype))
+            diff = np.subtract(r, tc, dtype=np.float64)
+            diff = np.abs(diff, out=diff)
+            top = float(diff.max())
+            if not math.isfinite(top):  # an infinity or a NaN somewhere
+                return _compare_special(m, t, np.asarray(_rounded(m, dtype), dtype=np.float64), bound, dtype)
+            max_abs = max(max_abs, top)
+            if top > 0 and ok:
+                over = diff > bc  # a NaN bound admits anything, as an infinite one
+                if over.any():
+                    extra = rounding(np.maximum(np.abs(r[over].astype(np.float64)), np.abs(mc[over])), dtype)
+                    ok = not np.any(diff[over] > (bc[over] if bc.ndim else bc) + extra)
+            hi, lo = max(hi, float(tc.max())), min(lo, float(tc.min()))
+    scale = max(hi, -lo)
     max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
     return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
 
