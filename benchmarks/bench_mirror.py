@@ -21,8 +21,10 @@ chain of 100,000 multiplications (benchmarks/_models.py).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -154,6 +156,7 @@ def run_child(name, root, repeat, runs) -> dict:
 def checkout(rev: str) -> str:
     """The tree of commit `rev` in a temporary folder (git archive)."""
     d = tempfile.mkdtemp(prefix="bench-mirror-")
+    atexit.register(shutil.rmtree, d, True)
     top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, capture_output=True, text=True,
                          check=True).stdout.strip()
     tar = subprocess.run(["git", "archive", rev], cwd=top, capture_output=True, check=True).stdout
