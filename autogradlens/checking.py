@@ -306,7 +306,7 @@ class _Graph:
     else the mirror's rules on the saved tensors taken from the named tensors they were saved from."""
 
     def __init__(self, tr, w, pos, roots, keep):
-        from .mirror.driver import FREED, consumers_first, read_ops
+        from .mirror.driver import FREED, _Saved, consumers_first, read_ops
         self.tr, self.w, self.pos, self.keep = tr, w, pos, keep
         self.alive = not any(s["state"] == "freed" for _, d in tr.graph.nodes(data=True) for s in d["saved"])
         self.seeds: dict = {}
@@ -320,6 +320,7 @@ class _Graph:
         for nid, op in self.ops.items():
             if op.note == FREED:
                 self.ops[nid] = _recovered(op, fns[nid], w.ids, tensors)
+        self.saved = _Saved(list(self.ops.values()))  # the saved tensors as arrays, made once each
         self.ids = consumers_first(w.order, w.nexts, w.ids)
         self.depth = {r: 1 for r in tr.roots}
         for nid in self.ids:
@@ -381,7 +382,8 @@ class _Graph:
             ins = [take((nid, k)) for k in range(max(1, len(op.out_shapes)))]
             if all(g is None for g in ins):
                 continue
-            outs = _value_step(op, ins) if values else _mag_step(op, ins)
+            with np.errstate(all="ignore"):
+                outs = _value_step(op, ins, self.saved) if values else _mag_step(op, ins, self.saved)
             for slot, (g, dest) in enumerate(zip(outs, op.nexts)):
                 if g is not None and dest is not None:
                     arrive(dest, g, nid, slot)
@@ -448,13 +450,13 @@ def _tensor(a, like: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(like.dtype).to(like.device)
 
 
-def _value_step(op, ins: list) -> list:
+def _value_step(op, ins: list, saved) -> list:
     """The mirror's rule on float64 values (UNKNOWN where it cannot run)."""
     from .mirror.driver import run_rule
     if any(_unknown(g) for g in ins) or op.note is not None or op.type not in _rules():
         return [engine.UNKNOWN] * len(op.nexts)
     try:
-        return run_rule(op, ins)
+        return run_rule(op, ins, saved.view(op.saved))
     except Exception:  # noqa: BLE001 - a case the rule does not cover: unknown, not a crash
         return [engine.UNKNOWN] * len(op.nexts)
 
@@ -520,7 +522,7 @@ def _recovered(op, fn, ids: dict, tensors: dict):
             t = _arg_extreme(op, fn, ids, tensors)
             if t is None:
                 return op
-            saved[name] = t
+            saved[name] = torch.from_numpy(t)
             continue
         if name in _OUTPUT_SLOT:
             t = tensors.get((op.id, _OUTPUT_SLOT[name]))
@@ -532,7 +534,7 @@ def _recovered(op, fn, ids: dict, tensors: dict):
                     t = f.variable if type(f).__name__ == "AccumulateGrad" else tensors.get((ids.get(f), nr))
         if t is None:
             return op
-        saved[name] = _np(t)
+        saved[name] = t.detach()
     return op._replace(saved=saved, note=None)
 
 
@@ -554,15 +556,15 @@ def _arg_extreme(op, fn, ids: dict, tensors: dict):
     return idx if op.attrs["keepdim"] else np.squeeze(idx, d)
 
 
-def _mag_step(op, ins: list) -> list:
+def _mag_step(op, ins: list, saved) -> list:
     """Magnitudes out of one node, per next_functions slot (UNKNOWN where they cannot be had)."""
     from .mirror.bounds import Mag, MagCtx
-    from .mirror.driver import _mag_saved, run_rule
+    from .mirror.driver import run_rule
     if any(_unknown(g) for g in ins):
         return [engine.UNKNOWN] * len(op.nexts)
     if op.note is None and op.type in _rules():
         try:
-            return run_rule(op, ins, MagCtx, _mag_saved(op.saved))
+            return run_rule(op, ins, saved.view(op.saved, "mags"), MagCtx)
         except Exception:  # noqa: BLE001 - a rule that cannot run on magnitudes: bounded below, or unknown
             pass
     if op.type in _ROUTING:

@@ -412,3 +412,19 @@ def test_rules_work_when_some_inputs_need_no_gradient():
                 if row["status"] == "mismatch" or "rule failed" in (row["note"] or ""):
                     problems.append((name, off, row["type"], row["status"], row["note"]))
     assert not problems, problems
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_padding_valid_convolutions_are_checked(dims):
+    """PyTorch saves one padding value, (0,), for padding='valid' whatever the dimension: the rule reads it for
+    every spatial dimension (an IndexError left every such convolution unchecked)."""
+    torch.manual_seed(0)
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](2, 3, 3, padding="valid", dilation=(1, 2, 1)[dims - 1])
+    conv = conv.double()
+    x = torch.randn(2, 2, *(7,) * dims, dtype=torch.float64, requires_grad=True)
+    assert conv(x).grad_fn._saved_padding == (0,)  # what the rule has to read
+    rep = lens.mirror(conv(x).pow(2).sum(), params={**dict(conv.named_parameters()), "x": x}, mode="tensor")
+    check(rep)
+    row = next(r for r in rep.rows if r["type"] == "ConvolutionBackward0")
+    assert row["status"] == "match" and row["note"] is None
+    assert {r["name"] for r in rep.rows if r["kind"] == "leaf" and r["status"] == "match"} == {"x", "weight", "bias"}

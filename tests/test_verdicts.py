@@ -9,7 +9,7 @@ from cases import CASES, TORCH_WRONG, Rand
 from models import MODELS
 
 import autogradlens as lens
-from autogradlens.mirror import bounds, driver, table
+from autogradlens.mirror import bounds, driver, table, verdicts
 from autogradlens.mirror.bounds import Mag, MagCtx, gamma
 from autogradlens.tracing import traced
 
@@ -181,6 +181,26 @@ def test_a_hook_flipping_one_element_is_caught(dtype):
     assert not rep.ok and rep.diverges_at == ["AddmmBackward0:1"]
 
 
+def _big(dtype, change=None):
+    """Convolutions and matrix products of some size (the tests above use tiny ones)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                      nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 128), nn.Tanh(), nn.Linear(128, 10)).to(dtype)
+    h = m[:7](torch.randn(32, 3, 8, 8, dtype=dtype))
+    if change is not None:
+        h.register_hook(change)  # named below: the mirror applies the hooks of the tensors it can see
+    return F.cross_entropy(m[7:](h), torch.randint(0, 10, (32,))), {**dict(m.named_parameters()), "h": h}
+
+
+@pytest.mark.parametrize("dtype,factor", [(torch.float64, 1 + 1e-6), (torch.float32, 1 + 1e-3)], ids=["f64", "f32"])
+def test_a_hook_scaling_one_gradient_of_a_big_model_is_caught(dtype, factor):
+    loss, m = _big(dtype, lambda g: g * factor)
+    rep = lens.mirror(loss, params=m, mode="tensor")
+    assert not rep.ok and rep.diverges_at == ["AddmmBackward0:1"] and "a tensor hook?" in rep.to_text()  # made h
+    assert all(r["status"] != "mismatch" for r in rep.rows if r["kind"] == "node")
+    assert {r["name"] for r in rep.rows if r["kind"] == "leaf" and r["status"] == "mismatch"} >= {"6.weight", "6.bias"}
+
+
 def test_a_wrong_rule_is_caught_locally():
     orig = table.RULES["TanhBackward0"]
     table.RULES["TanhBackward0"] = lambda c: (c.g * (1 - c.s["result"] ** 2) * (1 + 1e-4),)
@@ -251,6 +271,69 @@ def test_mag_gives_the_size_of_the_terms_and_counts_roundings():
     assert cast.n == 1 and cast.r == 1 and cast.m.tolist() == [1.0, 2.0]
     s, t = c.dtype_sum(Mag.grad(np.ones((7, 3))), 0), Mag.grad(np.ones((7, 3))).sum(axis=0)
     assert (s.n, s.r) == (6, 6) and (t.n, t.r) == (6, 1)  # accumulated in the dtype: every addition rounds to it
+
+
+def test_rules_said_to_be_exact_round_nothing_on_magnitudes(monkeypatch):
+    """bounds.MOVES_ONLY skips the run on magnitudes (B = 0): each of its rules, run on magnitudes anyway wherever the
+    catalogue and the zoo's models use it, counts no rounding (n = r = 0), and nodes outside it run on magnitudes."""
+    counts, ran = {}, []
+    orig = driver.run_rule
+
+    def recording(op, gs, saved, ctx=table.Ctx, scalar=False):
+        out = orig(op, gs, saved, ctx, scalar)
+        if ctx is MagCtx:
+            ran.append(op.type)
+            counts.setdefault(op.type, set()).update((x.n, x.r) for x in out if x is not None)
+        return out
+    monkeypatch.setattr(driver, "MOVES_ONLY", frozenset())  # every node runs on magnitudes
+    monkeypatch.setattr(driver, "run_rule", recording)
+    for name, case in sorted(CASES.items()):
+        r = Rand(1, torch.float32)
+        lens.mirror(case(r), params=r.leaves, mode="tensor")
+    for build in MODELS.values():
+        torch.manual_seed(0)
+        lens.mirror(build(torch.float32)[0], mode="tensor")
+    assert bounds.MOVES_ONLY <= set(table.RULES) and bounds.MOVES_ONLY <= set(counts), bounds.MOVES_ONLY - set(counts)
+    assert {t: c for t, c in counts.items() if t in bounds.MOVES_ONLY and c != {(0, 0)}} == {}
+    ran.clear()
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    monkeypatch.setattr(driver, "run_rule", recording)
+    lens.mirror(MODELS["mlp_ce"](torch.float32)[0], mode="tensor")
+    assert ran and not set(ran) & bounds.MOVES_ONLY
+
+
+def test_judging_element_by_element_whole_or_chunk_by_chunk_gives_the_same_rows(monkeypatch):
+    """Few elements are judged in Python floats, big arrays chunk by chunk (bounds.CHUNK), the rest as whole arrays:
+    the same arithmetic, so the same rows, bit for bit (with infinities and NaNs, planted changes, broadcasting)."""
+    def planted(g):
+        return g * (1 + 1e-3)
+
+    def builds():
+        for name in ("broadcast_arith", "pow_exp_log_sqrt", "nan_to_num_logit", "log_softmax", "conv2d", "embedding",
+                     "index_duplicates", "max_pool2d", "layernorm", "split_chunk"):
+            yield name, lambda name=name: (lambda r: (CASES[name](r), r.leaves))(Rand(3, torch.float32))
+        yield "big", lambda: _big(torch.float32)
+        yield "big-hook", lambda: _big(torch.float32, planted)
+        yield "ieee", lambda: ((torch.tensor([0.0, 1.0, 4.0], requires_grad=True).sqrt() * 2).sum(), None)
+
+    def rows(small, chunk):
+        monkeypatch.setattr(verdicts, "SMALL", small)
+        monkeypatch.setattr(driver, "_SMALL", small)
+        for mod in (bounds, verdicts, driver):
+            monkeypatch.setattr(mod, "CHUNK", chunk)
+        out = {}
+        for name, build in builds():
+            torch.manual_seed(0)
+            loss, params = build()
+            rep = lens.mirror(loss, params=params, mode="tensor")
+            out[name] = [tuple(repr(r[k]) for k in ("id", "status", "exact", "max_abs", "max_rel", "bound",
+                                                    "e2e_status", "e2e_max_abs", "e2e_bound")) for r in rep.rows]
+        return out
+    whole = rows(0, 10**12)
+    assert rows(0, 7) == whole  # (7: chunks end mid-row)
+    assert rows(16, 10**12) == whole
+    assert any(r[1] == "'mismatch'" or r[6] == "'mismatch'" for r in whole["big-hook"])
 
 
 def test_gamma_and_unit_roundoffs():

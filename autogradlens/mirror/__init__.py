@@ -85,12 +85,13 @@ def _mirror(root, params, mode: str, backward: bool) -> MirrorReport:
                  np.ones(tuple(r.shape)), unit_roundoff(short_name(r.dtype)))
         seeds[key] = f if key not in seeds else seeds[key] + f
     order = consumers_first(walk.order, walk.nexts, walk.ids)
-    step = Step(seen_in, seen_out, scalar)
+    step = Step(seen_in, seen_out, scalar, ops)
     with running(len(ops), scalar) as tick:
         def ticking(op, incoming):
             tick()
             return step(op, incoming)
-        grads = replay(order, ops, seeds, ticking)
+        with np.errstate(all="ignore"):  # IEEE infinities and NaNs are values here, as in PyTorch
+            grads = replay(order, ops, seeds, ticking)
     rows = verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads)
     mine = {r["name"]: floats(grads[(r["id"], 0)].g) for r in rows
             if r["kind"] == "leaf" and (r["id"], 0) in grads and not r["note"]}

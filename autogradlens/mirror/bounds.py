@@ -34,9 +34,11 @@ import math
 import numpy as np
 
 from ..errors import LensTypeError
+from .scalar import floats
 from .table import Ctx, round_to
 
-__all__ = ["Mag", "MagCtx", "Reduced", "gamma", "local_bound", "unit_roundoff"]
+__all__ = ["CHUNK", "MOVES_ONLY", "REAL_OF", "Mag", "MagCtx", "Reduced", "chunks", "gamma", "local_bound", "rounding",
+           "unit_roundoff"]
 
 # Unit roundoff u = eps / 2 (half the distance from 1 to the next float) per dtype, and the smallest
 # subnormal / 2: the absolute error one rounding may add near underflow (fl(x op y) = (x op y)(1 + d) + e).
@@ -73,7 +75,54 @@ def local_bound(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) ->
            else gamma(n, u))
     if tf32:
         acc += gamma(2, TF32_TRUNCATION)
-    return (acc + 3 * gamma(n, UNIT_ROUNDOFF["float64"])) * x.m + n * UNDERFLOW.get(dtype, 0.0)
+    b = np.multiply(acc + 3 * gamma(n, UNIT_ROUNDOFF["float64"]), x.m)
+    b += n * UNDERFLOW.get(dtype, 0.0)  # (in place: one array, not three)
+    return b
+
+
+# Node types whose rules only move, select or negate the elements of the incoming gradient (views, slices,
+# concatenation, masks): no rounding anywhere (n = r = 0 on magnitudes), so B = 0 without the run on magnitudes.
+# tests/test_verdicts.py checks each on magnitudes.
+MOVES_ONLY = frozenset({
+    "AliasBackward0", "CatBackward0", "CloneBackward0", "ConstantPadNdBackward0", "FlipBackward0", "NegBackward0",
+    "PermuteBackward0", "PixelShuffleBackward0", "PixelUnshuffleBackward0", "ReluBackward0", "ReshapeAliasBackward0",
+    "RollBackward0", "SelectBackward0", "SliceBackward0", "SplitBackward0", "SplitWithSizesBackward0",
+    "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "StackBackward0", "SumBackward0", "SumBackward1",
+    "TBackward0", "ThresholdBackward0", "TransposeBackward0", "TransposeBackward1", "UnbindBackward0",
+    "UnsafeSplitBackward0", "UnsafeSplitWithSizesBackward0", "UnsafeViewBackward0", "UnsqueezeBackward0",
+    "ViewBackward0", "MaskedFillBackward0", "TrilBackward0", "TriuBackward0"})
+
+
+CHUNK = 1 << 16  # elements: arrays larger than this are judged chunk by chunk (the temporaries stay in cache)
+
+
+def chunks(*arrays, out=False):
+    """Iterate over equal 1-d chunks of `arrays` broadcast together (any layout; None and numbers as 0-d), with
+    one more, written, float64 chunk of a new array when `out` (``it.operands[-1]`` after the loop)."""
+    ops = [np.float64(0.0) if a is None else a for a in arrays]
+    flags = [["readonly"]] * len(ops)
+    if out:
+        ops.append(None)
+        flags = flags + [["writeonly", "allocate"]]
+    return np.nditer(ops, flags=["external_loop", "buffered", "zerosize_ok", "refs_ok"], op_flags=flags,
+                     op_dtypes=[None] * len(arrays) + ([np.float64] if out else []), buffersize=CHUNK)
+
+
+# A complex dtype rounds its real and imaginary parts as the real dtype of the same precision.
+REAL_OF = {"complex128": "float64", "complex64": "float32", "complex32": "float16"}
+
+
+def rounding(x, dtype) -> np.ndarray | float:
+    """What the local check allows for rounding the float64 mirror to `dtype` (also carried on); a complex number
+    rounds in its two parts."""
+    dtype = REAL_OF.get(dtype, dtype)
+    if x is None or dtype in (None, "float64") or dtype not in UNDERFLOW:
+        return 0.0
+    x = floats(x)
+    r = np.abs(x)
+    r *= (1 + np.iscomplexobj(x)) * unit_roundoff(dtype)
+    r += UNDERFLOW[dtype]
+    return r
 
 
 def gamma(n: int, u: float) -> float:
@@ -121,7 +170,7 @@ class Mag:
         x = np.asarray(x)
         if x.dtype == object:
             raise LensTypeError("a Mag of Python objects")
-        return cls(np.abs(x).astype(np.float64), x, n)
+        return cls(np.abs(x).astype(np.float64, copy=False), x, n)
 
     @classmethod
     def grad(cls, g) -> Mag:
@@ -139,7 +188,7 @@ class Mag:
         return int(self._n[0][1])
 
     @property
-    def c(self) -> np.ndarray:
+    def c(self) -> _Count:
         return self._n[0]
 
     @c.setter
@@ -191,7 +240,7 @@ class Mag:
             self.v[idx] = val.v
         else:
             self.v = None
-        self.c = np.maximum(self.c, val.c)
+        self.c = _cmax(self.c, val.c)
 
     def reshape(self, *shape, **kw):
         return np.reshape(self, shape[0] if len(shape) == 1 else shape, **kw)
@@ -357,7 +406,7 @@ class Mag:
                 np.put_along_axis(arr.v, idx, vals.v, *args[3:], **kw)
             else:
                 arr.v = None
-            arr.c = np.maximum(arr.c, vals.c)
+            arr.c = _cmax(arr.c, vals.c)
             return None
         mags = _mags(args) + _mags(kw)
         if any(x.v is None for x in mags):
@@ -410,18 +459,49 @@ def _solve(a: Mag, b: Mag | None) -> Mag:
     m = ai @ (np.maximum(a.m, np.abs(a.v)) @ right)
     known = b is None or b.v is not None
     v = inv if b is None else np.linalg.solve(a.v, b.v) if known else None
-    c = a.c if b is None else np.maximum(a.c, b.c)
+    c = a.c if b is None else _cmax(a.c, b.c)
     return Mag(np.asarray(m, dtype=np.float64), v, c + (3 * n + 2, 2))
 
 
-def _count(k) -> np.ndarray:
-    """(n, r) as an int array: an int k means (k, k)."""
-    a = np.asarray(k, dtype=np.int64)
-    return np.array([a, a]) if a.ndim == 0 else a.copy()
+class _Count(tuple):
+    """(n, r) rounding counts (see Mag.n, Mag.r): + adds elementwise (an int to both), * scales both."""
+
+    __slots__ = ()
+
+    def __new__(cls, n, r):
+        return tuple.__new__(cls, (n, r))
+
+    def __add__(self, o):
+        if isinstance(o, tuple):
+            return _Count(self[0] + o[0], self[1] + o[1])
+        return _Count(self[0] + o, self[1] + o)
+
+    __radd__ = __add__
+
+    def __mul__(self, k):
+        return _Count(self[0] * k, self[1] * k)
+
+    __rmul__ = __mul__
+
+    def any(self) -> bool:
+        return bool(self[0] or self[1])
 
 
-def _top(xs) -> np.ndarray:
-    return np.maximum.reduce([x.c for x in xs])
+def _count(k) -> _Count:
+    """(n, r) from an int k (meaning (k, k)) or a pair."""
+    if isinstance(k, _Count):
+        return k
+    if np.ndim(k) == 0:
+        return _Count(int(k), int(k))
+    return _Count(int(k[0]), int(k[1]))
+
+
+def _cmax(*cs) -> _Count:
+    return _Count(max(c[0] for c in cs), max(c[1] for c in cs))
+
+
+def _top(xs) -> _Count:
+    return _cmax(*[x.c for x in xs])
 
 
 def _value(x):
@@ -466,7 +546,7 @@ def _add_at(out, idx, b=None):
         out.v = None
     count = np.zeros(out.shape, dtype=np.int64)
     np.add.at(count, idx, 1)  # duplicate indices add up: that many roundings
-    out.c = np.maximum(out.c, b.c) + int(count.max(initial=0))
+    out.c = _cmax(out.c, b.c) + int(count.max(initial=0))
 
 
 def _einsum(args, kw):

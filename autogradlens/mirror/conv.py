@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from .bounds import Mag
 from .table import rule, scatter_axis
 
 
@@ -15,12 +16,10 @@ from .table import rule, scatter_axis
 def _maxpool(c):  # the indices are flat over the last 2 (3) input dimensions
     x, idx, g = c.s["self"], c.s["result1"], c.g
     k = 3 if "3D" in c.type else 2
-    flat = c.zeros(x.shape[:-k] + (math.prod(x.shape[-k:]),))
-    gi = g.reshape(g.shape[:-k] + (-1,))
-    ii = idx.reshape(idx.shape[:-k] + (-1,))
-    lead = np.indices(ii.shape[:-1])
-    for k in range(ii.shape[-1]):
-        np.add.at(flat, tuple(lead) + (ii[..., k],), gi[..., k])
+    size = math.prod(x.shape[-k:])
+    flat = c.zeros((math.prod(x.shape[:-k]) * size,))
+    ii = idx.reshape(-1, math.prod(idx.shape[-k:])) + (np.arange(math.prod(idx.shape[:-k])) * size)[:, None]
+    np.add.at(flat, ii.reshape(-1), g.reshape(-1))  # one scatter: an input picked by w windows adds w terms
     return (flat.reshape(x.shape),)
 
 
@@ -67,52 +66,116 @@ def _pad_spatial(x, p):
     return np.pad(x, [(0, 0), (0, 0)] + [(a, a) for a in p]) if any(p) else x
 
 
+# The three convolution products below are BLAS-shaped: the input's windows gathered once (im2col), then one
+# matrix product per group. On magnitudes (bounds.Mag) they run on |x| and |w| and count the roundings as the
+# per-tap loop they replaced did (a sum over the group's channels per tap, then one addition per tap), so the
+# bound is unchanged.
+
+def _windows(xp, k, s, d, so):
+    """(N, G, Cg, *So, *K) view of the padded input `xp` (N, G, Cg, *Sp): element [.., o, t] = xp[.., o s + t d]."""
+    st = xp.strides
+    sp = st[3:]
+    return np.lib.stride_tricks.as_strided(
+        xp, xp.shape[:3] + tuple(so) + tuple(k),
+        st[:3] + tuple(a * b for a, b in zip(sp, s)) + tuple(a * b for a, b in zip(sp, d)), writeable=False)
+
+
+def _cols(xg, k, s, d, so):
+    """(G, N prod(So), Cg prod(K)) copy of the windows of `xg` (N, G, Cg, *Sp), rows (n, o), columns (c, t)."""
+    v = _windows(xg, k, s, d, so)
+    nk, ns = len(k), len(so)
+    order = (1, 0) + tuple(range(3, 3 + ns)) + (2,) + tuple(range(3 + ns, 3 + ns + nk))
+    g = xg.shape[1]
+    return np.ascontiguousarray(v.transpose(order)).reshape(g, -1, xg.shape[2] * math.prod(k))
+
+
+def _input_cols(x, k, s, p, d, so, groups):
+    """_cols of the padded input `x`; the last one is kept, for the same saved input meets the local run, the
+    mirror's own and (where it has no negative element) the run on magnitudes one after the other."""
+    key = (id(x), x.shape, x.strides, x.dtype, tuple(k), tuple(s), tuple(p), tuple(d), tuple(so), groups)
+    if _LAST_COLS and _LAST_COLS[0] == key and _LAST_COLS[1] is x:
+        return _LAST_COLS[2]
+    xp = _pad_spatial(x, p)
+    n, cg = x.shape[0], x.shape[1] // groups
+    cols = _cols(xp.reshape((n, groups, cg) + xp.shape[2:]), k, s, d, so)
+    if x.dtype != object and not x.flags.writeable:  # a saved tensor's array (read-only): safe to keep
+        _LAST_COLS[:] = [key, x, cols]
+    return cols
+
+
+_LAST_COLS: list = []
+
+
+def _grad_rows(gy, groups):
+    """(G, N prod(So), Og) of a gradient (N, O, *So): rows (n, o), as _cols'."""
+    n, o = gy.shape[:2]
+    return gy.reshape(n, groups, o // groups, -1).transpose(1, 0, 3, 2).reshape(groups, -1, o // groups)
+
+
+def _on_mags(f, a, b, n, r):
+    """f(a, b), f bilinear with nonnegative coefficients, where a or b is a Mag: f(|a|, |b|), counts + (n, r)."""
+    a, b = Mag.of(a), Mag.of(b)
+    v = f(a.v, b.v) if a.v is not None and b.v is not None else None
+    return Mag(f(a.m, b.m), v, a.c + b.c + (n, r))
+
+
 def _conv_fwd(x, w, s, p, d, groups, zeros):
     """y = conv(x, w): x (N, C, *S), w (O, C/G, *K) -> (N, O, *So)."""
+    k, cg, o = tuple(w.shape[2:]), w.shape[1], w.shape[0]
+    if isinstance(x, Mag) or isinstance(w, Mag):
+        nk = math.prod(k)
+        return _on_mags(lambda a, b: _conv_fwd(a, b, s, p, d, groups, np.zeros), x, w, 1 + cg + nk, 2 + nk)
     xp = _pad_spatial(x, p)
-    n, ch, o, k = x.shape[0], x.shape[1], w.shape[0], w.shape[2:]
+    n = x.shape[0]
     so = tuple((xp.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(len(k)))
-    xg = xp.reshape((n, groups, ch // groups) + xp.shape[2:])
-    wg = w.reshape((groups, o // groups, ch // groups) + tuple(k))
-    y = zeros((n, groups, o // groups, math.prod(so)))
-    for t in _taps(k):
-        y = y + np.einsum("ngcs,goc->ngos", xg[_win(t, d, s, so)].reshape(n, groups, ch // groups, -1),
-                          wg[(slice(None),) * 3 + t])
-    return y.reshape((n, o) + so)
+    cols = _cols(xp.reshape((n, groups, cg) + xp.shape[2:]), k, s, d, so)
+    y = cols @ w.reshape(groups, o // groups, -1).transpose(0, 2, 1)  # (G, N So, Og)
+    return y.reshape((groups, n, -1, o // groups)).transpose(1, 0, 3, 2).reshape((n, o) + so)
 
 
 def _conv_dx(gy, w, xshape, s, p, d, groups, zeros):
     """The adjoint of _conv_fwd in x (a transposed convolution), cropped to xshape."""
-    n, o, so, k = gy.shape[0], gy.shape[1], gy.shape[2:], w.shape[2:]
-    ch = xshape[1]
+    k, o = tuple(w.shape[2:]), w.shape[0]
+    if isinstance(gy, Mag) or isinstance(w, Mag):
+        nk = math.prod(k)
+        return _on_mags(lambda a, b: _conv_dx(a, b, xshape, s, p, d, groups, np.zeros), gy, w,
+                        1 + o // groups + nk, 2 + nk)
+    n, so, ch = gy.shape[0], tuple(gy.shape[2:]), xshape[1]
+    cg = ch // groups
     full = tuple(xshape[2 + i] + 2 * p[i] for i in range(len(k)))
     full = tuple(max(f, d[i] * (k[i] - 1) + s[i] * (so[i] - 1) + 1) for i, f in enumerate(full))
-    dxp = zeros((n, groups, ch // groups) + full)
-    gg = gy.reshape((n, groups, o // groups, -1))
-    wg = w.reshape((groups, o // groups, ch // groups) + tuple(k))
-    for t in _taps(k):
-        dxp[_win(t, d, s, so)] += np.einsum("ngos,goc->ngcs", gg, wg[(slice(None),) * 3 + t]).reshape(
-            (n, groups, ch // groups) + tuple(so))
+    cols = w.reshape(groups, o // groups, -1).transpose(0, 2, 1) @ _grad_rows(gy, groups).transpose(0, 2, 1)
+    cols = cols.reshape((groups, cg) + k + (n,) + so)  # (G, Cg, *K, N, *So)
+    dxp = zeros((n, groups, cg) + full)
+    for t in _taps(k):  # col2im: each tap's products back onto the input positions it met
+        dxp[_win(t, d, s, so)] += np.moveaxis(cols[(slice(None),) * 2 + t], 2, 0)
     crop = (slice(None),) * 3 + tuple(slice(a, a + xshape[2 + i]) for i, a in enumerate(p))
     return dxp[crop].reshape(tuple(xshape))
 
 
 def _conv_dw(x, gy, wshape, s, p, d, groups, zeros):
     """The adjoint of _conv_fwd in w."""
-    xp = _pad_spatial(x, p)
-    n, ch, o, so, k = x.shape[0], x.shape[1], gy.shape[1], gy.shape[2:], tuple(wshape[2:])
-    xg = xp.reshape((n, groups, ch // groups) + xp.shape[2:])
-    gg = gy.reshape((n, groups, o // groups, -1))
-    dw = zeros((groups, o // groups, ch // groups) + k)
-    for t in _taps(k):
-        dw[(slice(None),) * 3 + t] = np.einsum("ngcs,ngos->goc", xg[_win(t, d, s, so)].reshape(
-            n, groups, ch // groups, -1), gg)
+    k = tuple(wshape[2:])
+    if isinstance(x, Mag) or isinstance(gy, Mag):
+        n_terms = gy.shape[0] * math.prod(gy.shape[2:])
+        return _on_mags(lambda a, b: _conv_dw(a, b, wshape, s, p, d, groups, np.zeros), x, gy, 1 + n_terms, 2)
+    so = tuple(gy.shape[2:])
+    cols = _input_cols(x, k, s, p, d, so, groups)
+    dw = _grad_rows(gy, groups).transpose(0, 2, 1) @ cols  # (G, Og, Cg K)
     return dw.reshape(tuple(wshape))
 
 
 def _conv_geom(c):
+    """stride, padding, dilation (one per spatial dimension), groups, transposed. PyTorch saves a single padding
+    for ``padding='valid'`` (0,) whatever the dimension: it stands for every spatial dimension (the stride is
+    saved in full)."""
     a = c.a
-    return list(a["stride"]), list(a["padding"]), list(a["dilation"]), a["groups"], a["transposed"]
+    nd = len(a["stride"])
+
+    def per_dim(v):
+        v = list(v)
+        return v * nd if len(v) == 1 else v
+    return per_dim(a["stride"]), per_dim(a["padding"]), per_dim(a["dilation"]), a["groups"], a["transposed"]
 
 
 def _conv_shape(c, slot, saved):

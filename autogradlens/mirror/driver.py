@@ -1,18 +1,35 @@
 """The mirror's driver: the graph as the mirror reads it (`ops`), its own backward pass (`replay`, the shape of
 tinygrad's ``compute_gradient``: a rule table and a short loop), and `Step`, which runs one node's rule on values
-and on magnitudes and keeps what the verdicts need. How the bounds are carried: verdicts.py (NOTE [bound])."""
+and on magnitudes, judges it and keeps only the verdicts. How the bounds are carried: verdicts.py (NOTE [bound]).
+
+Memory: PyTorch's gradients come from capture; the saved tensors become float64 arrays only when their node
+runs (`_Saved`: once per tensor, however many nodes saved it) and are dropped after their last node."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .._torch import is_freed, is_stale, saved_names, saved_value
+from .._torch import is_freed, is_stale, saved_names, saved_value, version
 from ..capture import to_numpy
 from ..errors import LensRuntimeError
-from .bounds import UNDERFLOW, UNIT_ROUNDOFF, Mag, MagCtx, gamma, local_bound, unit_roundoff
+from .bounds import (
+    CHUNK,
+    MOVES_ONLY,
+    REAL_OF,
+    UNDERFLOW,
+    UNIT_ROUNDOFF,
+    Mag,
+    MagCtx,
+    chunks,
+    gamma,
+    local_bound,
+    rounding,
+    unit_roundoff,
+)
 from .scalar import as_values, floats
 from .table import COMPLEX_RULES, RULES, Ctx, Unsupported, sum_to
 
@@ -45,21 +62,44 @@ class Op(NamedTuple):
     atomic: bool = False  # a half-precision CUDA node whose backward adds with atomics in the dtype
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
+def _saved_tensor(t: torch.Tensor, seen: dict) -> torch.Tensor:
+    """A saved tensor the rules can read, detached; the same tensor object for the same tensor saved by several
+    nodes (`seen` maps what identifies it, its memory and version, to the first one, which it keeps alive)."""
     if t.layout != torch.strided:
         raise Unsupported(f"a {str(t.layout).removeprefix('torch.')} saved tensor")
     if t.device.type == "meta":
         raise Unsupported("a meta tensor (no values)")
-    return to_numpy(t)
+    key = (t.data_ptr(), t.dtype, t.device, t.shape, t.stride(), version(t), t.is_conj(), t.is_neg())
+    hit = seen.get(key)
+    if hit is None:
+        hit = seen[key] = t.detach()
+    return hit
+
+
+_NP_INT = {torch.bool: np.bool_, torch.uint8: np.uint8, torch.int8: np.int8, torch.int16: np.int16,
+           torch.int32: np.int32, torch.int64: np.int64}
+
+
+def _as_array(t: torch.Tensor) -> np.ndarray:
+    """A saved tensor as the rules read it: a read-only numpy array, float64 for floating tensors (one copy)."""
+    d = t.resolve_neg()
+    if d.numel() <= 16 and d.device.type == "cpu":  # a few numbers: through Python (exact), torch's calls cost more
+        a = np.array(d.tolist(), dtype=np.float64 if d.is_floating_point() else _NP_INT.get(d.dtype, None))
+        a = a.reshape(tuple(d.shape))  # (an empty tensor's list has lost its trailing sizes)
+    else:
+        a = (d.to("cpu", torch.float64, copy=True, memory_format=torch.contiguous_format).numpy(force=True)
+             if d.is_floating_point() else to_numpy(d))
+    a.flags.writeable = False  # shared by the nodes that saved it: a rule must not change it
+    return a
 
 
 FREED = "saved tensors freed by backward()"
 
 
-def _read_saved(fn, nid: str, slots: list, dtype: str, freed_ok: bool = False) -> dict:
-    """Saved tensors as numpy arrays; a clear error when backward() freed them (Unsupported(FREED) with
-    `freed_ok`) or they changed in place. A Python number saved as a 0-d float64 tensor enters a `dtype`
-    computation rounded to `dtype`."""
+def _read_saved(fn, nid: str, slots: list, dtype: str, seen: dict, freed_ok: bool = False) -> dict:
+    """Saved tensors (the mirror turns them into numpy arrays when it runs the node: Step); a clear error when
+    backward() freed them (Unsupported(FREED) with `freed_ok`) or they changed in place. A Python number saved as
+    a 0-d float64 tensor enters a `dtype` computation rounded to `dtype`."""
     out = {}
     for a in slots:
         try:
@@ -77,11 +117,11 @@ def _read_saved(fn, nid: str, slots: list, dtype: str, freed_ok: bool = False) -
                     "mirror the graph before optimizer.step() or other in-place updates") from None
             raise
         if isinstance(v, tuple):
-            out[a] = tuple(None if x is None else _np(x) for x in v)
+            out[a] = tuple(None if x is None else _saved_tensor(x, seen) for x in v)
         elif v is not None:
             if v.ndim == 0 and v.dtype == torch.float64 and dtype in ("float32", "float16", "bfloat16"):
                 v = v.to(getattr(torch, dtype))
-            out[a] = _np(v)
+            out[a] = _saved_tensor(v, seen)
     return out
 
 
@@ -90,10 +130,6 @@ def unreadable(d: dict) -> str | None:
     if d["device"] == "meta":
         return "a meta tensor (no values)"
     return None
-
-
-# A complex dtype rounds its real and imaginary parts as the real dtype of the same precision.
-REAL_OF = {"complex128": "float64", "complex64": "float32", "complex32": "float16"}
 
 
 def lowest(dtypes) -> str:
@@ -109,7 +145,7 @@ def is_complex(op) -> bool:
 def read_ops(tr, walk, freed_ok: bool = False) -> dict:
     """Op node id -> Op, for every node with a grad_fn (leaves are not ops). With `freed_ok`, a node whose saved
     tensors backward() freed gets the note FREED instead of raising."""
-    g, cache, ops, tf32 = tr.graph, {}, {}, _tf32_types()
+    g, cache, ops, tf32, seen = tr.graph, {}, {}, _tf32_types(), {}
     for fn, nf in zip(walk.order, walk.nexts):
         nid = walk.ids[fn]
         d = g.nodes[nid]
@@ -123,7 +159,7 @@ def read_ops(tr, walk, freed_ok: bool = False) -> dict:
         saved, note = {}, unreadable(d)
         if d["type"] in RULES and note is None:
             try:
-                saved = _read_saved(fn, nid, saved_names(fn, cache)[0], d["dtype"], freed_ok)
+                saved = _read_saved(fn, nid, saved_names(fn, cache)[0], d["dtype"], seen, freed_ok)
             except Unsupported as e:
                 note = str(e)
         dtype, cuda = lowest([d["dtype"], *in_dtypes]), (d["device"] or "").startswith("cuda")
@@ -185,17 +221,21 @@ def _tf32_types() -> frozenset:
 
 class Flow(NamedTuple):
     """A gradient on its way: ``g`` (the mirror's value), ``e`` (a bound on its distance to PyTorch's),
-    ``a`` (the sum of the magnitudes of the parts added into it) and ``u`` (unit roundoff of the sum)."""
+    ``a`` (the sum of the magnitudes of the parts added into it; None: ``|g|``, computed only where gradients
+    are summed) and ``u`` (unit roundoff of the sum)."""
     g: object
     e: np.ndarray
-    a: np.ndarray
+    a: np.ndarray | None
     u: float
 
     def __add__(self, o: Flow) -> Flow:  # the engine's sum and the mirror's each round once
-        a, g = self.a + o.a, self.g + o.g
+        a, g = self.parts() + o.parts(), self.g + o.g
         if not isinstance(g, (np.ndarray, np.generic)):  # two 0-d object arrays of Values add to a bare Value
             g = np.asarray(g, dtype=object)
         return Flow(g, self.e + o.e + (self.u + _U64) * a + _ETA[self.u], a, max(self.u, o.u))
+
+    def parts(self) -> np.ndarray:
+        return np.abs(floats(self.g)) if self.a is None else self.a
 
 
 def replay(order: list, ops: dict, seeds: dict, step) -> dict:
@@ -239,19 +279,19 @@ def consumers_first(order: list, nexts: list, ids: dict) -> list[str]:
     return out
 
 
-def run_rule(op: Op, gs, ctx=Ctx, saved=None, scalar=False) -> list:
-    """The rule's gradients per slot, each summed to its input's shape (as the engine does)."""
+def run_rule(op: Op, gs, saved: dict, ctx=Ctx, scalar=False) -> list:
+    """The rule's gradients per slot, each summed to its input's shape (as the engine does), given the incoming
+    gradients `gs` and the saved tensors as arrays (`saved`, see _Saved). Floating-point warnings are the
+    caller's to silence (the mirror runs under ``np.errstate(all="ignore")``)."""
     if all(g is None for g in gs):
         return [None] * len(op.nexts)
-    c = ctx(op.type, gs, op.saved if saved is None else saved, op.attrs, op.in_shapes, op.out_shapes, scalar,
-            op.in_dtypes)
-    with np.errstate(all="ignore"):
-        out = RULES[op.type](c)
-        if len(out) != len(op.nexts):
-            raise Unsupported(f"rule for {op.type} returned {len(out)} gradients for {len(op.nexts)} inputs")
-        return [None if o is None or s is None or op.nexts[i] is None else
-                sum_to(_real_for(o if isinstance(o, Mag) else np.asarray(o), op.in_dtypes[i]), s)
-                for i, (o, s) in enumerate(zip(out, op.in_shapes))]
+    c = ctx(op.type, gs, saved, op.attrs, op.in_shapes, op.out_shapes, scalar, op.in_dtypes)
+    out = RULES[op.type](c)
+    if len(out) != len(op.nexts):
+        raise Unsupported(f"rule for {op.type} returned {len(out)} gradients for {len(op.nexts)} inputs")
+    return [None if o is None or s is None or op.nexts[i] is None else
+            sum_to(_real_for(o if isinstance(o, Mag) else np.asarray(o), op.in_dtypes[i]), s)
+            for i, (o, s) in enumerate(zip(out, op.in_shapes))]
 
 
 def _real_for(o, dtype):
@@ -261,22 +301,70 @@ def _real_for(o, dtype):
     return np.real(o)
 
 
-def _mag_saved(saved: dict) -> dict:
-    def one(x):
-        return x if x is None or x.dtype.kind != "f" else Mag.of(x)
-    return {k: tuple(one(x) for x in v) if isinstance(v, tuple) else one(v) for k, v in saved.items()}
+class _Saved:
+    """The nodes' saved tensors as the rules read them: numpy arrays (float64 for floating tensors, `array`),
+    and their magnitudes for the run on magnitudes (`mags`). Each made when first needed,
+    once however many nodes saved the same tensor, and dropped after its last node (`done`)."""
+
+    def __init__(self, ops):
+        self.left: dict = {}
+        self.made: dict = {}
+        for op in ops:
+            for t in _tensors(op.saved):
+                self.left[id(t)] = self.left.get(id(t), 0) + 1
+
+    def _get(self, t, kind):
+        rec = self.made.setdefault(id(t), {})
+        v = rec.get(kind)
+        if v is None:
+            v = rec[kind] = _as_array(t) if kind == "array" else _abs(self._get(t, "array"))
+        return v
+
+    def view(self, saved: dict, kind: str = "array") -> dict:
+        def one(t):
+            if t is None:
+                return None
+            if kind == "array" or not t.is_floating_point():
+                return self._get(t, "array")
+            return Mag(self._get(t, "mags"), self._get(t, "array"), 0)  # a fresh Mag: its rounding count is its own
+        return {k: tuple(one(t) for t in v) if isinstance(v, tuple) else one(v) for k, v in saved.items()}
+
+    def done(self, saved: dict):
+        for t in _tensors(saved):
+            k = id(t)
+            n = self.left.get(k, 1) - 1
+            self.left[k] = n
+            if n <= 0:
+                self.made.pop(k, None)
+
+
+def _tensors(saved: dict):
+    for v in saved.values():
+        for x in (v if isinstance(v, tuple) else (v,)):
+            if x is not None:
+                yield x
+
+
+def _abs(x):
+    if x.dtype == np.float64 and (not x.size or np.min(x) >= 0):
+        return x  # (activations after a ReLU: the same array, read-only)
+    return np.abs(x) if x.dtype == np.float64 else np.abs(x).astype(np.float64)
 
 
 class Step:
-    """Runs each node for `replay` and records what the verdicts need (values, bounds, notes)."""
+    """Runs each node for `replay` and judges it on the spot (NOTE [bound]): the local check (the rule on
+    PyTorch's incoming gradients against PyTorch's outgoing ones) and the end-to-end check (the mirror's own
+    incoming gradients against PyTorch's), kept in ``verdicts[id]``; the arrays themselves are not kept."""
 
-    def __init__(self, seen_in, seen_out, scalar: bool):
+    def __init__(self, seen_in, seen_out, scalar: bool, ops=()):
+        from . import verdicts  # (verdicts reads this module's helpers)
         self.seen_in, self.seen_out, self.scalar = seen_in, seen_out, scalar
         # complex gradients only pass between nodes left unmirrored (complex tensors): kept as they are
         self.wrap = (lambda a: a if np.iscomplexobj(a) else as_values(a)) if scalar else (lambda a: a)
-        self.local: dict = {}     # id -> (mirror's outputs from PyTorch's inputs, bound per slot) or None
-        self.incoming: dict = {}  # id -> the mirror's own incoming Flows
+        self.compare, self.merge, self.largest = verdicts._compare, verdicts._merge, verdicts._largest
+        self.verdicts: dict = {}  # id -> (local check, its largest bound, end-to-end check, its largest bound)
         self.notes: dict = {}
+        self.saved = _Saved(list(ops.values()) if isinstance(ops, dict) else list(ops))
 
     def __call__(self, op: Op, flows: list):
         torch_in = self.seen_in.get(op.id)
@@ -284,16 +372,31 @@ class Step:
             return None  # PyTorch did not run this node (no leaf needed it)
         if any(t is None and f is not None for t, f in zip(torch_in, flows)):  # PyTorch's undefined gradient: 0
             torch_in = [np.zeros(np.shape(f.e)) if t is None and f is not None else t for t, f in zip(torch_in, flows)]
-        self.incoming[op.id] = flows
         torch_out = self.seen_out[op.id]
-        local = mine = None
+        e2e = None if op.note else self.merge([self.compare(f.g, t, f.e, op.out_dtype)
+                                               for f, t in zip(flows, torch_in) if f is not None and t is not None])
+        e2e_bound = self.largest([f.e for f in flows if f is not None])
+        try:
+            return self._run(op, flows, torch_in, torch_out)
+        finally:
+            self.saved.done(op.saved)
+            local, bound = self.verdicts.get(op.id, (None, None))
+            self.verdicts[op.id] = (local, bound, e2e, e2e_bound)
+
+    def _run(self, op, flows, torch_in, torch_out):
+        local = mine = ds = None
         if op.note is None and op.type in RULES and is_complex(op) and (self.scalar or op.type not in COMPLEX_RULES):
             self.notes[op.id] = ("complex tensors: scalar mode's Values are real numbers (mode='tensor' checks them)"
                                  if self.scalar else f"complex tensors: the rule for {op.type} is for real numbers")
         elif op.type in RULES and op.note is None:
             try:
-                local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], scalar=self.scalar)
-                mine = run_rule(op, [None if f is None else f.g for f in flows], scalar=self.scalar)
+                arrays = self.saved.view(op.saved)
+                local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], arrays,
+                                 scalar=self.scalar)
+                ds, same = self._differences(op, flows, torch_in)
+                # the same incoming gradients give the same outgoing ones (tensor mode: scalar mode builds Values)
+                mine = local if same and not self.scalar else \
+                    run_rule(op, [None if f is None else f.g for f in flows], arrays, scalar=self.scalar)
             except Unsupported as e:  # a case the rule does not handle: unmirrored, with the reason
                 self.notes[op.id] = str(e)
                 local = mine = None
@@ -307,41 +410,86 @@ class Step:
                     Flow(self.wrap(t), np.zeros(np.shape(t)), np.abs(t), _u_of(op, i))
                     for i, (t, d) in enumerate(zip(torch_out, op.nexts))]
         bound = self._bound(op, torch_in, local, torch_out)
-        self.local[op.id] = (local, bound)
-        carried = self._carried(op, flows, torch_in, mine, local)
-        return [None if m is None else
-                Flow(m, np.broadcast_to(bound[i] + carried[i] + rounding(local[i], op.in_dtypes[i]), np.shape(m)),
-                     np.abs(floats(m)), _u_of(op, i))
-                for i, m in enumerate(mine)]
+        checks = [("mismatch", False, math.inf, math.inf) if m is None else  # PyTorch's undefined gradient is 0
+                  self.compare(m, np.zeros(np.shape(m)) if t is None else t, bound[i], op.in_dtypes[i] or op.dtype)
+                  for i, (m, t) in enumerate(zip(local, torch_out))
+                  if op.nexts[i] is not None and not (t is None and m is None)]
+        self.verdicts[op.id] = (self.merge(checks) or ("match", True, 0.0, 0.0), self.largest(bound))
+        carried = self._carried(op, ds, mine, local, arrays)
+        out = []
+        for i, m in enumerate(mine):
+            if m is None:
+                out.append(None)
+                continue
+            if carried[i] is None and np.size(m) > CHUNK:  # |mine - local| and E in one pass, chunk by chunk
+                out.append(Flow(m, _bound_out(bound[i], floats(m), floats(local[i]), op.in_dtypes[i]), None,
+                                _u_of(op, i)))
+                continue
+            c = _magnitude(_difference(floats(m), floats(local[i]))) if carried[i] is None else carried[i]
+            e = np.add(bound[i], c)
+            r = rounding(local[i], op.in_dtypes[i])
+            if np.ndim(r) and np.shape(e) == np.shape(r):
+                r += e  # (in place)
+                e = r
+            else:
+                e = e + r
+            out.append(Flow(m, e if np.shape(e) == np.shape(m) else np.broadcast_to(e, np.shape(m)), None,
+                            _u_of(op, i)))
+        return out
 
-    def _carried(self, op, flows, torch_in, mine, local) -> list:
-        """|rule(d)| per slot, d = the mirror's incoming gradient minus PyTorch's (NOTE [bound]): by linearity
-        rule(G_mirror) - rule(G_torch); where d exceeds the incoming bound (a real disagreement upstream),
-        only its admissible part min(|d|, E_in) is carried, so the disagreement is not absorbed."""
-        ds, clipped = [], False
+    def _differences(self, op, flows, torch_in):
+        """Per incoming slot d = the mirror's gradient minus PyTorch's (NOTE [bound]), clipped to what the bound
+        admits where it exceeds it (a real disagreement upstream: carried only in part, so it is not absorbed);
+        None where only one side has a gradient. Also: are the two incoming gradients equal everywhere?"""
+        ds, same = [], True
         for f, t in zip(flows, torch_in):
             if f is None or t is None:
                 ds.append(None if f is None else np.zeros(np.shape(f.e)))
+                same = same and f is None and t is None
                 continue
-            d = _difference(floats(f.g), t)
-            allowed = f.e + unit_roundoff(op.out_dtype) * np.abs(floats(f.g)) + UNDERFLOW.get(op.out_dtype, 0.0)
-            if np.any(np.abs(d) > allowed):
-                clipped, d = True, np.clip(d, -allowed, allowed)
+            g = floats(f.g)
+            if t.size <= _SMALL or t.size > CHUNK:
+                within, equal = (_within_small if t.size <= _SMALL else _within_chunks)(g, t, f.e)
+                if within:  # nothing to clip: d itself is needed only if another slot is clipped
+                    same = same and equal
+                    ds.append((g, t))
+                    continue
+            d = _difference(g, t)
+            ad = np.abs(d)
+            top = np.max(ad, initial=0.0)
+            if top != 0 and not np.all(ad <= f.e):  # cheap first: inside the incoming bound, nothing to clip
+                allowed = f.e + unit_roundoff(op.out_dtype) * np.abs(g) + UNDERFLOW.get(op.out_dtype, 0.0)
+                if np.any(ad > allowed):
+                    d = np.clip(d, -allowed, allowed)
+                    ds.append(("clipped", d))
+                    same = False
+                    continue
+            same = same and top == 0
             ds.append(d)
-        with np.errstate(all="ignore"):
-            if not clipped:
-                return [0.0 if m is None else np.abs(_difference(floats(m), floats(c))) for m, c in zip(mine, local)]
-            try:
-                out = run_rule(op, ds)
-            except Exception:  # noqa: BLE001 - the disagreement is reported upstream; keep the bound only
-                return [0.0] * len(mine)
-            return [0.0 if o is None else np.abs(floats(o)) for o in out]
+        return ds, same
+
+    def _carried(self, op, ds, mine, local, arrays) -> list:
+        """|rule(d)| per slot: by linearity rule(G_mirror) - rule(G_torch), exactly known (None: |mine - local|,
+        computed with E); with a clipped d, the rule run on d itself."""
+        if mine is local:
+            return [0.0] * len(mine)
+        if not any(isinstance(d, tuple) and isinstance(d[0], str) for d in ds):
+            return [None] * len(mine)
+        try:  # (a few elements judged in Python floats come as (g, t): their d now)
+            out = run_rule(op, [d if not isinstance(d, tuple) else d[1] if isinstance(d[0], str) else
+                                _difference(*d) for d in ds], arrays)
+        except Exception:  # noqa: BLE001 - the disagreement is reported upstream; keep the bound only
+            return [0.0] * len(mine)
+        return [0.0 if o is None else np.abs(floats(o)) for o in out]
 
     def _bound(self, op, torch_in, local, torch_out) -> list:
         """Per slot: the bound B on PyTorch's rounding at this node, from one run on magnitudes."""
         u = unit_roundoff(op.dtype)
+        if op.type in MOVES_ONLY:  # no rounding: B = 0 (a view, not an array)
+            return [None if m is None else np.broadcast_to(0.0, np.shape(m)) for m in local]
         try:
-            mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in], MagCtx, _mag_saved(op.saved))
+            mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in],
+                            self.saved.view(op.saved, "mags"), MagCtx)
             # complex arithmetic: a product is within sqrt2 gamma_2, a quotient within sqrt2 gamma_7 (Higham §3.6)
             k = 10 if is_complex(op) else 1
             return [None if x is None else k * local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
@@ -352,19 +500,70 @@ class Step:
                     for m, t in zip(local, torch_out)]
 
 
-def rounding(x, dtype) -> np.ndarray | float:
-    """What the local check allows for rounding the float64 mirror to `dtype` (also carried on)."""
-    dtype = REAL_OF.get(dtype, dtype)
-    if x is None or dtype in (None, "float64") or dtype not in UNDERFLOW:
-        return 0.0
-    x = floats(x)  # a complex number rounds in its two parts
-    return (1 + np.iscomplexobj(x)) * unit_roundoff(dtype) * np.abs(x) + UNDERFLOW[dtype]
+_SMALL = 16  # gradients up to this size are judged element by element in Python floats (numpy's calls cost more)
+
+
+def _within_small(g, t, e) -> tuple[bool, bool]:
+    """For a few elements: is |g - t| (0 where equal or both NaN) within the incoming bound `e` everywhere, as
+    _differences judges it with arrays (then nothing is clipped), and are g and t equal everywhere?"""
+    gs = (g if g.shape == t.shape else np.broadcast_to(g, t.shape)).ravel().tolist()
+    es = (e if np.shape(e) == t.shape else np.broadcast_to(e, t.shape)).ravel().tolist()
+    equal = True
+    for a, b, x in zip(gs, t.ravel().tolist(), es):
+        if a == b or (a != a and b != b):
+            continue
+        equal = False
+        if not abs(a - b) <= x:  # also NaN: the array path decides
+            return False, False
+    return True, equal
+
+
+def _within_chunks(g, t, e) -> tuple[bool, bool]:
+    """_within_small for big arrays, chunk by chunk with numpy (the same arithmetic as _differences)."""
+    equal = True
+    it = chunks(g, t, e)
+    with it:
+        for gc, tc, ec in it:
+            ad = np.abs(_difference(gc, tc))
+            top = ad.max()
+            if top != 0:
+                equal = False
+                if not np.all(ad <= ec):
+                    return False, False
+    return True, equal
 
 
 def _difference(m: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """m - t, with 0 where they are equal (equal infinities included)."""
-    with np.errstate(all="ignore"):
-        return np.where((m == t) | (np.isnan(m) & np.isnan(t)), 0.0, m - t)
+    """m - t, with 0 where they are equal (equal infinities included) or both NaN."""
+    d = np.subtract(m, t)
+    if np.isfinite(np.add.reduce(d, axis=None)):  # one pass: every element finite, nothing to patch
+        return d
+    return np.where((m == t) | (np.isnan(m) & np.isnan(t)), 0.0, d)
+
+
+def _bound_out(b, m, local, dtype) -> np.ndarray:
+    """E = (B + |m - local|) + rounding(local, dtype) (Step._run's arithmetic), chunk by chunk."""
+    it = chunks(b, m, local, out=True)
+    u, eta = (unit_roundoff(dtype), UNDERFLOW[dtype]) if dtype in UNDERFLOW and dtype != "float64" else (None, 0.0)
+    with it:
+        for bc, mc, lc, ec in it:
+            d = mc - lc
+            if not np.isfinite(np.add.reduce(d)):
+                d = np.where((mc == lc) | (np.isnan(mc) & np.isnan(lc)), 0.0, d)
+            ad = np.abs(d) if np.iscomplexobj(d) else np.abs(d, out=d)
+            e = np.add(bc, ad, out=ad)
+            if u is not None:
+                r = np.abs(lc)
+                r *= u
+                r += eta
+                e = np.add(r, e, out=r)
+            ec[...] = e
+        return it.operands[-1]
+
+
+def _magnitude(d):
+    in_place = isinstance(d, np.ndarray) and d.flags.writeable and d.base is None and not np.iscomplexobj(d)
+    return np.abs(d, out=d) if in_place else np.abs(d)
 
 
 def _u_of(op: Op, slot: int) -> float:

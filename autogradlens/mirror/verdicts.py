@@ -36,6 +36,13 @@ covered) and gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of Numeri
 - complex gradients (PyTorch's convention: dL/dx + i dL/dy for z = x + iy) compare by modulus.
 
 Every quantity on the right is computed from the same data, in float64 arrays, in both modes.
+
+What the cost is (benchmarks/bench_mirror.py): per node the rule runs on PyTorch's incoming gradient (the
+local check), on the mirror's own (skipped where the two are equal: the same outputs) and on magnitudes
+(skipped for the rules in bounds.MOVES_ONLY, which only move gradient elements: B = 0). Each node is judged
+as it is run (driver.Step) and its arrays dropped. A comparison subtracts once and adds the rounding
+allowance only where the bound alone is exceeded (it only adds to it: the verdict is the same); a few
+elements are compared in Python floats, with the same arithmetic.
 """
 
 from __future__ import annotations
@@ -43,11 +50,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-from .driver import REAL_OF, rounding, unreadable
+from .bounds import CHUNK, REAL_OF, UNDERFLOW, chunks, rounding, unit_roundoff
+from .driver import unreadable
 from .scalar import floats
-from .table import NO_RULE, RULES
+from .table import NO_RULE, RULES, round_to
 
 
 def _rounded(m: np.ndarray, dtype: str) -> np.ndarray:
@@ -55,18 +62,116 @@ def _rounded(m: np.ndarray, dtype: str) -> np.ndarray:
         return _rounded(m.real, REAL_OF.get(dtype, dtype)) + 1j * _rounded(m.imag, REAL_OF.get(dtype, dtype))
     if dtype == "float64" or dtype not in ("float32", "float16", "bfloat16"):
         return m
-    return torch.from_numpy(np.array(m, dtype=np.float64)).to(getattr(torch, dtype)).to(torch.float64).numpy()
+    return round_to(dtype, m)
 
 
 def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
-    """(status, exact, max_abs, max_rel) of the mirror's `m` against PyTorch's `t`, within `bound`."""
-    m, t = (np.asarray(m), np.asarray(t)) if np.iscomplexobj(m) or np.iscomplexobj(t) else (floats(m), floats(t))
+    """(status, exact, max_abs, max_rel) of the mirror's `m` against PyTorch's `t`, within `bound`.
+    Floating-point warnings are the caller's to silence."""
+    if np.iscomplexobj(m) or np.iscomplexobj(t):
+        return _compare_special(*_shaped(np.asarray(m), np.asarray(t)), None, bound, dtype)
+    m, t = floats(m), floats(t)
     if m.shape != t.shape:
         try:
             m = np.broadcast_to(m, t.shape)
         except ValueError:
             return "mismatch", False, math.inf, math.inf
-    r = _rounded(m, dtype)
+    if t.size <= SMALL:
+        return _compare_small(m, t, bound, dtype)
+    if t.size > CHUNK:
+        return _compare_chunks(m, t, bound, dtype)
+    # the mirror rounded to the graph's dtype (a float32 copy is that rounding, and half the memory)
+    r = m.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(m, dtype))
+    diff = np.asarray(np.subtract(r, t, dtype=np.float64))
+    diff = np.abs(diff, out=diff)
+    max_abs = float(np.max(diff, initial=0.0))
+    if not math.isfinite(max_abs):  # an infinity or a NaN somewhere
+        return _compare_special(m, t, np.asarray(r, dtype=np.float64), bound, dtype)
+    ok = True
+    if max_abs > 0:  # the full allowance only where the bound alone is exceeded (it only adds to it)
+        b = 0.0 if bound is None else np.broadcast_to(bound, t.shape)
+        over = diff > b  # a NaN bound admits anything, as an infinite one
+        if over.any():
+            extra = rounding(np.maximum(np.abs(r[over].astype(np.float64)), np.abs(m[over])), dtype)
+            ok = not np.any(diff[over] > (b[over] if np.ndim(b) else b) + extra)
+    scale = max(float(np.max(t, initial=0.0)), -float(np.min(t, initial=0.0)))
+    max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
+    return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
+
+
+def _compare_chunks(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
+    """_compare's array path, chunk by chunk (bounds.chunks): the same arithmetic on each chunk."""
+    max_abs, ok, hi, lo = 0.0, True, 0.0, 0.0
+    it = chunks(m, t, bound)
+    with it:
+        for mc, tc, bc in it:
+            r = mc.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(mc, dtype))
+            diff = np.subtract(r, tc, dtype=np.float64)
+            diff = np.abs(diff, out=diff)
+            top = float(diff.max())
+            if not math.isfinite(top):  # an infinity or a NaN somewhere
+                return _compare_special(m, t, np.asarray(_rounded(m, dtype), dtype=np.float64), bound, dtype)
+            max_abs = max(max_abs, top)
+            if top > 0 and ok:
+                over = diff > bc  # a NaN bound admits anything, as an infinite one
+                if over.any():
+                    extra = rounding(np.maximum(np.abs(r[over].astype(np.float64)), np.abs(mc[over])), dtype)
+                    ok = not np.any(diff[over] > (bc[over] if bc.ndim else bc) + extra)
+            hi, lo = max(hi, float(tc.max())), min(lo, float(tc.min()))
+    scale = max(hi, -lo)
+    max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
+    return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
+
+
+SMALL = 16  # arrays up to this size are compared element by element in Python floats (numpy's calls cost more)
+
+
+def _compare_small(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
+    """_compare on a few elements, with the same arithmetic (Python floats are IEEE doubles)."""
+    rs = (m.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(m, dtype))).ravel().tolist()
+    ts, ms = t.ravel().tolist(), m.ravel().tolist()
+    bs = [0.0] * len(ts) if bound is None else \
+        (bound if np.shape(bound) == t.shape else np.broadcast_to(bound, t.shape)).ravel().tolist()
+    u, eta = (unit_roundoff(dtype), UNDERFLOW[dtype]) if dtype in UNDERFLOW and dtype != "float64" else (None, 0.0)
+    exact, ok, max_abs, scale = True, True, 0.0, 0.0
+    for r, x, mm, b in zip(rs, ts, ms, bs):
+        if x == x and abs(x) != math.inf and abs(x) > scale:
+            scale = abs(x)
+        if r == x or (r != r and x != x):
+            continue
+        exact = False
+        if not (math.isfinite(r) and math.isfinite(x)):  # a NaN or an infinity on one side only
+            ok = False
+        d = abs(r - x)
+        if d != d:
+            d = math.inf
+        if d > max_abs:
+            max_abs = d
+        if u is not None:
+            big = math.nan if r != r or mm != mm else max(abs(r), abs(mm))
+            b = b + (u * big + eta)
+        if not d <= (math.inf if b != b else b):
+            ok = False
+    max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
+    return ("match" if ok else "mismatch"), exact, max_abs, max_rel
+
+
+def _shaped(m, t):
+    if m.shape != t.shape:
+        try:
+            m = np.broadcast_to(m, t.shape)
+        except ValueError:
+            pass
+    return m, t
+
+
+def _compare_special(m, t, r, bound, dtype: str) -> tuple[str, bool, float, float]:
+    """_compare where infinities or NaNs occur, or complex numbers (compared by modulus, each rounded in its two
+    parts; `r` None: rounded here): equal values match, NaN matches NaN, a NaN or an infinity on one side only
+    never matches."""
+    if m.shape != t.shape:
+        return "mismatch", False, math.inf, math.inf
+    r = np.asarray(_rounded(m, dtype)) if r is None else r
     exact = bool(np.array_equal(r, t, equal_nan=True))
     with np.errstate(all="ignore"):
         same = (r == t) | (np.isnan(r) & np.isnan(t))
@@ -76,23 +181,18 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
         # the mirror rounded to the graph's dtype (a complex number: its two parts)
         b = b + (1 + np.iscomplexobj(r)) * rounding(np.maximum(np.abs(r), np.abs(m)), dtype)
         b = np.where(np.isnan(b), np.inf, b)
-        # a NaN or an infinity on one side only is a disagreement whatever the bound (NaN inputs: NOTE [bound])
-        lone = ~same & (~np.isfinite(r) | ~np.isfinite(t))
+        lone = ~same & (~np.isfinite(r) | ~np.isfinite(t))  # NOTE [bound]: never within a bound
         ok = bool(np.all((diff <= b) & ~lone))
-        max_abs = float(np.max(diff, initial=0.0))
-        scale = float(np.max(np.abs(np.where(np.isfinite(t), t, 0.0)), initial=0.0))
+    max_abs = float(np.max(diff, initial=0.0))
+    scale = float(np.max(np.abs(np.where(np.isfinite(t), t, 0.0)), initial=0.0))
     max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
     return ("match" if ok else "mismatch"), exact, max_abs, max_rel
 
 
-def _zeros_for(m) -> np.ndarray:
-    return np.zeros(np.shape(m))
-
-
 def _merge(checks):
     checks = [c for c in checks if c is not None]
-    if not checks:
-        return None
+    if len(checks) < 2:
+        return checks[0] if checks else None
     return ("mismatch" if any(c[0] == "mismatch" for c in checks) else "match", all(c[1] for c in checks),
             max(c[2] for c in checks), max(c[3] for c in checks))
 
@@ -106,8 +206,17 @@ def _row(nid, type_, name, kind, local, e2e, note, bound=None, e2e_bound=None) -
 
 
 def _largest(xs) -> float | None:
-    xs = [float(np.max(x, initial=0.0)) for x in xs if x is not None and np.size(x)]
-    return max(xs) if xs else None
+    best = None
+    for x in xs:
+        if x is None or not np.size(x):
+            continue
+        if isinstance(x, np.ndarray) and x.size <= SMALL:  # as np.max(x, initial=0.0), NaN included
+            vals = x.ravel().tolist()
+            v = math.nan if any(a != a for a in vals) else max(0.0, *vals)
+        else:
+            v = float(np.max(x, initial=0.0))
+        best = v if best is None else max(best, v)
+    return best
 
 
 def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> list:
@@ -116,32 +225,19 @@ def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> lis
         op = ops.get(nid)
         if op is None or nid not in seen_in:
             continue
-        local, bounds = None, None
-        if nid in step.local:
-            mine, bounds = step.local[nid]
-            checks = []
-            for i, (m, t) in enumerate(zip(mine, seen_out[nid])):
-                if op.nexts[i] is None or (t is None and m is None):
-                    continue
-                t = _zeros_for(m) if t is None else t  # PyTorch's undefined gradient is 0
-                checks.append(("mismatch", False, math.inf, math.inf) if m is None else
-                              _compare(m, t, bounds[i], op.in_dtypes[i] or op.dtype))
-            local = _merge(checks) or ("match", True, 0.0, 0.0)
-        flows = step.incoming.get(nid) or []
-        e2e = None if op.note else _merge([_compare(f.g, _zeros_for(f.g) if t is None else t, f.e, op.out_dtype)
-                                           for f, t in zip(flows, seen_in[nid]) if f is not None])
+        local, bound, e2e, e2e_bound = step.verdicts.get(nid, (None, None, None, None))
         note = step.notes.get(nid) or (None if op.type in RULES else  # a known reason's first clause, or none
                                        NO_RULE.get(op.type, "no rule for this node type").split(": ")[0])
-        rows.append(_row(nid, op.type, op.name, "node", local, e2e, note, _largest(bounds or []),
-                         _largest([f.e for f in flows if f is not None])))
+        rows.append(_row(nid, op.type, op.name, "node", local, e2e, note, bound, e2e_bound))
     for nid in tr.graph:  # leaves in the order the trace walked them
         d = tr.graph.nodes[nid]
         if not d["is_leaf"]:
             continue
         f, t, note = grads.get((nid, 0)), leaf_in.get(nid), unreadable(d)
         if t is None and f is not None and nid in leaf_in:  # PyTorch's undefined gradient is 0
-            t = _zeros_for(f.g)
-        check = None if f is None or t is None or note else _compare(f.g, t, f.e, d["dtype"])
+            t = np.zeros(np.shape(f.g))
+        with np.errstate(all="ignore"):
+            check = None if f is None or t is None or note else _compare(f.g, t, f.e, d["dtype"])
         rows.append(_row(nid, "AccumulateGrad", d["param"], "leaf", check, check, note,
                          None if f is None else _largest([f.e]), None if f is None else _largest([f.e])))
     return rows
