@@ -265,16 +265,26 @@ class _Timeline:
         self.cur = []
 
     def __iter__(self):  # an event stored as (builder, *args) is built here, when read
+        tail, dropped = list(self.tail), self.dropped
+        if self.cur:  # the step in progress counts against `keep` too
+            if self.keep is None or len(self.head) < self.keep // 2:
+                tail = [*tail, self.cur]  # it will join the head: nothing is dropped for it
+            elif self.tail.maxlen == 0:
+                dropped += 1
+            else:
+                tail.append(self.cur)
+                if len(tail) > self.tail.maxlen:
+                    tail.pop(0)
+                    dropped += 1
         for evs in self.head:
             yield from (e if type(e) is dict else e[0](*e[1:]) for e in evs)
-        if self.dropped:
-            first = len(self.head)
-            yield {"kind": "note", "step": first,
-                   "message": f"the detailed events of {self.dropped} steps from step {first} on are not kept "
-                              f"(keep={self.keep}); steps holds their summaries"}
-        for evs in self.tail:
+        if dropped:
+            first = len(self.head)  # steps are numbered from 0: the head holds steps 0 .. first - 1
+            yield {"kind": "note", "step": max(first - 1, 0) if self.head or not tail else first + dropped,
+                   "message": f"the detailed events of {dropped} steps ({first} to {first + dropped - 1}) are not "
+                              f"kept (keep={self.keep}); steps holds their summaries"}
+        for evs in tail:
             yield from (e if type(e) is dict else e[0](*e[1:]) for e in evs)
-        yield from (e if type(e) is dict else e[0](*e[1:]) for e in self.cur)
 
 
 # ----------------------------------------------------------------------------- the watch

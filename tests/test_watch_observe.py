@@ -419,9 +419,25 @@ def _linear_run(optimizer, n, **watch_kw):
 def test_events_keep_the_first_and_the_last_steps_and_steps_keep_all():
     w = _linear_run(torch.optim.SGD, 10, keep=4)
     assert len(w.steps) == 10 and [s["step"] for s in w.steps] == list(range(10))
-    assert sorted({e.step for e in w.events if e.kind != "note"}) == [0, 1, 8, 9]
+    assert sorted({e.step for e in w.events}) == [0, 1, 8, 9]
     (note,) = [e for e in w.events if e.kind == "note"]
-    assert note.step == 2 and "6 steps" in note.message
+    assert note.step == 1 and "6 steps (2 to 7)" in note.message
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3, 100])
+def test_events_keep_exactly_keep_steps_also_in_the_middle_of_a_step(keep):
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen = []
+    with lens.watch(model, optimizer=opt, keep=keep) as w:
+        for i in range(keep + 30):
+            opt.zero_grad()
+            model(torch.randn(2, 3)).sum().backward()
+            seen.append({e.step for e in w.events})  # the step in progress counts too
+            opt.step()
+    seen.append({e.step for e in w.events})
+    assert all(len(s) <= keep for s in seen) and len(seen[-1]) == keep
+    assert max(seen[-2]) == keep + 29  # the most recent step is always among them
 
 
 def test_every_measures_norms_on_every_nth_step():
@@ -491,7 +507,7 @@ def test_a_100k_step_run_stays_within_a_few_mb():
         finally:
             tracemalloc.stop()
     assert len(w.steps) == 100_000 and w.steps[-1]["grad_norm"] and w.steps[99_999]["loss"] is not None
-    assert len({e.step for e in w.events}) <= 101
+    assert len({e.step for e in w.events}) == 100
     held = held_bytes(w)
     assert held - early < 4 * 2**20, held - early  # ~32 bytes a step: 7 changing numbers, float32 but the loss
     # outside the watch's own arrays (whose reallocation tracemalloc sees whole) nothing grows with the steps:
