@@ -7,7 +7,9 @@ A new torch release that renames one of these breaks the contract test loudly, i
 
 from __future__ import annotations
 
+import sys
 import threading
+from typing import NamedTuple
 
 import torch
 
@@ -141,6 +143,54 @@ def current_node():
     return torch._C._current_autograd_node()
 
 
+def graph_task_id() -> int:
+    """PyTorch's id of the backward()/grad() call being run (inside hooks during backward), else -1."""
+    return torch._C._current_graph_task_id()
+
+
+def queue_callback(fn) -> None:
+    """Run `fn` when the graph task being run finishes (call from a hook during backward; not after an error)."""
+    torch.autograd.Variable._execution_engine.queue_callback(fn)
+
+
+_ENGINE_CODE = torch.autograd.graph._engine_run_backward.__code__  # backward() and grad() both call it
+
+
+class EngineCall(NamedTuple):
+    roots: tuple        # the tensors (or GradientEdges) differentiated
+    accumulate: bool    # True for backward() (gradients into .grad), False for torch.autograd.grad()
+    nested: bool        # called while another backward of the same thread runs (a reentrant checkpoint)
+
+
+def engine_call(tid: int) -> EngineCall | None:
+    """The backward()/grad() call whose hooks are running, read from PyTorch's own Python frame (the one that
+    calls the C++ engine), or None when there is none (the engine called from C++, compiled autograd).
+
+    Hooks run in the calling thread (CPU) or in PyTorch's device threads (CUDA); `tid` is the calling thread
+    when no frame is found here. A call found under another one on its thread is nested."""
+    frames = _engine_frames(sys._getframe(1))
+    if frames:
+        nested = len(frames) > 1 or threading.get_ident() != tid  # on a device thread: called from a node
+    else:
+        frame = sys._current_frames().get(tid)
+        frames = _engine_frames(frame) if frame is not None else []
+        if not frames:
+            return None
+        nested = len(frames) > 1
+    loc = frames[0].f_locals
+    kwargs = loc.get("kwargs") or {}
+    return EngineCall(tuple(loc.get("t_outputs") or ()), bool(kwargs.get("accumulate_grad", True)), nested)
+
+
+def _engine_frames(f) -> list:
+    out = []
+    while f is not None:
+        if f.f_code is _ENGINE_CODE:
+            out.append(f)
+        f = f.f_back
+    return out
+
+
 _TLS_KEY = "autogradlens.watch"  # stashed in the watching thread; PyTorch copies it to the threads serving its backward
 _INPLACE_HINT = {False: " Hint: enable anomaly detection to find the operation that failed to compute its gradient, "
                         "with torch.autograd.set_detect_anomaly(True, check_nan=False).",
@@ -242,6 +292,11 @@ def measurable(t: torch.Tensor) -> str | None:
     if t.device.type == "meta":
         return "meta tensor"
     return None
+
+
+def saved_hooks_enabled() -> bool:
+    """False inside a torch.func transform (it refuses saved-tensor hooks: pushing them would raise)."""
+    return torch._C._autograd._saved_tensors_hooks_is_enabled()
 
 
 def top_saved_hooks():

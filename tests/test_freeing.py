@@ -109,7 +109,6 @@ def test_a_shallow_graph_is_left_as_pytorch_made_it():
 
     import autogradlens as lens
     from autogradlens._freeing import DEEP, KEY
-
     from autogradlens.tracing import _walk
 
     model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(20)])
