@@ -294,6 +294,26 @@ def measurable(t: torch.Tensor) -> str | None:
     return None
 
 
+# Where modules, tensors and optimizers keep their hooks (hook id -> function); `remove_hook` sweeps them.
+HOOK_DICTS = {"forward_pre": ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs"),
+              "forward": ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"),
+              "tensor": ("_backward_hooks",), "post_accumulate": ("_post_accumulate_grad_hooks",),
+              "step_pre": ("_optimizer_step_pre_hooks",), "step_post": ("_optimizer_step_post_hooks",)}
+
+
+def remove_hook(owner, kind: str, fn) -> None:
+    """Remove every registration of hook `fn` from `owner`'s hook dicts of `kind`, whatever became of its handle
+    (an interrupt can land between a register call and keeping its handle). Idempotent."""
+    names = HOOK_DICTS[kind]
+    main = getattr(owner, names[0], None) or {}
+    ids = [k for k, v in list(main.items()) if v is fn]
+    for name in names:
+        d = getattr(owner, name, None)
+        if d:
+            for k in ids:
+                d.pop(k, None)
+
+
 def saved_hooks_enabled() -> bool:
     """False inside a torch.func transform (it refuses saved-tensor hooks: pushing them would raise)."""
     return torch._C._autograd._saved_tensors_hooks_is_enabled()

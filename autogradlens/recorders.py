@@ -43,6 +43,7 @@ from ._torch import (
     pop_saved_hooks,
     push_saved_hooks,
     read_saved,
+    remove_hook,
     saved_hooks_enabled,
     saved_names,
     sequence_nr,
@@ -250,9 +251,9 @@ class _Handle:
         self.undo = undo
 
     def remove(self):
-        undo, self.undo = self.undo, None
-        if undo is not None:
-            undo()
+        if self.undo is not None:
+            self.undo()  # idempotent: if this is interrupted, remove() runs it again
+            self.undo = None
 
 
 class Recorder:
@@ -261,9 +262,23 @@ class Recorder:
     def __init__(self, w):
         self.w = w
         self.handles: list = []
+        self.hooked: list = []  # (weakref to owner, kind, fn): what undo sweeps for, whatever became of the handle
 
     def install(self) -> None:
-        """Add the hooks, appending their handles to ``self.handles`` (each recorder defines it)."""
+        """Add the hooks with :meth:`hook` (each recorder defines it)."""
+
+    def hook(self, owner, kind: str, fn, **kw):
+        """Register `fn` on `owner` (a module, tensor or optimizer; `kind` as in ``_torch.HOOK_DICTS``). It is
+        noted before it is registered, so that undo finds it even if an interrupt lands before its handle is
+        kept."""
+        self.hooked.append((weakref.ref(owner), kind, fn))
+        register = {"forward_pre": owner.register_forward_pre_hook if kind == "forward_pre" else None,
+                    "forward": getattr(owner, "register_forward_hook", None),
+                    "tensor": getattr(owner, "register_hook", None),
+                    "post_accumulate": getattr(owner, "register_post_accumulate_grad_hook", None),
+                    "step_pre": getattr(owner, "register_step_pre_hook", None),
+                    "step_post": getattr(owner, "register_step_post_hook", None)}[kind]
+        self.handles.append(register(fn, **kw))
 
     def undo(self) -> None:
         """Remove every hook, the last added first; safe to call again (after an interrupt, say)."""
@@ -271,6 +286,13 @@ class Recorder:
         while handles:
             handles[-1].remove()  # idempotent: if this is interrupted it simply runs again
             handles.pop()
+        hooked = self.hooked
+        while hooked:
+            ref, kind, fn = hooked[-1]
+            owner = ref()
+            if owner is not None:
+                remove_hook(owner, kind, fn)
+            hooked.pop()
 
     def live(self) -> bool:
         """Should a hook firing now record? Only in an active watch, in the watching thread's work."""
@@ -292,23 +314,24 @@ class Forward(Recorder):
 
     def install(self):
         model = self.w._model()
-        self.handles.append(model.register_forward_pre_hook(_no_compile(self._pre)))
-        self.handles.append(model.register_forward_hook(_no_compile(self._post), always_call=True))
         self.handles.append(_Handle(self.pop))
         self.handles.append(_Handle(self._unhook_outputs))
+        self.hook(model, "forward_pre", _no_compile(self._pre))
+        self.hook(model, "forward", _no_compile(self._post), always_call=True)
 
     def _pre(self, module, args):
         if not self.live():
             return
         self.pop()  # ours from a forward an interrupt cut short (a KeyboardInterrupt skips always_call hooks)
+        _pop_stale()
         saved = self.saved
         if saved is not None and self.w._cur.detailed:
             if top_saved_hooks() is not None:  # the user's own (save_on_cpu, ...): ours on top would bypass them
                 self.w._note("other saved_tensors_hooks (save_on_cpu, checkpoint or your own) were active for the "
                              "model's forward: the tensors it saved are not recorded")
             elif saved_hooks_enabled():
+                self.pushed = True  # first: pop() checks that they are on top anyway
                 push_saved_hooks(saved.pack, saved.unpack)
-                self.pushed = True
             else:  # inside a torch.func transform: it refuses saved-tensor hooks
                 self.w._note("a torch.func transform ran the model (torch.func.grad, vjp, ...): the tensors it "
                              "saves are not recorded")
@@ -336,11 +359,25 @@ class Forward(Recorder):
                 pop_saved_hooks()
             self.pushed = False
 
-    def _unhook_outputs(self):
+    def _unhook_outputs(self):  # (hooks on grad_fns: graphs that outlive the watch are rare and short-lived)
         outputs = self.outputs
         while outputs:
             outputs[-1].remove()
             outputs.pop()
+
+
+def _pop_stale() -> None:
+    """Pop saved-tensor hooks of a watch that is no longer active (left by an interrupt) from the top of this
+    thread's stack."""
+    while True:
+        top = top_saved_hooks()
+        ref = getattr(top[0], "_autogradlens_watch", None) if top is not None else None
+        if ref is None:
+            return
+        w = ref()
+        if w is not None and w._active:
+            return
+        pop_saved_hooks()
 
 
 # ----------------------------------------------------------------------------- saved tensors
@@ -366,9 +403,12 @@ class SavedTensors(Recorder):
         self.names: dict = {}     # node type -> its saved slot names
         self.pack = _no_compile(self._pack)
         self.unpack = _no_compile(self._unpack)
+        self.pack._autogradlens_watch = weakref.ref(w)  # so that a later watch can pop them if an interrupt left them
 
     def _pack(self, t):  # runs for every saved tensor: records a few numbers, the event is built when read
         w = self.w
+        if not w._active:  # left on the stack by an interrupt
+            return t
         cur = w._cur
         d = t.detach()  # shares t's version counter
         fn = t.grad_fn
@@ -397,7 +437,9 @@ class SavedTensors(Recorder):
         return d
 
     def _unpack(self, d):
-        s = d._lens
+        s = getattr(d, "_lens", None)
+        if s is None:  # packed while the watch was not active
+            return d
         r = s[4]
         if self.attributing is not None and r.node is None:
             r.node, r.node_id, r.slot = self.attributing
@@ -510,8 +552,8 @@ class Gradients(Recorder):
 
     def add(self, name, p):
         if p.requires_grad and p.is_leaf:
-            self.handles.append(p.register_hook(_no_compile(self._pre(name, weakref.ref(p)))))
-            self.handles.append(p.register_post_accumulate_grad_hook(_no_compile(self._post(name))))
+            self.hook(p, "tensor", _no_compile(self._pre(name, weakref.ref(p))))
+            self.hook(p, "post_accumulate", _no_compile(self._post(name)))
 
     def _pre(self, name, ref):
         def hook(grad):
@@ -614,7 +656,7 @@ class Retain(Recorder):
     def install(self):
         modules = dict(self.w._model().named_modules())
         for name in self.names:
-            self.handles.append(modules[name].register_forward_hook(_no_compile(self._forward(name))))
+            self.hook(modules[name], "forward", _no_compile(self._forward(name)))
 
     def _forward(self, name):
         grad_hook = _no_compile(self._grad(name))
@@ -676,10 +718,10 @@ class Updates(Recorder):
 
     def install(self):
         opt = self.opt()
-        self.handles.append(opt.register_step_pre_hook(_no_compile(self._pre)))
-        self.handles.append(opt.register_step_post_hook(_no_compile(self._post)))
         self.handles.append(_Handle(self.buffers.clear))
         self.handles.append(_Handle(self.medians.clear))
+        self.hook(opt, "step_pre", _no_compile(self._pre))
+        self.hook(opt, "step_post", _no_compile(self._post))
 
     def _pre(self, opt, args, kwargs):
         if not self.live():
@@ -707,8 +749,7 @@ class Updates(Recorder):
                     if b is None or b.shape != p.shape or b.dtype != p.dtype or b.device != p.device:
                         b = self.buffers[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format)
                     bufs.append(b)
-                with torch.no_grad():
-                    torch._foreach_copy_(bufs, ps)
+                torch._foreach_copy_(bufs, [p.detach() for p in ps])
                 extra = bufs
             self.plans.append((group, plan, ps, extra))
 
@@ -720,9 +761,10 @@ class Updates(Recorder):
             self._measure(opt, group, plan, ps, extra)
         self.w._close_step()
 
-    @torch.no_grad()
     def _measure(self, opt, group, plan, ps, extra):
+        """The step's numbers (tensors read detached: no grad-mode switch, which an interrupt could leave off)."""
         w, n, cur = self.w, len(ps), self.w._cur
+        ps = [p.detach() for p in ps]
         lr = float(group["lr"])
         names = [w._name(p) for p in ps]
         if plan == "sgd":  # the common case, kept short: p moved by lr * grad

@@ -305,27 +305,39 @@ class _Timeline:
 
 class _Exit:
     """What a ``with`` statement calls at the end of its block: ``Watch.__exit__`` gives one per lookup, and the
-    one the ``with`` statement took before ``__enter__`` ran is registered. An interrupt can land before any
-    line of ``__exit__`` runs (Python checks for signals as a function starts), skipping it; the ``with``
-    statement then drops this object, and its ``__del__`` undoes the watch instead."""
-    __slots__ = ("w", "called", "registered", "__weakref__")
+    one the ``with`` statement took before ``__enter__`` ran is armed with a :class:`_Guard`. An interrupt can
+    land before any line of ``__exit__`` runs (Python checks for signals as a function starts), skipping it; the
+    ``with`` statement then drops this object, and the guard undoes the watch instead."""
+    __slots__ = ("w", "called", "guard", "__weakref__")
 
     def __init__(self, w):
-        self.w, self.called, self.registered = w, False, False
+        self.w, self.called, self.guard = w, False, None
 
     def __call__(self, *exc):
         self.called = True
         self.w._close()
         return False
 
+
+class _Guard:
+    """Undoes its watch when dropped while armed. Disarmed (its class switched to :class:`_Disarmed`, which has
+    no ``__del__``) once the watch is closed, so that the usual exit runs no ``__del__``: an interrupt landing in
+    one would be printed and lost."""
+    __slots__ = ("w",)
+
     def __del__(self):
-        if self.registered and self.w._state in ("entering", "active", "closing"):
+        w = getattr(self, "w", None)  # made with __new__, then given its watch: an interrupt can fall between
+        if w is not None and w._state in ("entering", "active", "closing"):
             try:
-                self.w._close()
+                w._close()
             except KeyboardInterrupt:  # __del__ cannot raise: deliver it again
                 import _thread
 
                 _thread.interrupt_main()
+
+
+class _Disarmed:
+    __slots__ = ("w",)
 
 
 class _ExitSlot:
@@ -415,8 +427,9 @@ class Watch:
                                    "lens.watch(model, ...) to record again")
         last, self._last_exit = self._last_exit, None
         e = last() if last is not None else None
-        if e is not None and not e.called:  # the `with` statement's own exit object
-            e.registered, self._with_exit = True, last
+        if e is not None and not e.called:  # the `with` statement's own exit object (holds the only ref to its guard)
+            guard = _Guard.__new__(_Guard)  # no __init__ call: no frame an interrupt could enter
+            guard.w, e.guard, self._with_exit = self, guard, last
         self._frame = id(sys._getframe(1))
         model = self._model()
         if model is None:
@@ -487,7 +500,7 @@ class Watch:
         if self._state in ("new", "done"):
             return
         self._state, self._active = "closing", False
-        held = None
+        held = None  # without its traceback: that holds this frame, which holds `held` (a cycle keeping them alive)
         undo, failed = self._undo, None
         while undo:
             try:
@@ -495,15 +508,19 @@ class Watch:
                     undo[-1]()
                     undo.pop()
             except BaseException as e:  # noqa: BLE001 - held, raised below
-                held = held or e
-                if failed is undo[-1]:  # the same undo failed twice: it fails by itself, not by an interrupt
-                    undo.pop()
-                failed = undo[-1] if undo else None
+                held = held or e.with_traceback(None)
+                if isinstance(e, Exception):  # an undo that fails by itself (not an interrupt): dropped at its 2nd
+                    if failed is undo[-1]:
+                        undo.pop()
+                    failed = undo[-1] if undo else None
         if self._state == "closing":
             try:
                 self._finish()
             except BaseException as e:  # noqa: BLE001 - held, raised below
-                held = held or e
+                held = held or e.with_traceback(None)
+        e = self._with_exit() if self._with_exit is not None else None
+        if e is not None and e.guard is not None:
+            e.guard.__class__ = _Disarmed  # closed: dropping it runs no __del__ (see _Guard)
         if held is not None:
             raise held
 
