@@ -764,9 +764,9 @@ class Updates(Recorder):
     def _measure(self, opt, group, plan, ps, extra):
         """The step's numbers (tensors read detached: no grad-mode switch, which an interrupt could leave off)."""
         w, n, cur = self.w, len(ps), self.w._cur
+        names = [w._name(p) for p in ps]
         ps = [p.detach() for p in ps]
         lr = float(group["lr"])
-        names = [w._name(p) for p in ps]
         if plan == "sgd":  # the common case, kept short: p moved by lr * grad
             un = [None if g is None else lr * g for g in extra]
             cur.update_norm.update((nm, u) for nm, u in zip(names, un) if u is not None)
