@@ -765,6 +765,7 @@ class Updates(Recorder):
         """The step's numbers (tensors read detached: no grad-mode switch, which an interrupt could leave off)."""
         w, n, cur = self.w, len(ps), self.w._cur
         names = [w._name(p) for p in ps]
+        states = [opt.state.get(p, _EMPTY) for p in ps]
         ps = [p.detach() for p in ps]
         lr = float(group["lr"])
         if plan == "sgd":  # the common case, kept short: p moved by lr * grad
@@ -779,7 +780,6 @@ class Updates(Recorder):
                 add((_update_event, step, name, u, pn, lr, lr, "lr*|grad|", (), ()))
             cur.param_norm.update(zip(names, vals))
             return
-        states = [opt.state.get(p, _EMPTY) for p in ps]
         adam = "betas" in group and all("exp_avg_sq" in s for s in states)
         bufs = None if adam else [s.get("momentum_buffer") for s in states]
         momentum = bufs is not None and None not in bufs
