@@ -162,31 +162,35 @@ class EngineCall(NamedTuple):
     nested: bool        # called while another backward of the same thread runs (a reentrant checkpoint)
 
 
-def engine_call(tid: int) -> EngineCall | None:
+def engine_call(tid: int, nested: bool = True) -> EngineCall | None:
     """The backward()/grad() call whose hooks are running, read from PyTorch's own Python frame (the one that
     calls the C++ engine), or None when there is none (the engine called from C++, compiled autograd).
 
     Hooks run in the calling thread (CPU) or in PyTorch's device threads (CUDA); `tid` is the calling thread
-    when no frame is found here. A call found under another one on its thread is nested."""
-    frames = _engine_frames(sys._getframe(1))
+    when no frame is found here. A call found under another one on its thread is nested; ``nested=False`` skips
+    looking for one (the caller knows no other backward runs)."""
+    here = threading.get_ident() == tid
+    frames = _engine_frames(sys._getframe(1), nested)
     if frames:
-        nested = len(frames) > 1 or threading.get_ident() != tid  # on a device thread: called from a node
+        is_nested = len(frames) > 1 or not here  # on a device thread: called from a node
     else:
-        frame = sys._current_frames().get(tid)
-        frames = _engine_frames(frame) if frame is not None else []
+        frame = None if here else sys._current_frames().get(tid)
+        frames = _engine_frames(frame, nested) if frame is not None else []
         if not frames:
             return None
-        nested = len(frames) > 1
+        is_nested = len(frames) > 1
     loc = frames[0].f_locals
     kwargs = loc.get("kwargs") or {}
-    return EngineCall(tuple(loc.get("t_outputs") or ()), bool(kwargs.get("accumulate_grad", True)), nested)
+    return EngineCall(tuple(loc.get("t_outputs") or ()), bool(kwargs.get("accumulate_grad", True)), is_nested)
 
 
-def _engine_frames(f) -> list:
+def _engine_frames(f, all_of_them: bool) -> list:
     out = []
     while f is not None:
         if f.f_code is _ENGINE_CODE:
             out.append(f)
+            if not all_of_them:
+                break
         f = f.f_back
     return out
 
@@ -312,6 +316,28 @@ def remove_hook(owner, kind: str, fn) -> None:
         if d:
             for k in ids:
                 d.pop(k, None)
+
+
+_SKIPPED: set = set()  # code objects dynamo has been told to run as they are
+
+
+def no_compile(fn):
+    """`fn` (a hook) as torch.compile's dynamo never traces it nor what it calls: its code object is marked to be
+    run as it is (no wrapper, so no cost per call); ``torch.compiler.disable`` (a wrapper, ~1 us a call) where
+    that is not possible. Hooks run inside compiled code's backward, and dynamo tracing them broke them."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return torch.compiler.disable(fn, recursive=True)
+    if code not in _SKIPPED:
+        try:
+            from torch._dynamo.eval_frame import set_code_exec_strategy
+            from torch._dynamo.types import FrameAction, FrameExecStrategy
+
+            set_code_exec_strategy(code, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
+        except (ImportError, AttributeError, TypeError):
+            return torch.compiler.disable(fn, recursive=True)
+        _SKIPPED.add(code)
+    return fn
 
 
 def saved_hooks_enabled() -> bool:

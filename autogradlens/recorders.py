@@ -40,6 +40,7 @@ from ._torch import (
     in_marked_thread,
     inplace_error,
     measurable,
+    no_compile,
     pop_saved_hooks,
     push_saved_hooks,
     read_saved,
@@ -239,9 +240,11 @@ def norm_of(t: torch.Tensor):
 
 # ----------------------------------------------------------------------------- hooks
 
-def _no_compile(fn):
-    """A hook torch.compile never traces (it runs in compiled code's backward too: dynamo would trace it)."""
-    return torch.compiler.disable(fn, recursive=True)
+def _no_compile(fn, traced: bool = False):
+    """A hook torch.compile never traces. Backward hooks run as frames of their own (in compiled code's backward
+    too): their code is marked, at no cost per call. Forward and optimizer hooks (`traced`) can be inlined
+    while dynamo traces a compiled forward or step: they get ``torch.compiler.disable`` (about 1 us a call)."""
+    return torch.compiler.disable(fn, recursive=True) if traced else no_compile(fn)
 
 
 class _Handle:
@@ -303,21 +306,45 @@ class Recorder:
 # ----------------------------------------------------------------------------- forward, backward passes
 
 class Forward(Recorder):
-    """The model's forward: saved-tensor hooks pushed for it on detailed steps, a hook on each output's grad_fn
-    (so the watch notices every backward through the model), the retained outputs."""
+    """The model's forward hooks, armed only for the steps that need them (a module with forward hooks takes
+    PyTorch's slower call path): detailed steps, where they push the saved-tensor hooks for the forward, and
+    every step when no parameter hook would notice a backward (``grads=False``), where each output's grad_fn
+    gets a hook so that the watch notices every backward through the model."""
 
-    def __init__(self, w, saved):
+    def __init__(self, w, saved, outputs: bool):
         super().__init__(w)
         self.saved = saved        # SavedTensors or None
+        self.watch_outputs = outputs
         self.pushed = False       # our saved-tensor hooks are on the stack (pushed by the pre-hook)
         self.outputs: list = []   # handles of the hooks on the outputs' grad_fns (removed at exit)
+        self.armed = False
+        self.pre_fn, self.post_fn = _no_compile(self._pre, True), _no_compile(self._post, True)
 
     def install(self):
-        model = self.w._model()
         self.handles.append(_Handle(self.pop))
         self.handles.append(_Handle(self._unhook_outputs))
-        self.hook(model, "forward_pre", _no_compile(self._pre))
-        self.hook(model, "forward", _no_compile(self._post), always_call=True)
+        self.handles.append(_Handle(self.disarm))
+        self.step(self.w._cur)
+
+    def step(self, cur) -> None:
+        """A step begins: arm the forward hooks if it needs them, else disarm them."""
+        if cur.detailed and self.saved is not None or self.watch_outputs:
+            if not self.armed:
+                model = self.w._model()
+                self.armed = True  # first: disarm() sweeps by identity, whether registered or not
+                self.hook(model, "forward_pre", self.pre_fn)
+                self.hook(model, "forward", self.post_fn, always_call=True)
+        elif self.armed:
+            self.disarm()
+
+    def disarm(self) -> None:
+        if self.armed:
+            model = self.w._model()
+            if model is not None:
+                remove_hook(model, "forward_pre", self.pre_fn)
+                remove_hook(model, "forward", self.post_fn)
+            self.handles[3:], self.hooked[:] = [], []
+            self.armed = False
 
     def _pre(self, module, args):
         if not self.live():
@@ -338,7 +365,7 @@ class Forward(Recorder):
 
     def _post(self, module, args, out):
         self.pop()
-        if not self.live():
+        if not (self.watch_outputs and self.live()):
             return
         t = out if isinstance(out, torch.Tensor) else next(
             (o for o in (out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else ())
@@ -371,11 +398,8 @@ def _pop_stale() -> None:
     thread's stack."""
     while True:
         top = top_saved_hooks()
-        ref = getattr(top[0], "_autogradlens_watch", None) if top is not None else None
-        if ref is None:
-            return
-        w = ref()
-        if w is not None and w._active:
+        owner = getattr(top[0], "__self__", None) if top is not None else None
+        if not isinstance(owner, SavedTensors) or owner.w._active:
             return
         pop_saved_hooks()
 
@@ -403,7 +427,6 @@ class SavedTensors(Recorder):
         self.names: dict = {}     # node type -> its saved slot names
         self.pack = _no_compile(self._pack)
         self.unpack = _no_compile(self._unpack)
-        self.pack._autogradlens_watch = weakref.ref(w)  # so that a later watch can pop them if an interrupt left them
 
     def _pack(self, t):  # runs for every saved tensor: records a few numbers, the event is built when read
         w = self.w
@@ -441,16 +464,19 @@ class SavedTensors(Recorder):
         if s is None:  # packed while the watch was not active
             return d
         r = s[4]
-        if self.attributing is not None and r.node is None:
-            r.node, r.node_id, r.slot = self.attributing
+        if self.attributing is not None:
+            if r.node is None:
+                r.node, r.node_id, r.slot = self.attributing
+            node = None
+        else:
+            node = current_node() if self.live() else None
+            if node is not None:  # in backward (reads of _saved_* attributes by other code are not logged)
+                self.w._sync()  # first: a new backward attributes this step's packs (named in the error below)
         if s[0] is not None and version(d) != s[0]:
             raise RuntimeError(self._stale_text(d, s))
-        if self.attributing is None and self.live():
-            node = current_node()
-            if node is not None:  # in backward (reads of _saved_* attributes by other code are not logged)
-                w = self.w
-                w._sync()
-                w._timeline.cur.append((_unpack_event, w._cur.step, type(node).__name__, r))
+        if node is not None:
+            w = self.w
+            w._timeline.cur.append((_unpack_event, w._cur.step, type(node).__name__, r))
         return d
 
     def _stale_text(self, d, s) -> str:
@@ -656,7 +682,7 @@ class Retain(Recorder):
     def install(self):
         modules = dict(self.w._model().named_modules())
         for name in self.names:
-            self.hook(modules[name], "forward", _no_compile(self._forward(name)))
+            self.hook(modules[name], "forward", _no_compile(self._forward(name), True))
 
     def _forward(self, name):
         grad_hook = _no_compile(self._grad(name))
@@ -720,8 +746,8 @@ class Updates(Recorder):
         opt = self.opt()
         self.handles.append(_Handle(self.buffers.clear))
         self.handles.append(_Handle(self.medians.clear))
-        self.hook(opt, "step_pre", _no_compile(self._pre))
-        self.hook(opt, "step_post", _no_compile(self._post))
+        self.hook(opt, "step_pre", _no_compile(self._pre, True))
+        self.hook(opt, "step_post", _no_compile(self._post, True))
 
     def _pre(self, opt, args, kwargs):
         if not self.live():

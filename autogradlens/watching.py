@@ -403,12 +403,11 @@ class Watch:
         self._steps = _Steps(every, sample)
         self._timeline = _Timeline(keep)
         self._cur = self._new_step(0)
-        self._saved = self._grads = None
+        self._saved = self._grads = self._forward = None
         self._top = None               # graph task id of the backward() being run, if any
         self._top_backward = False     # ... and whether it is a backward() (not a grad())
         self._tasks: set = set()       # graph tasks seen since it began (nested ones too)
         self._passes_hook = rec._no_compile(self._output_hook)
-        self._task_ends_hook = rec._no_compile(self._task_ends)
 
     @property
     def events(self) -> list[Event]:
@@ -457,7 +456,10 @@ class Watch:
             recorders = []
             if saved:
                 recorders.append(self._saved_recorder())
-            recorders.append(rec.Forward(self, self._saved))
+            # without parameter hooks, a hook on the model's outputs notices each backward
+            self._forward = rec.Forward(self, self._saved, outputs=not (grads and any(
+                p.requires_grad for p in model.parameters())))
+            recorders.append(self._forward)
             if grads:
                 self._grads = rec.Gradients(self)
                 recorders.append(self._grads)
@@ -530,7 +532,7 @@ class Watch:
         cur = self._cur
         if cur.backward_passes or cur.saved_tensors or self._timeline.cur:
             self._close_step()
-        self._saved = self._grads = None
+        self._saved = self._grads = self._forward = None
         self._top, self._tasks = None, set()
 
     # ------------------------------------------------------------------ backward passes
@@ -546,7 +548,7 @@ class Watch:
             self._task_begins(task)
 
     def _task_begins(self, task: int) -> None:
-        call = engine_call(self._tid)
+        call = engine_call(self._tid, nested=self._top is not None)
         nested = call is not None and call.nested
         if nested:
             self._tasks.add(task)
@@ -555,7 +557,7 @@ class Watch:
                 self._task_ends(self._top)
             self._top, self._tasks = task, {task}
             self._top_backward = call is None or call.accumulate
-            queue_callback(lambda: self._task_ends_hook(task))
+            queue_callback(self._ends(task))
         roots = call.roots if call is not None else ()
         if self._saved is not None and roots:
             self._saved.attribute(roots)
@@ -569,6 +571,11 @@ class Watch:
             cur.backward_passes += 1
             if cur.detailed:
                 self._timeline.cur.append((_backward_event, cur.step, cur.loss))
+
+    def _ends(self, task: int):
+        def ends():
+            self._task_ends(task)
+        return rec._no_compile(ends)
 
     def _task_ends(self, task: int) -> None:
         if task != self._top:
@@ -625,7 +632,9 @@ class Watch:
         cur = self._cur
         self._steps.add(cur)
         self._timeline.close(cur.step)
-        self._cur = self._new_step(cur.step + 1)
+        self._cur = new = self._new_step(cur.step + 1)
+        if self._forward is not None and new.detailed != cur.detailed:
+            self._forward.step(new)
 
     def record_loss(self, loss) -> None:
         """Tell the watch this step's loss (``loss.backward()`` inside the watch does it by itself)."""
