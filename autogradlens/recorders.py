@@ -79,7 +79,7 @@ FIELDS = {
     "storage": "key equal for saved tensors sharing memory within a step (s0, s1, ...)",
     "loss": "the loss value when backward() was called on a one-element tensor",
     "param": "parameter name (as in model.named_parameters())",
-    "norm": "2-norm of the gradient (None on steps not measured, see every=)",
+    "norm": "2-norm of the gradient after the step's backward passes",
     "accumulated": "True when added onto an existing .grad",
     "name": "module name (as in model.named_modules())", "retained": "False when the output had no grad",
     "note": "what retain_grad() does (stated on the first retain event)",
@@ -96,21 +96,21 @@ FIELDS = {
 # only the parameters measured that step.
 STEP_SCALARS = {
     "loss": ("the loss of the step's (last) backward() on a one-element tensor, else None", "d", "step"),
-    "saved_tensors": ("tensors saved in the model's forward", "q", "detailed"),
-    "saved_bytes": ("their bytes, each storage counted once", "q", "detailed"),
+    "saved_tensors": ("tensors saved in the model's forward (detailed steps, else None)", "q", "detailed"),
+    "saved_bytes": ("their bytes, each storage counted once (detailed steps, else None)", "q", "detailed"),
     "backward_passes": ("backward() calls that reached the model", "q", "step"),
 }
-STEP_PER_PARAM = {
-    "grad_norm": "2-norm of .grad after the step's backward passes (measured steps, see every=)",
-    "update_norm": "2-norm of the update (plain SGD: every measured step; others: detailed steps)",
-    "param_norm": "2-norm of the parameter after the step (detailed steps)",
-    "effective_lr": "SGD: lr; Adam: lr / (sqrt(v_hat) + eps) at the median of v (Adam: detailed steps)",
+STEP_PER_PARAM = {  # detailed steps only ({} on the others)
+    "grad_norm": "2-norm of .grad after the step's backward passes",
+    "update_norm": "2-norm of the update",
+    "param_norm": "2-norm of the parameter after the step",
+    "effective_lr": "SGD: lr; Adam: lr / (sqrt(v_hat) + eps) at the median of v",
 }
 STEP_DERIVED = {
     "step": "the step number, from 0",
     "saved_by_type": "saved bytes per node type that saved them (detailed steps, else {})",
     "update_ratio": "update_norm / param_norm (detailed steps)",
-    "detailed": "True on the steps whose costly statistics and timeline were taken (see sample=)",
+    "detailed": "True on the steps whose statistics and timeline were taken (see sample=)",
     "notes": "what was not measured on the step, and why",
 }
 
@@ -138,6 +138,7 @@ _SAMPLE = 1024     # Adam's effective step size: median over up to this many eve
 _CACHE_SIZE = 16   # attribution answers remembered (one per distinct sequence of packs)
 _SKIP_FRAMES = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
 _FULL = (torch.float32, torch.float64)
+_STRIDED = torch.strided
 DEFER_ON_CPU = False  # tests: treat CPU tensors like GPU ones (numbers read back in batches)
 
 
@@ -215,10 +216,12 @@ def norms(ts: list) -> list:
     if not ts:
         return []
     try:
+        if len(ts) <= 8 and ts[0].dtype in _FULL and not _deferred(ts):  # a few: one call each is faster on a CPU
+            return [torch.linalg.vector_norm(x).item() for x in ts]
         ns = torch._foreach_norm(ts, 2, dtype=None if ts[0].dtype in _FULL else torch.float32)
         if _deferred(ts):
             return defer(torch.stack(ns))
-        return [n.item() for n in ns] if len(ns) <= 8 else torch.stack(ns).tolist()
+        return torch.stack(ns).tolist()
     except (RuntimeError, TypeError):  # mixed devices or dtypes
         return [norm_of_one(t) for t in ts]
 
@@ -338,6 +341,7 @@ class Forward(Recorder):
             self.disarm()
 
     def disarm(self) -> None:
+        self.pop()  # left by a detailed forward an interrupt cut short
         if self.armed:
             model = self.w._model()
             if model is not None:
@@ -430,9 +434,9 @@ class SavedTensors(Recorder):
 
     def _pack(self, t):  # runs for every saved tensor: records a few numbers, the event is built when read
         w = self.w
-        if not w._active:  # left on the stack by an interrupt
-            return t
         cur = w._cur
+        if not (w._active and cur.detailed):  # left on the stack by an interrupt
+            return t
         d = t.detach()  # shares t's version counter
         fn = t.grad_fn
         producer = None if fn is None else type(fn)
@@ -560,26 +564,75 @@ class SavedTensors(Recorder):
 # ----------------------------------------------------------------------------- gradients
 
 class Gradients(Recorder):
-    """Per parameter: was ``.grad`` fresh or added onto, its norm (measured once per backward, in one fused
-    call), and a warning when it still held an earlier step's gradient (a forgotten ``zero_grad()``)."""
+    """On detailed steps: every parameter's gradient norm after the step's backward passes (measured when the
+    optimizer step begins, or when a backward ends without an optimizer; measuring inside the engine's end
+    callback costs more), whether ``.grad`` was fresh or added onto (accumulate events) and a warning when it
+    still held an earlier step's gradient (a forgotten ``zero_grad()``). On the other steps only two parameters
+    (the first and the last) carry a hook: enough to notice each backward and its loss."""
 
     def __init__(self, w):
         super().__init__(w)
-        self.before: dict = {}   # name -> (fresh, stale), from the hook that runs before AccumulateGrad
-        self.last: dict = {}     # name -> (weakref to the .grad we left, its version, step)
-        self.touched: list = []  # (name, param, record) accumulated in this backward
-        self.seen: dict = {}     # name -> (weakref to .grad, version, norm) measured at the end of a backward
+        self.params: list = []      # (name, weakref to the parameter) of parameters that require grad
+        self.fns: dict = {}         # name -> (hook before accumulation, hook after)
+        self.sentinels: set = set() # names whose first hook stays on every step
+        self.armed = False          # the other hooks are on (detailed steps)
+        self.before: dict = {}      # name -> (fresh, stale), from the hook that runs before AccumulateGrad
+        self.last: dict = {}        # name -> (weakref to the .grad we left, its version, step)
+        self.touched: dict = {}     # name -> accumulate record, this step
+        self.seen: dict = {}        # name -> (weakref to .grad, version, norm) measured at the end of a backward
+        self.pending = False        # a backward ended since the norms were last measured
         self.warned = False
         self.pending_warning = None
 
     def install(self):
         for name, p in self.w._named_params():
             self.add(name, p)
+        if self.params:
+            self.sentinels = {self.params[0][0], self.params[-1][0]}
+            for name in self.sentinels:
+                self._register(name, post=False)
+        self.step(self.w._cur)
 
     def add(self, name, p):
-        if p.requires_grad and p.is_leaf:
-            self.hook(p, "tensor", _no_compile(self._pre(name, weakref.ref(p))))
-            self.hook(p, "post_accumulate", _no_compile(self._post(name)))
+        if p.requires_grad and p.is_leaf and name not in self.fns:
+            ref = weakref.ref(p)
+            self.fns[name] = (ref, _no_compile(self._pre(name, ref)), _no_compile(self._post(name)))
+            self.params.append((name, ref))  # after: whatever is in params has its hooks in fns
+            if self.armed:
+                self._register(name)
+
+    def _register(self, name, pre=True, post=True):
+        ref, pre_fn, post_fn = self.fns[name]
+        p = ref()
+        if p is not None:
+            if pre:
+                p.register_hook(pre_fn)  # removed by identity (undo, disarm): no handle to lose
+            if post:
+                p.register_post_accumulate_grad_hook(post_fn)
+
+    def step(self, cur) -> None:
+        """A step begins: every parameter's hooks on detailed steps, the two sentinels' otherwise."""
+        if cur.detailed and not self.armed:
+            self.armed = True  # first: undo sweeps them by identity, registered or not
+            for name, _ in self.params:
+                self._register(name, pre=name not in self.sentinels)
+        elif not cur.detailed and self.armed:
+            self._sweep(keep_sentinels=True)
+            self.armed = False
+
+    def _sweep(self, keep_sentinels: bool) -> None:
+        for name, ref in self.params:
+            p = ref()
+            if p is not None:
+                _, pre_fn, post_fn = self.fns[name]
+                if not (keep_sentinels and name in self.sentinels):
+                    remove_hook(p, "tensor", pre_fn)
+                remove_hook(p, "post_accumulate", post_fn)
+
+    def undo(self) -> None:
+        self._sweep(keep_sentinels=False)
+        self.armed = False
+        super().undo()
 
     def _pre(self, name, ref):
         def hook(grad):
@@ -587,6 +640,8 @@ class Gradients(Recorder):
                 return
             w = self.w
             w._sync()
+            if not w._cur.detailed:
+                return
             p = ref()
             g = None if p is None else p.grad
             stale = False
@@ -606,13 +661,14 @@ class Gradients(Recorder):
                 return
             w = self.w
             w._sync()
+            cur = w._cur
+            if not cur.detailed:
+                return
             fresh, stale = self.before.pop(name, (True, False))
             prev = self.last.get(name)
-            cur = w._cur
             r = [cur.step, name, None, not fresh]  # the norm comes at the end of the backward
-            if cur.detailed:
-                w._timeline.cur.append((_accumulate_event, r))
-            self.touched.append((name, p, r))
+            w._timeline.cur.append((_accumulate_event, r))
+            self.touched[name] = r
             g = p.grad
             self.last[name] = (weakref.ref(g), version(g), cur.step)
             if stale:
@@ -625,37 +681,46 @@ class Gradients(Recorder):
         return hook
 
     def finish(self) -> None:
-        """End of a backward: the norms of the gradients it accumulated, then the deferred warning."""
-        w, touched = self.w, self.touched
-        self.touched = []
-        if touched and w._cur.measured:
-            grad_norm, seen = w._cur.grad_norm, self.seen
-            gs = [p.grad for _, p, _ in touched]
-            ok = [g for g in gs if dense(g)]
-            if len(ok) == len(gs):  # the usual case: all dense, one fused call
-                for (n, _, r), g, v in zip(touched, gs, norms(ok)):
-                    r[2] = grad_norm[n] = v
-                    seen[n] = (weakref.ref(g), version(g), v)
-            else:
-                for (n, _, r), g in zip(touched, gs):
-                    v, why = norm_of(g)
-                    if why is not None:
-                        w._note(f"gradient of {n} is a {why}: its norm is not measured")
-                    r[2] = v
-                    if v is not None:
-                        grad_norm[n] = v
-                        if why is None and g.layout == torch.strided:
-                            seen[n] = (weakref.ref(g), version(g), v)
+        """After backward: the norms of the parameters' gradients (measured steps), then the deferred warning."""
+        if self.pending:
+            self.pending = False
+            cur = self.w._cur
+            if cur.detailed:
+                self._measure(cur)
         if self.pending_warning is not None:
             msg, self.pending_warning = self.pending_warning, None
             warn(msg)
 
+    def _measure(self, cur) -> None:
+        named = [(n, g) for n, r in self.params if (p := r()) is not None and (g := p.grad) is not None]
+        gs = [g for _, g in named]
+        if all(g.layout is _STRIDED and not g.is_nested for g in gs):  # the usual case
+            vals = norms(gs)
+        else:
+            vals = []
+            for n, g in named:
+                v, why = norm_of(g)
+                if why is not None:
+                    self.w._note(f"gradient of {n} is a {why}: its norm is not measured")
+                vals.append(v)
+        cur.grad_norm.update((n, v) for (n, _), v in zip(named, vals) if v is not None)
+        # what the optimizer's update norm can reuse while .grad stays as it is (plain SGD: lr * this norm)
+        self.seen = {n: (g, version(g), v) for (n, g), v in zip(named, vals) if v is not None}
+        if self.touched:
+            for n, r in self.touched.items():
+                r[2] = cur.grad_norm.get(n)
+            self.touched = {}
+
     def norm_now(self, name, g):
         """The norm of .grad `g` if measured since it last changed, else None."""
         hit = self.seen.get(name)
-        if hit is not None and hit[0]() is g and hit[1] == version(g):
+        if hit is not None and hit[0] is g and hit[1] == version(g):
             return hit[2]
         return None
+
+    def forget(self) -> None:
+        """The step is over: drop the references to its gradients."""
+        self.seen = {}
 
 
 def _accumulate_event(r) -> dict:
@@ -710,7 +775,7 @@ class Retain(Recorder):
             if not w._cur.detailed:
                 return
             ev = {"kind": "retain", "step": w._cur.step, "name": name, "retained": True,
-                  "norm": norm_of(grad)[0] if w._cur.measured else None}
+                  "norm": norm_of(grad)[0]}
             if not self.noted:  # stated once per watch
                 self.noted, ev["note"] = True, RETAIN_NOTE
             w._timeline.cur.append((_retain_event, ev))
@@ -729,11 +794,11 @@ RETAIN_NOTE = ("retain_grad() keeps .grad on this module's output; every other i
 
 class Updates(Recorder):
     """``optimizer.step()`` ends a step. Update norms are exact without touching the parameters twice where the
-    optimizer's own numbers give them: plain SGD moves by lr·‖grad‖ (every measured step), SGD with momentum
+    optimizer's own numbers give them: plain SGD moves by lr·‖grad‖, SGD with momentum
     (not Nesterov) by lr·‖momentum buffer‖. Otherwise (Adam, Nesterov, weight decay without momentum, any
     other optimizer) the update is measured as before - after, in buffers that hold one copy of those
     parameters while the watch is active (``updates=False`` switches this off). Parameter norms, momentum
-    buffers, Adam's moments and measured updates are read on detailed steps only (see ``sample=``)."""
+    buffers, Adam's moments and measured updates: all on detailed steps only (see ``sample=``)."""
 
     def __init__(self, w, opt):
         super().__init__(w)
@@ -756,18 +821,16 @@ class Updates(Recorder):
         w._step_begins()
         self.plans = []
         cur = w._cur
-        if not (cur.measured and w._updates):
+        if not (cur.detailed and w._updates):
             return
         for group in opt.param_groups:
+            plan = _plan(opt, group)
             ps = [p for p in group["params"] if p.grad is not None and dense(p)]
             if not ps:
                 continue
-            plan = _plan(opt, group)
             extra = None
             if plan == "sgd":
-                extra = [w._grad_norm(w._name(p), p) for p in ps]
-            elif not cur.detailed:
-                continue  # momentum buffers, moments and the update copy: detailed steps only
+                extra = w._grad_norms(ps)
             elif plan == "copy":
                 bufs = []
                 for p in ps:
@@ -790,22 +853,20 @@ class Updates(Recorder):
     def _measure(self, opt, group, plan, ps, extra):
         """The step's numbers (tensors read detached: no grad-mode switch, which an interrupt could leave off)."""
         w, n, cur = self.w, len(ps), self.w._cur
-        names = [w._name(p) for p in ps]
-        states = [opt.state.get(p, _EMPTY) for p in ps]
-        ps = [p.detach() for p in ps]
+        names = w._names_of(ps)
         lr = float(group["lr"])
         if plan == "sgd":  # the common case, kept short: p moved by lr * grad
             un = [None if g is None else lr * g for g in extra]
             cur.update_norm.update((nm, u) for nm, u in zip(names, un) if u is not None)
             cur.effective_lr.update(dict.fromkeys(names, lr))
-            if not cur.detailed:
-                return
-            vals = norms(ps)
+            vals = norms([p.detach() for p in ps])
             step, add = cur.step, w._timeline.cur.append
             for name, u, pn in zip(names, un, vals):  # events built when read
                 add((_update_event, step, name, u, pn, lr, lr, "lr*|grad|", (), ()))
             cur.param_norm.update(zip(names, vals))
             return
+        states = [opt.state.get(p, _EMPTY) for p in ps]
+        ps = [p.detach() for p in ps]
         adam = "betas" in group and all("exp_avg_sq" in s for s in states)
         bufs = None if adam else [s.get("momentum_buffer") for s in states]
         momentum = bufs is not None and None not in bufs

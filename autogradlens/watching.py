@@ -7,18 +7,22 @@ with a ``note``, never a crash. It is made of small recorders (see ``recorders.p
 local to the model, its parameters, its optimizer and the watching thread: nothing of torch is patched, so a
 watch cut short by Ctrl-C leaves nothing behind in the process (see :meth:`Watch._close`).
 
-What it costs is kept low by sampling the costly part (``sample=``, default 10): the loss, the gradient norms
-(every ``every``-th step) and warnings are taken on every step; parameter norms and update/parameter ratios,
-momentum buffers, Adam's moments and step sizes, the parameter copy that measures an update, and the detailed
-timeline (pack, unpack, backward, accumulate, retain, update events) on the first ``sample`` steps and then on
-every ``sample``-th step (``detailed`` in ``steps``). ``sample=1`` takes everything on every step.
+What it costs is kept low by sampling (``sample=``, default 20): every step records its loss, its backward
+passes and where it ends; the *detailed* steps — the first ``sample`` steps, then every ``sample``-th — also
+the statistics that read whole tensors (gradient norms, parameter norms and update/parameter ratios, momentum
+buffers, Adam's moments and step sizes, the parameter copy that measures an update), the zero_grad() check and
+the timeline (pack, unpack, backward, accumulate, retain, update events). ``steps[i]["detailed"]`` says which
+steps those are; ``sample=1`` details every step; ``every=N`` keeps only the detailed steps that are multiples
+of N. Reading a gradient costs as much memory traffic as the optimizer's own read of it: measured every step,
+the statistics alone slow an SGD step of a 784-256-10 MLP by 11 % (see benchmarks/bench_watch.py).
 
 Memory stays bounded: ``steps`` holds one compact summary per step (numbers in arrays, equal runs stored
-once; about 30 bytes per step for a 2-parameter model), ``events`` the detailed timeline of at most ``keep``
-steps (the first half and the most recent half). Statistics in ``steps`` are stored as float32; events hold
-them in full. Python numbers an op saves (the 2.5 of ``x / 2.5``) bypass the saved-tensor hooks, so watch
-does not see them (``trace`` does). Saved tensors are recorded for the model's forward: a loss computed
-outside the model saves its tensors unrecorded.
+once; about 9 bytes per step for a 2-parameter model at the defaults), ``events`` the detailed timeline of at
+most ``keep`` steps (the first half and the most recent half). Statistics in ``steps`` are stored as float32;
+events hold them in full. Numbers measured on a GPU stay there until read, then come back together: a watch
+adds no host-device synchronisation to a step. Python numbers an op saves (the 2.5 of ``x / 2.5``) bypass the
+saved-tensor hooks, so watch does not see them (``trace`` does). Saved tensors are recorded for the model's
+forward: a loss computed outside the model saves its tensors unrecorded.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from array import array
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 
@@ -50,6 +55,7 @@ _SCALARS = tuple((k, code) for k, (_, code, when) in STEP_SCALARS.items() if whe
 _DSCALARS = tuple((k, code) for k, (_, code, when) in STEP_SCALARS.items() if when == "detailed") + (
     ("saved_by_type", "q"),)  # an index into _Steps.kinds
 
+_EMPTY = MappingProxyType({})
 _ACTIVE: list = []  # active watches (a model or an optimizer is watched by one at a time)
 
 
@@ -72,18 +78,21 @@ class Event(dict):
 
 class _Step:
     """The step being recorded; closed into one compact row of `_Steps`."""
+    __slots__ = ("step", "measured", "detailed", "loss", "saved_tensors", "backward_passes", "storages", "packs",
+                 "grad_norm", "update_norm", "param_norm", "effective_lr", "notes")
 
     def __init__(self, step: int, measured: bool, detailed: bool):
         self.step, self.measured, self.detailed = step, measured, detailed
-        self.loss = None
+        self.loss = None  # a float, a CPU tensor read when the step is folded, or a rec.Num
         self.saved_tensors = self.backward_passes = 0
-        self.storages: dict = {}  # data pointer -> (key, nbytes)
-        self.packs: list = []     # this step's rec.Pack records (forward order)
-        self.grad_norm: dict = {}
-        self.update_norm: dict = {}
-        self.param_norm: dict = {}
-        self.effective_lr: dict = {}
         self.notes: list = []
+        if detailed:  # what only detailed steps fill (the others share read-only empties)
+            self.storages: dict = {}  # data pointer -> (key, nbytes)
+            self.packs: list = []     # this step's rec.Pack records (forward order)
+            self.grad_norm, self.update_norm, self.param_norm, self.effective_lr = {}, {}, {}, {}
+        else:
+            self.storages = self.grad_norm = self.update_norm = self.param_norm = self.effective_lr = _EMPTY
+            self.packs = ()
 
     def saved_by_type(self) -> dict:
         """Bytes per node type, each storage counted once under the first node (forward order) saving it."""
@@ -182,7 +191,10 @@ class _Steps(Sequence):
             self.dscalars = [self._col(self.dcols, key, code, 0).append for key, code in _DSCALARS]
             self.fams = [[] for _ in _PER_PARAM]  # per family: [(name, column.append)]
             self.famkeys = [set() for _ in _PER_PARAM]  # per family: the names in self.fams
-        for append, v in zip(self.scalars, (value(s.loss), s.backward_passes)):  # _SCALARS' order
+        loss = s.loss
+        if type(loss) is torch.Tensor:  # the root of the step's last backward, detached
+            loss = loss.item() if loss.numel() == 1 and loss.layout == torch.strided else None
+        for append, v in zip(self.scalars, (value(loss), s.backward_passes)):  # _SCALARS' order
             append(v)
         detailed = s.detailed
         if detailed:
@@ -192,11 +204,8 @@ class _Steps(Sequence):
                 self.kinds.append(sbt)
             for append, v in zip(self.dscalars, (s.saved_tensors, sum(nb for _, nb in s.storages.values()), k)):
                 append(v)
-        for fi, (fam, dct, cols, keys) in enumerate(zip(_PER_PARAM, (s.grad_norm, s.update_norm, s.param_norm,
-                                                                      s.effective_lr), self.fams, self.famkeys)):
-            per_step = fam != "param_norm"
-            if not per_step and not detailed:
-                continue
+        for fam, dct, cols, keys in zip(_PER_PARAM, (s.grad_norm, s.update_norm, s.param_norm, s.effective_lr),
+                                        self.fams, self.famkeys) if detailed else ():  # measured on detailed steps
             if dct.keys() == keys:  # the usual case: the same names as before
                 for name, append in cols:
                     append(value(dct[name]))
@@ -204,9 +213,7 @@ class _Steps(Sequence):
             for name in dct:
                 if name not in keys:  # a name not seen in this family yet
                     keys.add(name)
-                    col = (self._col(self.cols, (fam, name), "f", self.n) if per_step
-                           else self._col(self.dcols, (fam, name), "f", self.nd))
-                    cols.append((name, col.append))
+                    cols.append((name, self._col(self.dcols, (fam, name), "f", self.nd).append))
             get = dct.get
             for name, append in cols:
                 append(value(get(name)))
@@ -236,9 +243,8 @@ class _Steps(Sequence):
         out["saved_by_type"] = dict(self.kinds[dc["saved_by_type"].get(j)]) if detailed else {}
         out["detailed"] = detailed
         for fam in _PER_PARAM:
-            cols, at = (c, i) if fam != "param_norm" else (dc, j)
-            out[fam] = {k[1]: v for k, col in cols.items() if type(k) is tuple and k[0] == fam
-                        and (v := col.get(at)) is not None}
+            out[fam] = {k[1]: v for k, col in dc.items() if type(k) is tuple and k[0] == fam
+                        and (v := col.get(j)) is not None} if detailed else {}
         out["update_ratio"] = {n: (u / out["param_norm"][n] if out["param_norm"].get(n) else math.inf)
                                for n, u in out["update_norm"].items() if n in out["param_norm"]}
         out["notes"] = list(self.notes.get(i, ()))
@@ -371,7 +377,7 @@ class Watch:
 
     __exit__ = _ExitSlot()
 
-    def __init__(self, model, optimizer=None, retain=None, *, every: int = 1, sample: int = 10,
+    def __init__(self, model, optimizer=None, retain=None, *, every: int = 1, sample: int = 20,
                  keep: int | None = 100, saved: bool = True, grads: bool = True, updates: bool = True):
         if not isinstance(model, torch.nn.Module):
             raise LensTypeError(f"watch() needs the model as an nn.Module, got {type(model).__name__}; "
@@ -393,6 +399,7 @@ class Watch:
         self._updates = updates
         self._has_opt = optimizer is not None
         self._names = {id(p): n for n, p in model.named_parameters()}
+        self._name_cache: dict = {}
         self._active = False
         self._tid = None
         self._state = "new"            # -> entering -> active -> closing -> done
@@ -408,6 +415,7 @@ class Watch:
         self._top_backward = False     # ... and whether it is a backward() (not a grad())
         self._tasks: set = set()       # graph tasks seen since it began (nested ones too)
         self._passes_hook = rec._no_compile(self._output_hook)
+        self._ends_hook = rec._no_compile(self._task_ends)
 
     @property
     def events(self) -> list[Event]:
@@ -554,37 +562,35 @@ class Watch:
             self._tasks.add(task)
         else:
             if self._top is not None:  # the previous backward raised: its end callback never ran
-                self._task_ends(self._top)
+                self._task_ends()
             self._top, self._tasks = task, {task}
             self._top_backward = call is None or call.accumulate
-            queue_callback(self._ends(task))
+            queue_callback(self._ends_hook)
+        cur = self._cur
         roots = call.roots if call is not None else ()
-        if self._saved is not None and roots:
+        if self._saved is not None and roots and cur.detailed:
             self._saved.attribute(roots)
         if not nested and self._top_backward:
-            cur = self._cur
             root = roots[0] if len(roots) == 1 else None
-            if isinstance(root, torch.Tensor) and root.numel() == 1 and root.layout == torch.strided:
-                loss = root.detach()
-                cur.loss = loss.item() if loss.device.type == "cpu" and not rec.DEFER_ON_CPU else \
-                    rec.defer(loss.reshape(1).clone())[0]
+            if type(root) is torch.Tensor:  # read when the step is folded into steps (GPU: with others, at once)
+                cur.loss = root.detach() if root.is_cpu and not rec.DEFER_ON_CPU else (
+                    rec.defer(root.detach().reshape(1).clone())[0] if root.numel() == 1 else None)
             cur.backward_passes += 1
+            if self._grads is not None:
+                self._grads.pending = True
             if cur.detailed:
                 self._timeline.cur.append((_backward_event, cur.step, cur.loss))
 
-    def _ends(self, task: int):
-        def ends():
-            self._task_ends(task)
-        return rec._no_compile(ends)
-
-    def _task_ends(self, task: int) -> None:
-        if task != self._top:
+    def _task_ends(self) -> None:
+        """The end callback of the top-level backward (or a later call finishing one whose callback never ran)."""
+        if self._top is None:
             return
         backward, self._top, self._tasks = self._top_backward, None, set()
-        if backward and self._state == "active":
+        if backward and self._state == "active" and not self._has_opt:
+            # without an optimizer a backward ends the step (with one, optimizer.step() does: the gradient norms
+            # are measured there, as the step receives them; measuring inside the engine's callback costs more)
             self._grads_finish()
-            if not self._has_opt:
-                self._close_step()
+            self._close_step()
 
     # ------------------------------------------------------------------ shared by the recorders
     def _named_params(self):
@@ -602,9 +608,26 @@ class Watch:
             name = self._names.setdefault(id(p), f"param{len(self._names)}")
         return name
 
-    def _grad_norm(self, name, p):
-        n = self._grads.norm_now(name, p.grad) if self._grads is not None else None
-        return rec.norms([p.grad.detach()])[0] if n is None and p.grad.layout == torch.strided else n
+    def _names_of(self, ps: list) -> list:
+        """The parameters' names (cached per list of parameters: optimizer groups rarely change)."""
+        key = (id(ps), len(ps), id(ps[0]) if ps else None, id(ps[-1]) if ps else None)
+        hit = self._name_cache.get(key)
+        if hit is None:
+            if len(self._name_cache) > 64:
+                self._name_cache.clear()
+            hit = self._name_cache[key] = [self._name(p) for p in ps]
+        return hit
+
+    def _grad_norms(self, ps: list) -> list:
+        """The norms of the parameters' .grad: those measured after backward when unchanged since, else now."""
+        names = self._names_of(ps)
+        out = [self._grads.norm_now(n, p.grad) for n, p in zip(names, ps)] if self._grads is not None else \
+            [None] * len(ps)
+        missing = [i for i, v in enumerate(out) if v is None and ps[i].grad.layout == torch.strided]
+        if missing:
+            for i, v in zip(missing, rec.norms([ps[i].grad.detach() for i in missing])):
+                out[i] = v
+        return out
 
     def _emit(self, e: dict) -> dict:
         self._timeline.cur.append(e)
@@ -630,11 +653,15 @@ class Watch:
 
     def _close_step(self):
         cur = self._cur
+        if self._grads is not None:
+            self._grads.forget()
         self._steps.add(cur)
         self._timeline.close(cur.step)
         self._cur = new = self._new_step(cur.step + 1)
-        if self._forward is not None and new.detailed != cur.detailed:
-            self._forward.step(new)
+        if new.detailed != cur.detailed:
+            for r in (self._forward, self._grads):
+                if r is not None:
+                    r.step(new)
 
     def record_loss(self, loss) -> None:
         """Tell the watch this step's loss (``loss.backward()`` inside the watch does it by itself)."""
@@ -697,6 +724,8 @@ class Watch:
 
 
 def _backward_event(step, loss) -> dict:
+    if type(loss) is torch.Tensor:
+        loss = loss.item() if loss.numel() == 1 and loss.layout == torch.strided else None
     return {"kind": "backward", "step": step, "loss": value(loss)}
 
 
@@ -720,22 +749,22 @@ def _retain_names(model, retain) -> list[str]:
     return list(retain)
 
 
-def watch(model, *, optimizer=None, retain=None, every: int = 1, sample: int = 10, keep: int | None = 100,
+def watch(model, *, optimizer=None, retain=None, every: int = 1, sample: int = 20, keep: int | None = 100,
           saved: bool = True, grads: bool = True, updates: bool = True) -> Watch:
     """Log saved tensors, gradient accumulation, retained gradients and optimizer updates while training.
 
     Use as a context manager; a step ends at each ``optimizer.step()`` (or each ``backward()`` when no
     optimizer is given). ``retain`` names modules (as in ``model.named_modules()``) whose outputs get
-    ``retain_grad()``. Every step records the loss, the gradient norms (every ``every``-th step: they read every
-    gradient) and warnings; the costly statistics (parameter norms and update/parameter ratios, momentum
-    buffers, Adam's moments and step sizes, the parameter copy that measures an update) and the detailed
-    timeline (``events``: pack, unpack, backward, accumulate, retain, update) are taken on the first ``sample``
-    steps and then on every ``sample``-th step — ``sample=1`` takes them on every step. ``keep`` bounds the
-    timeline to that many steps (None: all). ``saved`` / ``grads`` / ``updates`` switch hook groups off. Update
-    norms of plain and momentum SGD come from lr·‖grad‖ / lr·‖buffer‖; for other optimizers the watch keeps one
-    copy of the parameters to measure before − after (``updates=False`` avoids it). Saved tensors are those of
-    the model's forward. Event kinds are listed in ``autogradlens.watching.EVENTS``, step fields in
-    ``STEP_SCALARS``, ``STEP_PER_PARAM`` and ``STEP_DERIVED``.
+    ``retain_grad()``. Every step records its loss and backward passes; the detailed steps (the first ``sample``
+    steps, then every ``sample``-th; ``sample=1``: every step) also the statistics that read whole tensors
+    (gradient, update and parameter norms, momentum buffers, Adam's moments and step sizes, the parameter copy
+    that measures an update), the zero_grad() check and the timeline (``events``: pack, unpack, backward,
+    accumulate, retain, update). ``every=N`` keeps only the detailed steps that are multiples of N. ``keep``
+    bounds the timeline to that many steps (None: all). ``saved`` / ``grads`` / ``updates`` switch hook groups
+    off. Update norms of plain and momentum SGD come from lr·‖grad‖ / lr·‖buffer‖; for other optimizers the
+    watch keeps one copy of the parameters to measure before − after (``updates=False`` avoids it). Saved
+    tensors are those of the model's forward. Event kinds are listed in ``autogradlens.watching.EVENTS``, step
+    fields in ``STEP_SCALARS``, ``STEP_PER_PARAM`` and ``STEP_DERIVED``.
 
     Raises:
         LensTypeError: `model` is not an ``nn.Module``, `optimizer` not an optimizer, `retain` not names.

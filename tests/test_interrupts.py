@@ -51,8 +51,8 @@ for trial in range(trials):
     try:
         armed = True
         signal.setitimer(signal.ITIMER_REAL, period, period)
-        with lens.watch(model, optimizer=opt, retain=["1"], sample=1) as w:
-            for _ in range(2):
+        with lens.watch(model, optimizer=opt, retain=["1"], sample=3) as w:  # steps 0-2 detailed, 3 not
+            for _ in range(4):
                 opt.zero_grad()
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
