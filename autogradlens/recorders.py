@@ -567,8 +567,8 @@ class Gradients(Recorder):
     """On detailed steps: every parameter's gradient norm after the step's backward passes (measured when the
     optimizer step begins, or when a backward ends without an optimizer; measuring inside the engine's end
     callback costs more), whether ``.grad`` was fresh or added onto (accumulate events) and a warning when it
-    still held an earlier step's gradient (a forgotten ``zero_grad()``). On the other steps only two parameters
-    (the first and the last) carry a hook: enough to notice each backward and its loss."""
+    still held an earlier step's gradient (a forgotten ``zero_grad()``). On the other steps one parameter (the
+    first; without an optimizer the last too) carries a hook: enough to notice each backward and its loss."""
 
     def __init__(self, w):
         super().__init__(w)
@@ -588,7 +588,11 @@ class Gradients(Recorder):
         for name, p in self.w._named_params():
             self.add(name, p)
         if self.params:
-            self.sentinels = {self.params[0][0], self.params[-1][0]}
+            # the first parameter's gradient usually comes last in backward: its hook adds no pause between the
+            # backward's kernels (with several threads, each pause lets the idle ones sleep, and waking them costs
+            # more than the hook). Without an optimizer the step ends with the backward: the last one too.
+            first, last = self.params[0][0], self.params[-1][0]
+            self.sentinels = {first} if self.w._has_opt else {first, last}
             for name in self.sentinels:
                 self._register(name, post=False)
         self.step(self.w._cur)
