@@ -813,10 +813,29 @@ class Updates(Recorder):
 
     def install(self):
         opt = self.opt()
+        self.pre_fn = _no_compile(self._pre, True)
+        self.armed = False
         self.handles.append(_Handle(self.buffers.clear))
         self.handles.append(_Handle(self.medians.clear))
-        self.hook(opt, "step_pre", _no_compile(self._pre, True))
+        self.handles.append(_Handle(self.disarm))
         self.hook(opt, "step_post", _no_compile(self._post, True))
+        self.step(self.w._cur)
+
+    def step(self, cur) -> None:
+        """A step begins: the pre-step hook (which measures) only on detailed steps."""
+        if cur.detailed and not self.armed:
+            self.armed = True  # first: disarm() sweeps by identity, registered or not
+            opt = self.opt()
+            if opt is not None:
+                opt.register_step_pre_hook(self.pre_fn)
+        elif not cur.detailed and self.armed:
+            self.disarm()
+
+    def disarm(self) -> None:
+        opt = self.opt()
+        if opt is not None:
+            remove_hook(opt, "step_pre", self.pre_fn)
+        self.armed = False
 
     def _pre(self, opt, args, kwargs):
         if not self.live():
@@ -849,6 +868,8 @@ class Updates(Recorder):
     def _post(self, opt, args, kwargs):
         if not self.live():
             return
+        w = self.w
+        w._top, w._tasks = None, set()  # the step's backward passes are over (no end callback with an optimizer)
         plans, self.plans = self.plans, []
         for group, plan, ps, extra in plans:
             self._measure(opt, group, plan, ps, extra)

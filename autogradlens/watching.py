@@ -410,7 +410,7 @@ class Watch:
         self._steps = _Steps(every, sample)
         self._timeline = _Timeline(keep)
         self._cur = self._new_step(0)
-        self._saved = self._grads = self._forward = None
+        self._saved = self._grads = self._forward = self._updates_rec = None
         self._top = None               # graph task id of the backward() being run, if any
         self._top_backward = False     # ... and whether it is a backward() (not a grad())
         self._tasks: set = set()       # graph tasks seen since it began (nested ones too)
@@ -474,7 +474,8 @@ class Watch:
             if self._retain:
                 recorders.append(rec.Retain(self, self._retain))
             if opt is not None:
-                recorders.append(rec.Updates(self, opt))
+                self._updates_rec = rec.Updates(self, opt)
+                recorders.append(self._updates_rec)
             for r in recorders:
                 undo.append(r.undo)  # first: an install cut short is undone too
                 r.install()
@@ -540,7 +541,7 @@ class Watch:
         cur = self._cur
         if cur.backward_passes or cur.saved_tensors or self._timeline.cur:
             self._close_step()
-        self._saved = self._grads = self._forward = None
+        self._saved = self._grads = self._forward = self._updates_rec = None
         self._top, self._tasks = None, set()
 
     # ------------------------------------------------------------------ backward passes
@@ -565,7 +566,8 @@ class Watch:
                 self._task_ends()
             self._top, self._tasks = task, {task}
             self._top_backward = call is None or call.accumulate
-            queue_callback(self._ends_hook)
+            if not self._has_opt:  # without an optimizer the backward's end ends the step
+                queue_callback(self._ends_hook)
         cur = self._cur
         roots = call.roots if call is not None else ()
         if self._saved is not None and roots and cur.detailed:
@@ -659,7 +661,7 @@ class Watch:
         self._timeline.close(cur.step)
         self._cur = new = self._new_step(cur.step + 1)
         if new.detailed != cur.detailed:
-            for r in (self._forward, self._grads):
+            for r in (self._forward, self._grads, self._updates_rec):
                 if r is not None:
                     r.step(new)
 
