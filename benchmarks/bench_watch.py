@@ -7,10 +7,12 @@ One model trains throughout; every round times `--steps` steps of each configura
 machine that gets busier or quieter affects all of them alike. A watch is timed in its steady state: each round
 enters a new watch and first runs as many untimed steps as it details in full at its start (`sample`).
 Reported: the ratio of medians against plain training, and the spread of the per-round ratios (25%-75%).
-Rows: the default watch; every step detailed (sample=1, what the defaults avoid); one hook group at a time; and
-two floors without a watch: the same PyTorch hooks with empty bodies, and only the tensor reads the statistics
-need (gradient, parameter and, for Adam, exp_avg and exp_avg_sq norms, and the update measured as before - after)
-taken every step — what detailing every step costs at the least.
+Rows: the default watch; every step detailed (sample=1, what the defaults avoid); one hook group at a time (the
+rows without parameter hooks notice backward passes with a hook on the model's output, whose forward hooks then
+run every step: they cost more than the defaults); and two floors without a watch: the same PyTorch hooks with
+empty bodies, and only the tensor reads the statistics need (gradient, parameter and, for Adam, exp_avg and
+exp_avg_sq norms, and the update measured as before - after) taken every step — what detailing every step costs
+at the least.
 On a machine shared with other work, ``--clock cpu --threads 1`` (this process's CPU time) is steadier.
 """
 
