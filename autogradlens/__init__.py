@@ -43,7 +43,8 @@ if TYPE_CHECKING:  # what static tools and IDEs see
 
 def __getattr__(name: str):
     if name not in _WHERE:  # a submodule (autogradlens.watching.EVENTS) loads on first use too
-        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+        # never a dunder: `hasattr(autogradlens, "__main__")` (doc tools, IDEs) must not run the command line
+        if name.startswith("__") or importlib.util.find_spec(f"{__name__}.{name}") is None:
             raise AttributeError(f"module 'autogradlens' has no attribute {name!r}")
         return importlib.import_module(f".{name}", __name__)
     mod = importlib.import_module(f".{_WHERE[name] or name}", __name__)

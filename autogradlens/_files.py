@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 
 from .errors import LensValueError
 
@@ -61,6 +63,13 @@ def loads(s, *, what: str = "JSON document", max_depth: int | None = 100):
         raise LensValueError(f"not a {what}: {e}") from None
     except RecursionError:
         raise LensValueError(f"not a {what}: nested too deeply (deeper than Python's recursion limit)") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits(), 4300)
+        limit = sys.get_int_max_str_digits()
+        m = re.search(rf"\d{{{limit + 1},}}", s) if limit else None
+        where = "" if m is None else (f"line {s.count(chr(10), 0, m.start()) + 1} column "
+                                      f"{m.start() - s.rfind(chr(10), 0, m.start())}: ")
+        raise LensValueError(f"not a {what}: {where}a number of {len(m.group()) if m else 'too many'} digits "
+                             f"(Python reads at most {sys.get_int_max_str_digits()}); the file is damaged") from None
     if max_depth is not None and depth(doc) > max_depth:
         raise LensValueError(f"not a {what}: nested too deeply (more than {max_depth} levels)")
     return doc

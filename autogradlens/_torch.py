@@ -7,7 +7,9 @@ A new torch release that renames one of these breaks the contract test loudly, i
 
 from __future__ import annotations
 
+import sys
 import threading
+from typing import NamedTuple
 
 import torch
 
@@ -141,6 +143,58 @@ def current_node():
     return torch._C._current_autograd_node()
 
 
+def graph_task_id() -> int:
+    """PyTorch's id of the backward()/grad() call being run (inside hooks during backward), else -1."""
+    return torch._C._current_graph_task_id()
+
+
+def queue_callback(fn) -> None:
+    """Run `fn` when the graph task being run finishes (call from a hook during backward; not after an error)."""
+    torch.autograd.Variable._execution_engine.queue_callback(fn)
+
+
+_ENGINE_CODE = torch.autograd.graph._engine_run_backward.__code__  # backward() and grad() both call it
+
+
+class EngineCall(NamedTuple):
+    roots: tuple        # the tensors (or GradientEdges) differentiated
+    accumulate: bool    # True for backward() (gradients into .grad), False for torch.autograd.grad()
+    nested: bool        # called while another backward of the same thread runs (a reentrant checkpoint)
+
+
+def engine_call(tid: int, nested: bool = True) -> EngineCall | None:
+    """The backward()/grad() call whose hooks are running, read from PyTorch's own Python frame (the one that
+    calls the C++ engine), or None when there is none (the engine called from C++, compiled autograd).
+
+    Hooks run in the calling thread (CPU) or in PyTorch's device threads (CUDA); `tid` is the calling thread
+    when no frame is found here. A call found under another one on its thread is nested; ``nested=False`` skips
+    looking for one (the caller knows no other backward runs)."""
+    here = threading.get_ident() == tid
+    frames = _engine_frames(sys._getframe(1), nested)
+    if frames:
+        is_nested = len(frames) > 1 or not here  # on a device thread: called from a node
+    else:
+        frame = None if here else sys._current_frames().get(tid)
+        frames = _engine_frames(frame, nested) if frame is not None else []
+        if not frames:
+            return None
+        is_nested = len(frames) > 1
+    loc = frames[0].f_locals
+    kwargs = loc.get("kwargs") or {}
+    return EngineCall(tuple(loc.get("t_outputs") or ()), bool(kwargs.get("accumulate_grad", True)), is_nested)
+
+
+def _engine_frames(f, all_of_them: bool) -> list:
+    out = []
+    while f is not None:
+        if f.f_code is _ENGINE_CODE:
+            out.append(f)
+            if not all_of_them:
+                break
+        f = f.f_back
+    return out
+
+
 _TLS_KEY = "autogradlens.watch"  # stashed in the watching thread; PyTorch copies it to the threads serving its backward
 _INPLACE_HINT = {False: " Hint: enable anomaly detection to find the operation that failed to compute its gradient, "
                         "with torch.autograd.set_detect_anomaly(True, check_nan=False).",
@@ -242,6 +296,53 @@ def measurable(t: torch.Tensor) -> str | None:
     if t.device.type == "meta":
         return "meta tensor"
     return None
+
+
+# Where modules, tensors and optimizers keep their hooks (hook id -> function); `remove_hook` sweeps them.
+HOOK_DICTS = {"forward_pre": ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs"),
+              "forward": ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"),
+              "tensor": ("_backward_hooks",), "post_accumulate": ("_post_accumulate_grad_hooks",),
+              "step_pre": ("_optimizer_step_pre_hooks",), "step_post": ("_optimizer_step_post_hooks",)}
+
+
+def remove_hook(owner, kind: str, fn) -> None:
+    """Remove every registration of hook `fn` from `owner`'s hook dicts of `kind`, whatever became of its handle
+    (an interrupt can land between a register call and keeping its handle). Idempotent."""
+    names = HOOK_DICTS[kind]
+    main = getattr(owner, names[0], None) or {}
+    ids = [k for k, v in list(main.items()) if v is fn]
+    for name in names:
+        d = getattr(owner, name, None)
+        if d:
+            for k in ids:
+                d.pop(k, None)
+
+
+_SKIPPED: set = set()  # code objects dynamo has been told to run as they are
+
+
+def no_compile(fn):
+    """`fn` (a hook) as torch.compile's dynamo never traces it nor what it calls: its code object is marked to be
+    run as it is (no wrapper, so no cost per call); ``torch.compiler.disable`` (a wrapper, ~1 us a call) where
+    that is not possible. Hooks run inside compiled code's backward, and dynamo tracing them broke them."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return torch.compiler.disable(fn, recursive=True)
+    if code not in _SKIPPED:
+        try:
+            from torch._dynamo.eval_frame import set_code_exec_strategy
+            from torch._dynamo.types import FrameAction, FrameExecStrategy
+
+            set_code_exec_strategy(code, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
+        except (ImportError, AttributeError, TypeError):
+            return torch.compiler.disable(fn, recursive=True)
+        _SKIPPED.add(code)
+    return fn
+
+
+def saved_hooks_enabled() -> bool:
+    """False inside a torch.func transform (it refuses saved-tensor hooks: pushing them would raise)."""
+    return torch._C._autograd._saved_tensors_hooks_is_enabled()
 
 
 def top_saved_hooks():

@@ -160,7 +160,7 @@ def run_demo(out="out", data: str = "digits", epochs: int = 30, progress: bool =
             f"{epochs} epoch{'s' if epochs != 1 else ''}")
         torch.manual_seed(0)
         hists[name] = fit(MLP((d.n_features, 64, d.n_classes)), d, name, epochs=epochs,
-                          watch={"retain": ["net.1"]}, progress=progress)
+                          watch={"retain": ["net.1"], "sample": 1}, progress=progress)  # every step: plotted
         say(f"    test accuracy {hists[name].final_test_acc:.3f} after {hists[name].seconds:.1f} s")
     say("    plotting what watch recorded")
     ws = {h.optimizer: h.watch for h in hists.values()}

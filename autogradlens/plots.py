@@ -167,23 +167,24 @@ def _per_param(watch, key: str, ax, title: str, ylabel: str, hline=None):
 
 
 def grad_norms(watch, ax=None):
-    """Per-parameter gradient norm (after AccumulateGrad) at every step; a dict ``{"SGD": w, "Adam": w2}``
-    draws one panel per optimizer, side by side."""
+    """Per-parameter gradient norm (after AccumulateGrad) at each detailed step (``lens.watch(sample=1)``: every
+    step); a dict ``{"SGD": w, "Adam": w2}`` draws one panel per optimizer, side by side."""
     return _per_param(watch, "grad_norm", ax, "gradient norm per parameter", "‖grad‖")
 
 
 def update_ratios(watch, ax=None):
-    """Per-parameter ‖update‖ / ‖parameter‖ at every optimizer step (dashed: the 1e-3 rule of thumb);
+    """Per-parameter ‖update‖ / ‖parameter‖ at each detailed optimizer step (dashed: the 1e-3 rule of thumb);
     a dict of watches draws one panel per optimizer."""
     return _per_param(watch, "update_ratio", ax, "update / parameter ratio", "‖Δp‖ / ‖p‖", hline=1e-3)
 
 
 def saved_bytes(watch, ax=None):
-    """Bytes autograd saved for backward at every step, stacked by the node type that saved them."""
+    """Bytes autograd saved for backward at each detailed step, stacked by the node type that saved them."""
     fig, ax = _axes(ax, (WIDTH, 3.4))
-    types = sorted({t for s in watch.steps for t in s["saved_by_type"]})
-    xs = [s["step"] for s in watch.steps]
-    ys = [[s["saved_by_type"].get(t, 0) / 1024 for s in watch.steps] for t in types]
+    steps = [s for s in watch.steps if s["detailed"]]  # the others were not measured
+    types = sorted({t for s in steps for t in s["saved_by_type"]})
+    xs = [s["step"] for s in steps]
+    ys = [[s["saved_by_type"].get(t, 0) / 1024 for s in steps] for t in types]
     if xs and types:
         ax.stackplot(xs, ys, labels=types, alpha=0.85, colors=_colors(len(types)))
         ax.legend(fontsize=FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the data

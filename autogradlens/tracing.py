@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ._files import dumps
+from ._freeing import keep_freeable
 from ._guard import collector_paused
 from ._torch import input_metadata, read_slot, saved_attr, saved_names, sequence_nr, storage_of, version
 from ._tracejson import SCHEMA, read_trace
@@ -51,7 +52,11 @@ def _node_type(fn) -> str:
 
 def walk(roots: list) -> tuple[list, list]:
     """Nodes reachable from `roots` (grad_fns) in deterministic DFS pre-order (iterative), with their
-    next_functions (read once: each access builds a new tuple)."""
+    next_functions (read once: each access builds a new tuple).
+
+    Reading next_functions gives every node a Python wrapper for life, which makes PyTorch free a chain of such
+    nodes by recursion (a SIGSEGV around 50,000 deep): a graph deeper than ``_freeing.DEEP`` gets a hold on each
+    node that turns that recursion into a loop (see ``_freeing``)."""
     order, nexts, seen, stack = [], [], set(), list(reversed(roots))
     push, add = stack.append, seen.add
     while stack:
@@ -65,6 +70,7 @@ def walk(roots: list) -> tuple[list, list]:
         for f, _ in reversed(nf):
             if f is not None and f not in seen:
                 push(f)
+    keep_freeable(order, nexts)
     return order, nexts
 
 

@@ -3,78 +3,60 @@
 A Watch only observes: training under it is bit-identical to training without it; PyTorch's own errors (a
 saved tensor changed in place) are raised as without it; other threads' work is not recorded; a layout it
 cannot measure (sparse, nested, torch.func wrappers, tensors saved under other saved-tensor hooks) is skipped
-with a ``note``, never a crash. It is made of small recorders (see ``recorders.py``), one per hook group.
+with a ``note``, never a crash. It is made of small recorders (see ``recorders.py``), one per hook group, all
+local to the model, its parameters, its optimizer and the watching thread: nothing of torch is patched, so a
+watch cut short by Ctrl-C leaves nothing behind in the process (see :meth:`Watch._close`).
+
+What it costs is kept low by sampling (``sample=``, default 20): every step records its loss, its backward
+passes and where it ends; the *detailed* steps — the first ``sample`` steps, then every ``sample``-th — also
+the statistics that read whole tensors (gradient norms, parameter norms and update/parameter ratios, momentum
+buffers, Adam's moments and step sizes, the parameter copy that measures an update), the zero_grad() check and
+the timeline (pack, unpack, backward, accumulate, retain, update events). ``steps[i]["detailed"]`` says which
+steps those are; ``sample=1`` details every step; ``every=N`` keeps only the detailed steps that are multiples
+of N. Reading a gradient costs as much memory traffic as the optimizer's own read of it: measured every step,
+the statistics alone slow an SGD step of a 784-256-10 MLP by 11 % (see benchmarks/bench_watch.py).
 
 Memory stays bounded: ``steps`` holds one compact summary per step (numbers in arrays, equal runs stored
-once; about 30 bytes per step for a 2-parameter model), ``events`` the detailed timeline of at most ``keep``
-steps (the first half and the most recent half). Statistics in ``steps`` are stored as float32; events hold
-them in full. Python numbers an op saves (the 2.5 of ``x / 2.5``) bypass the saved-tensor hooks, so watch
-does not see them (``trace`` does).
+once; about 9 bytes per step for a 2-parameter model at the defaults), ``events`` the detailed timeline of at
+most ``keep`` steps (the first half and the most recent half). Statistics in ``steps`` are stored as float32;
+events hold them in full. Numbers measured on a GPU stay there until read, then come back together: a watch
+adds no host-device synchronisation to a step. Python numbers an op saves (the 2.5 of ``x / 2.5``) bypass the
+saved-tensor hooks, so watch does not see them (``trace`` does). Saved tensors are recorded for the model's
+forward: a loss computed outside the model saves its tensors unrecorded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
+import sys
 import threading
 import weakref
 from array import array
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 
 from . import recorders as rec
 from ._files import csv_cell, dumps
-from ._torch import mark_thread
+from ._torch import engine_call, graph_task_id, in_marked_thread, mark_thread, queue_callback
 from .errors import LensRuntimeError, LensTypeError, LensValueError
+from .recorders import EVENTS, FIELDS, STEP_DERIVED, STEP_PER_PARAM, STEP_SCALARS, value
 
-__all__ = ["EVENTS", "Event", "Watch", "watch"]
+__all__ = ["EVENTS", "FIELDS", "STEP_DERIVED", "STEP_PER_PARAM", "STEP_SCALARS", "Event", "Watch", "watch"]
 
-# The event kinds and their fields, declared once: the docs, save() and the readers (plots, report) use it.
-# Fields in brackets appear only where they apply.
-EVENTS = {
-    "pack": ("a tensor saved for backward (forward pass)",
-             "node node_id slot shape dtype nbytes storage"),
-    "unpack": ("a saved tensor read back by its node (backward pass)", "node node_id slot"),
-    "backward": ("a backward() call of the user", "loss"),
-    "accumulate": ("AccumulateGrad wrote a parameter's .grad", "param norm accumulated"),
-    "retain": ("gradient landing on a module output kept by retain_grad()", "name retained norm [note]"),
-    "update": ("one parameter's optimizer update",
-               "param update_norm param_norm ratio lr effective_lr method "
-               "[exp_avg_norm] [exp_avg_sq_norm] [adam_step] [momentum_norm]"),
-    "warning": ("something that looks like a bug in the training loop", "message [param]"),
-    "note": ("something watch did not measure, and why", "message"),
-}
-FIELDS = {
-    "node": "type of the node (grad_fn) that saved the tensor / that reads it",
-    "node_id": "that node's id in lens.trace of the same graph (join a timeline with a Trace)",
-    "slot": "saved slot name (self, mat1, result, saved_tensors, ...)",
-    "shape": "tensor shape", "dtype": "tensor dtype", "nbytes": "bytes of this tensor (not of its storage)",
-    "storage": "key equal for saved tensors sharing memory within a step (s0, s1, ...)",
-    "loss": "the loss value when backward() was called on a one-element tensor",
-    "param": "parameter name (as in model.named_parameters())",
-    "norm": "2-norm of the gradient (None on steps not measured, see every=)",
-    "accumulated": "True when added onto an existing .grad",
-    "name": "module name (as in model.named_modules())", "retained": "False when the output had no grad",
-    "note": "what retain_grad() does (stated on the first retain event)",
-    "update_norm": "2-norm of the parameter's change", "param_norm": "2-norm of the parameter after the step",
-    "ratio": "update_norm / param_norm", "lr": "the group's learning rate",
-    "effective_lr": "SGD: lr; Adam: lr / (sqrt(v_hat) + eps) at the median of v",
-    "method": "how update_norm was obtained: lr*|grad|, lr*|momentum_buffer| or measured (before - after)",
-    "exp_avg_norm": "Adam: 2-norm of m", "exp_avg_sq_norm": "Adam: 2-norm of v", "adam_step": "Adam: step count",
-    "momentum_norm": "SGD: 2-norm of the momentum buffer",
-    "message": "the text",
-}
 _COLUMNS = ["kind", "step"] + list(dict.fromkeys(f.strip("[]") for _, fs in EVENTS.values() for f in fs.split()))
-_PER_PARAM = ("grad_norm", "update_norm", "param_norm", "effective_lr")
-_BATCH = 16  # closed steps folded into Watch.steps at a time
-_SCALARS = (("loss", "d"), ("saved_tensors", "q"), ("saved_bytes", "q"), ("backward_passes", "q"),
-            ("saved_by_type", "q"))
+_PER_PARAM = tuple(STEP_PER_PARAM)
+_BATCH = 16  # closed steps folded into Watch.steps at a time (on a GPU: their numbers come back in one transfer)
+_SCALARS = tuple((k, code) for k, (_, code, when) in STEP_SCALARS.items() if when == "step")
+_DSCALARS = tuple((k, code) for k, (_, code, when) in STEP_SCALARS.items() if when == "detailed") + (
+    ("saved_by_type", "q"),)  # an index into _Steps.kinds
 
-_ACTIVE: list = []  # at most one active Watch per process (the backward wrapper is process-wide)
+_EMPTY = MappingProxyType({})
+_ACTIVE: list = []  # active watches (a model or an optimizer is watched by one at a time)
 
 
 def events_table() -> str:
@@ -96,18 +78,21 @@ class Event(dict):
 
 class _Step:
     """The step being recorded; closed into one compact row of `_Steps`."""
+    __slots__ = ("step", "measured", "detailed", "loss", "saved_tensors", "backward_passes", "storages", "packs",
+                 "grad_norm", "update_norm", "param_norm", "effective_lr", "notes")
 
-    def __init__(self, step: int, measured: bool):
-        self.step, self.measured = step, measured
-        self.loss = None
+    def __init__(self, step: int, measured: bool, detailed: bool):
+        self.step, self.measured, self.detailed = step, measured, detailed
+        self.loss = None  # a float, a CPU tensor read when the step is folded, or a rec.Num
         self.saved_tensors = self.backward_passes = 0
-        self.storages: dict = {}  # data pointer -> (key, nbytes)
-        self.packs: list = []     # this step's pack records (forward order, see recorders._pack_event)
-        self.grad_norm: dict = {}
-        self.update_norm: dict = {}
-        self.param_norm: dict = {}
-        self.effective_lr: dict = {}
         self.notes: list = []
+        if detailed:  # what only detailed steps fill (the others share read-only empties)
+            self.storages: dict = {}  # data pointer -> (key, nbytes)
+            self.packs: list = []     # this step's rec.Pack records (forward order)
+            self.grad_norm, self.update_norm, self.param_norm, self.effective_lr = {}, {}, {}, {}
+        else:
+            self.storages = self.grad_norm = self.update_norm = self.param_norm = self.effective_lr = _EMPTY
+            self.packs = ()
 
     def saved_by_type(self) -> dict:
         """Bytes per node type, each storage counted once under the first node (forward order) saving it."""
@@ -115,7 +100,7 @@ class _Step:
             return {}
         owner: dict = {}
         for r in self.packs:
-            owner.setdefault(r[6], r[0] or "(never backwarded)")
+            owner.setdefault(r.storage, r.node or "(never backwarded)")
         out: dict = {}
         for key, nbytes in self.storages.values():
             t = owner.get(key, "(never backwarded)")
@@ -125,7 +110,7 @@ class _Step:
 
 class _Column:
     """One number per step from step `start` on; a run of equal values is stored once until it changes.
-    A missing value is stored as NaN (`nans` remembers the steps where NaN was the value itself)."""
+    A missing value is stored as NaN (integers: -1; `nans` remembers the steps where NaN was the value itself)."""
     __slots__ = ("code", "start", "n", "first", "values", "nans")
 
     def __init__(self, code: str, start: int):
@@ -134,7 +119,7 @@ class _Column:
 
     def append(self, v) -> None:
         if v is None:
-            v = math.nan
+            v = -1 if self.code == "q" else math.nan
         elif v != v:
             self.nans = self.nans or set()
             self.nans.add(self.start + self.n)
@@ -153,19 +138,35 @@ class _Column:
         if not 0 <= i < self.n:
             return None
         v = self.first if self.values is None else self.values[i]
+        if self.code == "q":
+            return None if v == -1 else v
         return None if v != v and not (self.nans and step in self.nans) else v
 
 
 class _Steps(Sequence):
-    """``Watch.steps``: one dict per step, built on access from columns."""
+    """``Watch.steps``: one dict per step, built on access from columns (fields: ``STEP_SCALARS``,
+    ``STEP_PER_PARAM``, ``STEP_DERIVED``). What only detailed steps have (saved tensors, parameter norms) is
+    stored once per detailed step; which steps are detailed follows from `every` and `sample`."""
 
-    def __init__(self):
-        self.n = 0
-        self.cols: dict = {}       # name or (family, param) -> _Column
+    def __init__(self, every: int = 1, sample: int = 1):
+        self.every, self.sample = every, sample
+        self.lcm = every * sample // math.gcd(every, sample)
+        self.n = self.nd = 0       # steps, detailed steps
+        self.cols: dict = {}       # name or (family, param) -> _Column, one value per step
+        self.dcols: dict = {}      # the same, one value per detailed step
         self.kinds: list = []      # distinct saved_by_type dicts
         self.kind_ids: dict = {}
         self.notes: dict = {}      # step -> [note]
         self.pending: list = []    # closed steps not yet folded into the columns (done in batches, off the step)
+
+    def detailed(self, step: int) -> bool:
+        return step % self.every == 0 and (step < self.sample or step % self.sample == 0)
+
+    def dindex(self, step: int) -> int:
+        """How many detailed steps come before `step`."""
+        e, m, lcm = self.every, self.sample, self.lcm
+        head = (min(step, m) + e - 1) // e
+        return head + (max(0, (step + lcm - 1) // lcm - (m + lcm - 1) // lcm) if step > m else 0)
 
     def add(self, s: _Step) -> None:
         self.pending.append(s)
@@ -177,46 +178,49 @@ class _Steps(Sequence):
         for s in pending:
             self._add(s)
 
-    def _col(self, key, code) -> _Column:
-        c = self.cols.get(key)
+    def _col(self, cols, key, code, start) -> _Column:
+        c = cols.get(key)
         if c is None:
-            c = self.cols[key] = _Column(code, self.n)
+            c = cols[key] = _Column(code, start)
         return c
 
     def _add(self, s: _Step) -> None:
-        sbt = s.saved_by_type()
-        k = self.kind_ids.setdefault(tuple(sbt.items()), len(self.kinds))
-        if k == len(self.kinds):
-            self.kinds.append(sbt)
         c = self.cols
         if not c:
-            for key, code in _SCALARS:
-                self._col(key, code)
-            self.scalars = [c[key].append for key, _ in _SCALARS]
+            self.scalars = [self._col(c, key, code, 0).append for key, code in _SCALARS]
+            self.dscalars = [self._col(self.dcols, key, code, 0).append for key, code in _DSCALARS]
             self.fams = [[] for _ in _PER_PARAM]  # per family: [(name, column.append)]
             self.famkeys = [set() for _ in _PER_PARAM]  # per family: the names in self.fams
-        a = self.scalars
-        a[0](s.loss)
-        a[1](s.saved_tensors)
-        a[2](sum(nb for _, nb in s.storages.values()))
-        a[3](s.backward_passes)
-        a[4](k)
-        for fam, d, cols, keys in zip(_PER_PARAM, (s.grad_norm, s.update_norm, s.param_norm, s.effective_lr),
-                                      self.fams, self.famkeys):
-            if d.keys() == keys:  # the usual case: the same names as before
+        loss = s.loss
+        if type(loss) is torch.Tensor:  # the root of the step's last backward, detached
+            loss = loss.item() if loss.numel() == 1 and loss.layout == torch.strided else None
+        for append, v in zip(self.scalars, (value(loss), s.backward_passes)):  # _SCALARS' order
+            append(v)
+        detailed = s.detailed
+        if detailed:
+            sbt = s.saved_by_type()
+            k = self.kind_ids.setdefault(tuple(sbt.items()), len(self.kinds))
+            if k == len(self.kinds):
+                self.kinds.append(sbt)
+            for append, v in zip(self.dscalars, (s.saved_tensors, sum(nb for _, nb in s.storages.values()), k)):
+                append(v)
+        for fam, dct, cols, keys in zip(_PER_PARAM, (s.grad_norm, s.update_norm, s.param_norm, s.effective_lr),
+                                        self.fams, self.famkeys) if detailed else ():  # measured on detailed steps
+            if dct.keys() == keys:  # the usual case: the same names as before
                 for name, append in cols:
-                    append(d[name])
+                    append(value(dct[name]))
                 continue
-            for name in d:
+            for name in dct:
                 if name not in keys:  # a name not seen in this family yet
                     keys.add(name)
-                    cols.append((name, self._col((fam, name), "f").append))
-            get = d.get
+                    cols.append((name, self._col(self.dcols, (fam, name), "f", self.nd).append))
+            get = dct.get
             for name, append in cols:
-                append(get(name))
+                append(value(get(name)))
         if s.notes:
             self.notes[self.n] = list(dict.fromkeys(s.notes))
         self.n += 1
+        self.nd += detailed
 
     def __len__(self) -> int:
         return self.n + len(self.pending)
@@ -230,13 +234,17 @@ class _Steps(Sequence):
             i += self.n
         if not 0 <= i < self.n:
             raise IndexError(f"step {i} out of range: the watch recorded {self.n} steps")
-        c = self.cols
-        out = {"step": i, "loss": c["loss"].get(i), "saved_tensors": c["saved_tensors"].get(i),
-               "saved_bytes": c["saved_bytes"].get(i), "saved_by_type": dict(self.kinds[c["saved_by_type"].get(i)]),
-               "backward_passes": c["backward_passes"].get(i)}
+        c, dc = self.cols, self.dcols
+        detailed = self.detailed(i)
+        j = self.dindex(i) if detailed else -1
+        out = {"step": i}
+        for k, (_, _, when) in STEP_SCALARS.items():
+            out[k] = c[k].get(i) if when == "step" else dc[k].get(j) if detailed else None
+        out["saved_by_type"] = dict(self.kinds[dc["saved_by_type"].get(j)]) if detailed else {}
+        out["detailed"] = detailed
         for fam in _PER_PARAM:
-            out[fam] = {k[1]: v for k, col in c.items() if type(k) is tuple and k[0] == fam
-                        and (v := col.get(i)) is not None}
+            out[fam] = {k[1]: v for k, col in dc.items() if type(k) is tuple and k[0] == fam
+                        and (v := col.get(j)) is not None} if detailed else {}
         out["update_ratio"] = {n: (u / out["param_norm"][n] if out["param_norm"].get(n) else math.inf)
                                for n, u in out["update_norm"].items() if n in out["param_norm"]}
         out["notes"] = list(self.notes.get(i, ()))
@@ -244,79 +252,175 @@ class _Steps(Sequence):
 
 
 class _Timeline:
-    """The events of at most `keep` steps: the first keep // 2 and the most recent rest (keep=None: all)."""
+    """The events of at most `keep` steps: the first keep // 2 steps that have events and the most recent rest
+    (keep=None: all). The step in progress counts too."""
 
     def __init__(self, keep):
         self.keep = keep
-        self.head: list = []
+        self.head: list = []  # (step, events)
         self.tail: deque = deque(maxlen=None if keep is None else keep - keep // 2)
         self.cur: list = []
-        self.dropped = 0
+        self.dropped = 0      # steps whose events are not kept, from step dropped_from to dropped_to
+        self.dropped_from = self.dropped_to = None
 
-    def close(self) -> None:
+    def _drop(self, step: int) -> None:
+        self.dropped += 1
+        self.dropped_from = step if self.dropped_from is None else min(self.dropped_from, step)
+        self.dropped_to = step if self.dropped_to is None else max(self.dropped_to, step)
+
+    def close(self, step: int) -> None:
+        cur, self.cur = self.cur, []
+        if not cur:  # a step without detail (see sample=) takes no place
+            return
         if self.keep is None or len(self.head) < self.keep // 2:
-            self.head.append(self.cur)
+            self.head.append((step, cur))
         elif self.tail.maxlen == 0:
-            self.dropped += 1
+            self._drop(step)
         else:
             if len(self.tail) == self.tail.maxlen:
-                self.dropped += 1
-            self.tail.append(self.cur)
-        self.cur = []
+                self._drop(self.tail[0][0])
+            self.tail.append((step, cur))
 
-    def __iter__(self):  # an event stored as (builder, *args) is built here, when read
-        for evs in self.head:
+    def iter(self, step: int):
+        """The events, the step in progress (number `step`) last; an event stored as (builder, *args) is built
+        here, when read."""
+        tail, dropped = list(self.tail), (self.dropped, self.dropped_from, self.dropped_to)
+        if self.cur:  # the step in progress counts against `keep` too
+            if self.keep is None or len(self.head) < self.keep // 2:
+                tail.append((step, self.cur))  # it will join the head: nothing is dropped for it
+            elif self.tail.maxlen == 0:
+                dropped = (dropped[0] + 1, min(dropped[1] or step, step), step)
+            else:
+                tail.append((step, self.cur))
+                if len(tail) > self.tail.maxlen:
+                    gone = tail.pop(0)[0]
+                    dropped = (dropped[0] + 1, gone if dropped[1] is None else min(dropped[1], gone),
+                               gone if dropped[2] is None else max(dropped[2], gone))
+        for _, evs in self.head:
             yield from (e if type(e) is dict else e[0](*e[1:]) for e in evs)
-        if self.dropped:
-            first = len(self.head)
-            yield {"kind": "note", "step": first,
-                   "message": f"the detailed events of {self.dropped} steps from step {first} on are not kept "
-                              f"(keep={self.keep}); steps holds their summaries"}
-        for evs in self.tail:
+        n, first, last = dropped
+        if n:  # on a kept step (the last of the head, else the first of the tail): it takes no place of its own
+            at = self.head[-1][0] if self.head else tail[0][0] if tail else first
+            yield {"kind": "note", "step": at, "message": f"the detailed events of {n} steps ({first} to {last}) "
+                   f"are not kept (keep={self.keep}); steps holds their summaries"}
+        for _, evs in tail:
             yield from (e if type(e) is dict else e[0](*e[1:]) for e in evs)
-        yield from (e if type(e) is dict else e[0](*e[1:]) for e in self.cur)
 
 
 # ----------------------------------------------------------------------------- the watch
 
+class _Exit:
+    """What a ``with`` statement calls at the end of its block: ``Watch.__exit__`` gives one per lookup, and the
+    one the ``with`` statement took before ``__enter__`` ran is armed with a :class:`_Guard`. An interrupt can
+    land before any line of ``__exit__`` runs (Python checks for signals as a function starts), skipping it; the
+    ``with`` statement then drops this object, and the guard undoes the watch instead."""
+    __slots__ = ("w", "called", "guard", "__weakref__")
+
+    def __init__(self, w):
+        self.w, self.called, self.guard = w, False, None
+
+    def __call__(self, *exc):
+        self.called = True
+        self.w._close()
+        return False
+
+
+class _Guard:
+    """Undoes its watch when dropped while armed. Disarmed (its class switched to :class:`_Disarmed`, which has
+    no ``__del__``) once the watch is closed, so that the usual exit runs no ``__del__``: an interrupt landing in
+    one would be printed and lost."""
+    __slots__ = ("w",)
+
+    def __del__(self):
+        w = getattr(self, "w", None)  # made with __new__, then given its watch: an interrupt can fall between
+        if w is not None and w._state in ("entering", "active", "closing"):
+            try:
+                w._close()
+            except KeyboardInterrupt:  # __del__ cannot raise: deliver it again
+                import _thread
+
+                _thread.interrupt_main()
+
+
+class _Disarmed:
+    __slots__ = ("w",)
+
+
+class _ExitSlot:
+    """``Watch.__exit__``: on an instance a fresh :class:`_Exit`; on the class (``type(cm).__exit__``, as
+    ``contextlib.ExitStack`` looks it up) a plain function."""
+
+    def __get__(self, w, owner=None):
+        if w is None:
+            return _exit
+        e = _Exit(w)
+        w._last_exit = weakref.ref(e)
+        return e
+
+
+def _exit(w, *exc):
+    w._close()
+    return False
+
+
+def _on_stack(frame_id: int) -> bool:
+    f = sys._getframe(1)
+    while f is not None:
+        if id(f) == frame_id:
+            return True
+        f = f.f_back
+    return False
+
+
 class Watch:
     """Records training while active; see :func:`watch`. ``events`` is the timeline, ``steps`` one dict per step."""
 
-    def __init__(self, model, optimizer=None, retain=None, *, every: int = 1, keep: int | None = 100,
-                 saved: bool = True, grads: bool = True, updates: bool = True):
+    __exit__ = _ExitSlot()
+
+    def __init__(self, model, optimizer=None, retain=None, *, every: int = 1, sample: int = 20,
+                 keep: int | None = 100, saved: bool = True, grads: bool = True, updates: bool = True):
         if not isinstance(model, torch.nn.Module):
             raise LensTypeError(f"watch() needs the model as an nn.Module, got {type(model).__name__}; "
                                 "pass the module you train: lens.watch(model, optimizer=opt)")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise LensTypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
         self._retain = _retain_names(model, retain)
-        for name, v in (("every", every), ("keep", keep)):
-            if not (v is None and name == "keep") and (type(v) is not int or v < (1 if name == "every" else 0)):
-                raise LensValueError(f"{name} must be an int >= {1 if name == 'every' else 0}"
+        for name, v in (("every", every), ("sample", sample), ("keep", keep)):
+            if not (v is None and name == "keep") and (type(v) is not int or v < (0 if name == "keep" else 1)):
+                raise LensValueError(f"{name} must be an int >= {0 if name == 'keep' else 1}"
                                      f"{' or None' if name == 'keep' else ''}, got {v!r}")
         for name, v in (("saved", saved), ("grads", grads), ("updates", updates)):
             if not isinstance(v, bool):
                 raise LensTypeError(f"{name} must be True or False, got {v!r}")
         self._model = weakref.ref(model)
-        self._opt = optimizer
-        self._every, self._keep = every, keep
+        self._opt = weakref.ref(optimizer) if optimizer is not None else None
+        self._every, self._sample, self._keep = every, sample, keep
         self._flags = (saved, grads, updates)
         self._updates = updates
         self._has_opt = optimizer is not None
         self._names = {id(p): n for n, p in model.named_parameters()}
+        self._name_cache: dict = {}
         self._active = False
         self._tid = None
-        self._state = "new"
-        self._stack = None
-        self._steps = _Steps()
+        self._state = "new"            # -> entering -> active -> closing -> done
+        self._undo: list = []          # what __enter__ did, as functions that undo it (each idempotent)
+        self._last_exit = None         # weakref to the latest _Exit handed out
+        self._with_exit = None         # weakref to the _Exit of the `with` statement that entered, if one did
+        self._frame = None             # id() of the frame that entered
+        self._steps = _Steps(every, sample)
         self._timeline = _Timeline(keep)
-        self._cur = _Step(0, True)
-        self._saved = self._grads = None
+        self._cur = self._new_step(0)
+        self._saved = self._grads = self._forward = self._updates_rec = None
+        self._top = None               # graph task id of the backward() being run, if any
+        self._top_backward = False     # ... and whether it is a backward() (not a grad())
+        self._tasks: set = set()       # graph tasks seen since it began (nested ones too)
+        self._passes_hook = rec._no_compile(self._output_hook)
+        self._ends_hook = rec._no_compile(self._task_ends)
 
     @property
     def events(self) -> list[Event]:
         """The timeline (at most `keep` steps' events, see :func:`watch`)."""
-        return [Event(e) for e in self._timeline]
+        return [Event(e) for e in self._timeline.iter(self._cur.step)]
 
     @property
     def steps(self) -> _Steps:
@@ -328,52 +432,167 @@ class Watch:
         if self._state != "new":
             raise LensRuntimeError("this Watch has already run: a Watch records one session; create a new "
                                    "lens.watch(model, ...) to record again")
-        if _ACTIVE:
-            raise LensRuntimeError("lens.watch is already active: watches cannot be nested (the saved-tensor hooks "
-                                   "of the inner one would hide the outer one's); exit the first one first")
+        last, self._last_exit = self._last_exit, None
+        e = last() if last is not None else None
+        if e is not None and not e.called:  # the `with` statement's own exit object (holds the only ref to its guard)
+            guard = _Guard.__new__(_Guard)  # no __init__ call: no frame an interrupt could enter
+            guard.w, e.guard, self._with_exit = self, guard, last
+        self._frame = id(sys._getframe(1))
         model = self._model()
         if model is None:
             raise LensValueError("the model given to lens.watch() no longer exists: nothing but the watch referred "
                                  "to it, so it was freed. Keep it in a variable: model = Net(); "
                                  "with lens.watch(model, optimizer=opt): ...")
+        opt = self._opt() if self._opt is not None else None
+        for other in list(_ACTIVE):
+            if other._abandoned():  # its `with` block was left without its exit running (an interrupt)
+                other._close()
+        for other in _ACTIVE:
+            if other._model() is model or (opt is not None and other._opt is not None and other._opt() is opt):
+                raise LensRuntimeError("lens.watch is already active on this model or optimizer: watches cannot be "
+                                       "nested on the same one (the inner one's hooks would hide the outer one's); "
+                                       "exit the first one first")
         saved, grads, updates = self._flags
-        opt, self._opt = self._opt, None
-        stack = contextlib.ExitStack()
+        self._state = "entering"
+        undo = self._undo
         try:
-            stack.callback(self._finish)
-            mark_thread(True)
-            stack.callback(mark_thread, False)
             self._tid = threading.get_ident()
+            mark_thread(True)
+            undo.append(self._unmark)
             _ACTIVE.append(self)
-            stack.callback(_ACTIVE.remove, self)
-            stack.enter_context(rec.Passes(self))
+            undo.append(self._unregister)
+            recorders = []
             if saved:
-                self._saved = stack.enter_context(rec.SavedTensors(self))
+                recorders.append(self._saved_recorder())
+            # without parameter hooks, a hook on the model's outputs notices each backward
+            self._forward = rec.Forward(self, self._saved, outputs=not (grads and any(
+                p.requires_grad for p in model.parameters())))
+            recorders.append(self._forward)
             if grads:
-                self._grads = stack.enter_context(rec.Gradients(self))
+                self._grads = rec.Gradients(self)
+                recorders.append(self._grads)
             if self._retain:
-                stack.enter_context(rec.Retain(self, self._retain))
+                recorders.append(rec.Retain(self, self._retain))
             if opt is not None:
-                stack.enter_context(rec.Updates(self, opt))
+                self._updates_rec = rec.Updates(self, opt)
+                recorders.append(self._updates_rec)
+            for r in recorders:
+                undo.append(r.undo)  # first: an install cut short is undone too
+                r.install()
+            self._active, self._state = True, "active"
         except BaseException:
-            stack.close()
+            self._close()
             raise
-        self._stack, self._active, self._state = stack, True, "active"
         return self
 
-    def __exit__(self, *exc):
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
-        return False
+    def _saved_recorder(self):
+        self._saved = rec.SavedTensors(self)
+        return self._saved
+
+    def _unmark(self):
+        if threading.get_ident() == self._tid and not any(o is not self and o._tid == self._tid for o in _ACTIVE):
+            mark_thread(False)
+
+    def _unregister(self):
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+
+    def _abandoned(self) -> bool:
+        """Was this watch's `with` block left without its exit running (an interrupt at its first line)?"""
+        if self._state != "active" or self._with_exit is None:
+            return False
+        e = self._with_exit()
+        return e is None or e.called or not _on_stack(self._frame)
+
+    def _close(self) -> None:
+        """Undo what __enter__ did and finish the last step. Safe to call again, and it runs to the end even when
+        an exception arrives meanwhile (a KeyboardInterrupt from a signal): that one is held until everything is
+        undone, then raised. Each undo is idempotent, so one that was cut short simply runs again."""
+        if self._state in ("new", "done"):
+            return
+        self._state, self._active = "closing", False
+        held = None  # without its traceback: that holds this frame, which holds `held` (a cycle keeping them alive)
+        undo, failed = self._undo, None
+        while undo:
+            try:
+                while undo:
+                    undo[-1]()
+                    undo.pop()
+            except BaseException as e:  # noqa: BLE001 - held, raised below
+                held = held or e.with_traceback(None)
+                if isinstance(e, Exception):  # an undo that fails by itself (not an interrupt): dropped at its 2nd
+                    if failed is undo[-1]:
+                        undo.pop()
+                    failed = undo[-1] if undo else None
+        if self._state == "closing":
+            try:
+                self._finish()
+            except BaseException as e:  # noqa: BLE001 - held, raised below
+                held = held or e.with_traceback(None)
+        e = self._with_exit() if self._with_exit is not None else None
+        if e is not None and e.guard is not None:
+            e.guard.__class__ = _Disarmed  # closed: dropping it runs no __del__ (see _Guard)
+        if held is not None:
+            raise held
 
     def _finish(self):
-        if self._active:
+        self._state = "done"
+        self._grads_finish()
+        cur = self._cur
+        if cur.backward_passes or cur.saved_tensors or self._timeline.cur:
+            self._close_step()
+        self._saved = self._grads = self._forward = self._updates_rec = None
+        self._top, self._tasks = None, set()
+
+    # ------------------------------------------------------------------ backward passes
+    def _output_hook(self, grad_outputs):
+        """On the grad_fn of the model's outputs: every backward through the model runs it."""
+        if self._active and (threading.get_ident() == self._tid or in_marked_thread()):
+            self._sync()
+
+    def _sync(self) -> None:
+        """Called by every hook that runs during backward: notices a new backward() (or grad()) call."""
+        task = graph_task_id()
+        if task not in self._tasks:
+            self._task_begins(task)
+
+    def _task_begins(self, task: int) -> None:
+        call = engine_call(self._tid, nested=self._top is not None)
+        nested = call is not None and call.nested
+        if nested:
+            self._tasks.add(task)
+        else:
+            if self._top is not None:  # the previous backward raised: its end callback never ran
+                self._task_ends()
+            self._top, self._tasks = task, {task}
+            self._top_backward = call is None or call.accumulate
+            if not self._has_opt:  # without an optimizer the backward's end ends the step
+                queue_callback(self._ends_hook)
+        cur = self._cur
+        roots = call.roots if call is not None else ()
+        if self._saved is not None and roots and cur.detailed:
+            self._saved.attribute(roots)
+        if not nested and self._top_backward:
+            root = roots[0] if len(roots) == 1 else None
+            if type(root) is torch.Tensor:  # read when the step is folded into steps (GPU: with others, at once)
+                cur.loss = root.detach() if root.is_cpu and not rec.DEFER_ON_CPU else (
+                    rec.defer(root.detach().reshape(1).clone())[0] if root.numel() == 1 else None)
+            cur.backward_passes += 1
+            if self._grads is not None:
+                self._grads.pending = True
+            if cur.detailed:
+                self._timeline.cur.append((_backward_event, cur.step, cur.loss))
+
+    def _task_ends(self) -> None:
+        """The end callback of the top-level backward (or a later call finishing one whose callback never ran)."""
+        if self._top is None:
+            return
+        backward, self._top, self._tasks = self._top_backward, None, set()
+        if backward and self._state == "active" and not self._has_opt:
+            # without an optimizer a backward ends the step (with one, optimizer.step() does: the gradient norms
+            # are measured there, as the step receives them; measuring inside the engine's callback costs more)
             self._grads_finish()
-            if self._cur.backward_passes or self._cur.saved_tensors or self._timeline.cur:
-                self._close_step()
-        self._active, self._state = False, "done"
-        self._saved = self._grads = None
+            self._close_step()
 
     # ------------------------------------------------------------------ shared by the recorders
     def _named_params(self):
@@ -391,9 +610,26 @@ class Watch:
             name = self._names.setdefault(id(p), f"param{len(self._names)}")
         return name
 
-    def _grad_norm(self, name, p):
-        n = self._grads.norm_now(name, p.grad) if self._grads is not None else None
-        return rec.norms([p.grad.detach()])[0] if n is None and p.grad.layout == torch.strided else n
+    def _names_of(self, ps: list) -> list:
+        """The parameters' names (cached per list of parameters: optimizer groups rarely change)."""
+        key = (id(ps), len(ps), id(ps[0]) if ps else None, id(ps[-1]) if ps else None)
+        hit = self._name_cache.get(key)
+        if hit is None:
+            if len(self._name_cache) > 64:
+                self._name_cache.clear()
+            hit = self._name_cache[key] = [self._name(p) for p in ps]
+        return hit
+
+    def _grad_norms(self, ps: list) -> list:
+        """The norms of the parameters' .grad: those measured after backward when unchanged since, else now."""
+        names = self._names_of(ps)
+        out = [self._grads.norm_now(n, p.grad) for n, p in zip(names, ps)] if self._grads is not None else \
+            [None] * len(ps)
+        missing = [i for i, v in enumerate(out) if v is None and ps[i].grad.layout == torch.strided]
+        if missing:
+            for i, v in zip(missing, rec.norms([ps[i].grad.detach() for i in missing])):
+                out[i] = v
+        return out
 
     def _emit(self, e: dict) -> dict:
         self._timeline.cur.append(e)
@@ -404,31 +640,30 @@ class Watch:
             self._cur.notes.append(message)
             self._emit({"kind": "note", "step": self._cur.step, "message": message})
 
-    def _backward_begins(self, roots, top: bool):
-        if self._saved is not None:
-            self._saved.attribute(roots)
-        if top:
-            cur = self._cur
-            root = roots[0] if isinstance(roots, (list, tuple)) and len(roots) == 1 else roots
-            if isinstance(root, torch.Tensor) and root.numel() == 1 and root.layout == torch.strided:
-                cur.loss = root.item()
-            cur.backward_passes += 1
-            self._emit({"kind": "backward", "step": cur.step, "loss": cur.loss})
-
-    def _backward_ends(self):
+    def _step_begins(self):
+        """optimizer.step() is about to run: the step's backward passes are over."""
+        if self._top is not None and graph_task_id() == -1:  # its end callback never ran (it raised)
+            self._top, self._tasks = None, set()
         self._grads_finish()
-        if not self._has_opt:
-            self._close_step()
 
     def _grads_finish(self):
         if self._grads is not None:
             self._grads.finish()
 
+    def _new_step(self, step: int) -> _Step:
+        return _Step(step, step % self._every == 0, self._steps.detailed(step))
+
     def _close_step(self):
-        self._steps.add(self._cur)
-        self._timeline.close()
-        step = self._cur.step + 1
-        self._cur = _Step(step, step % self._every == 0)
+        cur = self._cur
+        if self._grads is not None:
+            self._grads.forget()
+        self._steps.add(cur)
+        self._timeline.close(cur.step)
+        self._cur = new = self._new_step(cur.step + 1)
+        if new.detailed != cur.detailed:
+            for r in (self._forward, self._grads, self._updates_rec):
+                if r is not None:
+                    r.step(new)
 
     def record_loss(self, loss) -> None:
         """Tell the watch this step's loss (``loss.backward()`` inside the watch does it by itself)."""
@@ -437,7 +672,8 @@ class Watch:
     # ------------------------------------------------------------------ output
     def to_records(self) -> list[dict]:
         """The events as flat dicts (tuples become lists), ready for JSON, CSV or pandas."""
-        return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in e.items()} for e in self._timeline]
+        return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in e.items()}
+                for e in self._timeline.iter(self._cur.step)]
 
     def save(self, path) -> Path:
         """Write the events to `path`: JSON lines (.jsonl / .json) or CSV (.csv).
@@ -465,7 +701,7 @@ class Watch:
         """Counts: steps, events (kept), by_kind, warnings."""
         kinds: dict = {}
         warns = []
-        for e in self._timeline:
+        for e in self._timeline.iter(self._cur.step):
             kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
             if e["kind"] == "warning":
                 warns.append(e["message"])
@@ -489,6 +725,12 @@ class Watch:
         return saved_bytes(self, ax=ax)
 
 
+def _backward_event(step, loss) -> dict:
+    if type(loss) is torch.Tensor:
+        loss = loss.item() if loss.numel() == 1 and loss.layout == torch.strided else None
+    return {"kind": "backward", "step": step, "loss": value(loss)}
+
+
 Watch.__doc__ += "\n\nEvent kinds (``EVENTS``; fields in brackets appear only where they apply):\n\n" + "\n".join(
     "    " + line for line in events_table().splitlines())
 
@@ -509,21 +751,26 @@ def _retain_names(model, retain) -> list[str]:
     return list(retain)
 
 
-def watch(model, *, optimizer=None, retain=None, every: int = 1, keep: int | None = 100, saved: bool = True,
-          grads: bool = True, updates: bool = True) -> Watch:
+def watch(model, *, optimizer=None, retain=None, every: int = 1, sample: int = 20, keep: int | None = 100,
+          saved: bool = True, grads: bool = True, updates: bool = True) -> Watch:
     """Log saved tensors, gradient accumulation, retained gradients and optimizer updates while training.
 
     Use as a context manager; a step ends at each ``optimizer.step()`` (or each ``backward()`` when no
     optimizer is given). ``retain`` names modules (as in ``model.named_modules()``) whose outputs get
-    ``retain_grad()``. ``every=N`` measures the norms (the costly statistics) every N-th step; ``keep`` bounds
-    the detailed timeline to that many steps (None: all). ``saved`` / ``grads`` / ``updates`` switch hook
-    groups off. Update norms of plain and momentum SGD come from lr·‖grad‖ / lr·‖buffer‖; for other
-    optimizers the watch keeps one copy of the parameters to measure before − after (``updates=False`` avoids
-    it). Event kinds are listed in ``autogradlens.watching.EVENTS``.
+    ``retain_grad()``. Every step records its loss and backward passes; the detailed steps (the first ``sample``
+    steps, then every ``sample``-th; ``sample=1``: every step) also the statistics that read whole tensors
+    (gradient, update and parameter norms, momentum buffers, Adam's moments and step sizes, the parameter copy
+    that measures an update), the zero_grad() check and the timeline (``events``: pack, unpack, backward,
+    accumulate, retain, update). ``every=N`` keeps only the detailed steps that are multiples of N. ``keep``
+    bounds the timeline to that many steps (None: all). ``saved`` / ``grads`` / ``updates`` switch hook groups
+    off. Update norms of plain and momentum SGD come from lr·‖grad‖ / lr·‖buffer‖; for other optimizers the
+    watch keeps one copy of the parameters to measure before − after (``updates=False`` avoids it). Saved
+    tensors are those of the model's forward. Event kinds are listed in ``autogradlens.watching.EVENTS``, step
+    fields in ``STEP_SCALARS``, ``STEP_PER_PARAM`` and ``STEP_DERIVED``.
 
     Raises:
         LensTypeError: `model` is not an ``nn.Module``, `optimizer` not an optimizer, `retain` not names.
-        LensValueError: `retain` names a module the model lacks; `every` < 1; `keep` < 0.
+        LensValueError: `retain` names a module the model lacks; `every` or `sample` < 1; `keep` < 0.
 
     Example:
         >>> import torch, torch.nn as nn, autogradlens as lens
@@ -537,4 +784,5 @@ def watch(model, *, optimizer=None, retain=None, every: int = 1, keep: int | Non
         >>> len(w.steps), sorted({e.kind for e in w.events})
         (2, ['accumulate', 'backward', 'pack', 'retain', 'unpack', 'update'])
     """
-    return Watch(model, optimizer, retain, every=every, keep=keep, saved=saved, grads=grads, updates=updates)
+    return Watch(model, optimizer, retain, every=every, sample=sample, keep=keep, saved=saved, grads=grads,
+                 updates=updates)

@@ -1,17 +1,19 @@
-"""Step time with and without lens.watch: a 784-256-10 MLP (batch 128) and a small CNN (batch 64), SGD and Adam.
+"""Step time with and without lens.watch, as users see it: wall time at torch's default threads. A 784-256-10 MLP
+(batch 128) with SGD and with Adam, and a small CNN (batch 64). Target (default settings): <= 1.10x.
 
-    python benchmarks/bench_watch.py [--rounds 30] [--steps 10] [--models mlp,cnn] [--threads N] [--clock cpu|wall]
+    python benchmarks/bench_watch.py [--rounds 30] [--steps 20] [--models mlp,cnn] [--threads 0] [--clock wall|cpu]
 
-One model trains throughout; every round times a few steps of each configuration (a new watch each time) in
-a shuffled order, so a machine that gets busier or quieter affects all of them alike. Reported: the ratio of
-medians against plain training, and the spread of the per-round ratios (25%-75%). Target (defaults): <= 1.10x.
-The breakdown rows switch on one hook group at a time (saved tensors, gradients, optimizer updates); the
-floor rows run no watch: "no-op hooks" installs the same PyTorch hooks with empty bodies, "statistics' reads"
-does only the tensor passes the default statistics need each step (gradient, parameter and, for Adam,
-exp_avg and exp_avg_sq norms, and the update measured as before - after), so what the watch adds beyond
-them can be read off.
-On a machine shared with other work, ``--clock cpu`` (this process's CPU time, the default) with one torch
-thread is much steadier than wall time; ``--clock wall --threads 2`` measures what a user waits for.
+One model trains throughout; every round times `--steps` steps of each configuration in a shuffled order, so a
+machine that gets busier or quieter affects all of them alike. A watch is timed in its steady state: each round
+enters a new watch and first runs as many untimed steps as it details in full at its start (`sample`).
+Reported: the ratio of medians against plain training, and the spread of the per-round ratios (25%-75%).
+Rows: the default watch; every step detailed (sample=1, what the defaults avoid); one hook group at a time (the
+rows without parameter hooks notice backward passes with a hook on the model's output, whose forward hooks then
+run every step: they cost more than the defaults); and two floors without a watch: the same PyTorch hooks with
+empty bodies, and only the tensor reads the statistics need (gradient, parameter and, for Adam, exp_avg and
+exp_avg_sq norms, and the update measured as before - after) taken every step — what detailing every step costs
+at the least.
+On a machine shared with other work, ``--clock cpu --threads 1`` (this process's CPU time) is steadier.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import torch.nn.functional as F
 
 import autogradlens as lens
 
+SAMPLE = lens.Watch.__init__.__kwdefaults__["sample"]  # the default watch details its first SAMPLE steps
 CONFIGS = {
     "plain": None,
     "watch (defaults)": {},
+    "watch, every step detailed": {"sample": 1},
     "  saved tensors only": {"grads": False, "updates": False},
     "  gradients only": {"saved": False, "updates": False},
     "  optimizer updates only": {"saved": False, "grads": False},
-    "watch every=10": {"every": 10},
     "floor: no-op hooks": "noop",
     "floor: statistics' reads": "reads",
 }
@@ -54,7 +57,7 @@ def noop_hooks(model, opt):
 
 
 def reads(model, opt):
-    """The tensor passes of the default statistics, as a function run after each step (pre-step copy included)."""
+    """The tensor passes of the statistics, as a function run after each step (pre-step copy included)."""
     ps = list(model.parameters())
     bufs = [torch.empty_like(p) for p in ps]
     adam = isinstance(opt, torch.optim.Adam)
@@ -62,15 +65,16 @@ def reads(model, opt):
     def before():
         torch._foreach_norm([p.grad for p in ps], 2)
         if adam:
-            torch._foreach_copy_(bufs, ps)
+            torch._foreach_copy_(bufs, [p.detach() for p in ps])
 
     def after():
         if adam:
             st = [opt.state[p] for p in ps]
-            torch._foreach_sub_(bufs, ps)
-            torch._foreach_norm(ps + bufs + [s["exp_avg"] for s in st] + [s["exp_avg_sq"] for s in st], 2)
+            torch._foreach_sub_(bufs, [p.detach() for p in ps])
+            torch._foreach_norm([p.detach() for p in ps] + bufs + [s["exp_avg"] for s in st]
+                                + [s["exp_avg_sq"] for s in st], 2)
         else:
-            torch._foreach_norm(ps, 2)
+            torch._foreach_norm([p.detach() for p in ps], 2)
 
     return before, after
 
@@ -96,7 +100,7 @@ def make(model_name, opt_name):
 
 
 CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
-clock = CLOCK["cpu"]
+clock = CLOCK["wall"]
 
 
 def steps(model, opt, xs, ys, hooks=None):
@@ -138,7 +142,10 @@ def bench(model_name, opt_name, rounds, n_steps):
                 times[c].append(steps(model, opt, xs, ys, reads(model, opt)))
                 continue
             with lens.watch(model, optimizer=opt, **CONFIGS[c]):
-                steps(model, opt, xs[:2], ys[:2])  # the watch's first steps fill its caches
+                warm = CONFIGS[c].get("sample", SAMPLE)
+                for i in range(0, warm, n_steps):  # the steps it details in full at its start
+                    k = min(n_steps, warm - i)
+                    steps(model, opt, xs[:k], ys[:k])
                 times[c].append(steps(model, opt, xs, ys))
     plain = statistics.median(times["plain"])
     rows = []
@@ -152,14 +159,15 @@ def bench(model_name, opt_name, rounds, n_steps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--models", default="mlp,cnn")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--clock", choices=list(CLOCK), default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--clock", choices=list(CLOCK), default="wall")
     args = ap.parse_args()
     global clock
     clock = CLOCK[args.clock]
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} time; {args.steps} steps x "
           f"{args.rounds} interleaved rounds; ratio = median step time / median plain step time")
     for m in args.models.split(","):

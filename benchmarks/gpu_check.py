@@ -1,6 +1,12 @@
-"""trace, mirror, watch and diff on a CUDA model: what works, and the watch overhead on the GPU.
+"""trace, mirror, watch and diff on a CUDA model: what works, the watch overhead on the GPU, and its syncs.
 
     python benchmarks/gpu_check.py [--rounds 7] [--steps 50] [--zoo]
+
+The overhead is timed in the watch's steady state (after the steps it details in full at its start), with the
+default settings and with every step detailed (sample=1). The sync check runs steady-state steps under
+``torch.cuda.set_sync_debug_mode("warn")`` and counts the host-device synchronisations PyTorch reports, with and
+without a watch: a watch keeps what it measures on the GPU and reads it back 16 steps at a time, so it adds at
+most one per 16 steps (plus its detailed steps' reads of CPU-side optimizer counters, none on the GPU).
 
 --zoo also mirrors every model of tests/zoo.py on the GPU in float64, float32 (TensorFloat-32 convolutions,
 PyTorch's default), float32 with TensorFloat-32 matrix products too, bfloat16, float16 and bf16 autocast, and
@@ -171,38 +177,84 @@ def zoo_check(seeds: int = 1) -> int:
     return bad
 
 
+SAMPLE = lens.Watch.__init__.__kwdefaults__["sample"]
+
+
+def _training(opt_name, n_steps):
+    model, _, _ = model_and_batch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1) if opt_name == "sgd" else torch.optim.Adam(model.parameters())
+    g = torch.Generator(device="cuda").manual_seed(1)
+    xs = torch.randn(n_steps, 128, 1, 28, 28, device="cuda", generator=g)
+    ys = torch.randint(0, 10, (n_steps, 128), device="cuda", generator=g)
+
+    def run(k, timed=True):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(k):
+            opt.zero_grad()
+            F.cross_entropy(model(xs[i % n_steps]), ys[i % n_steps]).backward()
+            opt.step()
+        if timed:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / k
+
+    return model, opt, run
+
+
 def overhead(rounds, n_steps):
-    def one(watched, opt_name):
-        model, _, _ = model_and_batch()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1) if opt_name == "sgd" else torch.optim.Adam(model.parameters())
-        g = torch.Generator(device="cuda").manual_seed(1)
-        xs = torch.randn(n_steps, 128, 1, 28, 28, device="cuda", generator=g)
-        ys = torch.randint(0, 10, (n_steps, 128), device="cuda", generator=g)
-
-        def run(k):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for i in range(k):
-                opt.zero_grad()
-                F.cross_entropy(model(xs[i]), ys[i]).backward()
-                opt.step()
-            torch.cuda.synchronize()
-            return (time.perf_counter() - t0) / k
-
-        run(5)
-        if not watched:
-            return run(n_steps)
-        with lens.watch(model, optimizer=opt):
-            run(3)
-            return run(n_steps)
-
+    """Median step time, plain against watched (steady state), interleaved rounds."""
     for opt_name in ("sgd", "adam"):
-        plain, watched = [], []
+        model, opt, run = _training(opt_name, n_steps)
+        run(5)
+        times = {"plain": [], "watch (defaults)": [], "every step detailed": []}
         for _ in range(rounds):
-            plain.append(one(False, opt_name))
-            watched.append(one(True, opt_name))
-        p, w = statistics.median(plain), statistics.median(watched)
-        print(f"  {opt_name:5s} plain {p * 1e3:7.3f} ms/step   watched {w * 1e3:7.3f} ms/step   ratio {w / p:.3f}")
+            times["plain"].append(run(n_steps))
+            for name, kw in (("watch (defaults)", {}), ("every step detailed", {"sample": 1})):
+                with lens.watch(model, optimizer=opt, **kw):
+                    run(kw.get("sample", SAMPLE))  # the steps it details in full at its start
+                    times[name].append(run(n_steps))
+        p = statistics.median(times["plain"])
+        print(f"  {opt_name:5s} plain {p * 1e3:7.3f} ms/step" + "".join(
+            f"   {k} {statistics.median(v) * 1e3:7.3f} ms ({statistics.median(v) / p:.3f}x)"
+            for k, v in times.items() if k != "plain"))
+
+
+def count_syncs(n_steps: int = 64) -> dict:
+    """Host-device synchronisations PyTorch reports (set_sync_debug_mode("warn")) in `n_steps` steady-state steps,
+    plain and under a default watch."""
+    import warnings
+
+    out = {}
+    for opt_name in ("sgd", "adam"):
+        model, opt, run = _training(opt_name, 16)
+        run(5)
+        for label in ("plain", "watch"):
+            ctx = lens.watch(model, optimizer=opt) if label == "watch" else None
+            if ctx is not None:
+                ctx.__enter__()
+                run(SAMPLE + 3)  # past the detailed start, and not at a batch boundary
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    torch.cuda.set_sync_debug_mode("warn")
+                    try:
+                        run(n_steps, timed=False)
+                    finally:
+                        torch.cuda.set_sync_debug_mode("default")
+            finally:
+                if ctx is not None:
+                    ctx.__exit__(None, None, None)
+            out[(opt_name, label)] = sum("synchroniz" in str(c.message) for c in caught)
+    return out
+
+
+def check_no_sync_per_step():
+    n = 64
+    counts = count_syncs(n)
+    for opt_name in ("sgd", "adam"):
+        added = counts[(opt_name, "watch")] - counts[(opt_name, "plain")]
+        assert added <= n // 16 + 1, (opt_name, counts)  # one read-back per 16 steps (+1: a detailed step)
+    return ", ".join(f"{o} {l}: {c}" for (o, l), c in counts.items()) + f" syncs in {n} steady-state steps"
 
 
 def main() -> int:
@@ -217,7 +269,8 @@ def main() -> int:
         return 0
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}")
     failed = 0
-    for check in (check_trace, check_mirror, check_watch, check_watch_identical, check_inplace_error, check_diff):
+    for check in (check_trace, check_mirror, check_watch, check_watch_identical, check_inplace_error, check_diff,
+                  check_no_sync_per_step):
         try:
             print(f"ok      {check.__name__[6:]:18s} {check()}")
         except Exception as e:  # report and go on: the point is to list what works
@@ -227,7 +280,7 @@ def main() -> int:
     if args.zoo:
         print("the test zoo mirrored on the GPU (a mismatch here is a false alarm):")
         failed += zoo_check(args.seeds)
-    print("watch overhead on the GPU (conv + MLP, batch 128, interleaved, ratio of medians):")
+    print("watch overhead on the GPU (conv + MLP, batch 128, steady state, interleaved, ratio of medians):")
     try:
         overhead(args.rounds, args.steps)
     except Exception as e:

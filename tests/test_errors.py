@@ -107,7 +107,8 @@ DAMAGED = {
     "node id a number": (lambda d: d["nodes"][0].update(id=7), r"nodes\[0\]\.id: expected a string"),
     "duplicate id": (lambda d: d["nodes"][1].update(id=d["nodes"][0]["id"]), "appears twice"),
     "node without type": (lambda d: d["nodes"][2].pop("type"), r"nodes\[2\]: missing key 'type'"),
-    "shape not a list": (lambda d: d["nodes"][0].update(shape="3x4"), r"nodes\[0\]\.shape: expected a list of int"),
+    "shape not a list": (lambda d: d["nodes"][0].update(shape="3x4"),
+                         r"nodes\[0\]\.shape: expected a list of at most 64 non-negative int"),
     "negative size": (lambda d: d["nodes"][0].update(shape=[-1]), r"nodes\[0\]\.shape"),
     "saved not a list": (lambda d: d["nodes"][0].update(saved={}), r"nodes\[0\]\.saved: expected a list"),
     "slot without state": (lambda d: next(n for n in d["nodes"] if n["saved"])["saved"][0].pop("state"),
@@ -124,7 +125,7 @@ DAMAGED = {
     "dangling edge": (lambda d: d["edges"][0].update(v="Nope:0"), r"edges\[0\]\.v: 'Nope:0' is not a node"),
     "dangling edge start": (lambda d: d["edges"][1].update(u="Nope:1"), r"edges\[1\]\.u: 'Nope:1' is not a node"),
     "edge without v": (lambda d: d["edges"][0].pop("v"), r"edges\[0\]: missing key 'v'"),
-    "edge key a string": (lambda d: d["edges"][0].update(key="0"), r"edges\[0\]\.key: expected an integer"),
+    "edge key a string": (lambda d: d["edges"][0].update(key="0"), r"edges\[0\]\.key: expected a non-negative integer"),
     "edges: null": (lambda d: d.update(edges=None), r"edges: expected a list, got null"),
     "duplicate edge": (lambda d: d["edges"].append(dict(d["edges"][0])), "a second edge"),
     "deep nesting (100,000)": (_deep(100_000), "nested too deeply"),
@@ -132,7 +133,7 @@ DAMAGED = {
     "deep attrs": (lambda d: d["nodes"][0]["attrs"].update(x=json.loads("[" * 300 + "]" * 300)),
                    r"nodes\[0\]\.attrs: nested more than 80 levels deep"),
     "deep slot extra": (lambda d: next(n for n in d["nodes"] if n["saved"])["saved"][0].update(
-        x=json.loads("[" * 300 + "]" * 300)), r"saved\[0\]: nested more than 80 levels deep"),
+        x=json.loads("[" * 300 + "]" * 300)), r"saved\[0\]\.x: nested more than 80 levels deep"),
     "name a number": (lambda d: d["nodes"][0].update(name=5), r"nodes\[0\]\.name: expected a string or null"),
 }
 
@@ -167,6 +168,142 @@ def test_from_json_is_lenient_where_it_can_be():
     n0 = back.graph.nodes[d["nodes"][0]["id"]]
     assert n0["outputs"] == [n0["shape"]] and n0["not_saved"] == [] and n0["extra"] == {"kept": True}
     assert "TanhBackward0:0" in back.to_text()
+
+
+def _paths(o, p=()):
+    yield p
+    children = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else ()
+    for k, v in children:
+        yield from _paths(v, p + (k,))
+
+
+def _set(o, path, v):
+    for k in path[:-1]:
+        o = o[k]
+    if v is _DELETE:
+        del o[path[-1]]
+    else:
+        o[path[-1]] = v
+
+
+_DELETE = object()
+# what a damaged or hostile file may hold where a trace has something else
+HOSTILE = [_DELETE, None, True, -1, 2**64, 10**400, 1.5, "nan", "", "x\x00y", "\x1b[2J", "\ud800", "y" * 20_000,
+           [], {}, [-1], ["a"], {"norm": "x"}]
+
+
+def _usable(t):
+    """Everything a user does with a Trace read from a file."""
+    t.summary(), repr(t), t.to_text(), t.to_text(show_attrs=True), t.to_dot(), t.to_dot(show_attrs=True, grads=True)
+    lens.diff(t, t).to_text()
+    assert lens.Trace.from_json(t.to_json()).to_json() == t.to_json()
+
+
+def _hostile_docs():
+    x = torch.randn(3, requires_grad=True)
+    w = torch.randn(3, requires_grad=True)
+    a, b = lens.Value(2.0, label="a"), lens.Value(-3.0)
+    c = (a * b).tanh()
+    c.backward()
+    return [lens.trace((x * w).tanh().sum(), params={"w": w}, grads=True).to_json(), lens.trace(c).to_json()]
+
+
+@pytest.mark.parametrize("doc", [0, 1], ids=["tensor graph with grads", "Value graph"])
+def test_a_hostile_value_anywhere_is_refused_or_the_trace_works(doc):
+    """Every key of a trace replaced by every hostile value (or removed): from_json refuses it with a
+    LensValueError naming the place, or what it accepts can be summarised, printed, drawn and diffed."""
+    base = json.loads(_hostile_docs()[doc])
+    accepted = refused = 0
+    for path in list(_paths(base))[1:]:
+        for v in HOSTILE:
+            d = json.loads(json.dumps(base))
+            _set(d, path, v)
+            try:
+                t = lens.Trace.from_json(json.dumps(d))
+            except LensValueError as e:  # names the place: the node or edge edited, or what now dangles
+                place = f"{path[0]}[{path[1]}]" if len(path) > 1 and path[0] != "root" else str(path[0])
+                assert (place in str(e) or "is not a node" in str(e) or "cycle" in str(e)
+                        or path[0] == "schema" and "not an autogradlens trace" in str(e)), (path, str(e))
+                refused += 1
+                continue
+            _usable(t)
+            accepted += 1
+    assert accepted > 100 and refused > 1000  # both happen (free-form attrs take anything clean)
+
+
+def test_random_byte_flips_are_refused_or_the_trace_works(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    docs = [s.encode() for s in _hostile_docs()]
+    accepted = 0
+    for i in range(400):
+        b = bytearray(docs[i % 2])
+        for _ in range(rng.choice((1, 2, 3))):
+            b[rng.randrange(len(b))] = rng.choice((rng.randrange(256), *b'0123456789-."{}[],:ntfe '))
+        try:
+            t = lens.Trace.from_json(bytes(b))
+        except LensValueError:
+            continue
+        _usable(t)
+        if accepted % 40 == 0:
+            t.render(tmp_path / "t.svg")
+        accepted += 1
+    assert accepted > 20
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda d: d["nodes"][0].update(data=None), r"nodes\[0\]\.data: expected a number"),
+    (lambda d: d["nodes"][1].pop("grad"), r"nodes\[1\]: missing key 'grad'"),
+    (lambda d: d["nodes"][2].pop("data"), r"nodes\[2\]: missing key 'data' \(in a graph of Values"),
+    (lambda d: d["nodes"][0].update(label="\x1b[2J"), r"nodes\[0\]\.label: expected a string or null, got a string "
+                                                      r"with control characters"),
+    (lambda d: d["nodes"][0].update(grad=10**400), r"nodes\[0\]\.grad: expected a number"),
+])
+def test_a_damaged_value_graph_names_the_place(edit, msg):
+    d = json.loads(_hostile_docs()[1])
+    edit(d)
+    refuses(lambda: lens.Trace.from_json(json.dumps(d)), LensValueError, msg)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda d: d["nodes"][0].update(grad={}), r"nodes\[0\]\.grad: missing key 'norm'"),
+    (lambda d: d["nodes"][0].update(grad={"norm": -1}), r"nodes\[0\]\.grad\.norm: a norm cannot be negative"),
+    (lambda d: d["nodes"][0]["grad"].update(values=[["x"]]), r"nodes\[0\]\.grad\.values: expected a number"),
+    (lambda d: d["edges"][0].update(input_nr=2**64), r"edges\[0\]\.input_nr: expected a non-negative integer, "
+                                                     r"got an integer outside 64 bits"),
+    (lambda d: next(n for n in d["nodes"] if n["saved"])["saved"][0].pop("storage_nbytes"),
+     r"saved\[0\]\.storage_nbytes: expected the storage's size"),
+    (lambda d: d["nodes"][1].update(id="y" * 20_000), r"nodes\[1\]\.id: expected a string, got a string of 20,000 "),
+    (lambda d: d["edges"].append({"u": d["edges"][-1]["v"], "v": d["root"], "key": 9, "input_nr": 0, "slot": 9}),
+     r"edges: a cycle .* an autograd graph has none"),
+    ('{"schema": "autogradlens.trace/1", "root": "A",\n "nodes": [' + "9" * 5000 + '], "edges": []}',
+     r"line 2 column 12: a number of 5000 digits \(Python reads at most 4300\)"),
+])
+def test_a_damaged_tensor_trace_names_the_place(edit, msg):
+    if callable(edit):
+        d = json.loads(_hostile_docs()[0])
+        edit(d)
+        edit = json.dumps(d)
+    refuses(lambda: lens.Trace.from_json(edit), LensValueError, msg)
+
+
+def test_the_cli_prints_one_error_line_for_any_damaged_trace(tmp_path, capsys):
+    d = json.loads(_hostile_docs()[0])
+    cases = {"grad.json": lambda x: x["nodes"][0].update(grad={"norm": None}),
+             "nbytes.json": lambda x: next(n for n in x["nodes"] if n["saved"])["saved"][0].pop("storage_nbytes"),
+             "cycle.json": lambda x: x["edges"].append({"u": x["edges"][-1]["v"], "v": x["root"], "key": 9,
+                                                        "input_nr": 0, "slot": 9})}
+    for name, edit in cases.items():
+        x = json.loads(json.dumps(d))
+        edit(x)
+        (tmp_path / name).write_text(json.dumps(x))
+    (tmp_path / "digits.json").write_text('{"schema": "autogradlens.trace/1", "root": ' + "7" * 5000 + "}")
+    for name in [*cases, "digits.json"]:
+        for argv in (["trace", str(tmp_path / name)], ["diff", str(tmp_path / name), str(tmp_path / name)]):
+            assert cli.main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith("autogradlens: error: ") and "Traceback" not in err, err
 
 
 # ----------------------------------------------------------------------------- mirror, watch, diff, Value

@@ -78,3 +78,12 @@ def _entries():
 def test_public_entries_say_what_they_raise(name):
     doc = _entries()[name].__doc__ or ""
     assert "Raises:" in doc and "Lens" in doc.split("Raises:")[1], f"{name}: docstring lists no Lens error it raises"
+
+
+def test_looking_for_main_does_not_run_the_command_line():
+    """Doc tools and IDEs ask ``hasattr(package, "__main__")``: that must answer False, not run the CLI and exit."""
+    code = ("import autogradlens as lens\n"
+            "print(hasattr(lens, '__main__'), hasattr(lens, '__wrapped__'), hasattr(lens, '_files'))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert r.returncode == 0 and r.stdout.split() == ["False", "False", "True"], (r.returncode, r.stdout, r.stderr)

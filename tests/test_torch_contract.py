@@ -185,3 +185,84 @@ def test_a_tensors_python_hooks_are_in_backward_hooks():
     assert torch.equal(hook(torch.ones(3)), torch.full((3,), 2.0))
     h.remove()
     assert _torch.tensor_hooks(x) == []
+
+
+def test_graph_task_ids_and_end_callbacks_inside_backward():
+    x = torch.randn(3, requires_grad=True)
+    seen, ended = [], []
+
+    def hook(g):
+        seen.append(_torch.graph_task_id())
+        _torch.queue_callback(lambda: ended.append(_torch.graph_task_id()))
+
+    x.register_hook(hook)
+    x.exp().sum().backward()
+    x.sin().sum().backward()
+    assert len(seen) == 2 and seen[0] >= 0 and seen[1] != seen[0] and ended == seen
+    assert _torch.graph_task_id() == -1  # outside a backward
+
+
+def test_the_engine_frame_gives_roots_kind_and_nesting():
+    import threading
+
+    tid = threading.get_ident()
+    calls = []
+    x = torch.randn(3, requires_grad=True)
+    x.register_hook(lambda g: calls.append(_torch.engine_call(tid)))
+    loss = x.exp().sum()
+    loss.backward(retain_graph=True)
+    torch.autograd.grad(loss, x)
+    assert calls[0].roots[0] is loss and calls[0].accumulate and not calls[0].nested
+    assert calls[1].roots[0] is loss and not calls[1].accumulate
+
+    class Inner(torch.autograd.Function):  # a backward that runs a backward: nested, as reentrant checkpoint does
+        @staticmethod
+        def forward(ctx, t):
+            return t * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            with torch.enable_grad():
+                y = torch.randn(2, requires_grad=True)
+                y.register_hook(lambda gy: calls.append(_torch.engine_call(tid)))
+                y.pow(2).sum().backward()
+            return g * 2
+
+    calls.clear()
+    Inner.apply(x).sum().backward()
+    assert [c.nested for c in calls] == [True, False]  # the inner backward's hook, then x's
+
+
+def test_saved_tensor_hooks_are_disabled_inside_torch_func():
+    seen = []
+    torch.func.grad(lambda t: (seen.append(_torch.saved_hooks_enabled()) or t.sin()).sum())(torch.randn(3))
+    assert seen == [False] and _torch.saved_hooks_enabled()
+
+
+def test_remove_hook_finds_each_kind_of_hook_by_identity():
+    model = nn.Linear(2, 2)
+    p = model.weight
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def fn(*a):
+        return None
+
+    model.register_forward_pre_hook(fn)
+    model.register_forward_hook(fn, always_call=True)
+    p.register_hook(fn)
+    p.register_post_accumulate_grad_hook(fn)
+    opt.register_step_pre_hook(fn)
+    opt.register_step_post_hook(fn)
+    for owner, kind in ((model, "forward_pre"), (model, "forward"), (p, "tensor"), (p, "post_accumulate"),
+                        (opt, "step_pre"), (opt, "step_post")):
+        _torch.remove_hook(owner, kind, fn)
+        for name in _torch.HOOK_DICTS[kind]:
+            assert fn not in (getattr(owner, name, None) or {}).values()
+    assert not model._forward_hooks_always_called and not p._backward_hooks
+
+
+def test_no_compile_marks_the_code_instead_of_wrapping():
+    def hook(g):
+        return None
+
+    assert _torch.no_compile(hook) is hook and hook.__code__ in _torch._SKIPPED

@@ -39,8 +39,10 @@ print("by node type:", step["saved_by_type"])
 
 # %% [markdown]
 # Why each one: a Linear's backward needs its input to compute dW = Gᵀ·x (`mat1`) and the weight to
-# compute dx (`mat2`, a transposed *view* of the weight: no copy); ReLU keeps its output for the mask;
-# log-softmax keeps its output; NLL keeps the log-probabilities it picked from and the targets.
+# compute dx (`mat2`, a transposed *view* of the weight: no copy); ReLU keeps its output for the mask.
+# `watch` records what the model's forward saves; the loss, computed outside the model, saves a little more
+# (log-softmax keeps its output, NLL the log-probabilities it picked from and the targets): `lens.trace` of
+# the loss shows every saved tensor of the graph.
 #
 # ## It grows with the batch size
 

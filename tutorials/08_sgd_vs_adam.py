@@ -39,13 +39,15 @@ for name in ("sgd", "adam"):
 # SGD's effective step size is its learning rate. Adam's differs per parameter and over time.
 
 # %%
-for name, h in runs.items():
-    first, last = h.watch.steps[0], h.watch.steps[-1]
+for name, h in runs.items():  # step sizes are sampled (detailed steps: every 20th by default): the last one taken
+    first, last = h.watch.steps[0], [s for s in h.watch.steps if s["detailed"]][-1]
     print(name, {k: f"{first['effective_lr'][k]:.3g} -> {last['effective_lr'][k]:.3g}" for k in first["effective_lr"]})
 
 # %% [markdown]
 # ## Adam's state
-# `exp_avg` (m) and `exp_avg_sq` (v) live in `optimizer.state[p]`; watch logs their norms every step.
+# `exp_avg` (m) and `exp_avg_sq` (v) live in `optimizer.state[p]`; watch logs their norms on its detailed steps,
+# the first 20 and then every 20th (reading them every step would slow Adam by a third; `lens.watch(...,
+# sample=1)` takes them every step).
 
 # %%
 ups = [e for e in runs["adam"].watch.events if e.kind == "update" and e.param == "net.2.weight"]
