@@ -109,12 +109,12 @@ def test_a_shallow_graph_is_left_as_pytorch_made_it():
 
     import autogradlens as lens
     from autogradlens._freeing import DEEP, KEY
-    from autogradlens.tracing import _walk
+    from autogradlens.tracing import walk
 
     model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(20)])
     loss = model(torch.randn(2, 4)).sum()
     lens.trace(loss, params=model)
-    order, nexts = _walk([loss.grad_fn])
+    order, nexts = walk([loss.grad_fn])
     assert not any(KEY in fn.metadata for fn in order) and 60 < len(order) < DEEP
 
 
@@ -123,11 +123,11 @@ def test_deep_graphs_get_a_hold_on_every_node_with_children(steps, deep):
     import torch
 
     from autogradlens._freeing import KEY
-    from autogradlens.tracing import _walk
+    from autogradlens.tracing import walk
 
     h = w = torch.randn(3, requires_grad=True)
     for _ in range(steps):
         h = torch.tanh(h * w + 1)  # mul, add, tanh: 3 nodes per step
-    order, nexts = _walk([h.sum().grad_fn])
+    order, nexts = walk([h.sum().grad_fn])
     held = [KEY in fn.metadata for fn, nf in zip(order, nexts) if any(f is not None for f, _ in nf)]
     assert all(held) if deep else not any(held)
