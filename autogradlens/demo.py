@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from . import plots, report
+from .checking import check
 from .diffing import diff
 from .errors import LensTypeError, LensValueError
-from .examples import MLP, neuron, neuron_formula
+from .examples import MLP, makemore_exercise, neuron, neuron_formula
 from .mirror import mirror
 from .tracing import trace
 from .training import DEFAULT_LR, fit
@@ -152,6 +153,18 @@ def run_demo(out="out", data: str = "digits", epochs: int = 30, progress: bool =
         f"{c['mismatch']} disagree. Elementwise rules agree to the bit; matrix products and batch sums agree "
         "to the last bits only, because BLAS adds in a different order.")
         + report.pre(rep.to_text()) + report.svg(rep.to_svg(width=report.COLUMN))))
+
+    # the learner's own backprop, graded
+    loss_m, grads_m, names_m = makemore_exercise("one_path")
+    graded = check(loss_m, grads_m, params=names_m)
+    sections.append(("Your own backprop, graded line by line", report.note(
+        "Makemore part 4's exercise: the lecture's network, loss.backward(), then the backward pass written by "
+        "hand, one line per tensor (dlogprobs, dprobs, ..., dC), as a learner hands it in, with one line missing: "
+        "dcounts += torch.ones_like(counts) * dcounts_sum (counts is used twice). lens.check compares every line "
+        f"with PyTorch's gradient and finds the first wrong one: {graded.first_wrong} "
+        f"({next(r['diagnosis'] for r in graded.rows if r['status'] == 'wrong')}). Lines after it that are right "
+        "given the wrong one say so (inherits).") + report.pre(graded.to_text())
+        + report.svg(graded.to_svg(width=report.COLUMN))))
 
     # 3. SGD vs Adam under watch
     hists = {}

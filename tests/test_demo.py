@@ -20,12 +20,13 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys, browser):
     for heading in ("The lecture neuron", "One training step", "Value mirror", "SGD vs Adam",
                     "What happens in one step", "Gradient norms", "Update / parameter ratio",
                     "Memory kept for backward", "step size", "side by side", "as Values: data and grad",
-                    "Gradients on the graph"):
+                    "Gradients on the graph", "Your own backprop, graded"):
         assert heading in html, heading
     assert html.count("<svg") >= 6 and html.count("data:image/png;base64,") >= 6
     assert "data 0.7071" in html and "grad 1.0000" in html  # the neuron as Values: o = 0.7071, do/do = 1
     assert not re.search(r"(src|href)=[\"']https?://", html)  # opens offline: nothing fetched
     assert "accumulate" in html and "pack" in html and "NllLossBackward0" in html
+    assert "first wrong: counts" in html and "one_path" in html  # the graded exercise
     assert (tmp_path / "mlp_graph.json").exists() and (tmp_path / "mirror.svg").exists()
     # as a reader sees it, in a 1280 px window: nothing clipped or sideways, every text readable
     m = browser.page(html)
