@@ -77,7 +77,7 @@ def _mirror(root, params, mode: str, backward: bool) -> MirrorReport:
     live = {fn: walk.ids[fn] for fn in walk.order}
     seen_in, seen_out, leaf_in = capture(
         walk, roots, {fn: i for fn, i in live.items() if i in ops}, {fn: i for fn, i in live.items() if i not in ops},
-        backward, keep=tuple(t for _, t in walk.named))
+        backward, keep=tuple(t for _, t in walk.named), lazy=True)
     seeds: dict = {}
     for r in roots:  # the same tensor twice counts twice, as in torch.autograd.backward
         key = (walk.ids[r.grad_fn], r.output_nr)

@@ -175,7 +175,7 @@ class Mag:
     @classmethod
     def grad(cls, g) -> Mag:
         """The incoming gradient (or its error bound): magnitudes only, no values."""
-        return cls(np.abs(np.asarray(g)).astype(np.float64, copy=False), None, 0)  # |z| of a complex gradient
+        return cls(np.abs(np.asarray(g), dtype=np.float64), None, 0)  # (|z| of a complex gradient)
 
     @property
     def n(self) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._torch import is_freed, is_stale, saved_names, saved_value, version
-from ..capture import to_numpy
+from ..capture import read_only, to_numpy
 from ..errors import LensRuntimeError
 from .bounds import (
     CHUNK,
@@ -367,12 +367,16 @@ class Step:
         self.saved = _Saved(list(ops.values()) if isinstance(ops, dict) else list(ops))
 
     def __call__(self, op: Op, flows: list):
-        torch_in = self.seen_in.get(op.id)
-        if torch_in is None:
+        raw = self.seen_in.get(op.id)
+        if raw is None:
             return None  # PyTorch did not run this node (no leaf needed it)
+        # PyTorch's gradients as numpy arrays, made here and dropped after (capture(lazy=True) keeps its tensors)
+        self.seen_in[op.id] = ()
+        torch_in = [_read(t) for t in raw]
         if any(t is None and f is not None for t, f in zip(torch_in, flows)):  # PyTorch's undefined gradient: 0
             torch_in = [np.zeros(np.shape(f.e)) if t is None and f is not None else t for t, f in zip(torch_in, flows)]
-        torch_out = self.seen_out[op.id]
+        torch_out = [_read(t) for t in self.seen_out.get(op.id, ())]
+        self.seen_out[op.id] = ()
         e2e = None if op.note else self.merge([self.compare(f.g, t, f.e, op.out_dtype)
                                                for f, t in zip(flows, torch_in) if f is not None and t is not None])
         e2e_bound = self.largest([f.e for f in flows if f is not None])
@@ -391,6 +395,7 @@ class Step:
         elif op.type in RULES and op.note is None:
             try:
                 arrays = self.saved.view(op.saved)
+                torch_in = [None if g is None else _float64(g) for g in torch_in]  # (converted once, here)
                 local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], arrays,
                                  scalar=self.scalar)
                 ds, same = self._differences(op, flows, torch_in)
@@ -407,7 +412,7 @@ class Step:
             self.notes[op.id] = op.note
         if mine is None:  # no rule: PyTorch's own gradients flow on, exactly what PyTorch has
             return [None if t is None or d is None else
-                    Flow(self.wrap(t), np.zeros(np.shape(t)), np.abs(t), _u_of(op, i))
+                    Flow(self.wrap(_float64(t)), np.zeros(np.shape(t)), np.abs(t, dtype=np.float64), _u_of(op, i))
                     for i, (t, d) in enumerate(zip(torch_out, op.nexts))]
         bound = self._bound(op, torch_in, local, torch_out)
         checks = [("mismatch", False, math.inf, math.inf) if m is None else  # PyTorch's undefined gradient is 0
@@ -498,6 +503,19 @@ class Step:
             return [None if m is None or t is None else
                     gamma(FALLBACK_UNITS, u) * np.maximum(np.abs(floats(m)), np.abs(t))
                     for m, t in zip(local, torch_out)]
+
+
+def _read(t):
+    """One of PyTorch's gradients as the checks read it (capture.read_only; None stays None)."""
+    return None if t is None else t if isinstance(t, np.ndarray) else read_only(t)
+
+
+def _float64(a: np.ndarray) -> np.ndarray:
+    """A gradient as the rules read it: a C-contiguous float64 array (PyTorch's own memory where it is one, else
+    one copy; complex and others as they are, C-contiguous), as to_numpy makes it."""
+    if a.dtype == np.float32 or not a.flags.c_contiguous:
+        return np.array(a, dtype=np.float64 if a.dtype == np.float32 else a.dtype, order="C")
+    return a
 
 
 _SMALL = 16  # gradients up to this size are judged element by element in Python floats (numpy's calls cost more)

@@ -51,6 +51,9 @@ import math
 
 import numpy as np
 
+import torch
+
+from ..capture import read_only
 from .bounds import CHUNK, REAL_OF, UNDERFLOW, chunks, rounding, unit_roundoff
 from .driver import unreadable
 from .scalar import floats
@@ -70,7 +73,7 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
     Floating-point warnings are the caller's to silence."""
     if np.iscomplexobj(m) or np.iscomplexobj(t):
         return _compare_special(*_shaped(np.asarray(m), np.asarray(t)), None, bound, dtype)
-    m, t = floats(m), floats(t)
+    m, t = floats(m), _numbers(t)
     if m.shape != t.shape:
         try:
             m = np.broadcast_to(m, t.shape)
@@ -97,6 +100,11 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
     scale = max(float(np.max(t, initial=0.0)), -float(np.min(t, initial=0.0)))
     max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
     return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
+
+
+def _numbers(t: np.ndarray) -> np.ndarray:
+    """PyTorch's gradient as compared: a float32 or float64 array as it is (exact in float64 arithmetic)."""
+    return t if isinstance(t, np.ndarray) and t.dtype in (np.float32, np.float64) else floats(t)
 
 
 def _compare_chunks(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
@@ -234,6 +242,7 @@ def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> lis
         if not d["is_leaf"]:
             continue
         f, t, note = grads.get((nid, 0)), leaf_in.get(nid), unreadable(d)
+        t = None if t is None else read_only(t) if isinstance(t, torch.Tensor) else t
         if t is None and f is not None and nid in leaf_in:  # PyTorch's undefined gradient is 0
             t = np.zeros(np.shape(f.g))
         with np.errstate(all="ignore"):
