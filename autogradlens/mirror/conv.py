@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
 import numpy as np
 
-from .bounds import Mag
+from .bounds import Mag, _product
 from .table import rule, scatter_axis
 
 
@@ -112,11 +113,18 @@ def _grad_rows(gy, groups):
     return gy.reshape(n, groups, o // groups, -1).transpose(1, 0, 3, 2).reshape(groups, -1, o // groups)
 
 
-def _on_mags(f, a, b, n, r):
-    """f(a, b), f bilinear with nonnegative coefficients, where a or b is a Mag: f(|a|, |b|), counts + (n, r)."""
+def _on_mags(f, a, b, n, r, k):
+    """f(a, b), f bilinear with nonnegative coefficients, where a or b is a Mag: f(|a|, |b|), counts + (n, r); in
+    float32 where both are float32 numbers exactly (bounds.NOTE [float32 magnitudes]), `k` bounding the roundings
+    a term goes through there (one product, the additions of its matrix product and of col2im)."""
     a, b = Mag.of(a), Mag.of(b)
     v = f(a.v, b.v) if a.v is not None and b.v is not None else None
-    return Mag(f(a.m, b.m), v, a.c + b.c + (n, r))
+    return _product(f, a, b, k, v, a.c + b.c + (n, r))
+
+
+def _zeros(a):
+    """Buffers in the dtype of the run: float32 on float32 magnitudes, else float64."""
+    return functools.partial(np.zeros, dtype=np.float32 if a.dtype == np.float32 else np.float64)
 
 
 def _conv_fwd(x, w, s, p, d, groups, zeros):
@@ -124,7 +132,8 @@ def _conv_fwd(x, w, s, p, d, groups, zeros):
     k, cg, o = tuple(w.shape[2:]), w.shape[1], w.shape[0]
     if isinstance(x, Mag) or isinstance(w, Mag):
         nk = math.prod(k)
-        return _on_mags(lambda a, b: _conv_fwd(a, b, s, p, d, groups, np.zeros), x, w, 1 + cg + nk, 2 + nk)
+        return _on_mags(lambda a, b: _conv_fwd(a, b, s, p, d, groups, _zeros(a)), x, w, 1 + cg + nk, 2 + nk,
+                        cg * nk)
     xp = _pad_spatial(x, p)
     n = x.shape[0]
     so = tuple((xp.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(len(k)))
@@ -138,8 +147,8 @@ def _conv_dx(gy, w, xshape, s, p, d, groups, zeros):
     k, o = tuple(w.shape[2:]), w.shape[0]
     if isinstance(gy, Mag) or isinstance(w, Mag):
         nk = math.prod(k)
-        return _on_mags(lambda a, b: _conv_dx(a, b, xshape, s, p, d, groups, np.zeros), gy, w,
-                        1 + o // groups + nk, 2 + nk)
+        return _on_mags(lambda a, b: _conv_dx(a, b, xshape, s, p, d, groups, _zeros(a)), gy, w,
+                        1 + o // groups + nk, 2 + nk, o // groups + nk)
     n, so, ch = gy.shape[0], tuple(gy.shape[2:]), xshape[1]
     cg = ch // groups
     full = tuple(xshape[2 + i] + 2 * p[i] for i in range(len(k)))
@@ -158,7 +167,8 @@ def _conv_dw(x, gy, wshape, s, p, d, groups, zeros):
     k = tuple(wshape[2:])
     if isinstance(x, Mag) or isinstance(gy, Mag):
         n_terms = gy.shape[0] * math.prod(gy.shape[2:])
-        return _on_mags(lambda a, b: _conv_dw(a, b, wshape, s, p, d, groups, np.zeros), x, gy, 1 + n_terms, 2)
+        return _on_mags(lambda a, b: _conv_dw(a, b, wshape, s, p, d, groups, _zeros(a)), x, gy, 1 + n_terms, 2,
+                        n_terms)
     so = tuple(gy.shape[2:])
     cols = _input_cols(x, k, s, p, d, so, groups)
     dw = _grad_rows(gy, groups).transpose(0, 2, 1) @ cols  # (G, Og, Cg K)

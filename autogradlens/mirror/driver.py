@@ -317,16 +317,25 @@ class _Saved:
         rec = self.made.setdefault(id(t), {})
         v = rec.get(kind)
         if v is None:
-            v = rec[kind] = _as_array(t) if kind == "array" else _abs(self._get(t, "array"))
+            v = rec[kind] = (_as_array(t) if kind == "array" else _as_array32(t) if kind == "array32" else
+                             _abs(self._get(t, "array32" if kind == "mags32" else "array")))
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False  # shared by the nodes that saved the tensor
         return v
 
     def view(self, saved: dict, kind: str = "array") -> dict:
+        """The saved tensors as arrays (`kind` "array"), float32 arrays ("array32": float32, float16 and bfloat16
+        tensors exactly, others rounded) or Mags ("mags"; "mags32": with float32 magnitudes, Mag.m32, where they
+        are exact)."""
         def one(t):
             if t is None:
                 return None
-            if kind == "array" or not t.is_floating_point():
-                return self._get(t, "array")
-            return Mag(self._get(t, "mags"), self._get(t, "array"), 0)  # a fresh Mag: its rounding count is its own
+            if kind in ("array", "array32") or not t.is_floating_point():
+                return self._get(t, kind if t.is_floating_point() else "array")
+            if kind == "mags32" and t.dtype in _EXACT32:  # a fresh Mag: its rounding count is its own
+                rec = self.made.get(id(t), {})
+                return Mag(rec.get("mags"), self._get(t, "array"), 0, m32=self._get(t, "mags32"))
+            return Mag(self._get(t, "mags"), self._get(t, "array"), 0)
         return {k: tuple(one(t) for t in v) if isinstance(v, tuple) else one(v) for k, v in saved.items()}
 
     def done(self, saved: dict):
@@ -346,9 +355,24 @@ def _tensors(saved: dict):
 
 
 def _abs(x):
-    if x.dtype == np.float64 and (not x.size or np.min(x) >= 0):
+    if x.dtype in (np.float64, np.float32) and (not x.size or np.min(x) >= 0):
         return x  # (activations after a ReLU: the same array, read-only)
-    return np.abs(x) if x.dtype == np.float64 else np.abs(x).astype(np.float64)
+    return np.abs(x) if x.dtype in (np.float64, np.float32) else np.abs(x).astype(np.float64)
+
+
+_EXACT32 = (torch.float32, torch.float16, torch.bfloat16)  # saved tensors whose numbers float32 holds exactly
+
+
+def _as_array32(t: torch.Tensor) -> np.ndarray:
+    """A floating saved tensor as a read-only float32 array: PyTorch's own memory for a float32 CPU tensor, else one
+    conversion (exact for float16 and bfloat16; float64 rounds)."""
+    d = t.resolve_neg()
+    if d.dtype == torch.float32 and d.device.type == "cpu" and d.numel() > 16:
+        a = d.detach().numpy(force=True)
+    else:
+        a = d.to("cpu", torch.float32, copy=True, memory_format=torch.contiguous_format).numpy(force=True)
+    a.flags.writeable = False
+    return a
 
 
 class Step:
@@ -389,6 +413,7 @@ class Step:
 
     def _run(self, op, flows, torch_in, torch_out):
         local = mine = ds = None
+        read = torch_in  # (as compared: float32 arrays stay float32, for the run on magnitudes)
         if op.note is None and op.type in RULES and is_complex(op) and (self.scalar or op.type not in COMPLEX_RULES):
             self.notes[op.id] = ("complex tensors: scalar mode's Values are real numbers (mode='tensor' checks them)"
                                  if self.scalar else f"complex tensors: the rule for {op.type} is for real numbers")
@@ -400,8 +425,9 @@ class Step:
                                  scalar=self.scalar)
                 ds, same = self._differences(op, flows, torch_in)
                 # the same incoming gradients give the same outgoing ones (tensor mode: scalar mode builds Values)
-                mine = local if same and not self.scalar else \
-                    run_rule(op, [None if f is None else f.g for f in flows], arrays, scalar=self.scalar)
+                mine = local if same and not self.scalar else self._mine32(op, flows, torch_in, ds, local)
+                if mine is None:
+                    mine = run_rule(op, [None if f is None else f.g for f in flows], arrays, scalar=self.scalar)
             except Unsupported as e:  # a case the rule does not handle: unmirrored, with the reason
                 self.notes[op.id] = str(e)
                 local = mine = None
@@ -414,7 +440,7 @@ class Step:
             return [None if t is None or d is None else
                     Flow(self.wrap(_float64(t)), np.zeros(np.shape(t)), np.abs(t, dtype=np.float64), _u_of(op, i))
                     for i, (t, d) in enumerate(zip(torch_out, op.nexts))]
-        bound = self._bound(op, torch_in, local, torch_out)
+        bound = self._bound(op, read, local, torch_out)
         checks = [("mismatch", False, math.inf, math.inf) if m is None else  # PyTorch's undefined gradient is 0
                   self.compare(m, np.zeros(np.shape(m)) if t is None else t, bound[i], op.in_dtypes[i] or op.dtype)
                   for i, (m, t) in enumerate(zip(local, torch_out))
@@ -473,6 +499,44 @@ class Step:
             ds.append(d)
         return ds, same
 
+    def _mine32(self, op, flows, torch_in, ds, local):
+        """The mirror's own gradients at a node of a float32 (or lower) graph by linearity, local + rule(d), rule(d)
+        in float32 on the saved tensors as float32 numbers (NOTE [bound]: d = G_mirror - G_torch is a few roundings of
+        the graph dtype, so float32 computes rule(d) to far below them; E carries |mine - local| as computed); d
+        scaled by a power of two first (exact), so float32's range holds it. None where this does not apply (the
+        caller runs the rule on G_mirror in float64): a float64, complex or small node, a clipped or non-finite d, a
+        slot where only PyTorch has a gradient, a rule that rounds to a dtype (not linear), a result that
+        overflows."""
+        if self.scalar or op.dtype == "float64" or is_complex(op) or any(
+                isinstance(d, tuple) and isinstance(d[0], str) for d in ds) or any(
+                f is None and t is not None for f, t in zip(flows, torch_in)):
+            return None
+        ds = [_difference(*d) if isinstance(d, tuple) else d for d in ds]
+        if sum(0 if d is None else d.size for d in ds) < _MINE32_MIN:
+            return None
+        top = max((float(np.max(np.abs(d))) for d in ds if d is not None and d.size), default=0.0)
+        if not math.isfinite(top) or top == 0:
+            return None
+        scale = 2.0 ** (40 - math.frexp(top)[1])  # the largest |d| near 2^40: no underflow, no overflow
+        d32 = [None if d is None else _flushed(np.multiply(d, scale, out=np.empty(d.shape, np.float32),
+                                                           casting="same_kind")) for d in ds]
+        try:
+            r = run_rule(op, d32, self.saved.view(op.saved, "array32"), _LinearCtx)
+        except _NotLinear:
+            return None
+        mine = []
+        for x, loc in zip(r, local):
+            if (x is None) != (loc is None):
+                return None
+            if x is None:
+                mine.append(None)
+                continue
+            if x.dtype != np.float32 or not math.isfinite(float(np.sum(x, dtype=np.float64))):
+                return None
+            m = np.multiply(x, 1 / scale, dtype=np.float64)
+            mine.append(np.add(m, loc, out=m))
+        return mine
+
     def _carried(self, op, ds, mine, local, arrays) -> list:
         """|rule(d)| per slot: by linearity rule(G_mirror) - rule(G_torch), exactly known (None: |mine - local|,
         computed with E); with a clipped d, the rule run on d itself."""
@@ -493,8 +557,10 @@ class Step:
         if op.type in MOVES_ONLY:  # no rounding: B = 0 (a view, not an array)
             return [None if m is None else np.broadcast_to(0.0, np.shape(m)) for m in local]
         try:
-            mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in],
-                            self.saved.view(op.saved, "mags"), MagCtx)
+            f32 = op.type in _PRODUCTS  # matrix products in float32 (bounds.NOTE [float32 magnitudes])
+            mags = run_rule(op, [None if g is None else Mag.grad(g if g.dtype == np.float32 else _float64(g), f32)
+                                 for g in torch_in],
+                            self.saved.view(op.saved, "mags32" if f32 else "mags"), MagCtx)
             # complex arithmetic: a product is within sqrt2 gamma_2, a quotient within sqrt2 gamma_7 (Higham §3.6)
             k = 10 if is_complex(op) else 1
             return [None if x is None else k * local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
@@ -517,6 +583,37 @@ def _float64(a: np.ndarray) -> np.ndarray:
         return np.array(a, dtype=np.float64 if a.dtype == np.float32 else a.dtype, order="C")
     return a
 
+
+_FLUSH = np.float32(1.5 * 2.0**-20)
+
+
+def _flushed(d32: np.ndarray) -> np.ndarray:
+    """d32 (its largest element near 2^40) with the elements below 2^-44 set to 0 (adding and subtracting 1.5 2^-20
+    rounds them away; the others move by at most one float32 ulp): float32 products slow down tenfold or more on
+    subnormal numbers, and these are 2^-84 of the largest, far below what the mirror's own gradient needs."""
+    d32 += _FLUSH
+    d32 -= _FLUSH
+    return d32
+
+
+# Node types whose rule is a matrix product or convolution of the incoming gradient with saved tensors: their run on
+# magnitudes takes float32 products (bounds.NOTE [float32 magnitudes]).
+_PRODUCTS = frozenset({"ConvolutionBackward0", "MmBackward0", "AddmmBackward0", "BmmBackward0", "BaddbmmBackward0"})
+_MINE32_MIN = 1 << 12  # elements of d below which float64 is as fast
+
+
+class _NotLinear(Exception):
+    pass
+
+
+class _LinearCtx(Ctx):
+    """The rule context of Step._mine32: a rule that rounds to a dtype is not linear in G (rule(d) is not
+    rule(G_mirror) - rule(G_torch)), so it makes _mine32 step aside."""
+
+    __slots__ = ()
+
+    def rounded(self, dtype, a):
+        raise _NotLinear
 
 _SMALL = 16  # gradients up to this size are judged element by element in Python floats (numpy's calls cost more)
 
