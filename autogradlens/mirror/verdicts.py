@@ -50,7 +50,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 import torch
 
 from ..capture import read_only
