@@ -30,6 +30,7 @@ fall back to a relative bound for that node (noted on its row); tests/test_verdi
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,6 +66,11 @@ def unit_roundoff(dtype: str) -> float:
 
 
 def local_bound(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) -> np.ndarray:
+    """B for the magnitudes `x` of a rule's result (bound_of)."""
+    return bound_of(x, dtype, tf32, atomic).array()
+
+
+def bound_of(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) -> BoundOf:
     """B = (gamma_n(u_opmath) + gamma_r(u_dtype) + 3 gamma_n(u_64)) * M + n * eta: PyTorch's rounding of a
     rule's result in `dtype`, plus the float64 mirror's own (two runs and their difference); `tf32` adds
     the rounding of the factors to TensorFloat-32 (a float32 convolution or matrix product on CUDA).
@@ -78,12 +84,20 @@ def local_bound(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) ->
     coef = acc + 3 * gamma(n, UNIT_ROUNDOFF["float64"])
     if x._m is None and x.m32 is not None:  # float32 magnitudes (NOTE [float32 magnitudes]): F m32 + A
         f, a = x.s32
-        b = np.multiply(x.m32, coef * f, dtype=np.float64)
-        b += coef * a + n * UNDERFLOW.get(dtype, 0.0)
+        return BoundOf(x.m32, coef * f, coef * a + n * UNDERFLOW.get(dtype, 0.0))
+    return BoundOf(x.m, coef, n * UNDERFLOW.get(dtype, 0.0))
+
+
+class BoundOf(NamedTuple):
+    """B = m factor + add (local_bound's arithmetic), made by `array`, or chunk by chunk by whoever reads it once."""
+    m: np.ndarray
+    factor: float
+    add: float
+
+    def array(self, m=None) -> np.ndarray:
+        b = np.multiply(self.m if m is None else m, self.factor, dtype=np.float64)
+        b += self.add  # (in place: one array, not three)
         return b
-    b = np.multiply(coef, x.m)
-    b += n * UNDERFLOW.get(dtype, 0.0)  # (in place: one array, not three)
-    return b
 
 
 # Node types whose rules only move, select or negate the elements of the incoming gradient (views, slices,
@@ -102,16 +116,64 @@ MOVES_ONLY = frozenset({
 CHUNK = 1 << 16  # elements: arrays larger than this are judged chunk by chunk (the temporaries stay in cache)
 
 
-def chunks(*arrays, out=False):
-    """Iterate over equal 1-d chunks of `arrays` broadcast together (any layout; None and numbers as 0-d), with
-    one more, written, float64 chunk of a new array when `out` (``it.operands[-1]`` after the loop)."""
+def chunks(*arrays, out=0):
+    """Iterate over equal chunks of `arrays` broadcast together (any layout; None and numbers as 0-d), with
+    `out` more (True: one), written, float64 chunks of new arrays (``it.operands[-out:]`` after the loop). The
+    chunks are 1-d, or 2-d tiles where the arrays' layouts disagree (a matrix and a transposed one: `_Tiles`);
+    reduce them with ``axis=None``."""
     ops = [np.float64(0.0) if a is None else a for a in arrays]
+    tiles = _Tiles.of(ops, out)
+    if tiles is not None:
+        return tiles
     flags = [["readonly"]] * len(ops)
-    if out:
-        ops.append(None)
-        flags = flags + [["writeonly", "allocate"]]
+    ops += [None] * int(out)
+    flags = flags + [["writeonly", "allocate"]] * int(out)
     return np.nditer(ops, flags=["external_loop", "buffered", "zerosize_ok", "refs_ok"], op_flags=flags,
-                     op_dtypes=[None] * len(arrays) + ([np.float64] if out else []), buffersize=CHUNK)
+                     op_dtypes=[None] * len(arrays) + [np.float64] * int(out), buffersize=CHUNK)
+
+
+class _Tiles:
+    """`chunks` over arrays whose last two axes are laid out differently (one row-major, one column-major: PyTorch
+    hands over a transposed weight's gradient so): square tiles of the last two axes, in which both layouts stay
+    in cache (a flat chunk of one reads the other a whole row apart per element: four times slower)."""
+
+    T = 256  # a tile is T x T elements (= CHUNK)
+
+    def __init__(self, ops, shape, out):
+        self.ops = [np.broadcast_to(a, shape) for a in ops]
+        self.shape = shape
+        if out:
+            like = next(a for a in ops if np.shape(a) == shape)
+            self.ops += [np.empty_like(like, dtype=np.float64) for _ in range(int(out))]
+        self.operands = self.ops
+
+    @classmethod
+    def of(cls, ops, out):
+        arrays = [a for a in ops if isinstance(a, np.ndarray)]
+        if not arrays or max(a.size for a in arrays) <= CHUNK:
+            return None
+        try:
+            shape = np.broadcast_shapes(*(np.shape(a) for a in ops))
+        except ValueError:
+            return None
+        if len(shape) < 2 or shape[-1] < 2 or shape[-2] < 2:
+            return None
+        rows = {a.strides[-1] < a.strides[-2] for a in arrays if a.shape == shape and a.strides[-1] and a.strides[-2]}
+        return cls(ops, shape, out) if len(rows) == 2 else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __iter__(self):
+        t, (h, w) = self.T, self.shape[-2:]
+        for lead in np.ndindex(*self.shape[:-2]):
+            for i in range(0, h, t):
+                for j in range(0, w, t):
+                    idx = lead + (slice(i, i + t), slice(j, j + t))
+                    yield tuple(a[idx] for a in self.ops)
 
 
 # A complex dtype rounds its real and imaginary parts as the real dtype of the same precision.
@@ -427,7 +489,7 @@ class Mag:
             return Mag(m, v, n)
         if func in (np.real, np.imag):  # a part of a complex number is no larger than the number
             x = args[0]
-            return x._view(x.m, None if x.v is None else func(x.v))
+            return x._view(x._m, None if x.v is None else func(x.v), x.m32)
         if func is np.fft.fftn:
             return _fftn(Mag.of(args[0]), kw["axes"])
         if func in (np.linalg.solve, np.linalg.inv):

@@ -108,26 +108,45 @@ def _numbers(t: np.ndarray) -> np.ndarray:
 
 def _compare_chunks(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
     """_compare's array path, chunk by chunk (bounds.chunks): the same arithmetic on each chunk."""
-    max_abs, ok, hi, lo = 0.0, True, 0.0, 0.0
+    judge = _Judge(dtype)
     it = chunks(m, t, bound)
     with it:
         for mc, tc, bc in it:
-            r = mc.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(mc, dtype))
-            diff = np.subtract(r, tc, dtype=np.float64)
-            diff = np.abs(diff, out=diff)
-            top = float(diff.max())
-            if not math.isfinite(top):  # an infinity or a NaN somewhere
+            if not judge.add(mc, tc, bc):  # an infinity or a NaN somewhere
                 return _compare_special(m, t, np.asarray(_rounded(m, dtype), dtype=np.float64), bound, dtype)
-            max_abs = max(max_abs, top)
-            if top > 0 and ok:
-                over = diff > bc  # a NaN bound admits anything, as an infinite one
-                if over.any():
-                    extra = rounding(np.maximum(np.abs(r[over].astype(np.float64)), np.abs(mc[over])), dtype)
-                    ok = not np.any(diff[over] > (bc[over] if bc.ndim else bc) + extra)
-            hi, lo = max(hi, float(tc.max())), min(lo, float(tc.min()))
-    scale = max(hi, -lo)
-    max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
-    return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
+    return judge.result()
+
+
+class _Judge:
+    """_compare's array path over chunks: `add` each (mirror, torch, bound) chunk (False: an infinity or a NaN,
+    _compare_special decides), then `result`."""
+
+    __slots__ = ("dtype", "max_abs", "ok", "hi", "lo")
+
+    def __init__(self, dtype: str):
+        self.dtype, self.max_abs, self.ok, self.hi, self.lo = dtype, 0.0, True, 0.0, 0.0
+
+    def add(self, mc, tc, bc) -> bool:
+        dtype = self.dtype
+        r = mc.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(mc, dtype))
+        diff = np.subtract(r, tc, dtype=np.float64)
+        diff = np.abs(diff, out=diff)
+        top = float(diff.max())
+        if not math.isfinite(top):
+            return False
+        self.max_abs = max(self.max_abs, top)
+        if top > 0 and self.ok:
+            over = diff > bc  # a NaN bound admits anything, as an infinite one
+            if over.any():
+                extra = rounding(np.maximum(np.abs(r[over].astype(np.float64)), np.abs(mc[over])), dtype)
+                self.ok = not np.any(diff[over] > (bc[over] if bc.ndim else bc) + extra)
+        self.hi, self.lo = max(self.hi, float(tc.max())), min(self.lo, float(tc.min()))
+        return True
+
+    def result(self) -> tuple[str, bool, float, float]:
+        max_abs, scale = self.max_abs, max(self.hi, -self.lo)
+        max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
+        return ("match" if self.ok else "mismatch"), max_abs == 0, max_abs, max_rel
 
 
 SMALL = 16  # arrays up to this size are compared element by element in Python floats (numpy's calls cost more)
