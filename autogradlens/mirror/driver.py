@@ -581,23 +581,27 @@ class Step:
                     top = x
                 if judge is not None and not judge.add(lc, tc, bc):
                     return None
-                if lazy_m:
-                    mc = np.multiply(part[3], mine.inv, dtype=np.float64)
-                    mc += lc
-                    part[-1][...] = mc
+                ec = part[3 + (len(ops) > 3)]
+                if mine is local:  # E = (B + 0) + rounding(local): B + 0 is B (B >= 0 or NaN)
+                    e = bc
                 else:
-                    mc = lc if mine is local else part[3]
-                d = mc - lc  # (_bound_out's arithmetic)
-                if not np.isfinite(np.add.reduce(d, axis=None)):
-                    d = np.where((mc == lc) | (np.isnan(mc) & np.isnan(lc)), 0.0, d)
-                e = np.abs(d, out=d) if d.dtype == np.float64 and d is not mc else np.abs(d)
-                e = np.add(bc, e, out=e)
+                    if lazy_m:
+                        mc = np.multiply(part[3], mine.inv, out=part[-1])
+                        mc += lc
+                    else:
+                        mc = part[3]
+                    d = mc - lc  # (_bound_out's arithmetic)
+                    # (a finite local, as the check found it, and a finite r: d is finite)
+                    if not (lazy_m and judge is not None) and not np.isfinite(np.add.reduce(d, axis=None)):
+                        d = np.where((mc == lc) | (np.isnan(mc) & np.isnan(lc)), 0.0, d)
+                    e = np.abs(d, out=d)
+                    e = np.add(bc, e, out=e)
                 if u is not None:
                     r = np.abs(lc, dtype=np.float64)
                     r *= u
                     r += eta
                     e = np.add(r, e, out=r)
-                part[3 + (len(ops) > 3)][...] = e
+                ec[...] = e
             outs = it.operands[len(ops):]
         check = _IDENTICAL if identical else judge.result()
         return check, math.nan if nan else top, outs[0], outs[1] if lazy_m else mine
