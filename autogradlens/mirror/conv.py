@@ -122,6 +122,13 @@ def _input_cols(x, k, s, p, d, so, groups):
 _LAST_COLS: list = []
 
 
+def forget(arrays):
+    """Drop the kept windows if they are of one of `arrays` (a saved tensor's arrays, done with: a float32 one is
+    PyTorch's own memory, which the mirror must not keep alive)."""
+    if _LAST_COLS and any(_LAST_COLS[1] is a for a in arrays):
+        _LAST_COLS.clear()
+
+
 def _grad_rows(gy, groups):
     """(G, N prod(So), Og) of a gradient (N, O, *So): rows (n, o), as _cols'."""
     n, o = gy.shape[:2]

@@ -16,6 +16,7 @@ import torch
 from .._torch import is_freed, is_stale, saved_names, saved_value, version
 from ..capture import read_only, to_numpy
 from ..errors import LensRuntimeError
+from . import conv
 from .bounds import (
     CHUNK,
     MOVES_ONLY,
@@ -379,7 +380,9 @@ class _Saved:
             n = self.left.get(k, 1) - 1
             self.left[k] = n
             if n <= 0:
-                self.made.pop(k, None)
+                rec = self.made.pop(k, None)
+                if rec:
+                    conv.forget(rec.values())
 
 
 def _tensors(saved: dict):
