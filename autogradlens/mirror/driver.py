@@ -515,14 +515,16 @@ class Step:
         bound = self._bound(op, read, local, torch_out, cplx)
         carried = self._carried(op, ds, mine, local, arrays)
         fused = {}  # slot -> (check, largest B, E, mine): a big slot judged and carried in one pass (_out)
-        for i, (m, t) in enumerate(zip(local, torch_out)):
-            if (op.nexts[i] is not None and mine[i] is not None and _big_pair(m, t) and not cplx
-                    and (carried[i] is None or mine is local)):
-                got = self._out(m, t, bound[i], mine[i], op.in_dtypes[i] or op.dtype, op.in_dtypes[i])
-                if got is not None:
-                    fused[i] = got
-        bound = [_made(b) if i not in fused else np.array([fused[i][1]]) for i, b in enumerate(bound)]
-        mine = [_made(m) if i not in fused else fused[i][3] for i, m in enumerate(mine)]
+        if any(type(b) is BoundOf for b in bound) or any(type(m) is _Mine for m in mine) or (
+                not cplx and any(np.size(m) > CHUNK for m in local if m is not None)):
+            for i, (m, t) in enumerate(zip(local, torch_out)):
+                if (op.nexts[i] is not None and mine[i] is not None and _big_pair(m, t) and not cplx
+                        and (carried[i] is None or mine is local)):
+                    got = self._out(m, t, bound[i], mine[i], op.in_dtypes[i] or op.dtype, op.in_dtypes[i])
+                    if got is not None:
+                        fused[i] = got
+            bound = [_made(b) if i not in fused else np.array([fused[i][1]]) for i, b in enumerate(bound)]
+            mine = [_made(m) if i not in fused else fused[i][3] for i, m in enumerate(mine)]
         checks = [fused[i][0] if i in fused else
                   ("mismatch", False, math.inf, math.inf) if m is None else  # PyTorch's undefined gradient is 0
                   _IDENTICAL if _same_memory(m, t) else
