@@ -41,7 +41,10 @@ def read_only(t: torch.Tensor) -> np.ndarray:
     """`t`'s numbers as a read-only numpy array for comparisons: PyTorch's own memory where it is a float32 or float64
     CPU tensor (no copy), else `to_numpy`. Its dtype may be float32: arithmetic with a float64 array is float64."""
     if t.dtype in _AS_IS and t.device.type == "cpu" and t.layout == torch.strided and not (t.is_conj() or t.is_neg()):
-        a = t.detach().numpy(force=True)  # (force: a ZeroTensor)
+        try:
+            a = t.numpy()  # (PyTorch's gradients need no grad)
+        except (RuntimeError, TypeError):
+            a = t.detach().numpy(force=True)  # a ZeroTensor, a tensor that requires grad
     else:
         a = to_numpy(t)
     a.flags.writeable = False

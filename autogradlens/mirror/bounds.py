@@ -67,7 +67,10 @@ def unit_roundoff(dtype: str) -> float:
 
 def local_bound(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) -> np.ndarray:
     """B for the magnitudes `x` of a rule's result (bound_of)."""
-    return bound_of(x, dtype, tf32, atomic).array()
+    m, factor, add = bound_of(x, dtype, tf32, atomic)
+    b = np.multiply(m, factor, dtype=np.float64)
+    b += add  # (in place: one array, not three)
+    return b
 
 
 def bound_of(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) -> BoundOf:

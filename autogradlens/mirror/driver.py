@@ -29,6 +29,7 @@ from .bounds import (
     bound_of,
     chunks,
     gamma,
+    local_bound,
     rounding,
     unit_roundoff,
 )
@@ -705,9 +706,9 @@ class Step:
                             self.saved.view(op.saved, "mags32" if f32 else "mags"), MagCtx)
             # complex arithmetic: a product is within sqrt2 gamma_2, a quotient within sqrt2 gamma_7 (Higham §3.6)
             k = 10 if cplx else 1
-            bs = [None if x is None else bound_of(x, op.dtype, op.tf32, op.atomic) for x in mags]
             # (a big one is made chunk by chunk as it is read: Step._out)
-            return [None if b is None else b if k == 1 and np.size(b.m) > CHUNK else k * b.array() for b in bs]
+            return [None if x is None else bound_of(x, op.dtype, op.tf32, op.atomic) if k == 1 and x.size > CHUNK
+                    else k * local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
         except Exception as e:  # noqa: BLE001 - relative fallback, noted on the row
             self.notes[op.id] = f"bound: relative fallback ({type(e).__name__}: {e})"
             return [None if m is None or t is None else
