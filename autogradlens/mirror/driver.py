@@ -2,8 +2,10 @@
 tinygrad's ``compute_gradient``: a rule table and a short loop), and `Step`, which runs one node's rule on values
 and on magnitudes, judges it and keeps only the verdicts. How the bounds are carried: verdicts.py (NOTE [bound]).
 
-Memory: PyTorch's gradients come from capture; the saved tensors become float64 arrays only when their node
-runs (`_Saved`: once per tensor, however many nodes saved it) and are dropped after their last node."""
+Memory: PyTorch's gradients come from capture as its tensors and are read when their node runs (float32 and
+float64 ones in PyTorch's own memory, read-only); the saved tensors become float64 arrays only when their node
+runs (`_Saved`: once per tensor, however many nodes saved it; float32 ones are also read as they are, for the
+float32 runs) and are dropped after their last node."""
 
 from __future__ import annotations
 

@@ -35,14 +35,21 @@ covered) and gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of Numeri
   infinite inputs: relu passes the gradient through a NaN, abs' gradient at NaN is NaN, ...).
 - complex gradients (PyTorch's convention: dL/dx + i dL/dy for z = x + iy) compare by modulus.
 
-Every quantity on the right is computed from the same data, in float64 arrays, in both modes.
+Every quantity on the right is computed from the same data, in float64 arrays (or float32 ones rounded up:
+below), in both modes.
 
 What the cost is (benchmarks/bench_mirror.py): per node the rule runs on PyTorch's incoming gradient (the
-local check), on the mirror's own (skipped where the two are equal: the same outputs) and on magnitudes
-(skipped for the rules in bounds.MOVES_ONLY, which only move gradient elements: B = 0). Each node is judged
-as it is run (driver.Step) and its arrays dropped. A comparison subtracts once and adds the rounding
-allowance only where the bound alone is exceeded (it only adds to it: the verdict is the same); a few
-elements are compared in Python floats, with the same arithmetic.
+local check, float64), on the mirror's own (skipped where the two are equal: the same outputs) and on magnitudes
+(skipped for the rules in bounds.MOVES_ONLY, which only move gradient elements: B = 0). In a float32 (or lower)
+graph two of the three run in float32 without weakening anything: the mirror's own gradient comes by linearity as
+local + rule(d), rule(d) in float32 (d is a few roundings of the graph dtype, and E carries |mine - local| as
+computed: driver.Step._mine32), and the matrix products and convolutions on magnitudes multiply the exact float32
+magnitudes in float32, the result kept rounded up (bounds.NOTE [float32 magnitudes]: at most a factor
+(1 + gamma_k(u32))^2 looser). Each node is judged as it is run (driver.Step) and its arrays dropped; PyTorch's
+gradients are read in its own memory (float32 as float32: their arithmetic with float64 is float64). A comparison
+subtracts once and adds the rounding allowance only where the bound alone is exceeded (it only adds to it: the
+verdict is the same); a few elements are compared in Python floats, big arrays chunk by chunk, each big slot in one
+pass (B, the local check, the mirror's own gradient and E together: driver.Step._out), with the same arithmetic.
 """
 
 from __future__ import annotations
