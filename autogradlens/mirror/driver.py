@@ -516,6 +516,7 @@ class Step:
                     Flow(self.wrap(_float64(t)), np.zeros(np.shape(t)), np.abs(t, dtype=np.float64), _u_of(op, i))
                     for i, (t, d) in enumerate(zip(torch_out, op.nexts))]
         bound = self._bound(op, read, local, torch_out, cplx)
+        moves = op.type in MOVES_ONLY  # (only these hand PyTorch's own gradient memory back as local)
         carried = self._carried(op, ds, mine, local, arrays)
         fused = {}  # slot -> (check, largest B, E, mine): a big slot judged and carried in one pass (_out)
         if any(type(b) is BoundOf for b in bound) or any(type(m) is _Mine for m in mine) or (
@@ -530,7 +531,7 @@ class Step:
             mine = [_made(m) if i not in fused else fused[i][3] for i, m in enumerate(mine)]
         checks = [fused[i][0] if i in fused else
                   ("mismatch", False, math.inf, math.inf) if m is None else  # PyTorch's undefined gradient is 0
-                  _IDENTICAL if _same_memory(m, t) else
+                  _IDENTICAL if moves and _same_memory(m, t) else
                   self.compare(m, np.zeros(np.shape(m)) if t is None else t, bound[i], op.in_dtypes[i] or op.dtype)
                   for i, (m, t) in enumerate(zip(local, torch_out))
                   if op.nexts[i] is not None and not (t is None and m is None)]
@@ -677,8 +678,8 @@ class Step:
             if x is None:
                 mine.append(None)
                 continue
-            if x.dtype != np.float32 or not math.isfinite(float(np.sum(x, dtype=np.float64))):
-                return None
+            if x.dtype not in (np.float32, np.float64) or not math.isfinite(float(np.sum(x, dtype=np.float64))):
+                return None  # (a rule may compute some coefficients in float64: rule(d) is as good)
             mine.append(_Mine(x, 1 / scale, loc) if x.size > CHUNK else _Mine(x, 1 / scale, loc).array())
         return mine
 
