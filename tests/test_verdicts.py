@@ -428,3 +428,92 @@ def test_ieee_values_at_zero_match_pytorch_in_tensor_mode(f, dtype):
     np.testing.assert_array_equal(np.isinf(rep.grads["w"]), np.isinf(want.numpy()))
     np.testing.assert_array_equal(np.isnan(rep.grads["w"]), np.isnan(want.numpy()))
     assert np.isfinite(leaf["max_abs"])
+
+
+def _exact_products(a, b):
+    """a @ b for float32 matrices, each element the exactly rounded sum of exact float64 products (math.fsum)."""
+    import math
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.array([[math.fsum(a[i] * b[:, j]) for j in range(b.shape[1])] for i in range(a.shape[0])])
+
+
+def test_float32_magnitude_products_bound_the_exact_ones_within_the_documented_factor():
+    """bounds.NOTE [float32 magnitudes]: a product of float32 magnitudes, kept rounded up, is never below the exact
+    product and at most (1 + gamma_k(u32))^2 above it (plus k 2^-148 of underflow), also for subnormal gradients
+    (scaled to normal numbers first) and gradients far from 1; a product that would overflow float32 runs in
+    float64."""
+    rng = np.random.default_rng(0)
+    k = 700
+    w = np.abs(rng.standard_normal((k, 9))).astype(np.float32)
+    w[rng.random(w.shape) < 0.3] = 0
+    for scale in (1.0, 1e-40, 1e-30, 1e25):  # 1e-40: subnormal float32 gradients
+        g = (rng.standard_normal((12, k)) * scale).astype(np.float32)
+        g[rng.random(g.shape) < 0.2] = 0
+        out = Mag.grad(g, f32=True) @ Mag(None, None, 0, m32=w)
+        assert out.m32 is not None and out.s32[1] > 0  # (computed in float32, kept rounded up)
+        exact = _exact_products(np.abs(g), w)
+        m = out.m
+        assert np.all(m >= exact), scale
+        assert np.all(m <= exact * (1 + gamma(k, bounds.UNIT_ROUNDOFF["float32"])) ** 2 * (1 + 2.0**-48)
+                      + k * 2.0**-147 * out.s32[0]), scale
+        b = bounds.local_bound(out, "float32")
+        assert np.array_equal(b, bounds.bound_of(Mag(m, None, out.c), "float32").array()) or \
+            np.all(b <= bounds.bound_of(Mag(m, None, out.c), "float32").array() * (1 + 2.0**-50))
+    big = np.full((2, k), 3e37, dtype=np.float32)  # |g| @ |w| overflows float32: float64 instead
+    with np.errstate(over="ignore"):  # (the mirror runs so)
+        out = Mag(None, None, 0, m32=big) @ Mag(None, None, 0, m32=w)
+    assert out.m32 is None and np.all(np.isfinite(out.m))
+    assert np.array_equal(out.m, big.astype(np.float64) @ w.astype(np.float64))
+
+
+def test_float64_magnitudes_never_take_the_float32_path():
+    g = np.abs(np.random.default_rng(1).standard_normal((40, 300)))
+    a = Mag.grad(g, f32=True)
+    assert a.m32 is None
+    out = a @ Mag.of(np.ones((300, 50)))
+    assert out.m32 is None and np.array_equal(out.m, g @ np.ones((300, 50)))
+
+
+def test_the_mirrors_own_gradient_by_linearity_in_float32_changes_no_verdict(monkeypatch):
+    """A float32 node's own gradient is local + rule(d) with rule(d) in float32 (Step._mine32): the same verdicts as the
+    rule run on the mirror's gradient in float64, the leaves' gradients equal far below the rounding allowed for them,
+    bounds equal to within the float32 rounding of |rule(d)| (a planted hook still caught)."""
+    def run(on):
+        monkeypatch.setattr(driver, "_MINE32_MIN", 1 << 12 if on else 1 << 62)
+        out = {}
+        for name, change in (("plain", None), ("hook", lambda g: g * (1 + 1e-3))):
+            loss, params = _big(torch.float32, change)
+            out[name] = lens.mirror(loss, params=params, mode="tensor")
+        return out
+    calls = []
+    orig = driver.Step._mine32
+    monkeypatch.setattr(driver.Step, "_mine32", lambda self, *a: calls.append(1) or orig(self, *a))
+    new, old = run(True), run(False)
+    assert calls
+    for name in new:
+        assert [(r["id"], r["status"], r["e2e_status"]) for r in new[name].rows] == \
+            [(r["id"], r["status"], r["e2e_status"]) for r in old[name].rows]
+        for r, s in zip(new[name].rows, old[name].rows):
+            if s["e2e_bound"]:
+                assert r["e2e_bound"] == pytest.approx(s["e2e_bound"], rel=1e-6)
+        allowed = {r["name"]: r["e2e_bound"] for r in old[name].rows if r["kind"] == "leaf"}
+        for leaf, g in old[name].grads.items():  # (a bias before BatchNorm: 0 made of large terms, so E is the scale)
+            assert np.abs(new[name].grads[leaf] - g).max() <= 1e-3 * allowed[leaf], leaf
+    assert not new["hook"].ok and new["hook"].diverges_at == ["AddmmBackward0:1"]
+
+
+def test_a_rule_that_rounds_to_a_dtype_takes_the_float64_path():
+    """rule(d) = rule(G_mirror) - rule(G_torch) holds for linear rules only: one that rounds (a cast) steps aside."""
+    d = np.ones((4, 3), dtype=np.float32)
+    c = driver._LinearCtx("ToCopyBackward0", [d], {}, {}, [(4, 3)], [(4, 3)], False, ["bfloat16"])
+    with pytest.raises(driver._NotLinear):
+        table.RULES["ToCopyBackward0"](c)
+
+
+def test_the_mirror_keeps_none_of_pytorchs_memory_after_it_returns():
+    """Float32 saved tensors are read in PyTorch's own memory (no copy): nothing of them is kept after the mirror."""
+    from autogradlens.mirror import conv
+    loss, params = _big(torch.float32)
+    rep = lens.mirror(loss, params=params, mode="tensor")
+    assert rep.ok and conv._LAST_COLS == []
+    assert all(g.flags.writeable and g.base is None for g in rep.grads.values())

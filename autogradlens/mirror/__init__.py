@@ -77,7 +77,7 @@ def _mirror(root, params, mode: str, backward: bool) -> MirrorReport:
     live = {fn: walk.ids[fn] for fn in walk.order}
     seen_in, seen_out, leaf_in = capture(
         walk, roots, {fn: i for fn, i in live.items() if i in ops}, {fn: i for fn, i in live.items() if i not in ops},
-        backward, keep=tuple(t for _, t in walk.named))
+        backward, keep=tuple(t for _, t in walk.named), lazy=True)
     seeds: dict = {}
     for r in roots:  # the same tensor twice counts twice, as in torch.autograd.backward
         key = (walk.ids[r.grad_fn], r.output_nr)
@@ -93,9 +93,14 @@ def _mirror(root, params, mode: str, backward: bool) -> MirrorReport:
         with np.errstate(all="ignore"):  # IEEE infinities and NaNs are values here, as in PyTorch
             grads = replay(order, ops, seeds, ticking)
     rows = verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads)
-    mine = {r["name"]: floats(grads[(r["id"], 0)].g) for r in rows
+    mine = {r["name"]: _own(floats(grads[(r["id"], 0)].g)) for r in rows
             if r["kind"] == "leaf" and (r["id"], 0) in grads and not r["note"]}
     return MirrorReport(rows, tr, mode, divergence(ops, rows), mine, reason)
+
+
+def _own(a: np.ndarray) -> np.ndarray:
+    """The report's own writable array (the mirror may have read a gradient in PyTorch's memory, read-only)."""
+    return a if a.flags.writeable and a.base is None else np.array(a)
 
 
 class _Package(types.ModuleType):

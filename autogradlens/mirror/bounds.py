@@ -30,6 +30,7 @@ fall back to a relative bound for that node (noted on its row); tests/test_verdi
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,6 +66,14 @@ def unit_roundoff(dtype: str) -> float:
 
 
 def local_bound(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) -> np.ndarray:
+    """B for the magnitudes `x` of a rule's result (bound_of)."""
+    m, factor, add = bound_of(x, dtype, tf32, atomic)
+    b = np.multiply(m, factor, dtype=np.float64)
+    b += add  # (in place: one array, not three)
+    return b
+
+
+def bound_of(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) -> BoundOf:
     """B = (gamma_n(u_opmath) + gamma_r(u_dtype) + 3 gamma_n(u_64)) * M + n * eta: PyTorch's rounding of a
     rule's result in `dtype`, plus the float64 mirror's own (two runs and their difference); `tf32` adds
     the rounding of the factors to TensorFloat-32 (a float32 convolution or matrix product on CUDA).
@@ -75,9 +84,23 @@ def local_bound(x: Mag, dtype: str, tf32: bool = False, atomic: bool = False) ->
            else gamma(n, u))
     if tf32:
         acc += gamma(2, TF32_TRUNCATION)
-    b = np.multiply(acc + 3 * gamma(n, UNIT_ROUNDOFF["float64"]), x.m)
-    b += n * UNDERFLOW.get(dtype, 0.0)  # (in place: one array, not three)
-    return b
+    coef = acc + 3 * gamma(n, UNIT_ROUNDOFF["float64"])
+    if x._m is None and x.m32 is not None:  # float32 magnitudes (NOTE [float32 magnitudes]): F m32 + A
+        f, a = x.s32
+        return BoundOf(x.m32, coef * f, coef * a + n * UNDERFLOW.get(dtype, 0.0))
+    return BoundOf(x.m, coef, n * UNDERFLOW.get(dtype, 0.0))
+
+
+class BoundOf(NamedTuple):
+    """B = m factor + add (local_bound's arithmetic), made by `array`, or chunk by chunk by whoever reads it once."""
+    m: np.ndarray
+    factor: float
+    add: float
+
+    def array(self, m=None) -> np.ndarray:
+        b = np.multiply(self.m if m is None else m, self.factor, dtype=np.float64)
+        b += self.add  # (in place: one array, not three)
+        return b
 
 
 # Node types whose rules only move, select or negate the elements of the incoming gradient (views, slices,
@@ -96,16 +119,64 @@ MOVES_ONLY = frozenset({
 CHUNK = 1 << 16  # elements: arrays larger than this are judged chunk by chunk (the temporaries stay in cache)
 
 
-def chunks(*arrays, out=False):
-    """Iterate over equal 1-d chunks of `arrays` broadcast together (any layout; None and numbers as 0-d), with
-    one more, written, float64 chunk of a new array when `out` (``it.operands[-1]`` after the loop)."""
+def chunks(*arrays, out=0):
+    """Iterate over equal chunks of `arrays` broadcast together (any layout; None and numbers as 0-d), with
+    `out` more (True: one), written, float64 chunks of new arrays (``it.operands[-out:]`` after the loop). The
+    chunks are 1-d, or 2-d tiles where the arrays' layouts disagree (a matrix and a transposed one: `_Tiles`);
+    reduce them with ``axis=None``."""
     ops = [np.float64(0.0) if a is None else a for a in arrays]
+    tiles = _Tiles.of(ops, out)
+    if tiles is not None:
+        return tiles
     flags = [["readonly"]] * len(ops)
-    if out:
-        ops.append(None)
-        flags = flags + [["writeonly", "allocate"]]
+    ops += [None] * int(out)
+    flags = flags + [["writeonly", "allocate"]] * int(out)
     return np.nditer(ops, flags=["external_loop", "buffered", "zerosize_ok", "refs_ok"], op_flags=flags,
-                     op_dtypes=[None] * len(arrays) + ([np.float64] if out else []), buffersize=CHUNK)
+                     op_dtypes=[None] * len(arrays) + [np.float64] * int(out), buffersize=CHUNK)
+
+
+class _Tiles:
+    """`chunks` over arrays whose last two axes are laid out differently (one row-major, one column-major: PyTorch
+    hands over a transposed weight's gradient so): square tiles of the last two axes, in which both layouts stay
+    in cache (a flat chunk of one reads the other a whole row apart per element: four times slower)."""
+
+    T = 256  # a tile is T x T elements (= CHUNK)
+
+    def __init__(self, ops, shape, out):
+        self.ops = [np.broadcast_to(a, shape) for a in ops]
+        self.shape = shape
+        if out:
+            like = next(a for a in ops if np.shape(a) == shape)
+            self.ops += [np.empty_like(like, dtype=np.float64) for _ in range(int(out))]
+        self.operands = self.ops
+
+    @classmethod
+    def of(cls, ops, out):
+        arrays = [a for a in ops if isinstance(a, np.ndarray)]
+        if not arrays or max(a.size for a in arrays) <= CHUNK:
+            return None
+        try:
+            shape = np.broadcast_shapes(*(np.shape(a) for a in ops))
+        except ValueError:
+            return None
+        if len(shape) < 2 or shape[-1] < 2 or shape[-2] < 2:
+            return None
+        rows = {a.strides[-1] < a.strides[-2] for a in arrays if a.shape == shape and a.strides[-1] and a.strides[-2]}
+        return cls(ops, shape, out) if len(rows) == 2 else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __iter__(self):
+        t, (h, w) = self.T, self.shape[-2:]
+        for lead in np.ndindex(*self.shape[:-2]):
+            for i in range(0, h, t):
+                for j in range(0, w, t):
+                    idx = lead + (slice(i, i + t), slice(j, j + t))
+                    yield tuple(a[idx] for a in self.ops)
 
 
 # A complex dtype rounds its real and imaginary parts as the real dtype of the same precision.
@@ -152,15 +223,44 @@ _STRUCT.discard(np.tensordot)
 
 
 class Mag:
-    """Magnitudes (``m``), values when G-free (``v``) and a rounding count (``n``) of one array in a rule."""
+    """Magnitudes (``m``), values when G-free (``v``) and a rounding count (``n``) of one array in a rule.
 
-    __slots__ = ("m", "v", "_n")
+    ``m32``, ``s32`` = (F, A): the magnitudes held in float32 instead, at most F m32 + A (exactly F m32 when A = 0,
+    F a power of two: PyTorch's float32, float16 and bfloat16 gradients and saved tensors); ``m`` is made from them
+    when first read. Matrix products and convolutions of two exact ones run in float32 (`_product`, NOTE [float32
+    magnitudes])."""
+
+    __slots__ = ("_m", "v", "_n", "m32", "s32")
     __array_priority__ = 1000
     __hash__ = None
 
-    def __init__(self, m, v=None, n=0, box=None):
-        self.m, self.v = m, v
+    def __init__(self, m, v=None, n=0, box=None, m32=None, s32=(1.0, 0.0)):
+        self._m, self.v, self.m32, self.s32 = m, v, m32, s32
         self._n = box if box is not None else [_count(n)]
+
+    @property
+    def m(self) -> np.ndarray:
+        m = self._m
+        if m is None:
+            f, a = self.s32
+            m = self.m32.astype(np.float64)
+            if f != 1.0:
+                m *= f
+            if a:
+                m += a
+            self._m = m
+        return m
+
+    @m.setter
+    def m(self, x):
+        self._m, self.m32 = x, None
+
+    @property
+    def exact32(self) -> bool:
+        return self.m32 is not None and self.s32[1] == 0.0
+
+    def _any(self) -> np.ndarray:  # the magnitudes in either precision, for shapes
+        return self._m if self._m is not None else self.m32
 
     @classmethod
     def of(cls, x, n: int = 0) -> Mag:
@@ -173,9 +273,21 @@ class Mag:
         return cls(np.abs(x).astype(np.float64, copy=False), x, n)
 
     @classmethod
-    def grad(cls, g) -> Mag:
-        """The incoming gradient (or its error bound): magnitudes only, no values."""
-        return cls(np.abs(np.asarray(g)).astype(np.float64, copy=False), None, 0)  # |z| of a complex gradient
+    def grad(cls, g, f32: bool = False) -> Mag:
+        """The incoming gradient (or its error bound): magnitudes only, no values. With `f32`, a float32 `g` keeps
+        them in float32 (``m32``), scaled by a power of two to a largest element near 2^60 (exact): a float32
+        product then neither meets subnormal numbers (slow) nor overflows (NOTE [float32 magnitudes])."""
+        g = np.asarray(g)
+        if f32 and g.dtype == np.float32 and g.size:
+            a = np.abs(g, order="C")
+            top = float(np.max(a))
+            f = 1.0
+            if top > 0 and math.isfinite(top):
+                e = 60 - math.frexp(top)[1]
+                np.ldexp(a, e, out=a)  # (exact; 2^e itself may be out of float32's range)
+                f = 2.0**-e
+            return cls(None, None, 0, m32=a, s32=(f, 0.0))
+        return cls(np.abs(g, dtype=np.float64), None, 0)  # (|z| of a complex gradient)
 
     @property
     def n(self) -> int:
@@ -196,14 +308,14 @@ class Mag:
         self._n[0] = _count(k)
 
     # -- array protocol
-    shape = property(lambda s: s.m.shape)
-    ndim = property(lambda s: s.m.ndim)
-    size = property(lambda s: s.m.size)
+    shape = property(lambda s: s._any().shape)
+    ndim = property(lambda s: s._any().ndim)
+    size = property(lambda s: s._any().size)
     dtype = property(lambda s: np.dtype(np.float64))
     T = property(lambda s: s.transpose())
 
     def __len__(self):
-        return len(self.m)
+        return len(self._any())
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -225,17 +337,24 @@ class Mag:
     def __repr__(self):
         return f"Mag(n={self.n}, m={self.m!r})"
 
-    def _view(self, m, v) -> Mag:  # a view of self (shares the rounding count)
-        base = self.m if self.m.base is None else self.m.base
-        return Mag(m, v, box=self._n if m is self.m or m.base is base else [self.c])
+    def _view(self, m, v, m32=None) -> Mag:  # a view of self (shares the rounding count)
+        mine, new = self._any(), m if m is not None else m32
+        base = mine if mine.base is None else mine.base
+        return Mag(m, v, box=self._n if new is mine or new.base is base else [self.c], m32=m32, s32=self.s32)
+
+    def _apply(self, f) -> tuple:
+        """f applied to the magnitudes in the precisions at hand: (m or None, m32 or None)."""
+        return (None if self._m is None else f(self._m)), (None if self.m32 is None else f(self.m32))
 
     def __getitem__(self, idx):
         idx = _values(idx)
-        return self._view(self.m[idx], None if self.v is None else self.v[idx])
+        m, m32 = self._apply(lambda a: a[idx])
+        return self._view(m, None if self.v is None else self.v[idx], m32)
 
     def __setitem__(self, idx, val):
         idx, val = _values(idx), Mag.of(val)
         self.m[idx] = val.m
+        self.m32 = None  # (changed in place: the float64 magnitudes only)
         if self.v is not None and val.v is not None:
             self.v[idx] = val.v
         else:
@@ -261,7 +380,8 @@ class Mag:
         return np.ravel(self).copy()
 
     def copy(self):
-        return Mag(self.m.copy(), None if self.v is None else self.v.copy(), self.c)
+        m, m32 = self._apply(np.copy)
+        return Mag(m, None if self.v is None else self.v.copy(), self.c, m32=m32, s32=self.s32)
 
     def sum(self, axis=None, keepdims=False, **kw):
         return np.sum(self, axis=axis, keepdims=keepdims, **kw)
@@ -323,11 +443,11 @@ class Mag:
         if uf is np.multiply:
             return Mag(xs[0].m * xs[1].m, uf(*vals) if known else None, xs[0].c + xs[1].c + 1)
         if uf in (np.negative, np.positive, np.absolute, np.conjugate):
-            return Mag(xs[0].m, uf(vals[0]) if known else None, n)
+            return Mag(xs[0]._m, uf(vals[0]) if known else None, n, m32=xs[0].m32, s32=xs[0].s32)
         if uf is np.matmul:
             k = xs[0].shape[-1] if xs[0].ndim else 1
-            return Mag(np.matmul(xs[0].m, xs[1].m), np.matmul(*vals) if known else None,
-                       xs[0].c + xs[1].c + (k, 1))
+            return _product(np.matmul, xs[0], xs[1], k, np.matmul(*vals) if known else None,
+                            xs[0].c + xs[1].c + (k, 1))
         if uf in (np.divide, np.true_divide):
             b = xs[1]
             if b.v is None:
@@ -357,9 +477,14 @@ class Mag:
         if func in _STRUCT:
             mags = _mags(args) + _mags(kw)
             known = all(x.v is not None for x in mags)
-            m = func(*_swap(args, "m"), **_swap(kw, "m"))
             v = func(*_swap(args, "v"), **_swap(kw, "v")) if known else None
             n = _top(mags)
+            if len(mags) == 1 and mags[0].m32 is not None:  # (a reshaping view of float32 magnitudes stays one)
+                x = mags[0]
+                m, m32 = x._apply(lambda a: func(*_put(args, a), **_put(kw, a)))
+                if not isinstance(m32, (list, tuple)):
+                    return x._view(m, v, m32)
+            m = func(*_swap(args, "m"), **_swap(kw, "m"))
             if isinstance(m, (list, tuple)):
                 return [Mag(a, None if v is None else b, n) for a, b in zip(m, v if v is not None else m)]
             if len(mags) == 1:
@@ -367,7 +492,7 @@ class Mag:
             return Mag(m, v, n)
         if func in (np.real, np.imag):  # a part of a complex number is no larger than the number
             x = args[0]
-            return x._view(x.m, None if x.v is None else func(x.v))
+            return x._view(x._m, None if x.v is None else func(x.v), x.m32)
         if func is np.fft.fftn:
             return _fftn(Mag.of(args[0]), kw["axes"])
         if func in (np.linalg.solve, np.linalg.inv):
@@ -391,17 +516,18 @@ class Mag:
             return _einsum(args, kw)
         if func in (np.outer, np.dot, np.inner, np.tensordot, np.matmul):
             xs = [Mag.of(a) for a in args[:2]]
-            m = func(xs[0].m, xs[1].m, *args[2:], **kw)
             known = all(x.v is not None for x in xs)
             v = func(xs[0].v, xs[1].v, *args[2:], **kw) if known else None
-            k = max(1, xs[0].size * xs[1].size // max(1, np.size(m)))
-            if func is np.outer:
-                k = 1
-            return Mag(np.asarray(m, dtype=np.float64), v, xs[0].c + xs[1].c + (k, 1))
+            def dots(size):  # the dot length
+                return 1 if func is np.outer else max(1, xs[0].size * xs[1].size // max(1, size))
+            out = _product(lambda a, b: func(a, b, *args[2:], **kw), xs[0], xs[1], dots, v, (0, 0))
+            out.c = xs[0].c + xs[1].c + (dots(out.size), 1)
+            return out
         if func is np.put_along_axis:
             arr, idx, vals = args[0], _value(args[1]), Mag.of(args[2])
             np.put_along_axis(arr.m, idx, np.broadcast_to(vals.m, np.shape(idx)) if vals.m.ndim else vals.m,
                               *args[3:], **kw)
+            arr.m32 = None  # (changed in place)
             if arr.v is not None and vals.v is not None:
                 np.put_along_axis(arr.v, idx, vals.v, *args[3:], **kw)
             else:
@@ -412,6 +538,36 @@ class Mag:
         if any(x.v is None for x in mags):
             raise LensTypeError(f"np.{func.__name__} of a gradient on magnitudes")
         return func(*_swap(args, "v"), **_swap(kw, "v"))  # a coefficient: computed on values, exact
+
+
+# NOTE [float32 magnitudes] A matrix product or convolution of magnitudes whose factors are both float32 numbers
+# exactly (Mag.exact32: PyTorch's float32, float16 and bfloat16 gradients, scaled by a power of two, and saved
+# tensors) runs in float32: twice the speed of float64 and half the memory traffic. Its terms are nonnegative, so
+# each of the at most k roundings a term goes through (k: the dot length, plus col2im's additions for a
+# convolution) lowers it by at most a factor (1 - u32), u32 = 2^-24, and an underflowing one adds at most 2^-150:
+# the exact result is at most F (m32 (1 + gamma_k(u32)) + k 2^-150), F the factors' scales. The product is kept
+# so (Mag.s32 = (F (1 + gamma_k(u32)) (1 + 2^-50), k 2^-148 F): the slack covers the float64 arithmetic that
+# uses it) and local_bound reads it directly. The float32 result errs either way by at most gamma_k(u32), so the
+# bound is looser than the float64 run's by at most the factor (1 + gamma_k(u32))^2 (1.0006 for ResNet-18's longest
+# dot product, K = 4608; 1.00006 the most measured over the zoo and the bench models) and the tiny underflow term
+# (the gradient is scaled to a largest element near 2^60, so F ~ 2^-60 |G|max: far below B's own k eta). A result that
+# overflows float32 (or has a NaN) is computed again in float64. Float64 gradients have no m32: float64 graphs never
+# take this path.
+_PRODUCT32_MIN = 1 << 16  # (size of a) x (size of b) below which a float32 product is not worth its conversions
+
+
+def _product(f, a: Mag, b: Mag, k, v, count) -> Mag:
+    """Mag(f(a.m, b.m), v, count), f a product with nonnegative coefficients: in float32 where both factors are
+    exact float32 magnitudes (NOTE [float32 magnitudes]), else in float64. `k`: the roundings per term (an int, or a
+    function of the result's size)."""
+    if a.exact32 and b.exact32 and a.size * b.size >= _PRODUCT32_MIN:
+        m32 = np.asarray(f(a.m32, b.m32))
+        if m32.dtype == np.float32 and (not m32.size or math.isfinite(float(np.max(m32)))):
+            k = k if isinstance(k, int) else k(m32.size)
+            scale = a.s32[0] * b.s32[0]
+            return Mag(None, v, count, m32=m32,
+                       s32=(scale * (1 + gamma(k, UNIT_ROUNDOFF["float32"])) * (1 + 2.0**-50), k * 2.0**-148 * scale))
+    return Mag(np.asarray(f(a.m, b.m), dtype=np.float64), v, count)
 
 
 class Reduced:
@@ -535,11 +691,23 @@ def _swap(x, attr):
     return x
 
 
+def _put(x, arr):
+    """`x` (arguments) with its one Mag replaced by the array `arr`."""
+    if isinstance(x, Mag):
+        return arr
+    if isinstance(x, dict):
+        return {k: _put(a, arr) for k, a in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_put(a, arr) for a in x)
+    return x
+
+
 def _add_at(out, idx, b=None):
     if not isinstance(out, Mag):
         raise LensTypeError("np.add.at into a plain array with magnitudes (use c.zeros(shape) for buffers)")
     idx, b = _value(idx), Mag.of(b)
     np.add.at(out.m, idx, b.m)
+    out.m32 = None  # (changed in place)
     if out.v is not None and b.v is not None:
         np.add.at(out.v, idx, b.v)
     else:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
 import numpy as np
 
-from .bounds import Mag
+from .bounds import Mag, _product
 from .table import rule, scatter_axis
 
 
@@ -90,14 +91,29 @@ def _cols(xg, k, s, d, so):
 
 
 def _input_cols(x, k, s, p, d, so, groups):
-    """_cols of the padded input `x`; the last one is kept, for the same saved input meets the local run, the
-    mirror's own and (where it has no negative element) the run on magnitudes one after the other."""
+    """The windows of the padded input `x` as one matrix per group: for float32 numbers (G, Cg prod(K), N prod(So)),
+    rows (c, t), columns (n, o), gathered tap by tap (long runs along the last spatial axis, not runs of the kernel's
+    width: twice as fast); else (G, N prod(So), Cg prod(K)) (_cols), the layout whose float64 products the mirror has
+    always computed (BLAS rounds small products of the two layouts differently). The last one is kept, for the same
+    saved input meets the local run, the mirror's own and (where it has no negative element) the run on magnitudes
+    one after the other."""
     key = (id(x), x.shape, x.strides, x.dtype, tuple(k), tuple(s), tuple(p), tuple(d), tuple(so), groups)
     if _LAST_COLS and _LAST_COLS[0] == key and _LAST_COLS[1] is x:
         return _LAST_COLS[2]
     xp = _pad_spatial(x, p)
-    n, cg = x.shape[0], x.shape[1] // groups
-    cols = _cols(xp.reshape((n, groups, cg) + xp.shape[2:]), k, s, d, so)
+    if x.dtype != np.float32:
+        n, cg = x.shape[0], x.shape[1] // groups
+        cols = _cols(xp.reshape((n, groups, cg) + xp.shape[2:]), k, s, d, so)
+        if x.dtype != object and not x.flags.writeable:  # a saved tensor's array (read-only): safe to keep
+            _LAST_COLS[:] = [key, x, cols]
+        return cols
+    n, cg, nd = x.shape[0], x.shape[1] // groups, len(k)
+    xg = xp.reshape((n, groups, cg) + xp.shape[2:]).transpose((1, 2, 0) + tuple(range(3, 3 + nd)))  # (G, Cg, N, *Sp)
+    cols = np.empty((groups, cg) + tuple(k) + (n,) + tuple(so), dtype=x.dtype)
+    for t in _taps(k):
+        cols[(slice(None),) * 2 + t] = xg[(slice(None),) * 3 + tuple(
+            slice(a * dd, a * dd + ss * (m - 1) + 1, ss) for a, dd, ss, m in zip(t, d, s, so))]
+    cols = cols.reshape(groups, cg * math.prod(k), n * math.prod(so))
     if x.dtype != object and not x.flags.writeable:  # a saved tensor's array (read-only): safe to keep
         _LAST_COLS[:] = [key, x, cols]
     return cols
@@ -106,17 +122,31 @@ def _input_cols(x, k, s, p, d, so, groups):
 _LAST_COLS: list = []
 
 
+def forget(arrays):
+    """Drop the kept windows if they are of one of `arrays` (a saved tensor's arrays, done with: a float32 one is
+    PyTorch's own memory, which the mirror must not keep alive)."""
+    if _LAST_COLS and any(_LAST_COLS[1] is a for a in arrays):
+        _LAST_COLS.clear()
+
+
 def _grad_rows(gy, groups):
     """(G, N prod(So), Og) of a gradient (N, O, *So): rows (n, o), as _cols'."""
     n, o = gy.shape[:2]
     return gy.reshape(n, groups, o // groups, -1).transpose(1, 0, 3, 2).reshape(groups, -1, o // groups)
 
 
-def _on_mags(f, a, b, n, r):
-    """f(a, b), f bilinear with nonnegative coefficients, where a or b is a Mag: f(|a|, |b|), counts + (n, r)."""
+def _on_mags(f, a, b, n, r, k):
+    """f(a, b), f bilinear with nonnegative coefficients, where a or b is a Mag: f(|a|, |b|), counts + (n, r); in
+    float32 where both are float32 numbers exactly (bounds.NOTE [float32 magnitudes]), `k` bounding the roundings
+    a term goes through there (one product, the additions of its matrix product and of col2im)."""
     a, b = Mag.of(a), Mag.of(b)
     v = f(a.v, b.v) if a.v is not None and b.v is not None else None
-    return Mag(f(a.m, b.m), v, a.c + b.c + (n, r))
+    return _product(f, a, b, k, v, a.c + b.c + (n, r))
+
+
+def _zeros(a):
+    """Buffers in the dtype of the run: float32 on float32 magnitudes, else float64."""
+    return functools.partial(np.zeros, dtype=np.float32 if a.dtype == np.float32 else np.float64)
 
 
 def _conv_fwd(x, w, s, p, d, groups, zeros):
@@ -124,7 +154,8 @@ def _conv_fwd(x, w, s, p, d, groups, zeros):
     k, cg, o = tuple(w.shape[2:]), w.shape[1], w.shape[0]
     if isinstance(x, Mag) or isinstance(w, Mag):
         nk = math.prod(k)
-        return _on_mags(lambda a, b: _conv_fwd(a, b, s, p, d, groups, np.zeros), x, w, 1 + cg + nk, 2 + nk)
+        return _on_mags(lambda a, b: _conv_fwd(a, b, s, p, d, groups, _zeros(a)), x, w, 1 + cg + nk, 2 + nk,
+                        cg * nk)
     xp = _pad_spatial(x, p)
     n = x.shape[0]
     so = tuple((xp.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(len(k)))
@@ -138,12 +169,14 @@ def _conv_dx(gy, w, xshape, s, p, d, groups, zeros):
     k, o = tuple(w.shape[2:]), w.shape[0]
     if isinstance(gy, Mag) or isinstance(w, Mag):
         nk = math.prod(k)
-        return _on_mags(lambda a, b: _conv_dx(a, b, xshape, s, p, d, groups, np.zeros), gy, w,
-                        1 + o // groups + nk, 2 + nk)
+        return _on_mags(lambda a, b: _conv_dx(a, b, xshape, s, p, d, groups, _zeros(a)), gy, w,
+                        1 + o // groups + nk, 2 + nk, o // groups + nk)
     n, so, ch = gy.shape[0], tuple(gy.shape[2:]), xshape[1]
     cg = ch // groups
     full = tuple(xshape[2 + i] + 2 * p[i] for i in range(len(k)))
     full = tuple(max(f, d[i] * (k[i] - 1) + s[i] * (so[i] - 1) + 1) for i, f in enumerate(full))
+    if _flat_ok(gy, w, s, so, full):
+        return _conv_dx_flat(gy, w, xshape, p, d, groups, zeros, full)
     cols = w.reshape(groups, o // groups, -1).transpose(0, 2, 1) @ _grad_rows(gy, groups).transpose(0, 2, 1)
     cols = cols.reshape((groups, cg) + k + (n,) + so)  # (G, Cg, *K, N, *So)
     dxp = zeros((n, groups, cg) + full)
@@ -153,15 +186,52 @@ def _conv_dx(gy, w, xshape, s, p, d, groups, zeros):
     return dxp[crop].reshape(tuple(xshape))
 
 
+def _flat_ok(gy, w, s, so, full) -> bool:
+    """Can _conv_dx_flat run: stride 1, float numbers, a finite weight (its junk products must be 0), and an output
+    grid that the padded input's rows do not widen by more than a quarter (they cost as many products)?"""
+    return (all(a == 1 for a in s) and gy.dtype in (np.float32, np.float64) and w.dtype == gy.dtype
+            and math.prod(full[1:]) <= 1.25 * math.prod(so[1:]) and bool(np.isfinite(w).all()))
+
+
+def _conv_dx_flat(gy, w, xshape, p, d, groups, zeros, full):
+    """_conv_dx for stride 1 with col2im as one contiguous addition per tap: the gradient is laid out on the padded
+    input's grid (rows of the padded width, zeros in the extra columns), so every tap's products land at one flat
+    offset of the padded input. The products and the additions per position are the same, in the same order (the
+    extra columns add exact zeros)."""
+    k, o, nd = tuple(w.shape[2:]), w.shape[0], len(w.shape) - 2
+    n, so, og, cg = gy.shape[0], tuple(gy.shape[2:]), o // groups, xshape[1] // groups
+    grid = (so[0],) + full[1:]  # the outputs, rows as wide as the padded input's
+    fs = [math.prod(full[i + 1:]) for i in range(nd)]  # flat strides of the padded input
+    size, length = math.prod(grid), math.prod(full) + sum((k[i] - 1) * d[i] * fs[i] for i in range(1, nd))
+    gp = zeros((groups, og, n) + grid)
+    gp[(slice(None),) * 3 + tuple(slice(0, m) for m in so)] = \
+        gy.reshape((n, groups, og) + so).transpose((1, 2, 0) + tuple(range(3, 3 + nd)))
+    cols = w.reshape(groups, og, -1).transpose(0, 2, 1) @ gp.reshape(groups, og, -1)  # (G, Cg K, N P)
+    cols = cols.reshape(groups, cg, math.prod(k), n, size)
+    buf = zeros((n, groups, cg, length))
+    for i, t in enumerate(_taps(k)):
+        off = sum(t[j] * d[j] * fs[j] for j in range(nd))
+        buf[..., off:off + size] += cols[:, :, i].transpose(2, 0, 1, 3)
+    dxp = buf[..., :math.prod(full)].reshape((n, groups, cg) + full)
+    crop = (slice(None),) * 3 + tuple(slice(a, a + xshape[2 + i]) for i, a in enumerate(p))
+    return dxp[crop].reshape(tuple(xshape))
+
+
 def _conv_dw(x, gy, wshape, s, p, d, groups, zeros):
     """The adjoint of _conv_fwd in w."""
     k = tuple(wshape[2:])
     if isinstance(x, Mag) or isinstance(gy, Mag):
         n_terms = gy.shape[0] * math.prod(gy.shape[2:])
-        return _on_mags(lambda a, b: _conv_dw(a, b, wshape, s, p, d, groups, np.zeros), x, gy, 1 + n_terms, 2)
+        return _on_mags(lambda a, b: _conv_dw(a, b, wshape, s, p, d, groups, _zeros(a)), x, gy, 1 + n_terms, 2,
+                        n_terms)
     so = tuple(gy.shape[2:])
     cols = _input_cols(x, k, s, p, d, so, groups)
-    dw = _grad_rows(gy, groups).transpose(0, 2, 1) @ cols  # (G, Og, Cg K)
+    if x.dtype != np.float32:
+        dw = _grad_rows(gy, groups).transpose(0, 2, 1) @ cols  # (G, Og, Cg K)
+        return dw.reshape(tuple(wshape))
+    n, o = gy.shape[:2]  # cols (G, Cg K, N So)
+    rows = gy.reshape(n, groups, o // groups, -1).transpose(1, 2, 0, 3).reshape(groups, o // groups, -1)
+    dw = rows @ cols.transpose(0, 2, 1)  # (G, Og, Cg K)
     return dw.reshape(tuple(wshape))
 
 

@@ -2,8 +2,10 @@
 tinygrad's ``compute_gradient``: a rule table and a short loop), and `Step`, which runs one node's rule on values
 and on magnitudes, judges it and keeps only the verdicts. How the bounds are carried: verdicts.py (NOTE [bound]).
 
-Memory: PyTorch's gradients come from capture; the saved tensors become float64 arrays only when their node
-runs (`_Saved`: once per tensor, however many nodes saved it) and are dropped after their last node."""
+Memory: PyTorch's gradients come from capture as its tensors and are read when their node runs (float32 and
+float64 ones in PyTorch's own memory, read-only); the saved tensors become float64 arrays only when their node
+runs (`_Saved`: once per tensor, however many nodes saved it; float32 ones are also read as they are, for the
+float32 runs) and are dropped after their last node."""
 
 from __future__ import annotations
 
@@ -14,16 +16,19 @@ import numpy as np
 import torch
 
 from .._torch import is_freed, is_stale, saved_names, saved_value, version
-from ..capture import to_numpy
+from ..capture import read_only, to_numpy
 from ..errors import LensRuntimeError
+from . import conv
 from .bounds import (
     CHUNK,
     MOVES_ONLY,
     REAL_OF,
     UNDERFLOW,
     UNIT_ROUNDOFF,
+    BoundOf,
     Mag,
     MagCtx,
+    bound_of,
     chunks,
     gamma,
     local_bound,
@@ -229,13 +234,47 @@ class Flow(NamedTuple):
     u: float
 
     def __add__(self, o: Flow) -> Flow:  # the engine's sum and the mirror's each round once
+        if _big_real(self.g, o.g):  # the same arithmetic in two passes over the arrays, not eight
+            return Flow(np.add(self.g, o.g), _sum_bound(self, o), _Sum(self, o), max(self.u, o.u))
         a, g = self.parts() + o.parts(), self.g + o.g
         if not isinstance(g, (np.ndarray, np.generic)):  # two 0-d object arrays of Values add to a bare Value
             g = np.asarray(g, dtype=object)
         return Flow(g, self.e + o.e + (self.u + _U64) * a + _ETA[self.u], a, max(self.u, o.u))
 
     def parts(self) -> np.ndarray:
-        return np.abs(floats(self.g)) if self.a is None else self.a
+        a = self.a
+        if isinstance(a, _Sum):  # made now: the sum is summed again
+            return a.x.parts() + a.y.parts()
+        return np.abs(floats(self.g)) if a is None else a
+
+
+class _Sum(NamedTuple):
+    """The magnitudes of the parts of a sum of two big Flows (Flow.a), made only if it is summed again."""
+    x: Flow
+    y: Flow
+
+
+def _big_real(g, h) -> bool:
+    return (isinstance(g, np.ndarray) and isinstance(h, np.ndarray) and g.dtype == h.dtype == np.float64
+            and g.shape == h.shape and g.size > CHUNK)
+
+
+def _sum_bound(x: Flow, y: Flow) -> np.ndarray:
+    """Flow.__add__'s E, e_x + e_y + (u + u64) (|parts of x| + |parts of y|) + eta, chunk by chunk."""
+    ax, ay = (None if isinstance(f.a, _Sum) else f.a for f in (x, y))
+    px = x.parts() if isinstance(x.a, _Sum) else ax
+    py = y.parts() if isinstance(y.a, _Sum) else ay
+    c, eta = x.u + _U64, _ETA[x.u]
+    it = chunks(x.e, y.e, x.g if px is None else px, y.g if py is None else py, out=True)
+    with it:
+        for ex, ey, qx, qy, ec in it:
+            a = (np.abs(qx) if px is None else qx) + (np.abs(qy) if py is None else qy)
+            a *= c
+            e = np.add(ex, ey)
+            e += a
+            e += eta
+            ec[...] = e
+        return it.operands[-1]
 
 
 def replay(order: list, ops: dict, seeds: dict, step) -> dict:
@@ -317,16 +356,25 @@ class _Saved:
         rec = self.made.setdefault(id(t), {})
         v = rec.get(kind)
         if v is None:
-            v = rec[kind] = _as_array(t) if kind == "array" else _abs(self._get(t, "array"))
+            v = rec[kind] = (_as_array(t) if kind == "array" else _as_array32(t) if kind == "array32" else
+                             _abs(self._get(t, "array32" if kind == "mags32" else "array")))
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False  # shared by the nodes that saved the tensor
         return v
 
     def view(self, saved: dict, kind: str = "array") -> dict:
+        """The saved tensors as arrays (`kind` "array"), float32 arrays ("array32": float32, float16 and bfloat16
+        tensors exactly, others rounded) or Mags ("mags"; "mags32": with float32 magnitudes, Mag.m32, where they
+        are exact)."""
         def one(t):
             if t is None:
                 return None
-            if kind == "array" or not t.is_floating_point():
-                return self._get(t, "array")
-            return Mag(self._get(t, "mags"), self._get(t, "array"), 0)  # a fresh Mag: its rounding count is its own
+            if kind in ("array", "array32") or not t.is_floating_point():
+                return self._get(t, kind if t.is_floating_point() else "array")
+            if kind == "mags32" and t.dtype in _EXACT32:  # a fresh Mag: its rounding count is its own
+                rec = self.made.get(id(t), {})
+                return Mag(rec.get("mags"), self._get(t, "array"), 0, m32=self._get(t, "mags32"))
+            return Mag(self._get(t, "mags"), self._get(t, "array"), 0)
         return {k: tuple(one(t) for t in v) if isinstance(v, tuple) else one(v) for k, v in saved.items()}
 
     def done(self, saved: dict):
@@ -335,7 +383,9 @@ class _Saved:
             n = self.left.get(k, 1) - 1
             self.left[k] = n
             if n <= 0:
-                self.made.pop(k, None)
+                rec = self.made.pop(k, None)
+                if rec:
+                    conv.forget(rec.values())
 
 
 def _tensors(saved: dict):
@@ -346,9 +396,24 @@ def _tensors(saved: dict):
 
 
 def _abs(x):
-    if x.dtype == np.float64 and (not x.size or np.min(x) >= 0):
+    if x.dtype in (np.float64, np.float32) and (not x.size or np.min(x) >= 0):
         return x  # (activations after a ReLU: the same array, read-only)
-    return np.abs(x) if x.dtype == np.float64 else np.abs(x).astype(np.float64)
+    return np.abs(x) if x.dtype in (np.float64, np.float32) else np.abs(x).astype(np.float64)
+
+
+_EXACT32 = (torch.float32, torch.float16, torch.bfloat16)  # saved tensors whose numbers float32 holds exactly
+
+
+def _as_array32(t: torch.Tensor) -> np.ndarray:
+    """A floating saved tensor as a read-only float32 array: PyTorch's own memory for a float32 CPU tensor, else one
+    conversion (exact for float16 and bfloat16; float64 rounds)."""
+    d = t.resolve_neg()
+    if d.dtype == torch.float32 and d.device.type == "cpu" and d.numel() > 16:
+        a = d.detach().numpy(force=True)
+    else:
+        a = d.to("cpu", torch.float32, copy=True, memory_format=torch.contiguous_format).numpy(force=True)
+    a.flags.writeable = False
+    return a
 
 
 class Step:
@@ -362,19 +427,27 @@ class Step:
         # complex gradients only pass between nodes left unmirrored (complex tensors): kept as they are
         self.wrap = (lambda a: a if np.iscomplexobj(a) else as_values(a)) if scalar else (lambda a: a)
         self.compare, self.merge, self.largest = verdicts._compare, verdicts._merge, verdicts._largest
+        self.judge = verdicts._Judge
+        self.within: dict = {}
         self.verdicts: dict = {}  # id -> (local check, its largest bound, end-to-end check, its largest bound)
         self.notes: dict = {}
         self.saved = _Saved(list(ops.values()) if isinstance(ops, dict) else list(ops))
 
     def __call__(self, op: Op, flows: list):
-        torch_in = self.seen_in.get(op.id)
-        if torch_in is None:
+        raw = self.seen_in.get(op.id)
+        if raw is None:
             return None  # PyTorch did not run this node (no leaf needed it)
+        # PyTorch's gradients as numpy arrays, made here and dropped after (capture(lazy=True) keeps its tensors)
+        self.seen_in[op.id] = ()
+        torch_in = [_read(t) for t in raw]
         if any(t is None and f is not None for t, f in zip(torch_in, flows)):  # PyTorch's undefined gradient: 0
             torch_in = [np.zeros(np.shape(f.e)) if t is None and f is not None else t for t, f in zip(torch_in, flows)]
-        torch_out = self.seen_out[op.id]
-        e2e = None if op.note else self.merge([self.compare(f.g, t, f.e, op.out_dtype)
-                                               for f, t in zip(flows, torch_in) if f is not None and t is not None])
+        torch_out = [_read(t) for t in self.seen_out.get(op.id, ())]
+        self.seen_out[op.id] = ()
+        self.within = {}  # slot -> (within, equal) for _differences, where the e2e check found them
+        e2e = None if op.note else self.merge([self._incoming(i, f, t, op.out_dtype)
+                                               for i, (f, t) in enumerate(zip(flows, torch_in))
+                                               if f is not None and t is not None])
         e2e_bound = self.largest([f.e for f in flows if f is not None])
         try:
             return self._run(op, flows, torch_in, torch_out)
@@ -383,20 +456,53 @@ class Step:
             local, bound = self.verdicts.get(op.id, (None, None))
             self.verdicts[op.id] = (local, bound, e2e, e2e_bound)
 
+    def _incoming(self, slot, f, t, dtype):
+        """The end-to-end check of one incoming gradient (verdicts._compare); for a big real one, in the same pass
+        over the arrays, what _differences asks (is |g - t| within the incoming bound, are they equal)."""
+        g = f.g
+        if not (isinstance(g, np.ndarray) and g.dtype == np.float64 and t.dtype in (np.float32, np.float64)
+                and t.size > CHUNK and np.shape(g) == t.shape):
+            return self.compare(g, t, f.e, dtype)
+        judge, within, equal = self.judge(dtype), True, True
+        it = chunks(g, t, f.e)
+        with it:
+            for gc, tc, ec in it:
+                if not judge.add(gc, tc, ec):  # an infinity or a NaN: _compare and _differences decide alone
+                    return self.compare(g, t, f.e, dtype)
+                if within:  # (_within_chunks' arithmetic)
+                    ad = np.abs(_difference(gc, tc))
+                    if ad.max() != 0:
+                        equal = False
+                        within = bool(np.all(ad <= ec))
+        self.within[slot] = (within, equal and within)
+        return judge.result()
+
     def _run(self, op, flows, torch_in, torch_out):
         local = mine = ds = None
-        if op.note is None and op.type in RULES and is_complex(op) and (self.scalar or op.type not in COMPLEX_RULES):
+        cplx = is_complex(op)
+        read = torch_in  # (as compared: float32 arrays stay float32, for the run on magnitudes)
+        if op.note is None and op.type in RULES and cplx and (self.scalar or op.type not in COMPLEX_RULES):
             self.notes[op.id] = ("complex tensors: scalar mode's Values are real numbers (mode='tensor' checks them)"
                                  if self.scalar else f"complex tensors: the rule for {op.type} is for real numbers")
         elif op.type in RULES and op.note is None:
             try:
                 arrays = self.saved.view(op.saved)
-                local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], arrays,
-                                 scalar=self.scalar)
                 ds, same = self._differences(op, flows, torch_in)
-                # the same incoming gradients give the same outgoing ones (tensor mode: scalar mode builds Values)
-                mine = local if same and not self.scalar else \
-                    run_rule(op, [None if f is None else f.g for f in flows], arrays, scalar=self.scalar)
+                if op.type in MOVES_ONLY and not same and not self.scalar:
+                    # the rule only moves elements: on PyTorch's gradient as it is (float32 too) it is exact, and
+                    # where PyTorch's own backward is a view of its gradient, local is that very view (_check)
+                    local = run_rule(op, torch_in, arrays)
+                    mine = run_rule(op, [None if f is None else f.g for f in flows], arrays)
+                else:
+                    torch_in = [None if g is None else _float64(g) for g in torch_in]  # (converted once, here)
+                    local = run_rule(op, [None if g is None else self.wrap(g) for g in torch_in], arrays,
+                                     scalar=self.scalar)
+                    # the same incoming gradients give the same outgoing ones (tensor mode: scalar mode builds
+                    # Values)
+                    mine = local if same and not self.scalar else \
+                        None if cplx else self._mine32(op, flows, torch_in, ds, local)
+                    if mine is None:
+                        mine = run_rule(op, [None if f is None else f.g for f in flows], arrays, scalar=self.scalar)
             except Unsupported as e:  # a case the rule does not handle: unmirrored, with the reason
                 self.notes[op.id] = str(e)
                 local = mine = None
@@ -407,22 +513,39 @@ class Step:
             self.notes[op.id] = op.note
         if mine is None:  # no rule: PyTorch's own gradients flow on, exactly what PyTorch has
             return [None if t is None or d is None else
-                    Flow(self.wrap(t), np.zeros(np.shape(t)), np.abs(t), _u_of(op, i))
+                    Flow(self.wrap(_float64(t)), np.zeros(np.shape(t)), np.abs(t, dtype=np.float64), _u_of(op, i))
                     for i, (t, d) in enumerate(zip(torch_out, op.nexts))]
-        bound = self._bound(op, torch_in, local, torch_out)
-        checks = [("mismatch", False, math.inf, math.inf) if m is None else  # PyTorch's undefined gradient is 0
+        bound = self._bound(op, read, local, torch_out, cplx)
+        moves = op.type in MOVES_ONLY  # (only these hand PyTorch's own gradient memory back as local)
+        carried = self._carried(op, ds, mine, local, arrays)
+        fused = {}  # slot -> (check, largest B, E, mine): a big slot judged and carried in one pass (_out)
+        if any(type(b) is BoundOf for b in bound) or any(type(m) is _Mine for m in mine) or (
+                not cplx and any(np.size(m) > CHUNK for m in local if m is not None)):
+            for i, (m, t) in enumerate(zip(local, torch_out)):
+                if (op.nexts[i] is not None and mine[i] is not None and _big_pair(m, t) and not cplx
+                        and (carried[i] is None or mine is local)):
+                    got = self._out(m, t, bound[i], mine[i], op.in_dtypes[i] or op.dtype, op.in_dtypes[i])
+                    if got is not None:
+                        fused[i] = got
+            bound = [_made(b) if i not in fused else np.array([fused[i][1]]) for i, b in enumerate(bound)]
+            mine = [_made(m) if i not in fused else fused[i][3] for i, m in enumerate(mine)]
+        checks = [fused[i][0] if i in fused else
+                  ("mismatch", False, math.inf, math.inf) if m is None else  # PyTorch's undefined gradient is 0
+                  _IDENTICAL if moves and _same_memory(m, t) else
                   self.compare(m, np.zeros(np.shape(m)) if t is None else t, bound[i], op.in_dtypes[i] or op.dtype)
                   for i, (m, t) in enumerate(zip(local, torch_out))
                   if op.nexts[i] is not None and not (t is None and m is None)]
         self.verdicts[op.id] = (self.merge(checks) or ("match", True, 0.0, 0.0), self.largest(bound))
-        carried = self._carried(op, ds, mine, local, arrays)
         out = []
         for i, m in enumerate(mine):
             if m is None:
                 out.append(None)
                 continue
+            if i in fused:
+                out.append(Flow(m, fused[i][2], None, _u_of(op, i)))
+                continue
             if carried[i] is None and np.size(m) > CHUNK:  # |mine - local| and E in one pass, chunk by chunk
-                out.append(Flow(m, _bound_out(bound[i], floats(m), floats(local[i]), op.in_dtypes[i]), None,
+                out.append(Flow(m, _bound_out(bound[i], floats(m), _numbers(local[i]), op.in_dtypes[i]), None,
                                 _u_of(op, i)))
                 continue
             c = _magnitude(_difference(floats(m), floats(local[i]))) if carried[i] is None else carried[i]
@@ -437,6 +560,61 @@ class Step:
                             _u_of(op, i)))
         return out
 
+    def _out(self, local, t, bound, mine, cmp_dtype, dtype):
+        """One big outgoing slot in one pass over its arrays: B (made here from a BoundOf), the local check of local
+        against PyTorch's t within B (verdicts._compare's arithmetic), the mirror's own gradient (made here from a
+        _Mine), and E = (B + |mine - local|) + rounding(local) (_bound_out's). Returns (check, largest B, E, mine),
+        or None where an infinity or a NaN makes the check step aside (the caller then takes the usual path)."""
+        identical = _same_memory(local, t)
+        lazy_b, lazy_m = isinstance(bound, BoundOf), isinstance(mine, _Mine)
+        ops = [bound.m if lazy_b else bound, local, t]
+        if lazy_m:
+            ops.append(mine.r)
+        elif mine is not local:
+            ops.append(floats(mine))
+        judge = None if identical else self.judge(cmp_dtype)
+        u, eta = (unit_roundoff(dtype), UNDERFLOW[dtype]) if dtype in UNDERFLOW and dtype != "float64" else (None, 0.0)
+        top, nan = 0.0, False
+        it = chunks(*ops, out=1 + lazy_m)
+        with it:
+            for part in it:
+                bc, lc, tc = part[:3]
+                if lazy_b:
+                    b = np.multiply(bc, bound.factor, dtype=np.float64)
+                    b += bound.add
+                    bc = b
+                x = float(np.max(bc, initial=0.0))
+                if x != x:
+                    nan = True
+                elif x > top:
+                    top = x
+                if judge is not None and not judge.add(lc, tc, bc):
+                    return None
+                ec = part[3 + (len(ops) > 3)]
+                if mine is local:  # E = (B + 0) + rounding(local): B + 0 is B (B >= 0 or NaN)
+                    e = bc
+                else:
+                    if lazy_m:
+                        mc = np.multiply(part[3], mine.inv, out=part[-1])
+                        mc += lc
+                    else:
+                        mc = part[3]
+                    d = mc - lc  # (_bound_out's arithmetic)
+                    # (a finite local, as the check found it, and a finite r: d is finite)
+                    if not (lazy_m and judge is not None) and not np.isfinite(np.add.reduce(d, axis=None)):
+                        d = np.where((mc == lc) | (np.isnan(mc) & np.isnan(lc)), 0.0, d)
+                    e = np.abs(d, out=d)
+                    e = np.add(bc, e, out=e)
+                if u is not None:
+                    r = np.abs(lc, dtype=np.float64)
+                    r *= u
+                    r += eta
+                    e = np.add(r, e, out=r)
+                ec[...] = e
+            outs = it.operands[len(ops):]
+        check = _IDENTICAL if identical else judge.result()
+        return check, math.nan if nan else top, outs[0], outs[1] if lazy_m else mine
+
     def _differences(self, op, flows, torch_in):
         """Per incoming slot d = the mirror's gradient minus PyTorch's (NOTE [bound]), clipped to what the bound
         admits where it exceeds it (a real disagreement upstream: carried only in part, so it is not absorbed);
@@ -449,7 +627,9 @@ class Step:
                 continue
             g = floats(f.g)
             if t.size <= _SMALL or t.size > CHUNK:
-                within, equal = (_within_small if t.size <= _SMALL else _within_chunks)(g, t, f.e)
+                pre = self.within.get(len(ds))
+                within, equal = pre if pre is not None else \
+                    (_within_small if t.size <= _SMALL else _within_chunks)(g, t, f.e)
                 if within:  # nothing to clip: d itself is needed only if another slot is clipped
                     same = same and equal
                     ds.append((g, t))
@@ -468,6 +648,41 @@ class Step:
             ds.append(d)
         return ds, same
 
+    def _mine32(self, op, flows, torch_in, ds, local):
+        """The mirror's own gradients at a node of a float32 (or lower) graph by linearity, local + rule(d), rule(d)
+        in float32 on the saved tensors as float32 numbers (NOTE [bound]: d = G_mirror - G_torch is a few roundings of
+        the graph dtype, so float32 computes rule(d) to far below them; E carries |mine - local| as computed); d
+        scaled by a power of two first (exact), so float32's range holds it. None where this does not apply (the
+        caller runs the rule on G_mirror in float64): a float64, complex or small node, a clipped or non-finite d, a
+        slot where only PyTorch has a gradient, a rule that rounds to a dtype (not linear), a result that
+        overflows."""
+        if self.scalar or op.dtype == "float64" or sum(0 if t is None else t.size for t in torch_in) < _MINE32_MIN \
+                or any(isinstance(d, tuple) and isinstance(d[0], str) for d in ds) or any(
+                f is None and t is not None for f, t in zip(flows, torch_in)):
+            return None
+        ds = [_difference(*d) if isinstance(d, tuple) else d for d in ds]
+        top = max((float(np.max(np.abs(d))) for d in ds if d is not None and d.size), default=0.0)
+        if not math.isfinite(top) or top == 0:
+            return None
+        scale = 2.0 ** (40 - math.frexp(top)[1])  # the largest |d| near 2^40: no underflow, no overflow
+        d32 = [None if d is None else _flushed(np.multiply(d, scale, out=np.empty(d.shape, np.float32),
+                                                           casting="same_kind")) for d in ds]
+        try:
+            r = run_rule(op, d32, self.saved.view(op.saved, "array32"), _LinearCtx)
+        except _NotLinear:
+            return None
+        mine = []
+        for x, loc in zip(r, local):
+            if (x is None) != (loc is None):
+                return None
+            if x is None:
+                mine.append(None)
+                continue
+            if x.dtype not in (np.float32, np.float64) or not math.isfinite(float(np.sum(x, dtype=np.float64))):
+                return None  # (a rule may compute some coefficients in float64: rule(d) is as good)
+            mine.append(_Mine(x, 1 / scale, loc) if x.size > CHUNK else _Mine(x, 1 / scale, loc).array())
+        return mine
+
     def _carried(self, op, ds, mine, local, arrays) -> list:
         """|rule(d)| per slot: by linearity rule(G_mirror) - rule(G_torch), exactly known (None: |mine - local|,
         computed with E); with a clipped d, the rule run on d itself."""
@@ -482,23 +697,108 @@ class Step:
             return [0.0] * len(mine)
         return [0.0 if o is None else np.abs(floats(o)) for o in out]
 
-    def _bound(self, op, torch_in, local, torch_out) -> list:
+    def _bound(self, op, torch_in, local, torch_out, cplx) -> list:
         """Per slot: the bound B on PyTorch's rounding at this node, from one run on magnitudes."""
         u = unit_roundoff(op.dtype)
         if op.type in MOVES_ONLY:  # no rounding: B = 0 (a view, not an array)
             return [None if m is None else np.broadcast_to(0.0, np.shape(m)) for m in local]
         try:
-            mags = run_rule(op, [None if g is None else Mag.grad(g) for g in torch_in],
-                            self.saved.view(op.saved, "mags"), MagCtx)
+            f32 = op.type in _PRODUCTS  # matrix products in float32 (bounds.NOTE [float32 magnitudes])
+            mags = run_rule(op, [None if g is None else Mag.grad(g if g.dtype == np.float32 else _float64(g), f32)
+                                 for g in torch_in],
+                            self.saved.view(op.saved, "mags32" if f32 else "mags"), MagCtx)
             # complex arithmetic: a product is within sqrt2 gamma_2, a quotient within sqrt2 gamma_7 (Higham §3.6)
-            k = 10 if is_complex(op) else 1
-            return [None if x is None else k * local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
+            k = 10 if cplx else 1
+            # (a big one is made chunk by chunk as it is read: Step._out)
+            return [None if x is None else bound_of(x, op.dtype, op.tf32, op.atomic) if k == 1 and x.size > CHUNK
+                    else k * local_bound(x, op.dtype, op.tf32, op.atomic) for x in mags]
         except Exception as e:  # noqa: BLE001 - relative fallback, noted on the row
             self.notes[op.id] = f"bound: relative fallback ({type(e).__name__}: {e})"
             return [None if m is None or t is None else
                     gamma(FALLBACK_UNITS, u) * np.maximum(np.abs(floats(m)), np.abs(t))
                     for m, t in zip(local, torch_out)]
 
+
+_IDENTICAL = ("match", True, 0.0, 0.0)  # what verdicts._compare finds for two arrays with the same elements
+
+
+def _numbers(a):
+    """An array as numbers: float32 and float64 arrays as they are (their arithmetic with float64 is float64)."""
+    return a if isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64) else floats(a)
+
+
+def _big_pair(m, t) -> bool:
+    """A big real slot whose local result and PyTorch's gradient are arrays of one shape (Step._out)."""
+    return (isinstance(m, np.ndarray) and isinstance(t, np.ndarray) and m.shape == t.shape and m.size > CHUNK
+            and m.dtype in (np.float32, np.float64) and t.dtype in (np.float32, np.float64))
+
+
+def _same_memory(a, b) -> bool:
+    """Are `a` and `b` the same elements of the same memory (then they are equal: no pass over them)?"""
+    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.size > _SMALL and a.dtype == b.dtype
+            and a.shape == b.shape and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def _read(t):
+    """One of PyTorch's gradients as the checks read it (capture.read_only; None stays None)."""
+    return None if t is None else t if isinstance(t, np.ndarray) else read_only(t)
+
+
+def _float64(a: np.ndarray) -> np.ndarray:
+    """A gradient as the rules read it: a C-contiguous float64 array (PyTorch's own memory where it is one, else
+    one copy; complex and others as they are, C-contiguous), as to_numpy makes it."""
+    if a.dtype == np.float32 or not a.flags.c_contiguous:
+        return np.array(a, dtype=np.float64 if a.dtype == np.float32 else a.dtype, order="C")
+    return a
+
+
+_FLUSH = np.float32(1.5 * 2.0**-20)
+
+
+def _flushed(d32: np.ndarray) -> np.ndarray:
+    """d32 (its largest element near 2^40) with the elements below 2^-44 set to 0 (adding and subtracting 1.5 2^-20
+    rounds them away; the others move by at most one float32 ulp): float32 products slow down tenfold or more on
+    subnormal numbers, and these are 2^-84 of the largest, far below what the mirror's own gradient needs."""
+    d32 += _FLUSH
+    d32 -= _FLUSH
+    return d32
+
+
+# Node types whose rule is a matrix product or convolution of the incoming gradient with saved tensors: their run on
+# magnitudes takes float32 products (bounds.NOTE [float32 magnitudes]).
+_PRODUCTS = frozenset({"ConvolutionBackward0", "MmBackward0", "AddmmBackward0", "BmmBackward0", "BaddbmmBackward0"})
+_MINE32_MIN = 1 << 12  # elements of d below which float64 is as fast
+
+
+class _Mine(NamedTuple):
+    """The mirror's own gradient local + r / scale (Step._mine32), made by `array` or chunk by chunk (Step._out)."""
+    r: np.ndarray
+    inv: float
+    local: np.ndarray
+
+    def array(self) -> np.ndarray:
+        m = np.multiply(self.r, self.inv, dtype=np.float64)
+        return np.add(m, self.local, out=m)
+
+
+def _made(m):
+    """A _Mine or bounds.BoundOf made into its array (anything else as it is)."""
+    return m.array() if isinstance(m, (_Mine, BoundOf)) else m
+
+
+class _NotLinear(Exception):
+    pass
+
+
+class _LinearCtx(Ctx):
+    """The rule context of Step._mine32: a rule that rounds to a dtype is not linear in G (rule(d) is not
+    rule(G_mirror) - rule(G_torch)), so it makes _mine32 step aside."""
+
+    __slots__ = ()
+
+    def rounded(self, dtype, a):
+        raise _NotLinear
 
 _SMALL = 16  # gradients up to this size are judged element by element in Python floats (numpy's calls cost more)
 
@@ -548,12 +848,12 @@ def _bound_out(b, m, local, dtype) -> np.ndarray:
     with it:
         for bc, mc, lc, ec in it:
             d = mc - lc
-            if not np.isfinite(np.add.reduce(d)):
+            if not np.isfinite(np.add.reduce(d, axis=None)):
                 d = np.where((mc == lc) | (np.isnan(mc) & np.isnan(lc)), 0.0, d)
             ad = np.abs(d) if np.iscomplexobj(d) else np.abs(d, out=d)
             e = np.add(bc, ad, out=ad)
             if u is not None:
-                r = np.abs(lc)
+                r = np.abs(lc, dtype=np.float64)
                 r *= u
                 r += eta
                 e = np.add(r, e, out=r)
@@ -567,4 +867,11 @@ def _magnitude(d):
 
 
 def _u_of(op: Op, slot: int) -> float:
-    return unit_roundoff(lowest([op.in_dtypes[slot] or op.dtype]))
+    d = op.in_dtypes[slot] or op.dtype
+    u = _U_OF.get(d)
+    if u is None:
+        u = _U_OF[d] = unit_roundoff(lowest([d]))
+    return u
+
+
+_U_OF: dict = {}

@@ -55,10 +55,12 @@ class Ctx:
     def g(self):
         return self.gs[0]
 
-    def zeros(self, shape):  # a buffer for gradients: complex when they are
+    def zeros(self, shape):  # a buffer for gradients: complex when they are, float32 when they all are
         if self.scalar:
             return object_zeros(shape)
-        return np.zeros(shape, dtype=complex if any(np.iscomplexobj(g) for g in self.gs) else float)
+        gs = [g for g in self.gs if g is not None]
+        return np.zeros(shape, dtype=complex if any(np.iscomplexobj(g) for g in gs) else
+                        np.float32 if gs and all(getattr(g, "dtype", None) == np.float32 for g in gs) else float)
 
     def rounded(self, dtype: str, a):
         """`a` rounded to `dtype` as PyTorch's cast does (bounds.MagCtx counts it as one rounding)."""

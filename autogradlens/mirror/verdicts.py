@@ -35,14 +35,21 @@ covered) and gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of Numeri
   infinite inputs: relu passes the gradient through a NaN, abs' gradient at NaN is NaN, ...).
 - complex gradients (PyTorch's convention: dL/dx + i dL/dy for z = x + iy) compare by modulus.
 
-Every quantity on the right is computed from the same data, in float64 arrays, in both modes.
+Every quantity on the right is computed from the same data, in float64 arrays (or float32 ones rounded up:
+below), in both modes.
 
 What the cost is (benchmarks/bench_mirror.py): per node the rule runs on PyTorch's incoming gradient (the
-local check), on the mirror's own (skipped where the two are equal: the same outputs) and on magnitudes
-(skipped for the rules in bounds.MOVES_ONLY, which only move gradient elements: B = 0). Each node is judged
-as it is run (driver.Step) and its arrays dropped. A comparison subtracts once and adds the rounding
-allowance only where the bound alone is exceeded (it only adds to it: the verdict is the same); a few
-elements are compared in Python floats, with the same arithmetic.
+local check, float64), on the mirror's own (skipped where the two are equal: the same outputs) and on magnitudes
+(skipped for the rules in bounds.MOVES_ONLY, which only move gradient elements: B = 0). In a float32 (or lower)
+graph two of the three run in float32 without weakening anything: the mirror's own gradient comes by linearity as
+local + rule(d), rule(d) in float32 (d is a few roundings of the graph dtype, and E carries |mine - local| as
+computed: driver.Step._mine32), and the matrix products and convolutions on magnitudes multiply the exact float32
+magnitudes in float32, the result kept rounded up (bounds.NOTE [float32 magnitudes]: at most a factor
+(1 + gamma_k(u32))^2 looser). Each node is judged as it is run (driver.Step) and its arrays dropped; PyTorch's
+gradients are read in its own memory (float32 as float32: their arithmetic with float64 is float64). A comparison
+subtracts once and adds the rounding allowance only where the bound alone is exceeded (it only adds to it: the
+verdict is the same); a few elements are compared in Python floats, big arrays chunk by chunk, each big slot in one
+pass (B, the local check, the mirror's own gradient and E together: driver.Step._out), with the same arithmetic.
 """
 
 from __future__ import annotations
@@ -50,7 +57,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
+from ..capture import read_only
 from .bounds import CHUNK, REAL_OF, UNDERFLOW, chunks, rounding, unit_roundoff
 from .driver import unreadable
 from .scalar import floats
@@ -70,7 +79,7 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
     Floating-point warnings are the caller's to silence."""
     if np.iscomplexobj(m) or np.iscomplexobj(t):
         return _compare_special(*_shaped(np.asarray(m), np.asarray(t)), None, bound, dtype)
-    m, t = floats(m), floats(t)
+    m, t = floats(m), _numbers(t)
     if m.shape != t.shape:
         try:
             m = np.broadcast_to(m, t.shape)
@@ -99,28 +108,52 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
     return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
 
 
+def _numbers(t: np.ndarray) -> np.ndarray:
+    """PyTorch's gradient as compared: a float32 or float64 array as it is (exact in float64 arithmetic)."""
+    return t if isinstance(t, np.ndarray) and t.dtype in (np.float32, np.float64) else floats(t)
+
+
 def _compare_chunks(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
     """_compare's array path, chunk by chunk (bounds.chunks): the same arithmetic on each chunk."""
-    max_abs, ok, hi, lo = 0.0, True, 0.0, 0.0
+    judge = _Judge(dtype)
     it = chunks(m, t, bound)
     with it:
         for mc, tc, bc in it:
-            r = mc.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(mc, dtype))
-            diff = np.subtract(r, tc, dtype=np.float64)
-            diff = np.abs(diff, out=diff)
-            top = float(diff.max())
-            if not math.isfinite(top):  # an infinity or a NaN somewhere
+            if not judge.add(mc, tc, bc):  # an infinity or a NaN somewhere
                 return _compare_special(m, t, np.asarray(_rounded(m, dtype), dtype=np.float64), bound, dtype)
-            max_abs = max(max_abs, top)
-            if top > 0 and ok:
-                over = diff > bc  # a NaN bound admits anything, as an infinite one
-                if over.any():
-                    extra = rounding(np.maximum(np.abs(r[over].astype(np.float64)), np.abs(mc[over])), dtype)
-                    ok = not np.any(diff[over] > (bc[over] if bc.ndim else bc) + extra)
-            hi, lo = max(hi, float(tc.max())), min(lo, float(tc.min()))
-    scale = max(hi, -lo)
-    max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
-    return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
+    return judge.result()
+
+
+class _Judge:
+    """_compare's array path over chunks: `add` each (mirror, torch, bound) chunk (False: an infinity or a NaN,
+    _compare_special decides), then `result`."""
+
+    __slots__ = ("dtype", "max_abs", "ok", "hi", "lo")
+
+    def __init__(self, dtype: str):
+        self.dtype, self.max_abs, self.ok, self.hi, self.lo = dtype, 0.0, True, 0.0, 0.0
+
+    def add(self, mc, tc, bc) -> bool:
+        dtype = self.dtype
+        r = mc.astype(np.float32) if dtype == "float32" else np.asarray(_rounded(mc, dtype))
+        diff = np.subtract(r, tc, dtype=np.float64)
+        diff = np.abs(diff, out=diff)
+        top = float(diff.max())
+        if not math.isfinite(top):
+            return False
+        self.max_abs = max(self.max_abs, top)
+        if top > 0 and self.ok:
+            over = diff > bc  # a NaN bound admits anything, as an infinite one
+            if over.any():
+                extra = rounding(np.maximum(np.abs(r[over].astype(np.float64)), np.abs(mc[over])), dtype)
+                self.ok = not np.any(diff[over] > (bc[over] if bc.ndim else bc) + extra)
+        self.hi, self.lo = max(self.hi, float(tc.max())), min(self.lo, float(tc.min()))
+        return True
+
+    def result(self) -> tuple[str, bool, float, float]:
+        max_abs, scale = self.max_abs, max(self.hi, -self.lo)
+        max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
+        return ("match" if self.ok else "mismatch"), max_abs == 0, max_abs, max_rel
 
 
 SMALL = 16  # arrays up to this size are compared element by element in Python floats (numpy's calls cost more)
@@ -234,6 +267,7 @@ def verdict_rows(tr, order, ops, step, seen_in, seen_out, leaf_in, grads) -> lis
         if not d["is_leaf"]:
             continue
         f, t, note = grads.get((nid, 0)), leaf_in.get(nid), unreadable(d)
+        t = None if t is None else read_only(t) if isinstance(t, torch.Tensor) else t
         if t is None and f is not None and nid in leaf_in:  # PyTorch's undefined gradient is 0
             t = np.zeros(np.shape(f.g))
         with np.errstate(all="ignore"):
