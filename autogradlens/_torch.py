@@ -46,6 +46,11 @@ def version(t: torch.Tensor) -> int:
     return t._version
 
 
+def is_custom_function(fn) -> bool:
+    """A node made by a Python ``torch.autograd.Function`` (the user's, a library's, a compiled region's)."""
+    return isinstance(fn, torch.autograd.function.BackwardCFunction)
+
+
 def saved_names(fn, cache: dict) -> tuple[list, list]:
     """(tensor slot names, other attribute names) of a node; C++ node types are cached."""
     t = type(fn)
@@ -56,7 +61,7 @@ def saved_names(fn, cache: dict) -> tuple[list, list]:
     raw = {a[len("_raw_saved_"):] for a in names if a.startswith("_raw_saved_")}
     slots = [a[len("_saved_"):] for a in names if a.startswith("_saved_") and a[len("_saved_"):] in raw]
     other = [a[len("_saved_"):] for a in names if a.startswith("_saved_") and a[len("_saved_"):] not in raw]
-    if isinstance(fn, torch.autograd.function.BackwardCFunction):  # custom Function / compiled region (a ctx)
+    if is_custom_function(fn):  # custom Function / compiled region (a ctx)
         slots.append("saved_tensors")
     res = (slots, other)
     if t.__module__ == "builtins" or "torch._C" in t.__module__:
@@ -367,7 +372,7 @@ def call_node(fn, grads: list) -> tuple:
     Returns one gradient (or None) per ``next_functions`` slot."""
     nexts = fn.next_functions
     n = len(nexts)
-    if not isinstance(fn, torch.autograd.function.BackwardCFunction):
+    if not is_custom_function(fn):
         out = fn(*grads)
         return out if isinstance(out, tuple) else (out,)
     # PyNode materializes undefined gradients as zeros unless ctx.set_materialize_grads(False) (not readable from

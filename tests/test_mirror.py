@@ -210,6 +210,8 @@ def test_unknown_nodes_are_reported_not_crashed_and_passed_through():
     assert rep.unmirrored == ["CubeBackward"] and rep.ok
     row = next(r for r in rep.rows if r["type"] == "CubeBackward")
     assert row["status"] == "unmirrored"
+    assert row["note"].startswith("a custom autograd.Function: its backward is Python code")  # why, not "no rule"
+    assert "unmirrored (PyTorch's gradients passed through): CubeBackward" in rep.to_text()
     assert next(r for r in rep.rows if r["name"] == "w")["status"] == "match"
     assert w.grad is None
 
@@ -277,6 +279,8 @@ def test_reentrant_checkpoint_is_mirrored_and_grad_untouched():
     params = {**dict(body.named_parameters()), **{"head." + n: p for n, p in head.named_parameters()}, "x": x}
     rep = lens.mirror(loss, params=params)
     assert rep.ok and rep.unmirrored == ["CheckpointFunctionBackward"]
+    row = next(r for r in rep.rows if r["type"] == "CheckpointFunctionBackward")
+    assert row["note"].startswith("a reentrant checkpoint region")
     assert {r["name"] for r in rep.rows if r["kind"] == "leaf" and r["status"] == "match"} >= {"head.weight", "x"}
     assert all(p.grad is None for p in params.values())  # also the checkpointed body's, outside the graph
     loss.backward()  # the user's own backward still works, once

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .._torch import is_freed, is_stale, saved_names, saved_value, version
+from .._torch import is_custom_function, is_freed, is_stale, saved_names, saved_value, version
 from ..capture import read_only, to_numpy
 from ..errors import LensRuntimeError
 from . import conv
@@ -36,7 +36,7 @@ from .bounds import (
     unit_roundoff,
 )
 from .scalar import as_values, floats
-from .table import COMPLEX_RULES, RULES, Ctx, Unsupported, sum_to
+from .table import COMPLEX_RULES, CUSTOM_FUNCTION, NO_RULE, RULES, Ctx, Unsupported, sum_to
 
 # A rule that cannot run on magnitudes (bounds.Mag) falls back to a relative bound of this many roundings
 # of the graph dtype on the larger of the two results (a row note says so; tests keep every rule off it).
@@ -167,6 +167,8 @@ def read_ops(tr, walk, freed_ok: bool = False) -> dict:
                 saved = _read_saved(fn, nid, saved_names(fn, cache)[0], d["dtype"], seen, freed_ok)
             except Unsupported as e:
                 note = str(e)
+        elif note is None and d["type"] not in RULES and d["type"] not in NO_RULE and is_custom_function(fn):
+            note = CUSTOM_FUNCTION
         dtype, cuda = lowest([d["dtype"], *in_dtypes]), (d["device"] or "").startswith("cuda")
         attrs = d["attrs"] if d["type"] not in _GEOMETRY else {**d["attrs"], "input_geometry": _geometry(nf[0][0])}
         ops[nid] = Op(nid, d["type"], d.get("name"), nexts, in_shapes, in_dtypes, list(d["outputs"]),

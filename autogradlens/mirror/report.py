@@ -72,7 +72,7 @@ class MirrorReport(Drawable):
                      f"{c['mismatch']} mismatch, {c['unmirrored']} unmirrored; mode={self.mode}"
                      + (f" ({self.mode_reason})" if self.mode_reason else ""))
         if self.unmirrored:
-            lines.append("no rule (PyTorch's gradients passed through): " + ", ".join(self.unmirrored))
+            lines.append("unmirrored (PyTorch's gradients passed through): " + ", ".join(self.unmirrored))
         for nid in self.diverges_at:
             lines.append(f"end to end, the mirror and PyTorch part at the gradient flowing into {nid}: "
                          "something between its consumers and it (a tensor hook?) changed PyTorch's gradient")

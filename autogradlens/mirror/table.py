@@ -129,6 +129,10 @@ def unsigned(i):  # PyTorch hands some int64 attributes over as uint64 (-1 -> 2*
     return i - 2**64 if i is not None and i >= 2**63 else i
 
 
+# A node of a Python torch.autograd.Function without a rule (the user's own, or one a library such as torch's chunked
+# linear_cross_entropy defines): its backward is Python code, not a formula the mirror knows.
+CUSTOM_FUNCTION = "a custom autograd.Function: its backward is Python code (yours or a library's), not a formula to re-derive"
+
 # Node types real models produce that have no rule, and why (the mirror passes PyTorch's gradients through them).
 NO_RULE = {
     "CopySlices": "an in-place op on a view (x[i] = v, x[:, 1].mul_(3), also F.pad(mode='circular') and "
@@ -138,6 +142,8 @@ NO_RULE = {
     "ScaledDotProductFlashAttentionBackward0": "CUDA only (CPU uses ScaledDotProductFlashAttentionForCpuBackward0)",
     "ScaledDotProductEfficientAttentionBackward0": "CUDA only",
     "CudnnRnnBackward0": "CUDA only (CPU uses MkldnnRnnLayerBackward0 or plain ops)",
+    "CheckpointFunctionBackward": "a reentrant checkpoint region (use_reentrant=True): its backward runs a forward "
+                                  "and a backward of its own, whose nodes are not in this graph",
     "ToSparseBackward0": "a sparse tensor's gradient: its layout (which zeros are structural) is not compared",
     "ToSparseBackward1": "a sparse tensor's gradient: its layout (which zeros are structural) is not compared",
     "ToDenseBackward0": "a sparse tensor's gradient: its layout (which zeros are structural) is not compared",
