@@ -298,4 +298,11 @@ def _build(doc: dict):
     if not nx.is_directed_acyclic_graph(g):
         cycle = " -> ".join(repr(u) for u, _, *_ in nx.find_cycle(g))
         raise _Damaged(f"edges: a cycle ({cycle} -> back); an autograd graph has none")
+    types = doc.get("module_types", {})  # module path -> class name (optional)
+    if type(types) is not dict:
+        raise _Damaged(f"module_types: expected an object, got {_kind(types)}")
+    for k, v in types.items():
+        _str(v, f"module_types[{_str(k, 'module_types (a key)')!r}]")
+    if types:
+        g.graph["module_types"] = dict(types)
     return g, root

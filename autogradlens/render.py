@@ -523,7 +523,7 @@ def _used_in_module(g, nid, hops: int = 3) -> bool:
 
 def module_types(trace) -> dict:
     """Module path -> class name, as ``lens.trace(..., params=model)`` recorded them (empty when unknown)."""
-    return getattr(trace, "module_types", None) or {}
+    return trace.graph.graph.get("module_types") or {}
 
 
 def module_title(path: str, types: dict) -> str:

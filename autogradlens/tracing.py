@@ -397,7 +397,7 @@ def traced(root, params) -> tuple[Trace, Walk]:
         g.nodes[r]["is_root"] = True
     t = Trace(g, root_ids[0] if not isinstance(root, (list, tuple)) else root_ids)
     if isinstance(params, torch.nn.Module):  # pictures title modules by path and class: "layer1.0 · BasicBlock"
-        t.module_types = {n: type(m).__name__ for n, m in params.named_modules() if n}
+        g.graph["module_types"] = {n: type(m).__name__ for n, m in params.named_modules() if n}
     return t, Walk(fns, order, nexts, ids, names, named)
 
 
@@ -483,7 +483,10 @@ class Trace(Drawable):
         g = self.graph
         nodes = [{"id": n, **d} for n, d in g.nodes(data=True)]
         edges = [{"u": u, "v": v, "key": k, **d} for u, v, k, d in g.edges(keys=True, data=True)]
-        return dumps({"schema": SCHEMA, "root": self.root, "nodes": nodes, "edges": edges}, indent=indent)
+        doc = {"schema": SCHEMA, "root": self.root, "nodes": nodes, "edges": edges}
+        if g.graph.get("module_types"):  # pictures of a trace read back title modules by path and class too
+            doc["module_types"] = g.graph["module_types"]
+        return dumps(doc, indent=indent)
 
     @classmethod
     def from_json(cls, s: str | bytes) -> Trace:

@@ -1,3 +1,4 @@
+import re
 import collections
 import json
 import math
@@ -177,6 +178,18 @@ def test_json_round_trip_is_lossless(name):
     assert dict(t.graph.nodes(data=True)) == dict(back.graph.nodes(data=True))
     assert back.root == t.root and back.to_json() == t.to_json()
     json.loads(t.to_json())  # plain JSON
+
+
+def test_module_titles_survive_json():
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1))
+    t = lens.trace(m(torch.randn(5, 3)).sum(), params=m)
+    back = lens.Trace.from_json(t.to_json())
+    assert back.graph.graph["module_types"]["1"] == "BatchNorm1d"
+    assert "1 · BatchNorm1d" in t.to_dot() and back.to_dot() == t.to_dot()
+    doc = json.loads(t.to_json())
+    for bad, where in (([1], "module_types: expected an object"), ({"1": 5}, "module_types['1']: expected a string")):
+        with pytest.raises(ValueError, match=re.escape(where)):
+            lens.Trace.from_json(json.dumps({**doc, "module_types": bad}))
 
 
 def test_from_json_rejects_other_documents():
