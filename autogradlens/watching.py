@@ -28,6 +28,7 @@ forward: a loss computed outside the model saves its tensors unrecorded.
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import sys
 import threading
@@ -363,6 +364,9 @@ def _exit(w, *exc):
     return False
 
 
+_SUSPENDS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR  # frames that pause, off stack
+
+
 def _on_stack(frame_id: int) -> bool:
     f = sys._getframe(1)
     while f is not None:
@@ -407,6 +411,7 @@ class Watch:
         self._last_exit = None         # weakref to the latest _Exit handed out
         self._with_exit = None         # weakref to the _Exit of the `with` statement that entered, if one did
         self._frame = None             # id() of the frame that entered
+        self._in_generator = False     # entered in a generator or coroutine frame (pauses off the stack)
         self._steps = _Steps(every, sample)
         self._timeline = _Timeline(keep)
         self._cur = self._new_step(0)
@@ -437,7 +442,8 @@ class Watch:
         if e is not None and not e.called:  # the `with` statement's own exit object (holds the only ref to its guard)
             guard = _Guard.__new__(_Guard)  # no __init__ call: no frame an interrupt could enter
             guard.w, e.guard, self._with_exit = self, guard, last
-        self._frame = id(sys._getframe(1))
+        frame = sys._getframe(1)
+        self._frame, self._in_generator = id(frame), bool(frame.f_code.co_flags & _SUSPENDS)
         model = self._model()
         if model is None:
             raise LensValueError("the model given to lens.watch() no longer exists: nothing but the watch referred "
@@ -502,7 +508,11 @@ class Watch:
         if self._state != "active" or self._with_exit is None:
             return False
         e = self._with_exit()
-        return e is None or e.called or not _on_stack(self._frame)
+        if e is None or e.called:
+            return True
+        # a frame that lives on in a traceback (a notebook keeps the last one) but no longer runs: the stack test reads
+        # only this thread's stack, and a suspended generator's frame is on no stack, so neither is judged by it
+        return self._tid == threading.get_ident() and not self._in_generator and not _on_stack(self._frame)
 
     def _close(self) -> None:
         """Undo what __enter__ did and finish the last step. Safe to call again, and it runs to the end even when

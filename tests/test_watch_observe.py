@@ -303,6 +303,43 @@ def test_another_threads_training_is_not_recorded():
     assert all(s["backward_passes"] == 1 and set(s["grad_norm"]) == {"weight", "bias"} for s in w.steps)
 
 
+def test_a_second_watch_leaves_a_watch_in_a_paused_generator_or_another_thread_running():
+    m1, m2 = nn.Linear(3, 1), nn.Linear(3, 1)
+
+    def train():
+        with lens.watch(m1) as w:
+            for _ in range(3):
+                m1.zero_grad()
+                m1(torch.randn(4, 3)).sum().backward()
+                yield w
+    g = train()
+    w = next(g)
+    with lens.watch(m2):  # entered while train() is paused inside its `with` block
+        pass
+    for _ in g:
+        pass
+    assert len(w.steps) == 3
+
+    inside, go_on, out = threading.Event(), threading.Event(), {}
+
+    def other():
+        with lens.watch(m1) as w:
+            m1(torch.randn(4, 3)).sum().backward()
+            inside.set()
+            go_on.wait(10)
+            m1.zero_grad()
+            m1(torch.randn(4, 3)).sum().backward()
+        out["w"] = w
+    t = threading.Thread(target=other)
+    t.start()
+    inside.wait(10)
+    with lens.watch(m2):  # this thread's stack does not hold the other thread's `with` block
+        pass
+    go_on.set()
+    t.join()
+    assert len(out["w"].steps) == 2
+
+
 def test_reentrant_checkpoint_is_one_backward_per_call():
     torch.manual_seed(0)
     model = Checkpointed(True)
