@@ -340,6 +340,32 @@ def test_a_second_watch_leaves_a_watch_in_a_paused_generator_or_another_thread_r
     assert len(out["w"].steps) == 2
 
 
+def test_mirror_trace_and_check_inside_a_watch_are_not_its_backward_passes():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+
+    def run(look, opt=None):
+        torch.manual_seed(1)
+        with lens.watch(m, optimizer=opt) as w:
+            for _ in range(2):
+                m.zero_grad()
+                loss = m(torch.randn(5, 3)).pow(2).mean()
+                look(loss)
+                loss.backward()
+                if opt is not None:
+                    opt.step()
+        return [(s["loss"], s["backward_passes"]) for s in w.steps], [e.kind for e in w.events]
+
+    looks = [lambda loss: None, lambda loss: lens.mirror(loss, params=m),
+             lambda loss: lens.trace(loss, params=m, grads=True),
+             lambda loss: lens.check(loss, {"0.weight": torch.zeros(4, 3)}, params=m)]
+    for opt in (None, torch.optim.SGD(m.parameters(), lr=0.0)):  # lr 0: the same numbers every run
+        plain = run(looks[0], opt)
+        assert all(passes == 1 for _, passes in plain[0])
+        for look in looks[1:]:
+            assert run(look, opt) == plain
+
+
 def test_reentrant_checkpoint_is_one_backward_per_call():
     torch.manual_seed(0)
     model = Checkpointed(True)
