@@ -46,6 +46,12 @@ def version(t: torch.Tensor) -> int:
     return t._version
 
 
+def checkpoint_function(fn):
+    """The function a reentrant checkpoint region runs again in its backward (the ctx's ``run_function``), or None
+    for any other node."""
+    return getattr(fn, "run_function", None) if type(fn).__name__ == "CheckpointFunctionBackward" else None
+
+
 def is_custom_function(fn) -> bool:
     """A node made by a Python ``torch.autograd.Function`` (the user's, a library's, a compiled region's)."""
     return isinstance(fn, torch.autograd.function.BackwardCFunction)

@@ -15,7 +15,8 @@ arrive, in that order (``old + new``); each gradient checked against the metadat
 off. A custom ``autograd.Function`` gets zeros for undefined gradients when it materializes them. The Python
 hooks of tensors it can see (the leaves, and the tensors named in ``params``) are applied where the engine
 applies them; hooks on unnamed intermediates are not visible from the graph and do not run. A reentrant
-checkpoint's backward runs an inner engine: the ``.grad`` of the tensors in `keep` is put back after it.
+checkpoint's backward runs an inner engine: the ``.grad`` of the tensors in `keep` and of the parameters of the
+modules the checkpointed function reaches is set aside while it runs and put back after it, untouched.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._torch import call_node, input_metadata, sequence_nr, tensor_hooks
+from ._torch import call_node, checkpoint_function, input_metadata, sequence_nr, tensor_hooks
 
 __all__ = ["UNKNOWN", "Run", "run"]
 
@@ -173,7 +174,10 @@ def _apply_hooks(t: torch.Tensor, g):
 def _call(fn, grads: list, keep: tuple, strict: bool, failed: dict) -> list:
     if any(g is UNKNOWN for g in grads):
         return [UNKNOWN] * len(fn.next_functions)
-    saved = [(t, t.grad) for t in keep] if type(fn).__name__ == "CheckpointFunctionBackward" else ()
+    run = checkpoint_function(fn)
+    saved = [(t, t.grad) for t in _region_leaves(run, keep)] if run is not None else ()
+    for t, _ in saved:  # the inner backward then makes new .grad tensors (it would add into the old ones in place)
+        t.grad = None
     try:
         out = call_node(fn, grads)
     except Exception as e:  # noqa: BLE001 - a node that cannot run (freed) is the caller's to report
@@ -185,6 +189,39 @@ def _call(fn, grads: list, keep: tuple, strict: bool, failed: dict) -> list:
         for t, g in saved:
             t.grad = g
     return list(out)
+
+
+def _region_leaves(run, keep) -> list:
+    """Leaves whose .grad a reentrant checkpoint's inner backward may write: the tensors named (`keep`) and the
+    parameters of the modules its function reaches: the function itself, a bound method's module, a partial's parts,
+    its closure and the globals it names, two steps deep."""
+    found, seen, todo = {id(t): t for t in keep}, set(), [(run, 0)]
+    while todo:
+        x, depth = todo.pop()
+        if id(x) in seen or x is None:
+            continue
+        seen.add(id(x))
+        if isinstance(x, torch.nn.Module):
+            found.update((id(p), p) for p in x.parameters())
+        elif isinstance(x, torch.Tensor):
+            if x.is_leaf and x.requires_grad:
+                found[id(x)] = x
+        elif depth < 2:
+            parts = [getattr(x, "__self__", None), getattr(x, "func", None), *getattr(x, "args", ()),
+                     *(getattr(x, "keywords", None) or {}).values()]
+            if isinstance(x, (list, tuple)):
+                parts += list(x)
+            code, cells = getattr(x, "__code__", None), getattr(x, "__closure__", None) or ()
+            for c in cells:
+                try:
+                    parts.append(c.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
+            if code is not None:
+                glob = getattr(x, "__globals__", {})
+                parts += [glob.get(n) for n in code.co_names]
+            todo.extend((p, depth + 1) for p in parts if p is not None)
+    return list(found.values())
 
 
 def _validate(g: torch.Tensor, f, nr: int) -> torch.Tensor:

@@ -83,6 +83,33 @@ def test_a_retained_tensor_keeps_its_grad_object_under_mirror():
     assert w.grad is g and torch.equal(g, torch.ones_like(w))
 
 
+BLOCK = nn.Sequential(nn.Linear(3, 3), nn.Tanh())  # reached by a checkpointed function through its globals
+
+
+def _body(t):
+    return BLOCK(t) * 2
+
+
+@pytest.mark.parametrize("region", ["module", "closure", "global", "lambda"])
+def test_a_reentrant_checkpoints_inner_backward_leaves_every_grad_as_it_was(region):
+    from torch.utils.checkpoint import checkpoint
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 3)
+
+    def closure(t):
+        return lin(t).sin()
+    fn, block = {"module": (lin, lin), "closure": (closure, lin), "global": (_body, BLOCK[0]),
+                 "lambda": (lambda t: lin(t) + 1, lin)}[region]
+    x = torch.randn(2, 3, requires_grad=True)
+    block.weight.grad = torch.ones(3, 3)  # one .grad held from before, one None
+    held, values = block.weight.grad, block.weight.grad.clone()
+    for look in (lambda loss: lens.mirror(loss), lambda loss: lens.trace(loss, grads=True),
+                 lambda loss: lens.check(loss, {"x": (x, torch.ones(2, 3))})):
+        look(checkpoint(fn, x, use_reentrant=True).sum())  # none of the region's parameters named
+        assert block.weight.grad is held and torch.equal(held, values) and block.bias.grad is None
+        assert x.grad is None
+
+
 def test_threads_mirroring_at_once_agree_with_serial_runs():
     graphs = {s: _mlp_loss(s, n=4 + s % 3) for s in range(16)}  # built first: torch's random generator is global
 

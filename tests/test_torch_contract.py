@@ -102,6 +102,14 @@ def test_reentrant_checkpoint_refuses_autograd_grad_with_the_text_we_match():
     assert _torch.is_checkpoint_refusal(e.value)
 
 
+def test_a_reentrant_checkpoint_node_holds_the_function_it_runs_again():
+    from torch.utils.checkpoint import checkpoint
+    lin = nn.Linear(3, 3)
+    y = checkpoint(lin, torch.randn(2, 3, requires_grad=True), use_reentrant=True)
+    assert _torch.checkpoint_function(y.grad_fn) is lin
+    assert _torch.checkpoint_function(y.sum().grad_fn) is None
+
+
 def test_current_autograd_node_inside_hooks():
     x = torch.randn(3, requires_grad=True)
     y = x.exp()
