@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .bounds import Mag
 from .reductions import pnorm_grad
 from .table import Unsupported, rule
 
@@ -580,3 +581,87 @@ def _qr(c):  # PyTorch's linalg_qr_backward (reduced or square complete mode)
     res = _solve_right(b, _tri(r[..., :, :m], True), adjoint=True)
     res = np.concatenate([res, np.zeros(res.shape[:-1] + (n - m,))], axis=-1)
     return (res if gr is None else res + q @ gr,)
+
+
+# ----------------------------------------------------------------------------- the matrix exponential
+#
+# NOTE [matrix_exp bound] PyTorch's backward of exp(A) is the top-right block of exp([[A^H, G], [0, A^H]]), the
+# Frechet derivative L(A^H, G) (linalg_matrix_exp_differential). The mirror computes L itself, linear in G: A^H and G
+# scaled by 2^-s (||A / 2^s||_1 <= 1/2), the Taylor series of exp and of its derivative to degree 18 (truncation below
+# 2^-80 of the series' magnitudes), then s squarings P <- P P, L <- P L + L P. Its bound also covers PyTorch's own
+# evaluation, which differs from the mirror's: exp of the 2n x 2n block matrix M by Bader, Blanes & Casas's optimised
+# Taylor polynomials (degree 1 to 18, picked by ||M||_1, to which G's column sums count) and, above theta_18, scaling
+# by 2^s, s = ceil(log2(||M||_1 / theta_18)), and s squarings. Run on magnitudes, such an evaluation gives
+# p~(|M| / 2^s)^(2^s), p~ the polynomial with the absolute values of the scheme's coefficients: expanding PyTorch's
+# degree-18 and degree-12 schemes so gives the coefficients c~_k k! of _ABS18 and _ABS12 (rounded up; its schemes of
+# degree 8 and below: c~_k <= 1 / k!). The magnitudes run evaluates exactly that on |M| (it knows |G|, and PyTorch's
+# scaling depends on it: a large G costs PyTorch accuracy through the extra squarings), for ||M||_1 taken 2^-10
+# smaller and larger (PyTorch rounds it in its dtype; the larger of the two results). Rounding count: the degree-18
+# scheme's products (dot length k = 2n) chain to at most 23 k + 24 roundings, each squaring doubles the count and adds
+# k: 2^s (25 k + 24) (Mag's convention). Assumed, not proven componentwise: the approximants' truncation error (Bader
+# et al. pick theta_m so that the backward error is below the unit roundoff, normwise) stays within that allowance.
+# Real matrices only.
+
+_ABS18 = (1.0001, 1.3039, 4.4897, 6.35, 2.5585, 1.7768, 2.5984, 1.609, 1.4554, 1.9731, 1.5768, 1.548, 1.9332, 1.4875,
+          1.546, 1.9099, 1.0001, 1.0001, 1.0001)
+_ABS12 = (1.0001, 1.0001, 1.804, 1.5549) + (1.0001,) * 9
+_THETAS = {"float64": (0.04991228871115323, 0.2996158913811580, 1.090863719290036),  # theta_8, theta_12, theta_18
+           "float32": (0.5800524627688768, 1.461661507209034, 3.010066362817634)}
+
+
+def _expm_frechet(x, e, s, degree=18):
+    """(exp(X), L(X, E)) by Taylor series of degree `degree` on X / 2^s, E / 2^s and s squarings (plain products:
+    arrays or magnitudes). `s` is an int: one scaling for the whole batch."""
+    f = 2.0 ** -s
+    xs, es = x * f, e * f
+    t = p = _eye_like(xs)
+    d = lsum = None
+    for k in range(1, degree + 1):
+        d = (t @ es) / k if d is None else (d @ xs + t @ es) / k
+        t = (t @ xs) / k
+        p, lsum = p + t, d if lsum is None else lsum + d
+    for _ in range(s):
+        lsum, p = p @ lsum + lsum @ p, p @ p
+    return p, lsum
+
+
+def _scaling(norm, theta):  # PyTorch's s from a 1-norm (0 below theta_18)
+    return max(0, math.ceil(math.log2(norm / theta))) if norm > theta else 0
+
+
+def _torch_expm_mags(m, norm, thetas):
+    """p~(M / 2^s)^(2^s) for a nonnegative block matrix M (NOTE [matrix_exp bound]), and s."""
+    t8, t12, t18 = thetas
+    coef = _ABS18 if norm > t12 else _ABS12 if norm > t8 else (1.0,) * 9
+    s = _scaling(norm, t18)
+    z = m * 2.0**-s
+    p, power = np.eye(m.shape[-1]) * coef[0], np.eye(m.shape[-1])
+    for k in range(1, len(coef)):
+        power = power @ z
+        p = p + power * (coef[k] / math.factorial(k))
+    for _ in range(s):
+        p = p @ p
+    return p, s
+
+
+@rule("LinalgMatrixExpBackward0")
+def _matrix_exp(c):
+    a = c.s["self"]
+    x = _mT(a)
+    ax = np.abs(np.asarray(x, dtype=np.float64))
+    s = _scaling(float(np.max(ax.sum(axis=-2), initial=0.0)), 0.5)
+    if not isinstance(c.g, Mag):
+        return (_expm_frechet(x, c.g, s)[1],)
+    mine = _expm_frechet(Mag.of(x), c.g, s)[1]  # the mirror's own magnitudes and rounding count
+    n = x.shape[-1]
+    ag = np.broadcast_to(c.g.m, x.shape)
+    thetas = _THETAS["float32" if c.in_dtypes and c.in_dtypes[0] == "float32" else "float64"]
+    out, top = np.zeros(x.shape), 0
+    for idx in np.ndindex(*x.shape[:-2]):  # PyTorch's (NOTE [matrix_exp bound]), matrix by matrix
+        m = np.block([[ax[idx], ag[idx]], [np.zeros((n, n)), ax[idx]]])
+        norm = float(np.max(m.sum(axis=0)))
+        for f in (1 - 2.0**-10, 1 + 2.0**-10):
+            p, s_pt = _torch_expm_mags(m, norm * f, thetas)
+            out[idx] = np.maximum(out[idx], p[:n, n:])
+            top = max(top, s_pt)
+    return (Mag(np.maximum(mine.m, out), None, max(mine.n, 2**top * (25 * 2 * n + 24))),)
