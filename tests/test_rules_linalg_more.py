@@ -1,6 +1,6 @@
-"""Rules of the linear-algebra family beyond the basic ones (matrix_exp, ...): the mirror agrees with PyTorch in
-float64 and float32 on several shapes and batches, every such node is checked (not unmirrored), and a gradient off
-by a relative 1e-6 in float64 is caught."""
+"""Rules of the linear-algebra family beyond the basic ones (matrix_exp, linalg.eig, ...): the mirror agrees with
+PyTorch in float64 and float32 on several shapes and batches, every such node is checked (not unmirrored), and a
+gradient off by a relative 1e-6 in float64 is caught."""
 
 import numpy as np
 import pytest
@@ -77,10 +77,56 @@ def test_matrix_exp_rule_is_the_frechet_derivative():
     np.testing.assert_allclose(got, e[:3, 3:], rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("case", ["matrix_exp"])
-def test_a_gradient_off_by_one_part_in_a_million_is_caught(case):
+def _eig_loss(shape, dtype, which, seed=0):
+    """A real loss of linalg.eig's eigenvalues and/or eigenvectors (phase-invariant in the eigenvectors: |V| and the
+    products of two rows' entries, one conjugated, column by column)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(*shape, dtype=dtype, generator=g).requires_grad_()
+    if which == "eigvals":
+        lam = torch.linalg.eigvals(a)
+        w = torch.randn(lam.shape, dtype=lam.dtype, generator=g)
+        return a, (lam * w).real.sum() + lam.abs().sum()
+    lam, v = torch.linalg.eig(a)
+    rw = torch.randn(v.shape, dtype=lam.real.dtype, generator=g)
+    cross = v[..., 0, :] * v[..., 1, :].conj()
+    vecs = (v.abs() * rw).sum() + (cross.real * rw[..., 0, :]).sum() + (cross.imag * rw[..., 1, :]).sum()
+    return a, vecs if which == "vectors" else vecs + (lam * lam).real.sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128],
+                         ids=["f64", "f32", "c128"])
+@pytest.mark.parametrize("which", ["eigvals", "vectors", "both"])
+@pytest.mark.parametrize("shape", [(2, 2), (4, 4), (3, 5, 5), (2, 1, 3, 3)])
+def test_eig_agrees_with_pytorch(shape, which, dtype):
+    a, loss = _eig_loss(shape, dtype, which)
+    _checked(lens.mirror(loss, params={"a": a}, mode="tensor"), "LinalgEigBackward0")
+
+
+def test_eig_rule_is_linear_in_complex_incoming_gradients():
+    rng = np.random.default_rng(0)
+    lam, v = np.linalg.eig(rng.standard_normal((2, 4, 4)))
+    v = v / np.linalg.norm(v, axis=-2, keepdims=True)
+    rule = table.RULES["LinalgEigBackward0"]
+
+    def cplx():
+        return rng.standard_normal((2, 4, 4)) + 1j * rng.standard_normal((2, 4, 4))
+
+    def run(gl, gv):
+        return rule(table.Ctx("LinalgEigBackward0", [gl, gv], {"eigenvalues": lam, "eigenvectors": v}, {},
+                              [(2, 4, 4)], [(2, 4), (2, 4, 4)], False, ("float64",)))[0]
+    (g1, h1), (g2, h2) = (cplx()[..., 0], cplx()), (cplx()[..., 0], cplx())
+    np.testing.assert_allclose(run(2 * g1 + 3 * g2, 2 * h1 + 3 * h2), 2 * run(g1, h1) + 3 * run(g2, h2),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(run(2 * g1 + 3 * g2, None), 2 * run(g1, None) + 3 * run(g2, None), rtol=1e-12,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("build", [lambda: _matrix_exp_loss((3, 3), 0.3, torch.float64, seed=3),
+                                   lambda: _eig_loss((4, 4), torch.float64, "both", seed=3)],
+                         ids=["matrix_exp", "eig"])
+def test_a_gradient_off_by_one_part_in_a_million_is_caught(build):
     # a hook on the input: its gradient no longer follows the mathematics (caught where it arrives)
-    a, loss = _matrix_exp_loss((3, 3), 0.3, torch.float64, seed=3)
+    a, loss = build()
     a.register_hook(lambda g: g * (1 + 1e-6))
     rep = lens.mirror(loss, params={"a": a}, mode="tensor")
     assert not rep.ok
@@ -89,6 +135,9 @@ def test_a_gradient_off_by_one_part_in_a_million_is_caught(case):
 
 @pytest.mark.parametrize("node,build", [
     ("LinalgMatrixExpBackward0", lambda: _matrix_exp_loss((3, 3), 0.3, torch.float64, seed=4)),
+    ("LinalgEigBackward0", lambda: _eig_loss((4, 4), torch.float64, "both", seed=4)),
+    ("LinalgEigBackward0", lambda: _eig_loss((3, 3), torch.float64, "eigvals", seed=4)),
+    ("LinalgEigBackward0", lambda: _eig_loss((3, 3), torch.complex128, "vectors", seed=4)),
 ])
 def test_a_rule_off_by_one_part_in_a_million_is_a_mismatch_at_its_node(node, build, monkeypatch):
     """The bound is tight enough that a rule 1e-6 off (relative) in float64 is flagged at the node itself."""

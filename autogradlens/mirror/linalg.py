@@ -8,7 +8,7 @@ import numpy as np
 
 from .bounds import Mag
 from .reductions import pnorm_grad
-from .table import Unsupported, rule
+from .table import Unsupported, complex_ok, rule
 
 
 @rule("AddmmBackward0")
@@ -665,3 +665,42 @@ def _matrix_exp(c):
             out[idx] = np.maximum(out[idx], p[:n, n:])
             top = max(top, s_pt)
     return (Mag(np.maximum(mine.m, out), None, max(mine.n, 2**top * (25 * 2 * n + 24))),)
+
+
+# ----------------------------------------------------------------------------- eigenvalues of a general matrix
+#
+# Complex throughout (eigenvalues and eigenvectors of a real matrix are complex too), in PyTorch's conjugate
+# convention: the rule is written with V^H and conj(L), so it is right for complex tensors (complex_ok). Its bound is
+# the solves' and divisions' above: the solve with V^H carries the eigenvector matrix's conditioning (Mag's Skeel
+# bound), 1 / E the eigenvalue gaps' cancellation; near-equal eigenvalues give a large bound (and PyTorch a large
+# gradient), equal ones inf, as PyTorch's.
+
+def _mH(a):
+    return np.conj(_mT(a))
+
+
+@rule("LinalgEigBackward0")
+def _eig(c):
+    """PyTorch's linalg_eig_backward, A = V diag(L) V^-1 with unit eigenvector columns (complex; a real A keeps the
+    real part): gA = V^-H (Vh gV projected, / E with E_ij = conj(L_j - L_i), its diagonal gL) V^H, the projection
+    Vh gV - V^H V diag(Re diag(Vh gV)) removing the eigenvectors' norm direction (their phase is the loss's to ignore:
+    PyTorch refuses a loss that depends on it). Eigenvalues only (eigvals): gA = V^-H diag(gL) V^H."""
+    lam, v = c.s["eigenvalues"], c.s["eigenvectors"]
+    gl, gv = (list(c.gs) + [None, None])[:2]
+    vh = _mH(v)
+    if gv is None:
+        gl = c.zeros(lam.shape) if gl is None else gl
+        return (_lsolve(vh, gl[..., :, None] * vh),)
+    vhgv = vh @ gv
+    n = lam.shape[-1]
+    eye = np.eye(n, dtype=bool)
+    vhgv = vhgv - vh @ (v * np.real(np.diagonal(vhgv, axis1=-2, axis2=-1))[..., None, :])
+    lc = np.conj(lam)
+    e = np.where(eye, 1.0, lc[..., None, :] - lc[..., :, None])
+    ga = vhgv / e
+    if gl is not None:
+        ga = np.where(eye, 0.0, ga) + gl[..., :, None] * np.eye(n)
+    return (_lsolve(vh, ga @ vh),)
+
+
+complex_ok("LinalgEigBackward0")
