@@ -25,10 +25,11 @@ def _matrix_exp_loss(shape, scale, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     a = (torch.randn(*shape, dtype=dtype, generator=g) * scale).requires_grad_()
     w = torch.randn(*shape, dtype=dtype, generator=g)
-    return a, (torch.linalg.matrix_exp(a) * w).sum()
+    return a, (torch.linalg.matrix_exp(a) * w).real.sum()
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128, torch.complex64],
+                         ids=["f64", "f32", "c128", "c64"])
 @pytest.mark.parametrize("shape,scale", [((2, 2), 0.01), ((3, 3), 0.3), ((4, 4), 1.0), ((2, 5, 5), 2.0),
                                          ((2, 1, 3, 3), 4.0), ((6, 6), 0.5)])
 def test_matrix_exp_agrees_with_pytorch(shape, scale, dtype):
@@ -135,6 +136,7 @@ def test_a_gradient_off_by_one_part_in_a_million_is_caught(build):
 
 @pytest.mark.parametrize("node,build", [
     ("LinalgMatrixExpBackward0", lambda: _matrix_exp_loss((3, 3), 0.3, torch.float64, seed=4)),
+    ("LinalgMatrixExpBackward0", lambda: _matrix_exp_loss((2, 3, 3), 0.5, torch.complex128, seed=4)),
     ("LinalgEigBackward0", lambda: _eig_loss((4, 4), torch.float64, "both", seed=4)),
     ("LinalgEigBackward0", lambda: _eig_loss((3, 3), torch.float64, "eigvals", seed=4)),
     ("LinalgEigBackward0", lambda: _eig_loss((3, 3), torch.complex128, "vectors", seed=4)),

@@ -197,6 +197,10 @@ def _mT(a):
     return np.swapaxes(a, -1, -2)
 
 
+def _mH(a):
+    return np.conj(_mT(a))
+
+
 def _eye_like(a):
     return np.broadcast_to(np.eye(a.shape[-1]), a.shape)
 
@@ -600,7 +604,7 @@ def _qr(c):  # PyTorch's linalg_qr_backward (reduced or square complete mode)
 # scheme's products (dot length k = 2n) chain to at most 23 k + 24 roundings, each squaring doubles the count and adds
 # k: 2^s (25 k + 24) (Mag's convention). Assumed, not proven componentwise: the approximants' truncation error (Bader
 # et al. pick theta_m so that the backward error is below the unit roundoff, normwise) stays within that allowance.
-# Real matrices only.
+# Complex matrices too (A^H: PyTorch's conjugate convention; the driver widens complex bounds).
 
 _ABS18 = (1.0001, 1.3039, 4.4897, 6.35, 2.5585, 1.7768, 2.5984, 1.609, 1.4554, 1.9731, 1.5768, 1.548, 1.9332, 1.4875,
           1.546, 1.9099, 1.0001, 1.0001, 1.0001)
@@ -647,15 +651,15 @@ def _torch_expm_mags(m, norm, thetas):
 @rule("LinalgMatrixExpBackward0")
 def _matrix_exp(c):
     a = c.s["self"]
-    x = _mT(a)
-    ax = np.abs(np.asarray(x, dtype=np.float64))
+    x = _mH(a)
+    ax = np.abs(np.asarray(x))
     s = _scaling(float(np.max(ax.sum(axis=-2), initial=0.0)), 0.5)
     if not isinstance(c.g, Mag):
         return (_expm_frechet(x, c.g, s)[1],)
     mine = _expm_frechet(Mag.of(x), c.g, s)[1]  # the mirror's own magnitudes and rounding count
     n = x.shape[-1]
     ag = np.broadcast_to(c.g.m, x.shape)
-    thetas = _THETAS["float32" if c.in_dtypes and c.in_dtypes[0] == "float32" else "float64"]
+    thetas = _THETAS["float32" if c.in_dtypes and c.in_dtypes[0] in ("float32", "complex64") else "float64"]
     out, top = np.zeros(x.shape), 0
     for idx in np.ndindex(*x.shape[:-2]):  # PyTorch's (NOTE [matrix_exp bound]), matrix by matrix
         m = np.block([[ax[idx], ag[idx]], [np.zeros((n, n)), ax[idx]]])
@@ -674,10 +678,6 @@ def _matrix_exp(c):
 # the solves' and divisions' above: the solve with V^H carries the eigenvector matrix's conditioning (Mag's Skeel
 # bound), 1 / E the eigenvalue gaps' cancellation; near-equal eigenvalues give a large bound (and PyTorch a large
 # gradient), equal ones inf, as PyTorch's.
-
-def _mH(a):
-    return np.conj(_mT(a))
-
 
 @rule("LinalgEigBackward0")
 def _eig(c):
@@ -703,4 +703,4 @@ def _eig(c):
     return (_lsolve(vh, ga @ vh),)
 
 
-complex_ok("LinalgEigBackward0")
+complex_ok("LinalgEigBackward0", "LinalgMatrixExpBackward0")
