@@ -122,14 +122,48 @@ def test_eig_rule_is_linear_in_complex_incoming_gradients():
                                atol=1e-12)
 
 
+def _householder_loss(shape, k, dtype, from_geqrf, seed=0):
+    """householder_product(V, tau), tau from geqrf (unitary reflectors) or random (any reflectors)."""
+    g = torch.Generator().manual_seed(seed)
+    if from_geqrf:
+        a, tau = torch.geqrf(torch.randn(*shape, dtype=dtype, generator=g))
+        a, tau = a.requires_grad_(), tau[..., :k].clone().requires_grad_()
+    else:
+        a = torch.randn(*shape, dtype=dtype, generator=g).requires_grad_()
+        tau = torch.randn(*shape[:-2], k, dtype=dtype, generator=g).requires_grad_()
+    q = torch.linalg.householder_product(a, tau)
+    return {"a": a, "tau": tau}, (q * torch.randn(q.shape, dtype=dtype, generator=g)).real.sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128],
+                         ids=["f64", "f32", "c128"])
+@pytest.mark.parametrize("from_geqrf", [True, False], ids=["geqrf", "random"])
+@pytest.mark.parametrize("shape,k", [((4, 3), 2), ((5, 5), 5), ((2, 6, 3), 3), ((3, 3), 1), ((2, 1, 4, 4), 3)])
+def test_householder_product_agrees_with_pytorch(shape, k, from_geqrf, dtype):
+    params, loss = _householder_loss(shape, k, dtype, from_geqrf)
+    _checked(lens.mirror(loss, params=params, mode="tensor"), "LinalgHouseholderProductBackward0")
+
+
+def test_householder_product_with_a_singular_reflector_is_unmirrored_with_the_reason():
+    a = torch.tensor([[0.0], [1.0]], dtype=torch.float64, requires_grad=True)  # ||v||^2 = 2
+    tau = torch.tensor([0.5], dtype=torch.float64, requires_grad=True)  # tau ||v||^2 = 1
+    loss = torch.linalg.householder_product(a, tau).sum()
+    rep = lens.mirror(loss, params={"a": a, "tau": tau}, mode="tensor")
+    row = next(r for r in rep.rows if r["type"] == "LinalgHouseholderProductBackward0")
+    assert row["status"] == "unmirrored" and "singular Householder reflector" in row["note"]
+
+
 @pytest.mark.parametrize("build", [lambda: _matrix_exp_loss((3, 3), 0.3, torch.float64, seed=3),
-                                   lambda: _eig_loss((4, 4), torch.float64, "both", seed=3)],
-                         ids=["matrix_exp", "eig"])
+                                   lambda: _eig_loss((4, 4), torch.float64, "both", seed=3),
+                                   lambda: _householder_loss((4, 3), 3, torch.float64, True, seed=3)],
+                         ids=["matrix_exp", "eig", "householder_product"])
 def test_a_gradient_off_by_one_part_in_a_million_is_caught(build):
     # a hook on the input: its gradient no longer follows the mathematics (caught where it arrives)
-    a, loss = build()
-    a.register_hook(lambda g: g * (1 + 1e-6))
-    rep = lens.mirror(loss, params={"a": a}, mode="tensor")
+    params, loss = build()
+    if not isinstance(params, dict):
+        params = {"a": params}
+    params["a"].register_hook(lambda g: g * (1 + 1e-6))
+    rep = lens.mirror(loss, params=params, mode="tensor")
     assert not rep.ok
     assert any(r["status"] == "mismatch" for r in rep.rows if r["kind"] == "leaf")
 
@@ -140,6 +174,8 @@ def test_a_gradient_off_by_one_part_in_a_million_is_caught(build):
     ("LinalgEigBackward0", lambda: _eig_loss((4, 4), torch.float64, "both", seed=4)),
     ("LinalgEigBackward0", lambda: _eig_loss((3, 3), torch.float64, "eigvals", seed=4)),
     ("LinalgEigBackward0", lambda: _eig_loss((3, 3), torch.complex128, "vectors", seed=4)),
+    ("LinalgHouseholderProductBackward0", lambda: _householder_loss((5, 4), 3, torch.float64, True, seed=4)),
+    ("LinalgHouseholderProductBackward0", lambda: _householder_loss((4, 4), 2, torch.float64, False, seed=4)),
 ])
 def test_a_rule_off_by_one_part_in_a_million_is_a_mismatch_at_its_node(node, build, monkeypatch):
     """The bound is tight enough that a rule 1e-6 off (relative) in float64 is flagged at the node itself."""
@@ -149,6 +185,6 @@ def test_a_rule_off_by_one_part_in_a_million_is_a_mismatch_at_its_node(node, bui
         out = orig(c)
         return tuple(o if o is None or not isinstance(o, np.ndarray) else o * (1 + 1e-6) for o in out)
     monkeypatch.setitem(table.RULES, node, wrong)
-    a, loss = build()
-    rep = lens.mirror(loss, params={"a": a}, mode="tensor")
+    params, loss = build()
+    rep = lens.mirror(loss, params=params if isinstance(params, dict) else {"a": params}, mode="tensor")
     assert [r["status"] for r in rep.rows if r["type"] == node] == ["mismatch"]

@@ -704,3 +704,105 @@ def _eig(c):
 
 
 complex_ok("LinalgEigBackward0", "LinalgMatrixExpBackward0")
+
+
+# ----------------------------------------------------------------------------- products of Householder reflectors
+#
+# NOTE [reflector bound] householder_product(V, tau) = H_0 ... H_{k-1} restricted to its first n columns, ormqr
+# applies H_0 ... H_{k-1} (or its adjoint) to a matrix; H_i = I - tau_i v_i v_i^H, v_i column i of V below the
+# diagonal with a unit diagonal entry. The mirror's gradients come from prefix and suffix products of the reflectors
+# (no inverses): with Q = P_i H_i S_i, W_i = P_i^H G_Q S_i^H, dL/dtau_i = -v_i^H W_i v_i and dL/dv_i = -conj(tau_i)
+# W_i v_i - tau_i W_i^H v_i (rows below the diagonal). PyTorch (householder_product_backward) gets the same numbers
+# another way: K = Q G_Q^H, then K <- H_{i+1}^-1 K H_i reflector by reflector, with H_i^-1 = I - sigma_i v_i v_i^H,
+# sigma_i = tau_i / (tau_i ||v_i||^2 - 1): for reflectors that are not unitary (tau from anywhere but geqrf) that
+# recursion's intermediate magnitudes can be far larger than the mirror's. The run on magnitudes therefore evaluates
+# both, the mirror's products and PyTorch's recursion (sigma's cancellation included), and bounds with the larger
+# magnitudes and rounding count. A singular reflector (tau_i ||v_i||^2 = 1 exactly: PyTorch divides by zero) is
+# unmirrored with that reason.
+
+def _reflectors(a, tau):
+    """(V with unit diagonal, its first k columns (..., m, k), the k reflectors I - tau_i v_i v_i^H (..., k, m, m))."""
+    m, n = a.shape[-2:]
+    k = tau.shape[-1]
+    v = np.tril(a, -1) + np.eye(m, n)
+    vk = v[..., :, :k]
+    cols = _mT(vk)  # (..., k, m)
+    h = np.eye(m) - tau[..., :, None, None] * (cols[..., :, None] * np.conj(cols)[..., None, :])
+    return v, vk, h
+
+
+def _reflector_grads(gq, vk, tau, h, cols):
+    """(dL/dV (first k columns, unmasked), dL/dtau) for Q = H_0 ... H_{k-1} I[:, :cols] and dL/dQ = gq."""
+    m, k = vk.shape[-2], vk.shape[-1]
+    batch = np.shape(h)[:-3]
+    suffix = [None] * (k + 1)
+    suffix[k] = np.broadcast_to(np.eye(m, cols), batch + (m, cols))
+    for i in range(k - 1, -1, -1):
+        suffix[i] = h[..., i, :, :] @ suffix[i + 1]
+    prefix = np.broadcast_to(np.eye(m), batch + (m, m))
+    gv, gt = [], []
+    for i in range(k):
+        w = _mH(prefix) @ (gq @ _mH(suffix[i + 1]))
+        v, t = vk[..., :, i:i + 1], tau[..., i:i + 1, None]
+        gv.append(-(np.conj(t) * (w @ v)) - t * (_mH(w) @ v))
+        gt.append(-(_mH(v) @ (w @ v))[..., 0, 0])
+        prefix = prefix @ h[..., i, :, :]
+    return np.concatenate(gv, axis=-1), np.stack(gt, axis=-1)
+
+
+def _torch_reflector_grads(k_mat, vk, tau, sigma, flip=False):
+    """PyTorch's recursion (NOTE [reflector bound]), for the run on magnitudes: K <- H_0^-1 K, then per reflector
+    its gradients from K and K <- H_{i+1}^-1 K H_i (`flip`: the reflectors from the last, sides swapped)."""
+    k = vk.shape[-1]
+
+    def apply(i, t, mat, left):
+        v = vk[..., :, i:i + 1]
+        t = t[..., i:i + 1, None]
+        return mat - (t * v) @ (_mH(v) @ mat) if left else mat - (mat @ (t * v)) @ _mH(v)
+    order = list(range(k))[::-1] if flip else list(range(k))
+    k_mat = apply(order[0], sigma, k_mat, not flip)
+    gv, gt = [None] * k, [None] * k
+    for j, i in enumerate(order):
+        v, t = vk[..., :, i:i + 1], tau[..., i:i + 1, None]
+        gv[i] = -(np.conj(t) * (_mH(k_mat) @ v)) - t * (k_mat @ v)
+        gt[i] = -np.conj(_mH(v) @ (k_mat @ v))[..., 0, 0]
+        if j + 1 < k:
+            k_mat = apply(i, tau, apply(order[j + 1], sigma, k_mat, not flip), flip)
+    return np.concatenate(gv, axis=-1), np.stack(gt, axis=-1)
+
+
+def _widest(a, b):
+    """The larger magnitudes and rounding count of two bounds for one result (bounds.Mag)."""
+    a, b = Mag.of(a), Mag.of(b)
+    return Mag(np.maximum(a.m, b.m), None, (max(a.n, b.n), max(a.r, b.r)))
+
+
+def _sigma(vk, tau):
+    nrm = np.sum(vk * np.conj(vk), axis=-2)
+    den = tau * nrm - 1.0
+    if np.any(np.asarray(den) == 0):
+        raise Unsupported("a singular Householder reflector (tau ||v||^2 = 1): PyTorch's backward inverts it")
+    return tau / den
+
+
+def _pad_cols(gv, n):  # dL/dV's first k columns to all n, strictly below the diagonal
+    k = gv.shape[-1]
+    if k < n:
+        gv = np.concatenate([gv, np.zeros(gv.shape[:-1] + (n - k,))], axis=-1)
+    return np.tril(gv, -1)
+
+
+@rule("LinalgHouseholderProductBackward0")
+def _householder_product(c):  # slots (input, tau)
+    a, tau = c.s["input"], c.s["tau"]
+    n = a.shape[-1]
+    _, vk, h = _reflectors(a, tau)
+    sigma = _sigma(vk, tau)
+    gv, gt = _reflector_grads(c.g, vk, tau, h, n)
+    if isinstance(c.g, Mag):
+        tv, tt = _torch_reflector_grads(c.s["result"] @ _mH(c.g), vk, tau, sigma)
+        gv, gt = _widest(gv, tv), _widest(gt, tt)
+    return (_pad_cols(gv, n), gt)
+
+
+complex_ok("LinalgHouseholderProductBackward0")
