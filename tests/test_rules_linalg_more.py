@@ -1,6 +1,6 @@
-"""Rules of the linear-algebra family beyond the basic ones (matrix_exp, linalg.eig, ...): the mirror agrees with
-PyTorch in float64 and float32 on several shapes and batches, every such node is checked (not unmirrored), and a
-gradient off by a relative 1e-6 in float64 is caught."""
+"""Rules of the linear-algebra family beyond the basic ones (matrix_exp, linalg.eig, householder_product, ormqr): the
+mirror agrees with PyTorch in float64 and float32 (and complex) on several shapes and batches, every such node is
+checked (not unmirrored), and a gradient or rule off by a relative 1e-6 in float64 is caught."""
 
 import numpy as np
 import pytest
@@ -153,10 +153,42 @@ def test_householder_product_with_a_singular_reflector_is_unmirrored_with_the_re
     assert row["status"] == "unmirrored" and "singular Householder reflector" in row["note"]
 
 
+def _ormqr_loss(m, n, p, batch, left, trans, dtype, from_geqrf, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if from_geqrf:
+        a, tau = torch.geqrf(torch.randn(*batch, m, n, dtype=dtype, generator=g))
+        a, tau = a.requires_grad_(), tau.clone().requires_grad_()
+    else:
+        a = torch.randn(*batch, m, n, dtype=dtype, generator=g).requires_grad_()
+        tau = torch.randn(*batch, min(m, n), dtype=dtype, generator=g).requires_grad_()
+    c = torch.randn(*batch, *((m, p) if left else (p, m)), dtype=dtype, generator=g).requires_grad_()
+    z = torch.ormqr(a, tau, c, left=left, transpose=trans)
+    return {"a": a, "tau": tau, "c": c}, (z * torch.randn(z.shape, dtype=dtype, generator=g)).real.sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128],
+                         ids=["f64", "f32", "c128"])
+@pytest.mark.parametrize("from_geqrf", [True, False], ids=["geqrf", "random"])
+@pytest.mark.parametrize("left,trans", [(True, False), (True, True), (False, False), (False, True)],
+                         ids=["QC", "QhC", "CQ", "CQh"])
+@pytest.mark.parametrize("m,n,p,batch", [(4, 3, 2, ()), (5, 5, 3, (2,)), (3, 4, 1, (1, 2))])
+def test_ormqr_agrees_with_pytorch(m, n, p, batch, left, trans, from_geqrf, dtype):
+    params, loss = _ormqr_loss(m, n, p, batch, left, trans, dtype, from_geqrf)
+    _checked(lens.mirror(loss, params=params, mode="tensor"), "OrmqrBackward0")
+
+
+def test_ormqr_with_32_reflectors_is_unmirrored_with_the_reason():
+    params, loss = _ormqr_loss(34, 32, 2, (), True, False, torch.float64, True)
+    rep = lens.mirror(loss, params=params, mode="tensor")
+    row = next(r for r in rep.rows if r["type"] == "OrmqrBackward0")
+    assert row["status"] == "unmirrored" and "blockwise" in row["note"]
+
+
 @pytest.mark.parametrize("build", [lambda: _matrix_exp_loss((3, 3), 0.3, torch.float64, seed=3),
                                    lambda: _eig_loss((4, 4), torch.float64, "both", seed=3),
-                                   lambda: _householder_loss((4, 3), 3, torch.float64, True, seed=3)],
-                         ids=["matrix_exp", "eig", "householder_product"])
+                                   lambda: _householder_loss((4, 3), 3, torch.float64, True, seed=3),
+                                   lambda: _ormqr_loss(4, 3, 2, (), True, False, torch.float64, True, seed=3)],
+                         ids=["matrix_exp", "eig", "householder_product", "ormqr"])
 def test_a_gradient_off_by_one_part_in_a_million_is_caught(build):
     # a hook on the input: its gradient no longer follows the mathematics (caught where it arrives)
     params, loss = build()
@@ -176,6 +208,8 @@ def test_a_gradient_off_by_one_part_in_a_million_is_caught(build):
     ("LinalgEigBackward0", lambda: _eig_loss((3, 3), torch.complex128, "vectors", seed=4)),
     ("LinalgHouseholderProductBackward0", lambda: _householder_loss((5, 4), 3, torch.float64, True, seed=4)),
     ("LinalgHouseholderProductBackward0", lambda: _householder_loss((4, 4), 2, torch.float64, False, seed=4)),
+    ("OrmqrBackward0", lambda: _ormqr_loss(4, 3, 2, (), True, False, torch.float64, True, seed=4)),
+    ("OrmqrBackward0", lambda: _ormqr_loss(5, 4, 3, (), False, True, torch.float64, False, seed=4)),
 ])
 def test_a_rule_off_by_one_part_in_a_million_is_a_mismatch_at_its_node(node, build, monkeypatch):
     """The bound is tight enough that a rule 1e-6 off (relative) in float64 is flagged at the node itself."""

@@ -806,3 +806,44 @@ def _householder_product(c):  # slots (input, tau)
 
 
 complex_ok("LinalgHouseholderProductBackward0")
+
+
+@rule("OrmqrBackward0")
+def _ormqr(c):
+    """ormqr(V, tau, C, left, transpose) = op(Q) C (left) or C op(Q), Q = H_0 ... H_{k-1} (m x m), op(Q) = Q^H when
+    transposing: slots (V, tau, C). C's gradient is op(Q)^H G (or G op(Q)^H), Q formed from the reflectors; V's and
+    tau's as householder_product's with dL/dQ = G C^H, C G^H, C^H G or G^H C (NOTE [reflector bound]). PyTorch applies
+    the reflectors to G with LAPACK's ormqr, one by one for fewer than 32 of them (the products' magnitudes); a blocked
+    application of more (compact WY form) is not what the bound follows: unmirrored."""
+    a, tau, other, result = c.s["self"], c.s["input2"], c.s["input3"], c.s["result"]
+    left, trans = c.a["left"], c.a["transpose"]
+    g, n = c.g, a.shape[-1]
+    _, vk, h = _reflectors(a, tau)
+    k, m = vk.shape[-1], vk.shape[-2]
+    gc = None
+    if c.in_shapes[2] is not None:
+        if k >= 32:
+            raise Unsupported("ormqr with 32 or more reflectors: LAPACK applies them blockwise (compact WY form), "
+                              "whose rounding the bound does not follow")
+        q = np.broadcast_to(np.eye(m), h.shape[:-3] + (m, m))
+        for i in range(k):
+            q = q @ h[..., i, :, :]
+        # gC = op(Q)^H G (left) or G op(Q)^H (right)
+        gc = (q if trans else _mH(q)) @ g if left else g @ (q if trans else _mH(q))
+    if c.in_shapes[0] is None and c.in_shapes[1] is None:
+        return (None, None, gc)
+    sigma = _sigma(vk, tau)
+    gq = (g @ _mH(other) if not trans else other @ _mH(g)) if left else \
+        (_mH(other) @ g if not trans else _mH(g) @ other)
+    gv, gt = _reflector_grads(gq, vk, tau, h, m)
+    if isinstance(c.g, Mag):  # PyTorch's recursion, as ormqr_backward calls it
+        if left != trans:
+            kmat = result @ _mH(g) if left else _mH(result) @ g
+        else:
+            kmat = _mH(g) @ result if not trans else g @ _mH(result)
+        tv, tt = _torch_reflector_grads(kmat, vk, tau, sigma, flip=left == trans)
+        gv, gt = _widest(gv, tv), _widest(gt, tt)
+    return (_pad_cols(gv, n), gt, gc)
+
+
+complex_ok("OrmqrBackward0")
