@@ -197,8 +197,9 @@ def _mT(a):
     return np.swapaxes(a, -1, -2)
 
 
-def _mH(a):
-    return np.conj(_mT(a))
+def _mH(a):  # the conjugate transpose (a real array, or scalar mode's real Values: the transpose)
+    t = _mT(a)
+    return t if isinstance(t, np.ndarray) and t.dtype.kind in "fiuO" else np.conj(t)
 
 
 def _eye_like(a):
