@@ -144,6 +144,17 @@ def test_householder_product_agrees_with_pytorch(shape, k, from_geqrf, dtype):
     _checked(lens.mirror(loss, params=params, mode="tensor"), "LinalgHouseholderProductBackward0")
 
 
+def test_no_reflectors_give_zero_gradients_to_them():
+    a = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    tau = torch.zeros(0, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    loss = (torch.linalg.householder_product(a, tau) * torch.randn(4, 2, dtype=torch.float64)).sum()
+    loss = loss + (torch.ormqr(a[:, :0], tau, c) * torch.randn(4, 3, dtype=torch.float64)).sum()
+    rep = lens.mirror(loss, params={"a": a, "tau": tau, "c": c}, mode="tensor")
+    _checked(rep, "LinalgHouseholderProductBackward0")
+    _checked(rep, "OrmqrBackward0")
+
+
 def test_householder_product_with_a_singular_reflector_is_unmirrored_with_the_reason():
     a = torch.tensor([[0.0], [1.0]], dtype=torch.float64, requires_grad=True)  # ||v||^2 = 2
     tau = torch.tensor([0.5], dtype=torch.float64, requires_grad=True)  # tau ||v||^2 = 1

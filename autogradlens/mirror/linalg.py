@@ -797,6 +797,8 @@ def _pad_cols(gv, n):  # dL/dV's first k columns to all n, strictly below the di
 def _householder_product(c):  # slots (input, tau)
     a, tau = c.s["input"], c.s["tau"]
     n = a.shape[-1]
+    if not tau.shape[-1] or not a.size:  # no reflectors: Q does not depend on them
+        return (c.zeros(a.shape), c.zeros(tau.shape))
     _, vk, h = _reflectors(a, tau)
     sigma = _sigma(vk, tau)
     gv, gt = _reflector_grads(c.g, vk, tau, h, n)
@@ -833,6 +835,8 @@ def _ormqr(c):
         gc = (q if trans else _mH(q)) @ g if left else g @ (q if trans else _mH(q))
     if c.in_shapes[0] is None and c.in_shapes[1] is None:
         return (None, None, gc)
+    if not k or not a.size:  # no reflectors: the result does not depend on them
+        return (c.zeros(a.shape), c.zeros(tau.shape), gc)
     sigma = _sigma(vk, tau)
     gq = (g @ _mH(other) if not trans else other @ _mH(g)) if left else \
         (_mH(other) @ g if not trans else _mH(g) @ other)
