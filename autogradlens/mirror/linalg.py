@@ -630,8 +630,8 @@ def _expm_frechet(x, e, s, degree=18):
     return p, lsum
 
 
-def _scaling(norm, theta):  # PyTorch's s from a 1-norm (0 below theta_18)
-    return max(0, math.ceil(math.log2(norm / theta))) if norm > theta else 0
+def _scaling(norm, theta):  # PyTorch's s from a 1-norm (0 below theta_18, and for a non-finite one)
+    return max(0, math.ceil(math.log2(norm / theta))) if theta < norm < math.inf else 0
 
 
 def _torch_expm_mags(m, norm, thetas):
