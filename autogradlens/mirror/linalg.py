@@ -719,27 +719,34 @@ complex_ok("LinalgEigBackward0", "LinalgMatrixExpBackward0")
 # recursion's intermediate magnitudes can be far larger than the mirror's. The run on magnitudes therefore evaluates
 # both, the mirror's products and PyTorch's recursion (sigma's cancellation included), and bounds with the larger
 # magnitudes and rounding count. A singular reflector (tau_i ||v_i||^2 = 1 exactly: PyTorch divides by zero) is
-# unmirrored with that reason.
+# unmirrored with that reason. The reflectors are applied as rank-one updates (the suffix products kept: k m x cols
+# elements, refused above _REFLECTOR_LIMIT). Componentwise magnitudes of a long product of reflectors grow
+# geometrically even when they are unitary (|H| has norm up to about 1 + 2m), so for many reflectors (tens, in float32)
+# the bound is honest but too wide to catch anything: the node's row shows it.
 
 def _reflectors(a, tau):
-    """(V with unit diagonal, its first k columns (..., m, k), the k reflectors I - tau_i v_i v_i^H (..., k, m, m))."""
+    """The reflectors' vectors: the first k columns of V below the diagonal with a unit diagonal, (..., m, k)."""
     m, n = a.shape[-2:]
-    k = tau.shape[-1]
-    v = np.tril(a, -1) + np.eye(m, n)
-    vk = v[..., :, :k]
-    cols = _mT(vk)  # (..., k, m)
-    h = np.eye(m) - tau[..., :, None, None] * (cols[..., :, None] * np.conj(cols)[..., None, :])
-    return v, vk, h
+    return (np.tril(a, -1) + np.eye(m, n))[..., :, :tau.shape[-1]]
 
 
-def _reflector_grads(gq, vk, tau, h, cols):
+def _reflect(mat, v, t, left=True):  # (I - t v v^H) mat, or mat (I - t v v^H): a rank-one update
+    return mat - (t * v) @ (_mH(v) @ mat) if left else mat - (mat @ (t * v)) @ _mH(v)
+
+
+_REFLECTOR_LIMIT = 1 << 26  # elements of the suffix products the mirror keeps (k of m x cols)
+
+
+def _reflector_grads(gq, vk, tau, cols):
     """(dL/dV (first k columns, unmasked), dL/dtau) for Q = H_0 ... H_{k-1} I[:, :cols] and dL/dQ = gq."""
     m, k = vk.shape[-2], vk.shape[-1]
-    batch = np.shape(h)[:-3]
+    if k * m * cols > _REFLECTOR_LIMIT:
+        raise Unsupported(f"{k} Householder reflectors of length {m}: too large for the mirror's suffix products")
+    batch = np.broadcast_shapes(vk.shape[:-2], np.shape(tau)[:-1])
     suffix = [None] * (k + 1)
     suffix[k] = np.broadcast_to(np.eye(m, cols), batch + (m, cols))
     for i in range(k - 1, -1, -1):
-        suffix[i] = h[..., i, :, :] @ suffix[i + 1]
+        suffix[i] = _reflect(suffix[i + 1], vk[..., :, i:i + 1], tau[..., i:i + 1, None])
     prefix = np.broadcast_to(np.eye(m), batch + (m, m))
     gv, gt = [], []
     for i in range(k):
@@ -747,7 +754,7 @@ def _reflector_grads(gq, vk, tau, h, cols):
         v, t = vk[..., :, i:i + 1], tau[..., i:i + 1, None]
         gv.append(-(np.conj(t) * (w @ v)) - t * (_mH(w) @ v))
         gt.append(-(_mH(v) @ (w @ v))[..., 0, 0])
-        prefix = prefix @ h[..., i, :, :]
+        prefix = _reflect(prefix, v, t, left=False)
     return np.concatenate(gv, axis=-1), np.stack(gt, axis=-1)
 
 
@@ -757,9 +764,7 @@ def _torch_reflector_grads(k_mat, vk, tau, sigma, flip=False):
     k = vk.shape[-1]
 
     def apply(i, t, mat, left):
-        v = vk[..., :, i:i + 1]
-        t = t[..., i:i + 1, None]
-        return mat - (t * v) @ (_mH(v) @ mat) if left else mat - (mat @ (t * v)) @ _mH(v)
+        return _reflect(mat, vk[..., :, i:i + 1], t[..., i:i + 1, None], left)
     order = list(range(k))[::-1] if flip else list(range(k))
     k_mat = apply(order[0], sigma, k_mat, not flip)
     gv, gt = [None] * k, [None] * k
@@ -799,9 +804,9 @@ def _householder_product(c):  # slots (input, tau)
     n = a.shape[-1]
     if not tau.shape[-1] or not a.size:  # no reflectors: Q does not depend on them
         return (c.zeros(a.shape), c.zeros(tau.shape))
-    _, vk, h = _reflectors(a, tau)
+    vk = _reflectors(a, tau)
     sigma = _sigma(vk, tau)
-    gv, gt = _reflector_grads(c.g, vk, tau, h, n)
+    gv, gt = _reflector_grads(c.g, vk, tau, n)
     if isinstance(c.g, Mag):
         tv, tt = _torch_reflector_grads(c.s["result"] @ _mH(c.g), vk, tau, sigma)
         gv, gt = _widest(gv, tv), _widest(gt, tt)
@@ -821,16 +826,16 @@ def _ormqr(c):
     a, tau, other, result = c.s["self"], c.s["input2"], c.s["input3"], c.s["result"]
     left, trans = c.a["left"], c.a["transpose"]
     g, n = c.g, a.shape[-1]
-    _, vk, h = _reflectors(a, tau)
+    vk = _reflectors(a, tau)
     k, m = vk.shape[-1], vk.shape[-2]
     gc = None
     if c.in_shapes[2] is not None:
         if k >= 32:
             raise Unsupported("ormqr with 32 or more reflectors: LAPACK applies them blockwise (compact WY form), "
                               "whose rounding the bound does not follow")
-        q = np.broadcast_to(np.eye(m), h.shape[:-3] + (m, m))
+        q = np.broadcast_to(np.eye(m), np.broadcast_shapes(vk.shape[:-2], tau.shape[:-1]) + (m, m))
         for i in range(k):
-            q = q @ h[..., i, :, :]
+            q = _reflect(q, vk[..., :, i:i + 1], tau[..., i:i + 1, None], left=False)
         # gC = op(Q)^H G (left) or G op(Q)^H (right)
         gc = (q if trans else _mH(q)) @ g if left else g @ (q if trans else _mH(q))
     if c.in_shapes[0] is None and c.in_shapes[1] is None:
@@ -840,7 +845,7 @@ def _ormqr(c):
     sigma = _sigma(vk, tau)
     gq = (g @ _mH(other) if not trans else other @ _mH(g)) if left else \
         (_mH(other) @ g if not trans else _mH(g) @ other)
-    gv, gt = _reflector_grads(gq, vk, tau, h, m)
+    gv, gt = _reflector_grads(gq, vk, tau, m)
     if isinstance(c.g, Mag):  # PyTorch's recursion, as ormqr_backward calls it
         if left != trans:
             kmat = result @ _mH(g) if left else _mH(result) @ g
