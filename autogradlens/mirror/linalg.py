@@ -605,7 +605,9 @@ def _qr(c):  # PyTorch's linalg_qr_backward (reduced or square complete mode)
 # scheme's products (dot length k = 2n) chain to at most 23 k + 24 roundings, each squaring doubles the count and adds
 # k: 2^s (25 k + 24) (Mag's convention). Assumed, not proven componentwise: the approximants' truncation error (Bader
 # et al. pick theta_m so that the backward error is below the unit roundoff, normwise) stays within that allowance.
-# Complex matrices too (A^H: PyTorch's conjugate convention; the driver widens complex bounds).
+# Complex matrices too (A^H: PyTorch's conjugate convention; the driver widens complex bounds). Being componentwise,
+# the bound follows exp(|A|) rather than exp(A): for a matrix of mixed signs and large norm (|A|'s spectral radius
+# well above A's largest real eigenvalue) it is honest but too wide to catch anything; the node's row shows it.
 
 _ABS18 = (1.0001, 1.3039, 4.4897, 6.35, 2.5585, 1.7768, 2.5984, 1.609, 1.4554, 1.9731, 1.5768, 1.548, 1.9332, 1.4875,
           1.546, 1.9099, 1.0001, 1.0001, 1.0001)
