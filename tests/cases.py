@@ -634,11 +634,26 @@ CASES.update({
 })
 
 
+
+def _linalg_more(r):
+    """matrix_exp, eig and eigvals (a real loss of their complex outputs, phase-invariant in the eigenvectors),
+    householder_product and ormqr (random reflectors: not unitary)."""
+    n = r.n
+    out = weighted(r, torch.linalg.matrix_exp(0.5 * r(2, n, n)))
+    lam, v = torch.linalg.eig(r(n + 1, n + 1))
+    out = out + weighted(r, lam.real) + weighted(r, v.abs()) + weighted(r, torch.linalg.eigvals(r(n, n)).imag)
+    out = out + weighted(r, torch.linalg.householder_product(r(n + 2, 2), r(2)))
+    out = out + weighted(r, torch.ormqr(r(n + 2, 2), r(2), r(n + 2, 3)))
+    return out + weighted(r, torch.ormqr(r(n + 2, 3), r(3), r(2, n + 2), left=False, transpose=True))
+
+
+CASES["linalg_more"] = _linalg_more
+
 # Where PyTorch's own backward is wrong (its gradient test expects a failure): the mirror must report a mismatch.
 TORCH_WRONG = {
     "as_strided_scatter": lambda r: weighted(r, torch.as_strided_scatter(r(3, 3) * 1, r(2, 2), (2, 2), (1, 2), 1)),
 }
-COMPLEX_CASES = {"stft_magnitude", "fft_conv_complex"}  # scalar mode leaves their complex nodes unmirrored (Values are real)
+COMPLEX_CASES = {"stft_magnitude", "fft_conv_complex", "linalg_more"}  # scalar mode leaves their complex nodes unmirrored (Values are real)
 
 # Node types the catalogue must produce (the issue's coverage list).
 EXPECTED_TYPES = {

@@ -18,6 +18,7 @@ SUBSET = [
     "as_strided.partial_views", "nn.functional.gelu", "nn.functional.multi_margin_loss", "sum", "amax", "topk",
     "index_reduce.mean", "linalg.vector_norm", "linalg.svd", "linalg.qr", "linalg.pinv", "linalg.solve", "linalg.lu",
     "linalg.eigh", "linalg.cholesky", "linalg.det", "linalg.slogdet", "linalg.inv", "fft.rfft", "fft.irfft", "stft",
+    "matrix_exp", "linalg.eig", "linalg.eigvals", "linalg.householder_product", "ormqr",
     "polygamma.polygamma_n_0", "mvlgamma.mvlgamma_p_3", "digamma", "lgamma", "diagonal", "squeeze", "view_as_complex",
 ]
 

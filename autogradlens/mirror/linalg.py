@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
+from .bounds import Mag
 from .reductions import pnorm_grad
-from .table import Unsupported, rule
+from .table import Unsupported, complex_ok, rule
 
 
 @rule("AddmmBackward0")
@@ -194,6 +195,11 @@ def _vdot(c):  # conj(self) . other, for real tensors a dot product
 
 def _mT(a):
     return np.swapaxes(a, -1, -2)
+
+
+def _mH(a):  # the conjugate transpose (a real array, or scalar mode's real Values: the transpose)
+    t = _mT(a)
+    return t if isinstance(t, np.ndarray) and t.dtype.kind in "fiuO" else np.conj(t)
 
 
 def _eye_like(a):
@@ -580,3 +586,276 @@ def _qr(c):  # PyTorch's linalg_qr_backward (reduced or square complete mode)
     res = _solve_right(b, _tri(r[..., :, :m], True), adjoint=True)
     res = np.concatenate([res, np.zeros(res.shape[:-1] + (n - m,))], axis=-1)
     return (res if gr is None else res + q @ gr,)
+
+
+# ----------------------------------------------------------------------------- the matrix exponential
+#
+# NOTE [matrix_exp bound] PyTorch's backward of exp(A) is the top-right block of exp([[A^H, G], [0, A^H]]), the
+# Frechet derivative L(A^H, G) (linalg_matrix_exp_differential). The mirror computes L itself, linear in G: A^H and G
+# scaled by 2^-s (||A / 2^s||_1 <= 1/2), the Taylor series of exp and of its derivative to degree 18 (truncation below
+# 2^-80 of the series' magnitudes), then s squarings P <- P P, L <- P L + L P. Its bound also covers PyTorch's own
+# evaluation, which differs from the mirror's: exp of the 2n x 2n block matrix M by Bader, Blanes & Casas's optimised
+# Taylor polynomials (degree 1 to 18, picked by ||M||_1, to which G's column sums count) and, above theta_18, scaling
+# by 2^s, s = ceil(log2(||M||_1 / theta_18)), and s squarings. Run on magnitudes, such an evaluation gives
+# p~(|M| / 2^s)^(2^s), p~ the polynomial with the absolute values of the scheme's coefficients: expanding PyTorch's
+# degree-18 and degree-12 schemes so gives the coefficients c~_k k! of _ABS18 and _ABS12 (rounded up; its schemes of
+# degree 8 and below: c~_k <= 1 / k!). The magnitudes run evaluates exactly that on |M| (it knows |G|, and PyTorch's
+# scaling depends on it: a large G costs PyTorch accuracy through the extra squarings), for ||M||_1 taken 2^-10
+# smaller and larger (PyTorch rounds it in its dtype; the larger of the two results). Rounding count: the degree-18
+# scheme's products (dot length k = 2n) chain to at most 23 k + 24 roundings, each squaring doubles the count and adds
+# k: 2^s (25 k + 24) (Mag's convention). Assumed, not proven componentwise: the approximants' truncation error (Bader
+# et al. pick theta_m so that the backward error is below the unit roundoff, normwise) stays within that allowance.
+# Complex matrices too (A^H: PyTorch's conjugate convention; the driver widens complex bounds). Being componentwise,
+# the bound follows exp(|A|) rather than exp(A): for a matrix of mixed signs and large norm (|A|'s spectral radius
+# well above A's largest real eigenvalue) it is honest but too wide to catch anything; the node's row shows it.
+
+_ABS18 = (1.0001, 1.3039, 4.4897, 6.35, 2.5585, 1.7768, 2.5984, 1.609, 1.4554, 1.9731, 1.5768, 1.548, 1.9332, 1.4875,
+          1.546, 1.9099, 1.0001, 1.0001, 1.0001)
+_ABS12 = (1.0001, 1.0001, 1.804, 1.5549) + (1.0001,) * 9
+_THETAS = {"float64": (0.04991228871115323, 0.2996158913811580, 1.090863719290036),  # theta_8, theta_12, theta_18
+           "float32": (0.5800524627688768, 1.461661507209034, 3.010066362817634)}
+
+
+def _expm_frechet(x, e, s, degree=18):
+    """(exp(X), L(X, E)) by Taylor series of degree `degree` on X / 2^s, E / 2^s and s squarings (plain products:
+    arrays or magnitudes). `s` is an int: one scaling for the whole batch."""
+    f = 2.0 ** -s
+    xs, es = x * f, e * f
+    t = p = _eye_like(xs)
+    d = lsum = None
+    for k in range(1, degree + 1):
+        d = (t @ es) / k if d is None else (d @ xs + t @ es) / k
+        t = (t @ xs) / k
+        p, lsum = p + t, d if lsum is None else lsum + d
+    for _ in range(s):
+        lsum, p = p @ lsum + lsum @ p, p @ p
+    return p, lsum
+
+
+def _scaling(norm, theta):  # PyTorch's s from a 1-norm (0 below theta_18, and for a non-finite one)
+    return max(0, math.ceil(math.log2(norm / theta))) if theta < norm < math.inf else 0
+
+
+def _torch_expm_mags(m, norm, thetas):
+    """p~(M / 2^s)^(2^s) for a nonnegative block matrix M (NOTE [matrix_exp bound]), and s."""
+    t8, t12, t18 = thetas
+    coef = _ABS18 if norm > t12 else _ABS12 if norm > t8 else (1.0,) * 9
+    s = _scaling(norm, t18)
+    z = m * 2.0**-s
+    p, power = np.eye(m.shape[-1]) * coef[0], np.eye(m.shape[-1])
+    for k in range(1, len(coef)):
+        power = power @ z
+        p = p + power * (coef[k] / math.factorial(k))
+    for _ in range(s):
+        p = p @ p
+    return p, s
+
+
+@rule("LinalgMatrixExpBackward0")
+def _matrix_exp(c):
+    a = c.s["self"]
+    x = _mH(a)
+    ax = np.abs(np.asarray(x))
+    s = _scaling(float(np.max(ax.sum(axis=-2), initial=0.0)), 0.5)
+    if not isinstance(c.g, Mag):
+        return (_expm_frechet(x, c.g, s)[1],)
+    mine = _expm_frechet(Mag.of(x), c.g, s)[1]  # the mirror's own magnitudes and rounding count
+    n = x.shape[-1]
+    ag = np.broadcast_to(c.g.m, x.shape)
+    thetas = _THETAS["float32" if c.in_dtypes and c.in_dtypes[0] in ("float32", "complex64") else "float64"]
+    out, top = np.zeros(x.shape), 0
+    for idx in np.ndindex(*x.shape[:-2]):  # PyTorch's (NOTE [matrix_exp bound]), matrix by matrix
+        m = np.block([[ax[idx], ag[idx]], [np.zeros((n, n)), ax[idx]]])
+        norm = float(np.max(m.sum(axis=0)))
+        for f in (1 - 2.0**-10, 1 + 2.0**-10):
+            p, s_pt = _torch_expm_mags(m, norm * f, thetas)
+            out[idx] = np.maximum(out[idx], p[:n, n:])
+            top = max(top, s_pt)
+    return (Mag(np.maximum(mine.m, out), None, max(mine.n, 2**top * (25 * 2 * n + 24))),)
+
+
+# ----------------------------------------------------------------------------- eigenvalues of a general matrix
+#
+# Complex throughout (eigenvalues and eigenvectors of a real matrix are complex too), in PyTorch's conjugate
+# convention: the rule is written with V^H and conj(L), so it is right for complex tensors (complex_ok). Its bound is
+# the solves' and divisions' above: the solve with V^H carries the eigenvector matrix's conditioning (Mag's Skeel
+# bound), 1 / E the eigenvalue gaps' cancellation; near-equal eigenvalues give a large bound (and PyTorch a large
+# gradient), equal ones inf, as PyTorch's.
+
+@rule("LinalgEigBackward0")
+def _eig(c):
+    """PyTorch's linalg_eig_backward, A = V diag(L) V^-1 with unit eigenvector columns (complex; a real A keeps the
+    real part): gA = V^-H (Vh gV projected, / E with E_ij = conj(L_j - L_i), its diagonal gL) V^H, the projection
+    Vh gV - V^H V diag(Re diag(Vh gV)) removing the eigenvectors' norm direction (their phase is the loss's to ignore:
+    PyTorch refuses a loss that depends on it). Eigenvalues only (eigvals): gA = V^-H diag(gL) V^H."""
+    lam, v = c.s["eigenvalues"], c.s["eigenvectors"]
+    gl, gv = (list(c.gs) + [None, None])[:2]
+    vh = _mH(v)
+    if gv is None:
+        gl = c.zeros(lam.shape) if gl is None else gl
+        return (_lsolve(vh, gl[..., :, None] * vh),)
+    vhgv = vh @ gv
+    n = lam.shape[-1]
+    eye = np.eye(n, dtype=bool)
+    vhgv = vhgv - vh @ (v * np.real(np.diagonal(vhgv, axis1=-2, axis2=-1))[..., None, :])
+    lc = np.conj(lam)
+    e = np.where(eye, 1.0, lc[..., None, :] - lc[..., :, None])
+    ga = vhgv / e
+    if gl is not None:
+        ga = np.where(eye, 0.0, ga) + gl[..., :, None] * np.eye(n)
+    return (_lsolve(vh, ga @ vh),)
+
+
+complex_ok("LinalgEigBackward0", "LinalgMatrixExpBackward0")
+
+
+# ----------------------------------------------------------------------------- products of Householder reflectors
+#
+# NOTE [reflector bound] householder_product(V, tau) = H_0 ... H_{k-1} restricted to its first n columns, ormqr
+# applies H_0 ... H_{k-1} (or its adjoint) to a matrix; H_i = I - tau_i v_i v_i^H, v_i column i of V below the
+# diagonal with a unit diagonal entry. The mirror's gradients come from prefix and suffix products of the reflectors
+# (no inverses): with Q = P_i H_i S_i, W_i = P_i^H G_Q S_i^H, dL/dtau_i = -v_i^H W_i v_i and dL/dv_i = -conj(tau_i)
+# W_i v_i - tau_i W_i^H v_i (rows below the diagonal). PyTorch (householder_product_backward) gets the same numbers
+# another way: K = Q G_Q^H, then K <- H_{i+1}^-1 K H_i reflector by reflector, with H_i^-1 = I - sigma_i v_i v_i^H,
+# sigma_i = tau_i / (tau_i ||v_i||^2 - 1): for reflectors that are not unitary (tau from anywhere but geqrf) that
+# recursion's intermediate magnitudes can be far larger than the mirror's. The run on magnitudes therefore evaluates
+# both, the mirror's products and PyTorch's recursion (sigma's cancellation included), and bounds with the larger
+# magnitudes and rounding count. A singular reflector (tau_i ||v_i||^2 = 1 exactly: PyTorch divides by zero) is
+# unmirrored with that reason. The reflectors are applied as rank-one updates (the suffix products kept: k m x cols
+# elements, refused above _REFLECTOR_LIMIT). Componentwise magnitudes of a long product of reflectors grow
+# geometrically even when they are unitary (|H| has norm up to about 1 + 2m), so for many reflectors (tens, in float32)
+# the bound is honest but too wide to catch anything: the node's row shows it.
+
+def _reflectors(a, tau):
+    """The reflectors' vectors: the first k columns of V below the diagonal with a unit diagonal, (..., m, k)."""
+    m, n = a.shape[-2:]
+    return (np.tril(a, -1) + np.eye(m, n))[..., :, :tau.shape[-1]]
+
+
+def _reflect(mat, v, t, left=True):  # (I - t v v^H) mat, or mat (I - t v v^H): a rank-one update
+    return mat - (t * v) @ (_mH(v) @ mat) if left else mat - (mat @ (t * v)) @ _mH(v)
+
+
+_REFLECTOR_LIMIT = 1 << 26  # elements of the suffix products the mirror keeps (k of m x cols)
+
+
+def _reflector_grads(gq, vk, tau, cols):
+    """(dL/dV (first k columns, unmasked), dL/dtau) for Q = H_0 ... H_{k-1} I[:, :cols] and dL/dQ = gq."""
+    m, k = vk.shape[-2], vk.shape[-1]
+    if k * m * cols > _REFLECTOR_LIMIT:
+        raise Unsupported(f"{k} Householder reflectors of length {m}: too large for the mirror's suffix products")
+    batch = np.broadcast_shapes(vk.shape[:-2], np.shape(tau)[:-1])
+    suffix = [None] * (k + 1)
+    suffix[k] = np.broadcast_to(np.eye(m, cols), batch + (m, cols))
+    for i in range(k - 1, -1, -1):
+        suffix[i] = _reflect(suffix[i + 1], vk[..., :, i:i + 1], tau[..., i:i + 1, None])
+    prefix = np.broadcast_to(np.eye(m), batch + (m, m))
+    gv, gt = [], []
+    for i in range(k):
+        w = _mH(prefix) @ (gq @ _mH(suffix[i + 1]))
+        v, t = vk[..., :, i:i + 1], tau[..., i:i + 1, None]
+        gv.append(-(np.conj(t) * (w @ v)) - t * (_mH(w) @ v))
+        gt.append(-(_mH(v) @ (w @ v))[..., 0, 0])
+        prefix = _reflect(prefix, v, t, left=False)
+    return np.concatenate(gv, axis=-1), np.stack(gt, axis=-1)
+
+
+def _torch_reflector_grads(k_mat, vk, tau, sigma, flip=False):
+    """PyTorch's recursion (NOTE [reflector bound]), for the run on magnitudes: K <- H_0^-1 K, then per reflector
+    its gradients from K and K <- H_{i+1}^-1 K H_i (`flip`: the reflectors from the last, sides swapped)."""
+    k = vk.shape[-1]
+
+    def apply(i, t, mat, left):
+        return _reflect(mat, vk[..., :, i:i + 1], t[..., i:i + 1, None], left)
+    order = list(range(k))[::-1] if flip else list(range(k))
+    k_mat = apply(order[0], sigma, k_mat, not flip)
+    gv, gt = [None] * k, [None] * k
+    for j, i in enumerate(order):
+        v, t = vk[..., :, i:i + 1], tau[..., i:i + 1, None]
+        gv[i] = -(np.conj(t) * (_mH(k_mat) @ v)) - t * (k_mat @ v)
+        gt[i] = -np.conj(_mH(v) @ (k_mat @ v))[..., 0, 0]
+        if j + 1 < k:
+            k_mat = apply(i, tau, apply(order[j + 1], sigma, k_mat, not flip), flip)
+    return np.concatenate(gv, axis=-1), np.stack(gt, axis=-1)
+
+
+def _widest(a, b):
+    """The larger magnitudes and rounding count of two bounds for one result (bounds.Mag)."""
+    a, b = Mag.of(a), Mag.of(b)
+    return Mag(np.maximum(a.m, b.m), None, (max(a.n, b.n), max(a.r, b.r)))
+
+
+def _sigma(vk, tau):
+    nrm = np.sum(vk * np.conj(vk), axis=-2)
+    den = tau * nrm - 1.0
+    if np.any(np.asarray(den) == 0):
+        raise Unsupported("a singular Householder reflector (tau ||v||^2 = 1): PyTorch's backward inverts it")
+    return tau / den
+
+
+def _pad_cols(gv, n):  # dL/dV's first k columns to all n, strictly below the diagonal
+    k = gv.shape[-1]
+    if k < n:
+        gv = np.concatenate([gv, np.zeros(gv.shape[:-1] + (n - k,))], axis=-1)
+    return np.tril(gv, -1)
+
+
+@rule("LinalgHouseholderProductBackward0")
+def _householder_product(c):  # slots (input, tau)
+    a, tau = c.s["input"], c.s["tau"]
+    n = a.shape[-1]
+    if not tau.shape[-1] or not a.size:  # no reflectors: Q does not depend on them
+        return (c.zeros(a.shape), c.zeros(tau.shape))
+    vk = _reflectors(a, tau)
+    sigma = _sigma(vk, tau)
+    gv, gt = _reflector_grads(c.g, vk, tau, n)
+    if isinstance(c.g, Mag):
+        tv, tt = _torch_reflector_grads(c.s["result"] @ _mH(c.g), vk, tau, sigma)
+        gv, gt = _widest(gv, tv), _widest(gt, tt)
+    return (_pad_cols(gv, n), gt)
+
+
+complex_ok("LinalgHouseholderProductBackward0")
+
+
+@rule("OrmqrBackward0")
+def _ormqr(c):
+    """ormqr(V, tau, C, left, transpose) = op(Q) C (left) or C op(Q), Q = H_0 ... H_{k-1} (m x m), op(Q) = Q^H when
+    transposing: slots (V, tau, C). C's gradient is op(Q)^H G (or G op(Q)^H), Q formed from the reflectors; V's and
+    tau's as householder_product's with dL/dQ = G C^H, C G^H, C^H G or G^H C (NOTE [reflector bound]). PyTorch applies
+    the reflectors to G with LAPACK's ormqr, one by one for fewer than 32 of them (the products' magnitudes); a blocked
+    application of more (compact WY form) is not what the bound follows: unmirrored."""
+    a, tau, other, result = c.s["self"], c.s["input2"], c.s["input3"], c.s["result"]
+    left, trans = c.a["left"], c.a["transpose"]
+    g, n = c.g, a.shape[-1]
+    vk = _reflectors(a, tau)
+    k, m = vk.shape[-1], vk.shape[-2]
+    gc = None
+    if c.in_shapes[2] is not None:
+        if k >= 32:
+            raise Unsupported("ormqr with 32 or more reflectors: LAPACK applies them blockwise (compact WY form), "
+                              "whose rounding the bound does not follow")
+        q = np.broadcast_to(np.eye(m), np.broadcast_shapes(vk.shape[:-2], tau.shape[:-1]) + (m, m))
+        for i in range(k):
+            q = _reflect(q, vk[..., :, i:i + 1], tau[..., i:i + 1, None], left=False)
+        # gC = op(Q)^H G (left) or G op(Q)^H (right)
+        gc = (q if trans else _mH(q)) @ g if left else g @ (q if trans else _mH(q))
+    if c.in_shapes[0] is None and c.in_shapes[1] is None:
+        return (None, None, gc)
+    if not k or not a.size:  # no reflectors: the result does not depend on them
+        return (c.zeros(a.shape), c.zeros(tau.shape), gc)
+    sigma = _sigma(vk, tau)
+    gq = (g @ _mH(other) if not trans else other @ _mH(g)) if left else \
+        (_mH(other) @ g if not trans else _mH(g) @ other)
+    gv, gt = _reflector_grads(gq, vk, tau, m)
+    if isinstance(c.g, Mag):  # PyTorch's recursion, as ormqr_backward calls it
+        if left != trans:
+            kmat = result @ _mH(g) if left else _mH(result) @ g
+        else:
+            kmat = _mH(g) @ result if not trans else g @ _mH(result)
+        tv, tt = _torch_reflector_grads(kmat, vk, tau, sigma, flip=left == trans)
+        gv, gt = _widest(gv, tv), _widest(gt, tt)
+    return (_pad_cols(gv, n), gt, gc)
+
+
+complex_ok("OrmqrBackward0")
