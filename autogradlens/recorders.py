@@ -965,14 +965,27 @@ class _Medians:
     def __call__(self, ts: list) -> list:
         key = tuple(id(t) for t in ts)
         if key != self.key or any(r() is not t for r, t in zip(self.refs, ts)):
-            self.src = [t.detach().reshape(-1)[:: -(-t.numel() // _SAMPLE)] for t in ts]
+            flat = [_flat_view(t) for t in ts]
+            self.src = [(f if f is not None else t.detach().reshape(-1))[:: -(-t.numel() // _SAMPLE)]
+                        for f, t in zip(flat, ts)]
             self.rows = torch.full((len(ts), max(v.numel() for v in self.src)), math.nan, dtype=torch.float32,
                                    device=ts[0].device)
             self.dst = [self.rows[i, : v.numel()] for i, v in enumerate(self.src)]
-            self.key, self.refs = key, [weakref.ref(t) for t in ts]
+            # samples that are views follow Adam's in-place updates; a copy (a layout with gaps) is made again
+            self.key = key if all(f is not None for f in flat) else None
+            self.refs = [weakref.ref(t) for t in ts]
         torch._foreach_copy_(self.dst, self.src)
         meds = self.rows.nanmedian(dim=1).values
         return defer(meds) if _deferred(ts) else meds.tolist()
+
+
+def _flat_view(t: torch.Tensor):
+    """`t`'s elements as a 1-d view of its memory, in whatever dense layout (channels_last too), or None."""
+    t = t.detach()
+    if t.is_contiguous():
+        return t.view(-1)
+    v = t.permute(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    return v.view(-1) if v.is_contiguous() else None
 
 
 class _AdamStep:

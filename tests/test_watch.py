@@ -215,6 +215,25 @@ def test_sgd_momentum_and_adam_state_equal_hand_computation():
     assert last.effective_lr == pytest.approx(float(np.median(eff.numpy())), rel=1e-5)
 
 
+def test_adams_effective_lr_follows_its_state_in_a_channels_last_layout():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 4, 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(conv.parameters(), lr=1e-2)
+    with lens.watch(conv, optimizer=opt, sample=1) as w:
+        for step in range(4):
+            opt.zero_grad()
+            x = torch.randn(3, 2, 6, 6).to(memory_format=torch.channels_last) * 10**step  # v grows each step
+            conv(x).pow(2).mean().backward()
+            opt.step()
+    state = opt.state[conv.weight]
+    assert not state["exp_avg_sq"].is_contiguous()  # Adam keeps the parameter's layout
+    t = int(state["step"])
+    v = float(state["exp_avg_sq"].flatten().median())  # (the lower middle of 72: as the watch takes it)
+    eff = (1e-2 / (1 - 0.9**t)) / (math.sqrt(v) / math.sqrt(1 - 0.999**t) + 1e-8)
+    last = [e for e in w.events if e.kind == "update" and e.param == "weight"][-1]
+    assert last.effective_lr == pytest.approx(eff, rel=1e-5)
+
+
 def test_hooks_removed_on_exit_and_on_exception():
     model = tiny()
     opt = torch.optim.Adam(model.parameters())
