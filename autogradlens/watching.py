@@ -290,7 +290,7 @@ class _Timeline:
             if self.keep is None or len(self.head) < self.keep // 2:
                 tail.append((step, self.cur))  # it will join the head: nothing is dropped for it
             elif self.tail.maxlen == 0:
-                dropped = (dropped[0] + 1, min(dropped[1] or step, step), step)
+                dropped = (dropped[0] + 1, step if dropped[1] is None else min(dropped[1], step), step)
             else:
                 tail.append((step, self.cur))
                 if len(tail) > self.tail.maxlen:

@@ -533,6 +533,17 @@ def _linear_run(optimizer, n, **watch_kw):
     return w
 
 
+def test_keep_0_read_during_a_step_says_from_step_0():
+    m = nn.Linear(3, 1)
+    with lens.watch(m, keep=0, sample=1) as w:
+        for _ in range(2):
+            m.zero_grad()
+            m(torch.randn(4, 3)).sum().backward()
+        m(torch.randn(4, 3))  # a third step begins
+        (note,) = w.events
+    assert "3 steps (0 to 2)" in note.message
+
+
 def test_events_keep_the_first_and_the_last_steps_and_steps_keep_all():
     w = _linear_run(torch.optim.SGD, 10, keep=4)
     assert len(w.steps) == 10 and [s["step"] for s in w.steps] == list(range(10))
