@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import warnings
 import weakref
 from threading import get_ident
@@ -179,11 +180,19 @@ class _Batch:
 
 
 _PENDING: list = []  # _Batch objects whose values are still on their device
+_RESOLVING = threading.RLock()  # two watching threads: neither reads a batch the other is still reading back
 
 
 def resolve() -> None:
     """Read every pending batch back: one transfer per device."""
-    pending, _PENDING[:] = list(_PENDING), []
+    with _RESOLVING:
+        _resolve()
+
+
+def _resolve() -> None:
+    pending = []
+    while _PENDING:  # (list.pop is atomic: a batch deferred meanwhile waits in _PENDING for the next resolve)
+        pending.append(_PENDING.pop(0))
     by_device: dict = {}
     for b in pending:
         by_device.setdefault(b.tensor.device, []).append(b)

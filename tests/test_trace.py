@@ -1,7 +1,7 @@
-import re
 import collections
 import json
 import math
+import re
 
 import networkx as nx
 import pytest

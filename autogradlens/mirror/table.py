@@ -131,7 +131,8 @@ def unsigned(i):  # PyTorch hands some int64 attributes over as uint64 (-1 -> 2*
 
 # A node of a Python torch.autograd.Function without a rule (the user's own, or one a library such as torch's chunked
 # linear_cross_entropy defines): its backward is Python code, not a formula the mirror knows.
-CUSTOM_FUNCTION = "a custom autograd.Function: its backward is Python code (yours or a library's), not a formula to re-derive"
+CUSTOM_FUNCTION = ("a custom autograd.Function: its backward is Python code (yours or a library's), not a formula "
+                   "to re-derive")
 
 # Node types real models produce that have no rule, and why (the mirror passes PyTorch's gradients through them).
 NO_RULE = {
