@@ -333,7 +333,7 @@ class Forward(Recorder):
         super().__init__(w)
         self.saved = saved        # SavedTensors or None
         self.watch_outputs = outputs
-        self.pushed = False       # our saved-tensor hooks are on the stack (pushed by the pre-hook)
+        self.pushed = None        # the thread on whose stack our saved-tensor hooks are (pushed by the pre-hook)
         self.outputs: list = []   # handles of the hooks on the outputs' grad_fns (removed at exit)
         self.armed = False
         self.pre_fn, self.post_fn = _no_compile(self._pre, True), _no_compile(self._post, True)
@@ -376,7 +376,7 @@ class Forward(Recorder):
                 self.w._note("other saved_tensors_hooks (save_on_cpu, checkpoint or your own) were active for the "
                              "model's forward: the tensors it saved are not recorded")
             elif saved_hooks_enabled():
-                self.pushed = True  # first: pop() checks that they are on top anyway
+                self.pushed = get_ident()  # first: pop() checks that they are on top anyway
                 push_saved_hooks(saved.pack, saved.unpack)
             else:  # inside a torch.func transform: it refuses saved-tensor hooks
                 self.w._note("a torch.func transform ran the model (torch.func.grad, vjp, ...): the tensors it "
@@ -397,13 +397,14 @@ class Forward(Recorder):
                 outputs.pop(0).remove()
 
     def pop(self):
-        """Pop our saved-tensor hooks if they are on top of this thread's stack."""
-        if self.pushed:
+        """Pop our saved-tensor hooks if this thread pushed them and they are on top of its stack (another thread's
+        forward of the same model leaves them alone: the stacks are per thread)."""
+        if self.pushed is not None and self.pushed == get_ident():
             saved = self.saved
             top = top_saved_hooks()
             if top is not None and top[0] is saved.pack and top[1] is saved.unpack:
                 pop_saved_hooks()
-            self.pushed = False
+            self.pushed = None
 
     def _unhook_outputs(self):  # (hooks on grad_fns: graphs that outlive the watch are rare and short-lived)
         outputs = self.outputs

@@ -366,6 +366,31 @@ def test_mirror_trace_and_check_inside_a_watch_are_not_its_backward_passes():
             assert run(look, opt) == plain
 
 
+def test_another_threads_forward_of_the_same_model_leaves_the_watchs_saved_tensor_hooks_alone():
+    from autogradlens._torch import top_saved_hooks
+    mine_inside, theirs_done, me = threading.Event(), threading.Event(), threading.get_ident()
+
+    class Pause(nn.Module):
+        def forward(self, x):
+            if threading.get_ident() == me:
+                mine_inside.set()
+                theirs_done.wait(10)  # the other thread's whole forward runs while ours is half done
+            return x.tanh()
+    m = nn.Sequential(nn.Linear(3, 4), Pause(), nn.Linear(4, 1))
+
+    def theirs():
+        mine_inside.wait(10)
+        m(torch.randn(2, 3))
+        theirs_done.set()
+    t = threading.Thread(target=theirs)
+    with lens.watch(m, sample=1) as w:
+        t.start()
+        m(torch.randn(2, 3)).sum().backward()
+        t.join()
+        assert top_saved_hooks() is None  # ours popped at the end of our forward
+    assert w.steps[0]["saved_tensors"] > 0
+
+
 def test_reentrant_checkpoint_is_one_backward_per_call():
     torch.manual_seed(0)
     model = Checkpointed(True)
