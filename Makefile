@@ -9,7 +9,7 @@ OUT ?= out
 
 .PHONY: setup demo test lint bench notebooks graphviz browser clean
 
-setup: $(VENV)/.installed graphviz browser
+setup: $(VENV)/.installed graphviz
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ demo: setup
 
 # Python's default, bytecode caching, even where the environment turns it off: pytest then keeps the assertion
 # rewrite of the test modules between runs (1.5 s of every worker's start otherwise).
-test: setup
+test: setup browser
 	PYTHONDONTWRITEBYTECODE= MPLBACKEND=Agg $(PY) -m pytest
 
 lint: setup

@@ -584,9 +584,9 @@ class Watch:
             self._saved.attribute(roots)
         if not nested and self._top_backward:
             root = roots[0] if len(roots) == 1 else None
-            if type(root) is torch.Tensor:  # read when the step is folded into steps (GPU: with others, at once)
-                cur.loss = root.detach() if root.is_cpu and not rec.DEFER_ON_CPU else (
-                    rec.defer(root.detach().reshape(1).clone())[0] if root.numel() == 1 else None)
+            if type(root) is torch.Tensor and root.numel() == 1:  # read when the step is folded (GPU: in batches)
+                cur.loss = root.detach() if root.is_cpu and not rec.DEFER_ON_CPU else \
+                    rec.defer(root.detach().reshape(1).clone())[0]
             cur.backward_passes += 1
             if self._grads is not None:
                 self._grads.pending = True
@@ -676,7 +676,9 @@ class Watch:
                     r.step(new)
 
     def record_loss(self, loss) -> None:
-        """Tell the watch this step's loss (``loss.backward()`` inside the watch does it by itself)."""
+        """Tell the watch this step's loss where its backward has none to read (``loss.backward()`` on a one-element
+        loss records it by itself). Call it within the step: before ``optimizer.step()``, or without an optimizer
+        before the backward (which ends the step): ``w.record_loss(loss); out.backward(weights)``."""
         self._cur.loss = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
     # ------------------------------------------------------------------ output

@@ -234,6 +234,23 @@ def test_adams_effective_lr_follows_its_state_in_a_channels_last_layout():
     assert last.effective_lr == pytest.approx(eff, rel=1e-5)
 
 
+def test_record_loss_names_the_loss_of_a_step_whose_backward_had_none():
+    m = nn.Linear(3, 2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with lens.watch(m) as w:
+        out = m(torch.randn(4, 3))
+        w.record_loss(torch.tensor(0.25))  # without an optimizer the backward ends the step
+        out.backward(torch.ones_like(out))  # no one-element loss to read
+    with lens.watch(m, optimizer=opt) as w2:
+        for _ in range(2):
+            opt.zero_grad()
+            out = m(torch.randn(4, 3))
+            out.backward(torch.ones_like(out))
+            w2.record_loss(0.5)
+            opt.step()
+    assert w.steps[0]["loss"] == 0.25 and [s["loss"] for s in w2.steps] == [0.5, 0.5]
+
+
 def test_hooks_removed_on_exit_and_on_exception():
     model = tiny()
     opt = torch.optim.Adam(model.parameters())
