@@ -64,6 +64,15 @@ class CheckReport(Drawable):
     ``scale``, ``sign``, ``transpose``, ``local_only`` or None), ``factor`` (for ``scale``), ``hint`` (one
     sentence: what to change, or what can be told), ``bound`` (the largest allowed difference) and ``id`` (the
     node in ``trace``). ``alive`` says whether the graph could be run again (each line judged on its own).
+
+    Example:
+        >>> import torch, autogradlens as lens
+        >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> y = x * x
+        >>> loss = y.sum()
+        >>> r = lens.check(loss, {"y": torch.ones(2), "x": x.detach()}, params={"x": x, "y": y})  # one use of x of two
+        >>> r.first_wrong, r.rows[-1]["diagnosis"], r.counts()
+        ('x', 'one_path', {'right': 1, 'wrong': 1, 'inherits': 0, 'unknown': 0})
     """
 
     _what = "a check report"
@@ -80,6 +89,7 @@ class CheckReport(Drawable):
         return next((r["name"] for r in self.rows if r["status"] == "wrong"), None)
 
     def counts(self) -> dict:
+        """How many rows have each status: ``{"right": .., "wrong": .., "inherits": .., "unknown": ..}``."""
         return {s: sum(r["status"] == s for r in self.rows) for s in STATUSES}
 
     def to_text(self) -> str:
@@ -110,6 +120,7 @@ class CheckReport(Drawable):
                 f"{c['right']} right, {c['wrong']} wrong, {c['inherits']} inherit, {c['unknown']} unknown>")
 
     def colors(self) -> dict:
+        """Node id -> fill colour of its status, as the picture draws it (``COLORS``)."""
         return {r["id"]: COLORS[r["status"]] for r in self.rows}
 
     def _spec(self, **opts) -> dict:
