@@ -435,6 +435,62 @@ def _upsample_bicubic(c):
     return (_separable(g, mats),)
 
 
+def _aa_weights(n_in, n_out, align, scale, ft, cubic, mags):
+    """(n_out, n_in) matrix of PyTorch's antialiased interpolation (F.interpolate(antialias=True): a triangle or
+    Keys cubic (a = -0.5) filter stretched by the scale when downsampling, each row normalised to sum 1). The taps and
+    the filter's arguments are computed in `ft` (the tensor's dtype) with the CPU kernel's mixed float/double steps
+    (_compute_indices_min_size_weights_aa), exactly; the filter and the normalisation in float64, and with `mags` on
+    magnitudes (a Mag): the kernel evaluates them in `ft`, its compiler free to fuse a multiply and an add (it does,
+    on AVX2 builds), so they are not reproduced bit for bit but bounded as the rule's own arithmetic."""
+    taps = 4 if cubic else 2
+    if align:
+        sc = ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
+    else:
+        sc = ft(1.0 / scale) if scale else ft(n_in) / ft(n_out)
+    big = float(sc) >= 1.0
+    support = ft(taps * 0.5 * float(sc)) if big else ft(taps * 0.5)
+    width = int(math.ceil(float(support))) * 2 + 1
+    inv = ft(1.0 / float(sc)) if big else ft(1.0)
+    center = (float(sc) * (np.arange(n_out) + 0.5)).astype(ft)
+    lo = np.maximum(np.trunc((center - support).astype(np.float64) + 0.5).astype(np.int64), 0)
+    hi = np.minimum(np.trunc((center + support).astype(np.float64) + 0.5).astype(np.int64), n_in)
+    size = np.clip(hi - lo, 0, width)
+    a = -0.5
+
+    def filt(x):  # x = |argument| >= 0, exact
+        xs = Mag.of(x) if mags else x
+        if not cubic:
+            return np.where(x < 1, 1.0 - xs, 0.0)
+        near = ((a + 2) * xs - (a + 3)) * xs * xs + 1.0
+        far = ((a * xs - 5 * a) * xs + 8 * a) * xs - 4 * a
+        return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+    ws, total = [], 0.0
+    for j in range(width):
+        arg = ((((j + lo).astype(ft) - center).astype(np.float64) + 0.5) * float(inv)).astype(ft)
+        w = np.where(j < size, filt(np.abs(arg).astype(np.float64)), 0.0)
+        total = total + w  # (one by one, as the kernel adds them)
+        ws.append(w)
+    tv = np.asarray(total)
+    safe = np.where(tv != 0, total, 1.0)
+    m = Mag(np.zeros((n_out, n_in)), np.zeros((n_out, n_in))) if mags else np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    for j, w in enumerate(ws):
+        keep = j < size
+        np.add.at(m, (rows[keep], (lo + j)[keep]), (w / safe)[keep])
+    return m
+
+
+@rule("UpsampleBilinear2DAaBackward0", "UpsampleBicubic2DAaBackward0")
+def _upsample_aa(c):  # the CPU kernel adds (wx wy) g into each input element the filter reaches
+    sizes, g = c.a["self_sym_sizes"], c.g
+    ft = np.float64 if c.in_dtypes[0] == "float64" else np.float32
+    cubic = c.type == "UpsampleBicubic2DAaBackward0"
+    mats = [_aa_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc, ft, cubic, isinstance(g, Mag))
+            for i, sc in enumerate(_scales(c, 2))]
+    return (_separable(g, mats),)
+
+
 def _fold_geom(c):
     return [list(c.a[k]) for k in ("kernel_size", "dilation", "padding", "stride")]
 
