@@ -634,6 +634,26 @@ CASES.update({
 })
 
 
+
+def _grid_sample(r):  # grid values ~ N(0, 1): inside and outside [-1, 1]
+    out = 0
+    for mode, pad, align in (("bilinear", "zeros", False), ("bilinear", "border", True),
+                             ("nearest", "reflection", False), ("bicubic", "reflection", True),
+                             ("bicubic", "zeros", False)):
+        out = out + weighted(r, F.grid_sample(r(1, 2, 3, 4), r(1, r.n, 2, 2), mode=mode, padding_mode=pad,
+                                              align_corners=align))
+    return out + weighted(r, F.grid_sample(r(1, 1, 2, 3, 2), r(1, 2, r.n, 1, 3), padding_mode="reflection",
+                                           align_corners=False))
+
+
+CASES.update({
+    "grid_sample": _grid_sample,
+    "upsample_antialias": lambda r: weighted(r, F.interpolate(r(1, 2, 5, 6), size=(3, 4), mode="bilinear",
+                                                              antialias=True))
+        + weighted(r, F.interpolate(r(1, 1, 7, 5), size=(2, r.n + 5), mode="bicubic", antialias=True,
+                                    align_corners=True)),
+})
+
 # Where PyTorch's own backward is wrong (its gradient test expects a failure): the mirror must report a mismatch.
 TORCH_WRONG = {
     "as_strided_scatter": lambda r: weighted(r, torch.as_strided_scatter(r(3, 3) * 1, r(2, 2), (2, 2), (1, 2), 1)),

@@ -7,9 +7,10 @@ import itertools
 import math
 
 import numpy as np
+import torch
 
 from .bounds import Mag, _product
-from .table import rule, scatter_axis
+from .table import fma, rule, scatter_axis
 
 
 @rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0", "FractionalMaxPool2DBackward0",
@@ -435,13 +436,39 @@ def _upsample_bicubic(c):
     return (_separable(g, mats),)
 
 
-def _aa_weights(n_in, n_out, align, scale, ft, cubic, mags):
+def _horner(x, coefs, mags):
+    """((c0 x + c1) x + c2) x + c3 at an exact x; with `mags`, a Mag whose magnitude adds the running error bound of
+    the evaluation (each rounding at most one unit of its result, carried through the later products): near a root
+    of the polynomial far below the a-priori bound (the terms at |x|), which the filter's tails meet."""
+    r, e = np.full(np.shape(x), coefs[0]), np.zeros(np.shape(x))
+    for cf in coefs[1:]:
+        r = r * x
+        e = e * np.abs(x) + np.abs(r)
+        r = r + cf
+        e = e + np.abs(r)
+    return Mag(np.abs(r) + e, r, 1) if mags else r
+
+
+def _keys(x, ft, fused):
+    """The Keys cubic filter (a = -0.5) at x = |argument| in `ft`, as the kernel evaluates it (`fused`: its compiler
+    fusing each multiply and add into one rounding, as an AVX2 build's does)."""
+    a = ft(-0.5)
+    if fused:
+        near = fma(fma(a + ft(2), x, -(a + ft(3)), ft) * x, x, ft(1), ft)
+        far = fma(fma(fma(a, x, -(ft(5) * a), ft), x, ft(8) * a, ft), x, -(ft(4) * a), ft)
+    else:
+        near = ((a + ft(2)) * x - (a + ft(3))) * x * x + ft(1)
+        far = ((a * x - ft(5) * a) * x + ft(8) * a) * x - ft(4) * a
+    return np.where(x < 1, near, np.where(x < 2, far, ft(0))).astype(ft)
+
+
+def _aa_weights(n_in, n_out, align, scale, ft, cubic, mags, fused):
     """(n_out, n_in) matrix of PyTorch's antialiased interpolation (F.interpolate(antialias=True): a triangle or
-    Keys cubic (a = -0.5) filter stretched by the scale when downsampling, each row normalised to sum 1). The taps and
-    the filter's arguments are computed in `ft` (the tensor's dtype) with the CPU kernel's mixed float/double steps
-    (_compute_indices_min_size_weights_aa), exactly; the filter and the normalisation in float64, and with `mags` on
-    magnitudes (a Mag): the kernel evaluates them in `ft`, its compiler free to fuse a multiply and an add (it does,
-    on AVX2 builds), so they are not reproduced bit for bit but bounded as the rule's own arithmetic."""
+    Keys cubic (a = -0.5) filter stretched by the scale when downsampling, each row normalised to sum 1), computed in
+    `ft` (the tensor's dtype) with the CPU kernel's mixed float/double steps (_compute_indices_min_size_weights_aa),
+    bit for bit: the cubic filter with fused multiply-adds where `fused` (_aa_fuses). `fused` None (a kernel whose
+    arithmetic neither reproduces): the filter and the normalisation in float64, and with `mags` on magnitudes (a
+    Mag), bounded as the rule's own arithmetic rather than reproduced."""
     taps = 4 if cubic else 2
     if align:
         sc = ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
@@ -455,20 +482,25 @@ def _aa_weights(n_in, n_out, align, scale, ft, cubic, mags):
     lo = np.maximum(np.trunc((center - support).astype(np.float64) + 0.5).astype(np.int64), 0)
     hi = np.minimum(np.trunc((center + support).astype(np.float64) + 0.5).astype(np.int64), n_in)
     size = np.clip(hi - lo, 0, width)
-    a = -0.5
+    exact = not cubic or fused is not None
+    mags = mags and not exact
 
-    def filt(x):  # x = |argument| >= 0, exact
-        xs = Mag.of(x) if mags else x
+    def filt(x):  # x = |argument| >= 0, in ft
         if not cubic:
-            return np.where(x < 1, 1.0 - xs, 0.0)
-        near = ((a + 2) * xs - (a + 3)) * xs * xs + 1.0
-        far = ((a * xs - 5 * a) * xs + 8 * a) * xs - 4 * a
+            return np.where(x < 1, (1.0 - x.astype(np.float64)).astype(ft), ft(0))
+        if exact:
+            return _keys(x, ft, fused)
+        x = x.astype(np.float64)
+        near = _horner(x, (1.5, -2.5, 0.0, 1.0), mags)
+        far = _horner(x, (-0.5, 2.5, -4.0, 2.0), mags)
         return np.where(x < 1, near, np.where(x < 2, far, 0.0))
 
-    ws, total = [], 0.0
+    ws, total = [], ft(0) if exact else 0.0
     for j in range(width):
         arg = ((((j + lo).astype(ft) - center).astype(np.float64) + 0.5) * float(inv)).astype(ft)
-        w = np.where(j < size, filt(np.abs(arg).astype(np.float64)), 0.0)
+        w = np.where(j < size, filt(np.abs(arg)), 0.0)
+        if exact:
+            w = w.astype(ft)
         total = total + w  # (one by one, as the kernel adds them)
         ws.append(w)
     tv = np.asarray(total)
@@ -477,8 +509,27 @@ def _aa_weights(n_in, n_out, align, scale, ft, cubic, mags):
     rows = np.arange(n_out)
     for j, w in enumerate(ws):
         keep = j < size
-        np.add.at(m, (rows[keep], (lo + j)[keep]), (w / safe)[keep])
+        q = (w / safe.astype(ft)).astype(ft).astype(np.float64) if exact else w / safe
+        np.add.at(m, (rows[keep], (lo + j)[keep]), q[keep])
     return m
+
+
+@functools.cache
+def _aa_fuses(dtype: str):
+    """How this PyTorch's CPU kernel evaluates the antialiasing cubic filter: True (fused multiply-adds), False (each
+    operation rounded), None (neither, bit for bit). Asked of the kernel itself, once: its forward pass over
+    one-hot rows gives its weights exactly."""
+    ft, dt = (np.float64, torch.float64) if dtype == "float64" else (np.float32, torch.float32)
+    seen = {False: True, True: True}
+    for n_in, n_out, align in ((17, 5, False), (7, 16, False), (9, 4, True), (5, 3, False), (30, 7, True)):
+        x = torch.eye(n_in, dtype=dt).reshape(n_in, 1, 1, n_in)
+        with torch.no_grad():
+            y = torch.nn.functional.interpolate(x, size=(1, n_out), mode="bicubic", align_corners=align,
+                                                antialias=True)
+        y = y[:, 0, 0, :].numpy().T.astype(np.float64)
+        for fused in seen:
+            seen[fused] &= np.array_equal(y, _aa_weights(n_in, n_out, align, None, ft, True, False, fused))
+    return False if seen[False] else True if seen[True] else None
 
 
 @rule("UpsampleBilinear2DAaBackward0", "UpsampleBicubic2DAaBackward0")
@@ -486,7 +537,8 @@ def _upsample_aa(c):  # the CPU kernel adds (wx wy) g into each input element th
     sizes, g = c.a["self_sym_sizes"], c.g
     ft = np.float64 if c.in_dtypes[0] == "float64" else np.float32
     cubic = c.type == "UpsampleBicubic2DAaBackward0"
-    mats = [_aa_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc, ft, cubic, isinstance(g, Mag))
+    fused = _aa_fuses("float64" if ft is np.float64 else "float32") if cubic else False
+    mats = [_aa_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc, ft, cubic, isinstance(g, Mag), fused)
             for i, sc in enumerate(_scales(c, 2))]
     return (_separable(g, mats),)
 

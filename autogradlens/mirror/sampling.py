@@ -12,13 +12,15 @@ border) is the one-sided one PyTorch takes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
 import numpy as np
+import torch
 
 from .bounds import Mag, gamma, unit_roundoff
-from .table import Unsupported, rule
+from .table import Unsupported, fma, rule
 
 _BILINEAR, _NEAREST, _BICUBIC = 0, 1, 2
 _ZEROS, _BORDER, _REFLECTION = 0, 1, 2
@@ -34,6 +36,42 @@ def _unnormalize(x, size, align, vec, f):
     if align:
         return ((x + f(1)) / f(2)) * f(size - 1)
     return ((x + f(1)) * f(size) - f(1)) / f(2)
+
+
+def _unnormalize_dtype(v32, size, align, vec, ft, fused):
+    """The coordinates in the grid's dtype, as PyTorch's kernel computes them: `fused` where its compiler fused the
+    multiply and the subtraction into one rounding (see _fuses)."""
+    if align or not fused:
+        return _unnormalize(v32, size, align, vec, ft).astype(ft)
+    a = (v32 + ft(1)).astype(ft)
+    if vec:
+        return fma(a, ft(size) / ft(2), -0.5, ft)
+    return (fma(a, ft(size), -1.0, ft) / ft(2)).astype(ft)
+
+
+@functools.cache
+def _fuses(dtype: str, dims: int) -> bool:
+    """Does this PyTorch's CPU grid_sample kernel (2-d: the vectorised one; 3-d: the scalar one) compute the
+    unnormalisation (x + 1) s - 1/2 with a fused multiply-add (a build for AVX2 does, its compiler contracting the
+    two operations; a plain build does not)? Asked of the kernel itself, once: sampling width-one-hot channels at
+    grid points gives each point's weight x - floor(x) exactly, which tells the two arithmetics apart."""
+    ft, dt = (np.float64, torch.float64) if dtype == "float64" else (np.float32, torch.float32)
+    w = 37
+    g = np.random.default_rng(0).uniform(-1, 1, 4096).astype(ft)
+    grid = np.zeros((1, 1, g.size, dims), dtype=ft)
+    grid[..., 0] = g
+    eye = torch.eye(w, dtype=dt).reshape((1, w) + (1,) * (dims - 1) + (w,))
+    with torch.no_grad():
+        out = torch.nn.functional.grid_sample(eye, torch.from_numpy(grid if dims == 2 else grid[:, None]),
+                                              mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = out.reshape(w, g.size).numpy()
+    seen = {}
+    for fused in (False, True):
+        x = _unnormalize_dtype(g, w, False, dims == 2, ft, fused)
+        i0 = np.floor(x).astype(np.int64)
+        keep = (x >= 0) & (i0 + 1 < w)
+        seen[fused] = np.array_equal(out[i0[keep] + 1, np.nonzero(keep)[0]], (x - np.floor(x))[keep])
+    return seen[True] and not seen[False]
 
 
 def _scale(size, align):  # d coordinate / d grid value (exact: a half-integer)
@@ -79,9 +117,9 @@ def _reflect(x32, x, size, align, vec, ft):
     return out32.astype(ft), out, np.where(flip != neg, -1.0, 1.0)
 
 
-def _locate(v32, v, size, pad, align, vec, ft, padded=True):
+def _locate(v32, v, size, pad, align, vec, ft, fused, padded=True):
     """One grid component -> (coordinate in the dtype, coordinate in float64 / magnitudes, d coordinate / d grid)."""
-    x32 = _unnormalize(v32, size, align, vec, ft).astype(ft)
+    x32 = _unnormalize_dtype(v32, size, align, vec, ft, fused)
     x = _unnormalize(v, size, align, vec, float)
     mult = np.full(np.shape(v32), _scale(size, align))
     if padded and pad == _REFLECTION:
@@ -204,6 +242,7 @@ def _grid_sample(c):
     want_in = len(c.in_shapes) > 0 and c.in_shapes[0] is not None
     want_grid = len(c.in_shapes) > 1 and c.in_shapes[1] is not None
     gv = np.asarray(grid)  # the grid's values (on magnitudes too)
+    fused = not align and _fuses("float64" if ft is np.float64 else "float32", k)
     comps = range(k)  # component j of the grid addresses spatial axis k - 1 - j (x: width)
     size_of = [sizes[k - 1 - j] for j in comps]
     gm = np.moveaxis(g, 1, -1)  # (N, out..., C)
@@ -215,7 +254,7 @@ def _grid_sample(c):
 
     if mode == _NEAREST:
         if want_in:
-            idx = [np.rint(_locate(gv[..., j].astype(ft), grid[..., j], size_of[j], pad, align, vec, ft)[0])
+            idx = [np.rint(_locate(gv[..., j].astype(ft), grid[..., j], size_of[j], pad, align, vec, ft, fused)[0])
                    .astype(np.int64) for j in comps]
             flat, valid = px.where(spatial(idx), like)
             px.add(flat, valid, gm)
@@ -224,7 +263,7 @@ def _grid_sample(c):
     if mode == _BICUBIC:
         if k != 2:
             raise Unsupported("bicubic grid_sample of a 3-d input")
-        locs = [_locate(gv[..., j].astype(ft), grid[..., j], size_of[j], pad, align, vec, ft, padded=False)
+        locs = [_locate(gv[..., j].astype(ft), grid[..., j], size_of[j], pad, align, vec, ft, fused, padded=False)
                 for j in comps]
         i0 = [np.floor(x32) for x32, _, _ in locs]
         wd = [_cubic(x - i.astype(np.float64), ft) for (_, x, _), i in zip(locs, i0)]
@@ -240,7 +279,7 @@ def _grid_sample(c):
                 terms[1].append(val * _prod([wd[0][0][tx], wd[1][1][ty]], ft)[..., None])
         mults = [m for _, _, m in locs]
     else:  # bilinear (trilinear for 3-d)
-        locs = [_locate(gv[..., j].astype(ft), grid[..., j], size_of[j], pad, align, vec, ft) for j in comps]
+        locs = [_locate(gv[..., j].astype(ft), grid[..., j], size_of[j], pad, align, vec, ft, fused) for j in comps]
         i0 = [np.floor(x32).astype(np.int64) for x32, _, _ in locs]
         hi = [x - i for (_, x, _), i in zip(locs, i0)]  # weight of the upper neighbour along each component
         lo = [1.0 - h for h in hi]

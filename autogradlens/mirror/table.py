@@ -17,6 +17,8 @@ conv, norm, losses, attention); importing the package registers them all.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 RULES: dict = {}
@@ -109,6 +111,18 @@ def scatter_axis(g, idx, size, axis, zeros):  # out[.., idx[i], ..] += g[.., i, 
     out = zeros(tuple(shape))
     np.add.at(np.moveaxis(out, axis, 0), idx, np.moveaxis(g, axis, 0))
     return out
+
+
+def fma(a, b, c, ft):
+    """a b + c rounded once to `ft` (np.float32 or np.float64), as a fused multiply-add: for float32 numbers a b + c
+    is computed in float64 (exact for the small coefficients and arguments the rules pass) and rounded once; for
+    float64 ones through exact rationals. For kernels whose compiler fuses the two operations."""
+    if ft is np.float32:
+        return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.asarray(c, np.float64)).astype(np.float32)
+    return _fma64(np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(c, np.float64)).astype(np.float64)
+
+
+_fma64 = np.frompyfunc(lambda a, b, c: float(Fraction(a) * Fraction(b) + Fraction(c)), 3, 1)
 
 
 def round_to(dtype: str, a):
