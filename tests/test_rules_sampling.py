@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import autogradlens as lens
-from autogradlens.mirror import conv, sampling
+from autogradlens.mirror import conv, sampling, table
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 GRID_TYPES = {"GridSampler2DBackward0", "GridSampler3DBackward0"}
@@ -168,3 +168,18 @@ def test_antialiased_upsampling_off_by_one_part_in_a_million_is_caught_in_float6
     leaves["x"].register_hook(lambda gr: gr * (1 + 1e-6))
     rep = lens.mirror(loss, params=leaves, mode="tensor")
     assert not rep.ok and [r for r in rep.rows if r["name"] == "x"][0]["e2e_status"] == "mismatch"
+
+
+@pytest.mark.parametrize("kind", ["GridSampler2DBackward0", "UpsampleBicubic2DAaBackward0"])
+def test_a_node_on_another_device_is_left_unmirrored(kind):
+    """The rules reproduce the CPU kernels' arithmetic; a CUDA node's rule raises Unsupported (unmirrored, with the
+    reason) rather than risk a false alarm."""
+    attrs = {"device": "cuda:0", "interpolation_mode": 0, "padding_mode": 0, "align_corners": False,
+             "self_sym_sizes": (1, 1, 4, 4), "scales_h": None, "scales_w": None}
+    saved = {"input": np.zeros((1, 1, 4, 4)), "grid": np.zeros((1, 2, 2, 2))}
+    c = table.Ctx(kind, [np.ones((1, 1, 2, 2))], saved, attrs, [(1, 1, 4, 4), (1, 2, 2, 2)], [(1, 1, 2, 2)], False,
+                  ["float32", "float32"])
+    with pytest.raises(table.Unsupported, match="cuda:0"):
+        table.RULES[kind](c)
+    c.a["device"] = "cpu"
+    assert table.RULES[kind](c)[0].shape == (1, 1, 4, 4)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .bounds import Mag, _product
-from .table import fma, rule, scatter_axis
+from .table import cpu_only, fma, rule, scatter_axis
 
 
 @rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0", "FractionalMaxPool2DBackward0",
@@ -534,6 +534,7 @@ def _aa_fuses(dtype: str):
 
 @rule("UpsampleBilinear2DAaBackward0", "UpsampleBicubic2DAaBackward0")
 def _upsample_aa(c):  # the CPU kernel adds (wx wy) g into each input element the filter reaches
+    cpu_only(c, "the rule computes the CPU kernel's filter weights (CUDA's compute them otherwise)")
     sizes, g = c.a["self_sym_sizes"], c.g
     ft = np.float64 if c.in_dtypes[0] == "float64" else np.float32
     cubic = c.type == "UpsampleBicubic2DAaBackward0"

@@ -8,8 +8,8 @@ where the kernel was compiled to use one (_fuses asks it). The weights and the c
 computed again from the grid in float64, on magnitudes too, so the bound counts the roundings of PyTorch's
 coordinate arithmetic (a weight 1 - t, t = x - floor(x), is off by a few roundings of x, not of t). The gradient
 for the grid at a kink of the interpolation (a grid point exactly on a pixel, or on a border) is the one-sided one
-PyTorch takes. CUDA's kernels are the scalar ones, compiled with fused multiply-adds: a point within a rounding
-of a pixel boundary may fall on the other side there.
+PyTorch takes. CUDA's kernels round their coordinates otherwise (a point within a rounding of a pixel boundary may
+fall on the other side there): a node on another device than the CPU is left unmirrored.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .bounds import Mag, gamma, unit_roundoff
-from .table import Unsupported, fma, rule
+from .table import Unsupported, cpu_only, fma, rule
 
 _BILINEAR, _NEAREST, _BICUBIC = 0, 1, 2
 _ZEROS, _BORDER, _REFLECTION = 0, 1, 2
@@ -233,6 +233,8 @@ class _Pixels:
 
 @rule("GridSampler2DBackward0", "GridSampler3DBackward0")
 def _grid_sample(c):
+    cpu_only(c, "the rule decides which pixels a point reads as the CPU kernel does (CUDA's rounds its coordinates "
+                "otherwise)")
     inp, grid, g = c.s["input"], c.s["grid"], c.g
     mode, pad, align = c.a["interpolation_mode"], c.a["padding_mode"], bool(c.a["align_corners"])
     if mode not in (_BILINEAR, _NEAREST, _BICUBIC) or pad not in (_ZEROS, _BORDER, _REFLECTION):

@@ -113,6 +113,14 @@ def scatter_axis(g, idx, size, axis, zeros):  # out[.., idx[i], ..] += g[.., i, 
     return out
 
 
+def cpu_only(c, why: str):
+    """For a rule that reproduces a CPU kernel's own arithmetic (driver._ON_DEVICE): another device's node is left
+    unmirrored, with the reason."""
+    device = c.a.get("device")
+    if device is not None and device != "cpu":
+        raise Unsupported(f"{c.type} on {device}: {why}")
+
+
 def fma(a, b, c, ft):
     """a b + c rounded once to `ft` (np.float32 or np.float64), as a fused multiply-add: for float32 numbers a b + c
     is computed in float64 (exact for the small coefficients and arguments the rules pass) and rounded once; for
