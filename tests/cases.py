@@ -648,6 +648,9 @@ def _grid_sample(r):  # grid values ~ N(0, 1): inside and outside [-1, 1]
 
 CASES.update({
     "grid_sample": _grid_sample,
+    "segment_reduce": lambda r: sum(weighted(r, torch.segment_reduce(
+        r(2, 6, 2), red, lengths=torch.tensor([[2, 0, 3, 1], [1, 2, 2, 1]]), axis=1)) for red in ("sum", "mean", "max"))
+        + weighted(r, torch.segment_reduce(r(5, 3, positive=True), "prod", offsets=torch.tensor([0, 2, 2, 5]))),
     "upsample_antialias": lambda r: weighted(r, F.interpolate(r(1, 2, 5, 6), size=(3, 4), mode="bilinear",
                                                               antialias=True))
         + weighted(r, F.interpolate(r(1, 1, 7, 5), size=(2, r.n + 5), mode="bicubic", antialias=True,
