@@ -173,6 +173,8 @@ def _lift(t, poly, sign, shift, ft):
 def _prod(ws, ft):
     """The product of interpolation weights; on magnitudes each factor's error times the others' sizes (each at most
     its value plus its own error), and the products' roundings."""
+    if len(ws) == 1:
+        return ws[0]
     if not any(isinstance(w, Mag) for w in ws):
         out = ws[0]
         for w in ws[1:]:
