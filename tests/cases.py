@@ -651,6 +651,10 @@ CASES.update({
     "segment_reduce": lambda r: sum(weighted(r, torch.segment_reduce(
         r(2, 6, 2), red, lengths=torch.tensor([[2, 0, 3, 1], [1, 2, 2, 1]]), axis=1)) for red in ("sum", "mean", "max"))
         + weighted(r, torch.segment_reduce(r(5, 3, positive=True), "prod", offsets=torch.tensor([0, 2, 2, 5]))),
+    "ctc_loss": lambda r: F.ctc_loss(r(7, 2, 4).log_softmax(2), torch.tensor([[1, 2, 2], [3, 1, 1]]),
+                                     torch.tensor([7, 6]), torch.tensor([3, 2]))
+        + torch.ops.aten._ctc_loss.Tensor(r(5, 2, 3).log_softmax(2), torch.tensor([1, 2, 2]), torch.tensor([5, 4]),
+                                          torch.tensor([1, 2]), 0, False)[0].sum(),
     "upsample_antialias": lambda r: weighted(r, F.interpolate(r(1, 2, 5, 6), size=(3, 4), mode="bilinear",
                                                               antialias=True))
         + weighted(r, F.interpolate(r(1, 1, 7, 5), size=(2, r.n + 5), mode="bicubic", antialias=True,
