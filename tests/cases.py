@@ -658,7 +658,8 @@ CASES.update({
     "upsample_antialias": lambda r: weighted(r, F.interpolate(r(1, 2, 5, 6), size=(3, 4), mode="bilinear",
                                                               antialias=True))
         + weighted(r, F.interpolate(r(1, 1, 7, 5), size=(2, r.n + 5), mode="bicubic", antialias=True,
-                                    align_corners=True)),
+                                    align_corners=True))
+        + weighted(r, F.interpolate(r(1, 2, 8, 5), size=(3, 7), mode="lanczos", antialias=True)),
 })
 
 # Where PyTorch's own backward is wrong (its gradient test expects a failure): the mirror must report a mismatch.

@@ -13,7 +13,7 @@ from autogradlens.mirror import conv, sampling, table
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 GRID_TYPES = {"GridSampler2DBackward0", "GridSampler3DBackward0"}
-AA_TYPES = {"UpsampleBilinear2DAaBackward0", "UpsampleBicubic2DAaBackward0"}
+AA_TYPES = {"UpsampleBilinear2DAaBackward0", "UpsampleBicubic2DAaBackward0", "UpsampleLanczos2DAaBackward0"}
 
 
 def _grid_loss(dtype, shape, out, mode, pad, align, spread=1.2, seed=0, snap=None, grad=("x", "grid")):
@@ -114,8 +114,8 @@ def _aa_loss(dtype, shape, size, mode, align, scale=None, seed=0):
 
 
 @DTYPES
-@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
-@pytest.mark.parametrize("align", [False, True])
+@pytest.mark.parametrize("mode,align", [("bilinear", False), ("bilinear", True), ("bicubic", False),
+                                        ("bicubic", True), ("lanczos", False)])
 def test_antialiased_upsampling_matches_pytorch(dtype, mode, align):
     for shape, size in itertools.product([(2, 3, 9, 11), (1, 2, 16, 7)], [(4, 5), (3, 20), (16, 7), (1, 1), (30, 2)]):
         loss, leaves = _aa_loss(dtype, shape, size, mode, align)
@@ -125,7 +125,7 @@ def test_antialiased_upsampling_matches_pytorch(dtype, mode, align):
         _checked(lens.mirror(loss, params=leaves, mode="tensor"), AA_TYPES)
 
 
-@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "lanczos"])
 def test_antialiased_upsampling_off_by_one_part_in_a_thousand_is_caught_in_float32(mode):
     loss, leaves = _aa_loss(torch.float32, (2, 3, 17, 12), (5, 4), mode, False)
     leaves["x"].register_hook(lambda gr: gr * (1 + 1e-3))
@@ -136,28 +136,33 @@ def test_antialiased_upsampling_off_by_one_part_in_a_thousand_is_caught_in_float
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_antialiasing_weights_are_pytorchs_bit_for_bit(dtype):
     """The weights the rule computes are the kernel's own (its forward pass over one-hot rows gives them exactly),
-    the cubic filter with the fused multiply-adds the kernel was found to use (or not)."""
+    the cubic filter with the fused multiply-adds the kernel was found to use (or not), Lanczos with the C library's
+    sin."""
     ft, dt = (np.float64, torch.float64) if dtype == "float64" else (np.float32, torch.float32)
     for n_in, n_out, align, mode in itertools.product([1, 3, 8, 17, 64], [1, 2, 5, 9, 40], [False, True],
-                                                      ["bilinear", "bicubic"]):
+                                                      ["bilinear", "bicubic", "lanczos"]):
+        if mode == "lanczos" and align:
+            continue  # (Lanczos takes no align_corners)
         x = torch.eye(n_in, dtype=dt).reshape(n_in, 1, 1, n_in)
         y = F.interpolate(x, size=(1, n_out), mode=mode, align_corners=align, antialias=True)[:, 0, 0, :]
-        fused = conv._aa_fuses(dtype) if mode == "bicubic" else False
-        assert fused is not None
-        w = conv._aa_weights(n_in, n_out, align, None, ft, mode == "bicubic", False, fused)
+        arith = conv._aa_arithmetic(mode, dtype)
+        assert arith is not None
+        w = conv._aa_weights(n_in, n_out, align, None, ft, mode, False, arith)
         assert np.array_equal(y.numpy().T.astype(np.float64), w), (n_in, n_out, align, mode)
 
 
 @DTYPES
-def test_antialiased_bicubic_bounded_where_the_kernels_arithmetic_is_unknown(dtype, monkeypatch):
-    """A kernel whose cubic filter neither arithmetic reproduces: the weights come from float64 and are bounded on
-    magnitudes (the evaluation's running error), no false alarm, and a wrong gradient is still caught in float64."""
-    monkeypatch.setattr(conv, "_aa_fuses", lambda dtype: None)
+@pytest.mark.parametrize("mode", ["bicubic", "lanczos"])
+def test_antialiased_filters_bounded_where_the_kernels_arithmetic_is_unknown(dtype, mode, monkeypatch):
+    """A kernel whose filter the rule does not reproduce bit for bit: the weights come from float64 and are bounded
+    on magnitudes (the evaluation's running error; for Lanczos sin's), no false alarm, and a wrong gradient is still
+    caught in float64."""
+    monkeypatch.setattr(conv, "_aa_arithmetic", lambda kind, dtype: None)
     for shape, size in [((2, 3, 9, 11), (4, 5)), ((1, 2, 16, 7), (3, 20)), ((2, 1, 17, 12), (5, 4))]:
-        loss, leaves = _aa_loss(dtype, shape, size, "bicubic", False)
+        loss, leaves = _aa_loss(dtype, shape, size, mode, False)
         _checked(lens.mirror(loss, params=leaves, mode="tensor"), AA_TYPES)
     if dtype == torch.float64:
-        loss, leaves = _aa_loss(dtype, (2, 3, 17, 12), (5, 4), "bicubic", False)
+        loss, leaves = _aa_loss(dtype, (2, 3, 17, 12), (5, 4), mode, False)
         leaves["x"].register_hook(lambda gr: gr * (1 + 1e-6))
         assert not lens.mirror(loss, params=leaves, mode="tensor").ok
 
