@@ -642,6 +642,8 @@ def _grid_sample(r):  # grid values ~ N(0, 1): inside and outside [-1, 1]
                              ("bicubic", "zeros", False)):
         out = out + weighted(r, F.grid_sample(r(1, 2, 3, 4), r(1, r.n, 2, 2), mode=mode, padding_mode=pad,
                                               align_corners=align))
+    out = out + weighted(r, torch._grid_sampler_2d_cpu_fallback(  # the scalar 2-d kernel (float32 only)
+        r(1, 2, 3, 4).float(), r(1, 2, r.n, 2).float(), 2, 1, False).to(r.dtype))
     return out + weighted(r, F.grid_sample(r(1, 1, 2, 3, 2), r(1, 2, r.n, 1, 3), padding_mode="reflection",
                                            align_corners=False))
 

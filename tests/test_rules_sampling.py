@@ -12,7 +12,7 @@ import autogradlens as lens
 from autogradlens.mirror import conv, sampling, table
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-GRID_TYPES = {"GridSampler2DBackward0", "GridSampler3DBackward0"}
+GRID_TYPES = {"GridSampler2DBackward0", "GridSampler3DBackward0", "GridSampler2DCpuFallbackBackward0"}
 AA_TYPES = {"UpsampleBilinear2DAaBackward0", "UpsampleBicubic2DAaBackward0", "UpsampleLanczos2DAaBackward0"}
 
 
@@ -58,6 +58,22 @@ def test_grid_sample_3d_matches_pytorch(dtype, mode, pad, align):
         for spread, snap in [(1.2, None), (3.0, None), (1.0, 4)]:
             loss, leaves = _grid_loss(dtype, shape, out, mode, pad, align, spread, snap=snap)
             _checked(lens.mirror(loss, params=leaves, mode="tensor"), GRID_TYPES)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2], ids=["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("pad", [0, 1, 2], ids=["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align", [False, True])
+def test_the_scalar_2d_fallback_kernel_matches_pytorch(mode, pad, align):
+    """torch._grid_sampler_2d_cpu_fallback (what grid_sample runs where 32-bit offsets would overflow; float32 only):
+    the scalar kernel's coordinates, not the vectorised one's."""
+    for seed, (spread, snap) in enumerate([(1.2, None), (3.5, None), (1.0, 8)]):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(2, 3, 5, 7, generator=g).requires_grad_()
+        grid = (torch.rand(2, 4, 6, 2, generator=g) * 2 - 1) * spread
+        grid = (torch.round(grid * snap) / snap if snap else grid).requires_grad_()
+        y = torch._grid_sampler_2d_cpu_fallback(x, grid, mode, pad, align)
+        loss = (y * torch.randn(y.shape, generator=g)).sum()
+        _checked(lens.mirror(loss, params={"x": x, "grid": grid}, mode="tensor"), GRID_TYPES)
 
 
 @pytest.mark.parametrize("grad", [("x",), ("grid",)])

@@ -180,8 +180,9 @@ def read_ops(tr, walk, freed_ok: bool = False) -> dict:
 
 # Nodes whose rule reproduces the CPU kernel's own arithmetic (where a grid point falls, filter weights): their
 # rules read the device (attrs["device"]) and leave other devices' nodes unmirrored.
-_ON_DEVICE = frozenset({"GridSampler2DBackward0", "GridSampler3DBackward0", "UpsampleBilinear2DAaBackward0",
-                        "UpsampleBicubic2DAaBackward0", "UpsampleLanczos2DAaBackward0"})
+_ON_DEVICE = frozenset({"GridSampler2DBackward0", "GridSampler3DBackward0", "GridSampler2DCpuFallbackBackward0",
+                        "UpsampleBilinear2DAaBackward0", "UpsampleBicubic2DAaBackward0",
+                        "UpsampleLanczos2DAaBackward0"})
 
 
 # Nodes whose rule needs the input's strides and storage offset (as_strided indexes the storage itself): known

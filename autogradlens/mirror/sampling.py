@@ -52,24 +52,26 @@ def _unnormalize_dtype(v32, size, align, vec, ft, fused):
 
 
 @functools.cache
-def _fuses(dtype: str, dims: int) -> bool:
-    """Does this PyTorch's CPU grid_sample kernel (2-d: the vectorised one; 3-d: the scalar one) compute the
-    unnormalisation (x + 1) s - 1/2 with a fused multiply-add (a build for AVX2 does, its compiler contracting the
-    two operations; a plain build does not)? Asked of the kernel itself, once: sampling width-one-hot channels at
-    grid points gives each point's weight x - floor(x) exactly, which tells the two arithmetics apart."""
+def _fuses(dtype: str, kernel: str) -> bool:
+    """Does this PyTorch's CPU grid_sample `kernel` ("vec2d": the vectorised 2-d one; "scalar3d"; "fallback2d": the
+    scalar 2-d one) compute the unnormalisation (x + 1) s - 1/2 with a fused multiply-add (a build for AVX2 does in
+    its vectorised kernels, its compiler contracting the two operations)? Asked of the kernel itself, once: sampling
+    width-one-hot channels at grid points gives each point's weight x - floor(x) exactly, which tells the two
+    arithmetics apart."""
     ft, dt = (np.float64, torch.float64) if dtype == "float64" else (np.float32, torch.float32)
-    w = 37
+    w, dims = 37, 3 if kernel == "scalar3d" else 2
     g = np.random.default_rng(0).uniform(-1, 1, 4096).astype(ft)
     grid = np.zeros((1, 1, g.size, dims), dtype=ft)
     grid[..., 0] = g
     eye = torch.eye(w, dtype=dt).reshape((1, w) + (1,) * (dims - 1) + (w,))
+    grid = torch.from_numpy(grid if dims == 2 else grid[:, None])
     with torch.no_grad():
-        out = torch.nn.functional.grid_sample(eye, torch.from_numpy(grid if dims == 2 else grid[:, None]),
-                                              mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = (torch._grid_sampler_2d_cpu_fallback(eye, grid, 0, 0, False) if kernel == "fallback2d" else
+               torch.nn.functional.grid_sample(eye, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
     out = out.reshape(w, g.size).numpy()
     seen = {}
     for fused in (False, True):
-        x = _unnormalize_dtype(g, w, False, dims == 2, ft, fused)
+        x = _unnormalize_dtype(g, w, False, kernel == "vec2d", ft, fused)
         i0 = np.floor(x).astype(np.int64)
         keep = (x >= 0) & (i0 + 1 < w)
         seen[fused] = np.array_equal(out[i0[keep] + 1, np.nonzero(keep)[0]], (x - np.floor(x))[keep])
@@ -233,7 +235,7 @@ class _Pixels:
         return np.moveaxis(self.grad.reshape((self.n,) + tuple(self.sizes) + (self.ch,)), -1, 1)
 
 
-@rule("GridSampler2DBackward0", "GridSampler3DBackward0")
+@rule("GridSampler2DBackward0", "GridSampler3DBackward0", "GridSampler2DCpuFallbackBackward0")
 def _grid_sample(c):
     cpu_only(c, "the rule decides which pixels a point reads as the CPU kernel does (CUDA's rounds its coordinates "
                 "otherwise)")
@@ -243,12 +245,15 @@ def _grid_sample(c):
         raise Unsupported(f"grid_sample with interpolation mode {mode}, padding mode {pad}")
     k = grid.shape[-1]
     sizes = tuple(inp.shape[2:])
-    vec = k == 2  # CPU: 2-d grids take the vectorised kernel, 3-d ones the scalar one
+    # CPU: 2-d grids take the vectorised kernel (the scalar one for inputs whose offsets overflow 32 bits: the
+    # fallback op), 3-d ones the scalar one
+    kernel = "scalar3d" if k == 3 else "fallback2d" if c.type == "GridSampler2DCpuFallbackBackward0" else "vec2d"
+    vec = kernel == "vec2d"
     ft = np.float64 if next((d for d in c.in_dtypes if d), None) == "float64" else np.float32
     want_in = len(c.in_shapes) > 0 and c.in_shapes[0] is not None
     want_grid = len(c.in_shapes) > 1 and c.in_shapes[1] is not None
     gv = np.asarray(grid)  # the grid's values (on magnitudes too)
-    fused = not align and _fuses("float64" if ft is np.float64 else "float32", k)
+    fused = not align and _fuses("float64" if ft is np.float64 else "float32", kernel)
     comps = range(k)  # component j of the grid addresses spatial axis k - 1 - j (x: width)
     size_of = [sizes[k - 1 - j] for j in comps]
     gm = np.moveaxis(g, 1, -1)  # (N, out..., C)
