@@ -573,7 +573,7 @@ def _aa_arithmetic(kind: str, dtype: str):
     for n_in, n_out, align in ((17, 5, False), (7, 16, False), (9, 4, True), (5, 3, False), (30, 7, True)):
         if kind == "lanczos" and align:
             continue
-        x = torch.eye(n_in, dtype=dt).reshape(n_in, 1, 1, n_in)
+        x = torch.eye(n_in, dtype=dt, device="cpu").reshape(n_in, 1, 1, n_in)
         with torch.no_grad():
             y = torch.nn.functional.interpolate(x, size=(1, n_out), mode=kind, align_corners=align, antialias=True)
         y = y[:, 0, 0, :].numpy().T.astype(np.float64)

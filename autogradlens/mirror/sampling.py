@@ -63,7 +63,7 @@ def _fuses(dtype: str, kernel: str) -> bool:
     g = np.random.default_rng(0).uniform(-1, 1, 4096).astype(ft)
     grid = np.zeros((1, 1, g.size, dims), dtype=ft)
     grid[..., 0] = g
-    eye = torch.eye(w, dtype=dt).reshape((1, w) + (1,) * (dims - 1) + (w,))
+    eye = torch.eye(w, dtype=dt, device="cpu").reshape((1, w) + (1,) * (dims - 1) + (w,))
     grid = torch.from_numpy(grid if dims == 2 else grid[:, None])
     with torch.no_grad():
         out = (torch._grid_sampler_2d_cpu_fallback(eye, grid, 0, 0, False) if kernel == "fallback2d" else
