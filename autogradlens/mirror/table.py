@@ -122,9 +122,11 @@ def cpu_only(c, why: str):
 
 
 def fma(a, b, c, ft):
-    """a b + c rounded once to `ft` (np.float32 or np.float64), as a fused multiply-add: for float32 numbers a b + c
-    is computed in float64 (exact for the small coefficients and arguments the rules pass) and rounded once; for
-    float64 ones through exact rationals. For kernels whose compiler fuses the two operations."""
+    """a b + c rounded once to `ft` (np.float32 or np.float64), as a fused multiply-add, for kernels whose compiler
+    fuses the two operations. float64 numbers: through exact rationals. float32 ones: a b + c in float64, rounded to
+    float32; the product is exact, so is the sum where its bits span at most 53 (the unnormalisation's (x + 1) s - 1/2
+    of grid_sample; the cubic filters' steps unless an argument is tiny, where a double rounding would still need the
+    float64 sum to fall exactly halfway between two float32 numbers)."""
     if ft is np.float32:
         return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.asarray(c, np.float64)).astype(np.float32)
     return _fma64(np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(c, np.float64)).astype(np.float64)
