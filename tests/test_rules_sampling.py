@@ -204,3 +204,20 @@ def test_a_node_on_another_device_is_left_unmirrored(kind):
         table.RULES[kind](c)
     c.a["device"] = "cpu"
     assert table.RULES[kind](c)[0].shape == (1, 1, 4, 4)
+
+
+def test_infinite_input_values_are_mirrored_and_a_nan_grid_is_left_unmirrored():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, generator=g)
+    x[0, 0, 1, 2], x[0, 1, 2, 3] = float("inf"), float("nan")
+    x.requires_grad_()
+    grid = (torch.rand(1, 3, 3, 2, dtype=torch.float64, generator=g) * 2.4 - 1.2).requires_grad_()
+    y = F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+    rep = lens.mirror((y * torch.randn(y.shape, dtype=torch.float64, generator=g)).sum(), mode="tensor")
+    assert rep.ok and not rep.unmirrored
+    grid = grid.detach().clone()
+    grid[0, 0, 0, 0] = float("nan")  # (zeros padding: PyTorch's border and reflection kernels crash on a NaN)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    rep = lens.mirror(F.grid_sample(x, grid.requires_grad_(), align_corners=False).sum(), mode="tensor")
+    row = [r for r in rep.rows if r["type"] in GRID_TYPES][0]
+    assert row["status"] == "unmirrored" and "NaN" in row["note"]

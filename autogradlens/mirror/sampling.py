@@ -253,6 +253,9 @@ def _grid_sample(c):
     want_in = len(c.in_shapes) > 0 and c.in_shapes[0] is not None
     want_grid = len(c.in_shapes) > 1 and c.in_shapes[1] is not None
     gv = np.asarray(grid)  # the grid's values (on magnitudes too)
+    if not np.all(np.isfinite(gv)):
+        raise Unsupported("grid_sample at a NaN or infinite grid value (the kernels clamp a NaN coordinate to 0 or "
+                          "leave it out, by padding mode)")
     fused = not align and _fuses("float64" if ft is np.float64 else "float32", kernel)
     comps = range(k)  # component j of the grid addresses spatial axis k - 1 - j (x: width)
     size_of = [sizes[k - 1 - j] for j in comps]
