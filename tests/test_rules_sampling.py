@@ -221,3 +221,12 @@ def test_infinite_input_values_are_mirrored_and_a_nan_grid_is_left_unmirrored():
     rep = lens.mirror(F.grid_sample(x, grid.requires_grad_(), align_corners=False).sum(), mode="tensor")
     row = [r for r in rep.rows if r["type"] in GRID_TYPES][0]
     assert row["status"] == "unmirrored" and "NaN" in row["note"]
+
+
+def test_a_kernel_whose_coordinates_the_rule_does_not_reproduce_leaves_the_node_unmirrored(monkeypatch):
+    monkeypatch.setattr(sampling, "_fuses", lambda dtype, kernel: None)
+    loss, leaves = _grid_loss(torch.float32, (1, 2, 3, 4), (2, 3), "bilinear", "zeros", False)
+    rep = lens.mirror(loss, params=leaves, mode="tensor")
+    assert rep.ok and [r["status"] for r in rep.rows if r["type"] in GRID_TYPES] == ["unmirrored"]
+    loss, leaves = _grid_loss(torch.float32, (1, 2, 3, 4), (2, 3), "bilinear", "zeros", True)  # no unnormalising sum
+    _checked(lens.mirror(loss, params=leaves, mode="tensor"), GRID_TYPES)

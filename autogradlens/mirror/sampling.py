@@ -52,12 +52,12 @@ def _unnormalize_dtype(v32, size, align, vec, ft, fused):
 
 
 @functools.cache
-def _fuses(dtype: str, kernel: str) -> bool:
+def _fuses(dtype: str, kernel: str) -> bool | None:
     """Does this PyTorch's CPU grid_sample `kernel` ("vec2d": the vectorised 2-d one; "scalar3d"; "fallback2d": the
     scalar 2-d one) compute the unnormalisation (x + 1) s - 1/2 with a fused multiply-add (a build for AVX2 does in
     its vectorised kernels, its compiler contracting the two operations)? Asked of the kernel itself, once: sampling
     width-one-hot channels at grid points gives each point's weight x - floor(x) exactly, which tells the two
-    arithmetics apart."""
+    arithmetics apart. None: neither reproduces the kernel."""
     ft, dt = (np.float64, torch.float64) if dtype == "float64" else (np.float32, torch.float32)
     w, dims = 37, 3 if kernel == "scalar3d" else 2
     g = np.random.default_rng(0).uniform(-1, 1, 4096).astype(ft)
@@ -75,7 +75,7 @@ def _fuses(dtype: str, kernel: str) -> bool:
         i0 = np.floor(x).astype(np.int64)
         keep = (x >= 0) & (i0 + 1 < w)
         seen[fused] = np.array_equal(out[i0[keep] + 1, np.nonzero(keep)[0]], (x - np.floor(x))[keep])
-    return seen[True] and not seen[False]
+    return False if seen[False] else True if seen[True] else None
 
 
 def _scale(size, align):  # d coordinate / d grid value (exact: a half-integer)
@@ -257,6 +257,9 @@ def _grid_sample(c):
         raise Unsupported("grid_sample at a NaN or infinite grid value (the kernels clamp a NaN coordinate to 0 or "
                           "leave it out, by padding mode)")
     fused = not align and _fuses("float64" if ft is np.float64 else "float32", kernel)
+    if fused is None:
+        raise Unsupported("this PyTorch's grid_sample kernel computes its coordinates otherwise than the rule "
+                          "reproduces (neither (x + 1) s - 1/2 rounded twice nor fused)")
     comps = range(k)  # component j of the grid addresses spatial axis k - 1 - j (x: width)
     size_of = [sizes[k - 1 - j] for j in comps]
     gm = np.moveaxis(g, 1, -1)  # (N, out..., C)
