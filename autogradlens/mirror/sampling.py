@@ -1,10 +1,11 @@
-"""Sampling at computed positions: grid_sample (GridSampler2D/3D: bilinear, nearest, bicubic; zeros, border and
-reflection padding; either align_corners).
+"""Sampling at computed positions: grid_sample (GridSampler2D/3D, and the scalar 2-d CPU kernel's
+GridSampler2DCpuFallback: bilinear, nearest, bicubic; zeros, border and reflection padding; either align_corners).
 
 Where a grid point falls (which pixels it reads, which side of a border or a reflection it lands on) is decided
 as PyTorch's CPU kernels decide it: the coordinates computed in the grid's dtype with their steps (the 2-d kernel
-is vectorised and unnormalises as (x + 1) s - 1/2, the 3-d one as ((x + 1) W - 1) / 2), with a fused multiply-add
-where the kernel was compiled to use one (_fuses asks it). The weights and the coordinates' own values are then
+is vectorised and unnormalises as (x + 1) s - 1/2, the scalar ones as ((x + 1) W - 1) / 2), with a fused
+multiply-add where the kernel was compiled to use one (_fuses asks it; a kernel neither reproduces leaves the node
+unmirrored). The weights and the coordinates' own values are then
 computed again from the grid in float64, on magnitudes too, so the bound counts the roundings of PyTorch's
 coordinate arithmetic (a weight 1 - t, t = x - floor(x), is off by a few roundings of x, not of t). The gradient
 for the grid at a kink of the interpolation (a grid point exactly on a pixel, or on a border) is the one-sided one
