@@ -649,6 +649,36 @@ def _linalg_more(r):
 
 CASES["linalg_more"] = _linalg_more
 
+
+def _grid_sample(r):  # grid values ~ N(0, 1): inside and outside [-1, 1]
+    out = 0
+    for mode, pad, align in (("bilinear", "zeros", False), ("bilinear", "border", True),
+                             ("nearest", "reflection", False), ("bicubic", "reflection", True),
+                             ("bicubic", "zeros", False)):
+        out = out + weighted(r, F.grid_sample(r(1, 2, 3, 4), r(1, r.n, 2, 2), mode=mode, padding_mode=pad,
+                                              align_corners=align))
+    out = out + weighted(r, torch._grid_sampler_2d_cpu_fallback(  # the scalar 2-d kernel (float32 only)
+        r(1, 2, 3, 4).float(), r(1, 2, r.n, 2).float(), 2, 1, False).to(r.dtype))
+    return out + weighted(r, F.grid_sample(r(1, 1, 2, 3, 2), r(1, 2, r.n, 1, 3), padding_mode="reflection",
+                                           align_corners=False))
+
+
+CASES.update({
+    "grid_sample": _grid_sample,
+    "segment_reduce": lambda r: sum(weighted(r, torch.segment_reduce(
+        r(2, 6, 2), red, lengths=torch.tensor([[2, 0, 3, 1], [1, 2, 2, 1]]), axis=1)) for red in ("sum", "mean", "max"))
+        + weighted(r, torch.segment_reduce(r(5, 3, positive=True), "prod", offsets=torch.tensor([0, 2, 2, 5]))),
+    "ctc_loss": lambda r: F.ctc_loss(r(7, 2, 4).log_softmax(2), torch.tensor([[1, 2, 2], [3, 1, 1]]),
+                                     torch.tensor([7, 6]), torch.tensor([3, 2]))
+        + torch.ops.aten._ctc_loss.Tensor(r(5, 2, 3).log_softmax(2), torch.tensor([1, 2, 2]), torch.tensor([5, 4]),
+                                          torch.tensor([1, 2]), 0, False)[0].sum(),
+    "upsample_antialias": lambda r: weighted(r, F.interpolate(r(1, 2, 5, 6), size=(3, 4), mode="bilinear",
+                                                              antialias=True))
+        + weighted(r, F.interpolate(r(1, 1, 7, 5), size=(2, r.n + 5), mode="bicubic", antialias=True,
+                                    align_corners=True))
+        + weighted(r, F.interpolate(r(1, 2, 8, 5), size=(3, 7), mode="lanczos", antialias=True)),
+})
+
 # Where PyTorch's own backward is wrong (its gradient test expects a failure): the mirror must report a mismatch.
 TORCH_WRONG = {
     "as_strided_scatter": lambda r: weighted(r, torch.as_strided_scatter(r(3, 3) * 1, r(2, 2), (2, 2), (1, 2), 1)),

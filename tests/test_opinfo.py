@@ -20,6 +20,8 @@ SUBSET = [
     "linalg.eigh", "linalg.cholesky", "linalg.det", "linalg.slogdet", "linalg.inv", "fft.rfft", "fft.irfft", "stft",
     "matrix_exp", "linalg.eig", "linalg.eigvals", "linalg.householder_product", "ormqr",
     "polygamma.polygamma_n_0", "mvlgamma.mvlgamma_p_3", "digamma", "lgamma", "diagonal", "squeeze", "view_as_complex",
+    "nn.functional.grid_sample", "grid_sampler_3d", "_upsample_bilinear2d_aa", "_segment_reduce.lengths",
+    "_segment_reduce.offsets", "nn.functional.ctc_loss",
 ]
 
 

@@ -4,7 +4,7 @@ This package is `lens.mirror` itself: calling it runs :func:`mirror` (its docstr
 
 - ``table``: the rule table (``RULES``), what a rule is given (``Ctx``), the helpers rules share;
 - the rules by op family: ``pointwise``, ``special``, ``reductions``, ``linalg``, ``shape``, ``indexing``, ``conv``,
-  ``norm``, ``losses``, ``attention``, ``complex``;
+  ``sampling``, ``norm``, ``losses``, ``attention``, ``complex``;
 - ``driver``: the graph as the mirror reads it and its own backward pass (``replay``);
 - ``bounds``: rules run on magnitudes, the rounding bound; ``verdicts``: the comparisons (NOTE [bound]);
 - ``scalar``: scalar mode (every element a ``Value``); ``report``: ``MirrorReport``.
@@ -22,7 +22,7 @@ from .._guard import collector_paused
 from ..capture import capture
 from ..errors import LensValueError
 from ..tracing import short_name, traced
-from . import attention, complex, conv, indexing, linalg, losses, norm, pointwise, reductions, shape, special  # noqa: F401
+from . import attention, complex, conv, indexing, linalg, losses, norm, pointwise, reductions, sampling, shape, special  # noqa: F401,E501
 from .bounds import unit_roundoff
 from .driver import Flow, Step, consumers_first, is_complex, read_ops, replay
 from .report import MirrorReport

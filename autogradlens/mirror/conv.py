@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import itertools
 import math
 
 import numpy as np
+import torch
 
 from .bounds import Mag, _product
-from .table import rule, scatter_axis
+from .table import cpu_only, fma, rule, scatter_axis
 
 
 @rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0", "FractionalMaxPool2DBackward0",
@@ -431,6 +434,166 @@ def _upsample_bicubic(c):
     sizes, g = c.a["self_sym_sizes"], c.g
     ft = np.float64 if c.in_dtypes[0] == "float64" else np.float32
     mats = [_cubic_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc, ft)
+            for i, sc in enumerate(_scales(c, 2))]
+    return (_separable(g, mats),)
+
+
+def _horner(x, coefs, mags):
+    """((c0 x + c1) x + c2) x + c3 at an exact x; with `mags`, a Mag whose magnitude adds the running error bound of
+    the evaluation (each rounding at most one unit of its result, carried through the later products): near a root
+    of the polynomial far below the a-priori bound (the terms at |x|), which the filter's tails meet."""
+    r, e = np.full(np.shape(x), coefs[0]), np.zeros(np.shape(x))
+    for cf in coefs[1:]:
+        r = r * x
+        e = e * np.abs(x) + np.abs(r)
+        r = r + cf
+        e = e + np.abs(r)
+    return Mag(np.abs(r) + e, r, 1) if mags else r
+
+
+def _keys(x, ft, fused: bool):
+    """The Keys cubic filter (a = -0.5) at x = |argument| in `ft`, as the kernel evaluates it (`fused`: its compiler
+    fusing each multiply and add into one rounding, as an AVX2 build's does)."""
+    a = ft(-0.5)
+    if fused:
+        near = fma(fma(a + ft(2), x, -(a + ft(3)), ft) * x, x, ft(1), ft)
+        far = fma(fma(fma(a, x, -(ft(5) * a), ft), x, ft(8) * a, ft), x, -(ft(4) * a), ft)
+    else:
+        near = ((a + ft(2)) * x - (a + ft(3))) * x * x + ft(1)
+        far = ((a * x - ft(5) * a) * x + ft(8) * a) * x - ft(4) * a
+    return np.where(x < 1, near, np.where(x < 2, far, ft(0))).astype(ft)
+
+
+@functools.cache
+def _libm_sin():
+    """The C library's sinf and sin (what the kernel's std::sin calls), or None where ctypes cannot reach them."""
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("m"))
+        fns = []
+        for name, t in (("sinf", ctypes.c_float), ("sin", ctypes.c_double)):
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = t, [t]
+            fns.append(np.frompyfunc(fn, 1, 1))
+        return tuple(fns)
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def _sin(y, t):
+    """sin in `t` as the C library computes it (correctly rounded float64 sin otherwise)."""
+    fns = _libm_sin()
+    if fns is None or not np.size(y):
+        return np.sin(np.asarray(y, np.float64)).astype(t)
+    return fns[t is np.float64](np.asarray(y, t)).astype(t)
+
+
+def _lanczos(x, ft):
+    """The Lanczos-3 filter sinc(x) sinc(x / 3) at x = |argument| in `ft`, as the kernel evaluates it: sinc(v) =
+    sin(pi v) / (pi v) in v's type (pi, the product, the C library's sin), x / 3 a double (so that sinc in double),
+    the product in double rounded to `ft`."""
+    def sinc(v, t):
+        y = (v * t(np.pi)).astype(t)
+        return np.where(v == 0, t(1), _sin(y, t) / np.where(v == 0, t(1), y)).astype(t)
+    w = sinc(x, ft).astype(np.float64) * sinc(x.astype(np.float64) / 3.0, np.float64)
+    return np.where(x < 3, w.astype(ft), ft(0))
+
+
+_TAPS = {"bilinear": 2, "bicubic": 4, "lanczos": 6}
+
+
+def _aa_weights(n_in, n_out, align, scale, ft, kind, mags, arith):
+    """(n_out, n_in) matrix of PyTorch's antialiased interpolation (F.interpolate(antialias=True): a triangle, Keys
+    cubic (a = -0.5) or Lanczos-3 filter stretched by the scale when downsampling, each row normalised to sum 1),
+    computed in `ft` (the tensor's dtype) with the CPU kernel's mixed float/double steps
+    (_compute_indices_min_size_weights_aa), bit for bit: the cubic filter with fused multiply-adds where `arith` is
+    "fused" (_aa_arithmetic). `arith` None (a kernel whose filter arithmetic is not reproduced): the filter and the
+    normalisation in float64, and with `mags` on magnitudes (a Mag), bounded as the rule's own arithmetic."""
+    taps = _TAPS[kind]
+    if align:
+        sc = ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
+    else:
+        sc = ft(1.0 / scale) if scale else ft(n_in) / ft(n_out)
+    big = float(sc) >= 1.0
+    support = ft(taps * 0.5 * float(sc)) if big else ft(taps * 0.5)
+    width = int(math.ceil(float(support))) * 2 + 1
+    inv = ft(1.0 / float(sc)) if big else ft(1.0)
+    center = (float(sc) * (np.arange(n_out) + 0.5)).astype(ft)
+    lo = np.maximum(np.trunc((center - support).astype(np.float64) + 0.5).astype(np.int64), 0)
+    hi = np.minimum(np.trunc((center + support).astype(np.float64) + 0.5).astype(np.int64), n_in)
+    size = np.clip(hi - lo, 0, width)
+    exact = kind == "bilinear" or arith is not None
+    mags = mags and not exact
+
+    def filt(x):  # x = |argument| >= 0, in ft
+        if kind == "bilinear":
+            return np.where(x < 1, (1.0 - x.astype(np.float64)).astype(ft), ft(0))
+        if exact:
+            return _keys(x, ft, arith == "fused") if kind == "bicubic" else _lanczos(x, ft)
+        x = x.astype(np.float64)
+        if kind == "lanczos":
+            w = _lanczos(x, np.float64)
+            if not mags:
+                return w
+            # pi x rounded (2 units of it), sin (2 units of its result), the quotient and the product (a unit each):
+            # 5 units of w, and sin's slope times pi x's rounding, 2 |cos(pi x)| |sinc(x / 3)|, where sin is near 0
+            slope = 2 * np.abs(np.cos(np.pi * x) * np.sinc(x / 3.0)) * (x < 3)
+            return Mag(6 * np.abs(w) + slope, w, 1)
+        near = _horner(x, (1.5, -2.5, 0.0, 1.0), mags)
+        far = _horner(x, (-0.5, 2.5, -4.0, 2.0), mags)
+        return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+    ws, total = [], ft(0) if exact else 0.0
+    for j in range(width):
+        arg = ((((j + lo).astype(ft) - center).astype(np.float64) + 0.5) * float(inv)).astype(ft)
+        w = np.where(j < size, filt(np.abs(arg)), 0.0)
+        if exact:
+            w = w.astype(ft)
+        total = total + w  # (one by one, as the kernel adds them)
+        ws.append(w)
+    tv = np.asarray(total)
+    safe = np.where(tv != 0, total, 1.0)
+    m = Mag(np.zeros((n_out, n_in)), np.zeros((n_out, n_in))) if mags else np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    for j, w in enumerate(ws):
+        keep = j < size
+        q = (w / safe.astype(ft)).astype(ft).astype(np.float64) if exact else w / safe
+        np.add.at(m, (rows[keep], (lo + j)[keep]), q[keep])
+    return m
+
+
+@functools.cache
+def _aa_arithmetic(kind: str, dtype: str):
+    """How this PyTorch's CPU kernel evaluates an antialiasing filter: "plain" (each operation rounded), "fused"
+    (the cubic's multiply-adds fused) or None (neither reproduces it bit for bit). Asked of the kernel itself, once:
+    its forward pass over one-hot rows gives its weights exactly."""
+    if kind == "bilinear":
+        return "plain"
+    ft, dt = (np.float64, torch.float64) if dtype == "float64" else (np.float32, torch.float32)
+    seen = {"plain": True, "fused": kind == "bicubic"}
+    for n_in, n_out, align in ((17, 5, False), (7, 16, False), (9, 4, True), (5, 3, False), (30, 7, True)):
+        if kind == "lanczos" and align:
+            continue
+        x = torch.eye(n_in, dtype=dt, device="cpu").reshape(n_in, 1, 1, n_in)
+        with torch.no_grad():
+            y = torch.nn.functional.interpolate(x, size=(1, n_out), mode=kind, align_corners=align, antialias=True)
+        y = y[:, 0, 0, :].numpy().T.astype(np.float64)
+        for arith in [a for a, ok in seen.items() if ok]:
+            seen[arith] = np.array_equal(y, _aa_weights(n_in, n_out, align, None, ft, kind, False, arith))
+    return "plain" if seen["plain"] else "fused" if seen["fused"] else None
+
+
+_AA_KINDS = {"UpsampleBilinear2DAaBackward0": "bilinear", "UpsampleBicubic2DAaBackward0": "bicubic",
+             "UpsampleLanczos2DAaBackward0": "lanczos"}
+
+
+@rule(*_AA_KINDS)
+def _upsample_aa(c):  # the CPU kernel adds (wx wy) g into each input element the filter reaches
+    cpu_only(c, "the rule computes the CPU kernel's filter weights (CUDA's compute them otherwise)")
+    sizes, g = c.a["self_sym_sizes"], c.g
+    ft = np.float64 if c.in_dtypes[0] == "float64" else np.float32
+    kind = _AA_KINDS[c.type]
+    arith = _aa_arithmetic(kind, "float64" if ft is np.float64 else "float32")
+    mats = [_aa_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc, ft, kind, isinstance(g, Mag), arith)
             for i, sc in enumerate(_scales(c, 2))]
     return (_separable(g, mats),)
 

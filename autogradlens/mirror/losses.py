@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .table import round_to, rule, unsigned
+from .bounds import Mag
+from .table import Unsupported, round_to, rule, unsigned
 
 
 @rule("LogSoftmaxBackward0")
@@ -182,3 +183,94 @@ def _multilabel_margin(c):
             np.add.at(h, (np.full(idx.size, s), np.full(idx.size, j)), -scale)
     g = c.g.reshape(n, 1) if red == "none" else c.g
     return ((g * h).reshape(x.shape),)
+
+
+def _lse(xs, fs):
+    """log(sum_k exp(x_k - m)) + m, m the largest x_k, over the x_k whose mask in `fs` is set (the others are -inf:
+    their values are 0 here, so that magnitudes stay finite), each step as the CTC kernel takes it: (values, mask).
+    On magnitudes: the error of a log-sum-exp is at most the largest error of its terms (it is 1-Lipschitz in each)
+    plus its own roundings (exp, the sums and log: a few units of |log sum| + |m| + 1), so the magnitude is the
+    largest of the terms' plus that, with 10 more roundings (the generic rules would add the terms' errors and m's
+    again at every step: a bound doubling with every time step of the recursion)."""
+    vals = [np.where(f, np.asarray(x), -np.inf) for x, f in zip(xs, fs)]
+    fin = np.logical_or.reduce(fs)
+    mx = np.where(fin, np.maximum.reduce(vals), 0.0)
+    e = 0.0
+    for v, f in zip(vals, fs):
+        e = e + np.where(f, np.exp(np.where(f, v, 0.0) - mx), 0.0)
+    lg = np.log(np.where(fin, e, 1.0))
+    r = np.where(fin, lg + mx, 0.0)
+    mags = [x for x in xs if isinstance(x, Mag)]
+    if not mags:
+        return r, fin
+    worst = np.maximum.reduce([np.where(f, Mag.of(x).m, 0.0) for x, f in zip(xs, fs)])
+    m = np.where(fin, worst + np.abs(lg) + np.abs(mx) + 1.0, 0.0)
+    return Mag(m, r, max(x.n for x in mags) + 10), fin
+
+
+def _ctc_coefficients(lp, la, nll, lab, n_in):
+    """(T, C) d nll / d log_probs of one batch element as PyTorch's CPU kernel computes it: exp(lp) minus the
+    posterior exp(log sum over the states s of label c of alpha + beta + nll - lp), beta by the recursion of
+    eq. (10)-(11) of Graves et al. in log space, every log-sum-exp in the kernel's order (_lse); -inf entries are
+    carried as masks."""
+    ns = lab.size
+    lpl = lp[:, lab]  # (T, ns): each state's label's log-probability
+    skip = np.zeros(ns, dtype=bool)
+    skip[:-2] = lab[2:] != lab[:-2]  # beta[t][s] adds beta[t + 1][s + 2]
+    fin = np.zeros(ns, dtype=bool)
+    fin[max(ns - 2, 0):] = True
+    beta, fins = [None] * n_in, [None] * n_in
+    beta[n_in - 1], fins[n_in - 1] = np.where(fin, lpl[n_in - 1], 0.0), fin
+    for t in range(n_in - 2, -1, -1):
+        b1, f1 = beta[t + 1], fins[t + 1]
+        b2, b3 = (np.concatenate([b1[k:], np.zeros(min(k, ns))]) for k in (1, 2))  # beta[t + 1][s + k]
+        f2, f3 = (np.concatenate([f1[k:], np.zeros(min(k, ns), dtype=bool)]) for k in (1, 2))
+        lse, fin = _lse([b1, b2, b3], [f1, f2, f3 & skip])
+        beta[t], fins[t] = np.where(fin, lse + lpl[t], 0.0), fin
+    fin_a = np.isfinite(np.asarray(la))
+    ab = [np.where(fin_a[:, s], la[:, s], 0.0) + np.stack([beta[t][s] for t in range(n_in)]) for s in range(ns)]
+    fab = [fin_a[:, s] & np.array([fins[t][s] for t in range(n_in)]) for s in range(ns)]
+    cols = []
+    for k in range(np.shape(lp)[-1]):
+        states = [s for s in range(ns - 1, -1, -1) if lab[s] == k]  # the kernel adds them in descending s
+        if not states:
+            cols.append(np.exp(lp[:, k]))
+            continue
+        acc, fa = np.where(fab[states[0]], ab[states[0]], 0.0), fab[states[0]]
+        for s in states[1:]:
+            acc, fa = _lse([acc, ab[s]], [fa, fab[s]])
+        post = np.where(fa, np.exp(np.where(fa, acc + nll - lp[:, k], 0.0)), 0.0)
+        cols.append(np.exp(lp[:, k]) - post)
+    return np.stack(cols, axis=-1)
+
+
+@rule("CtcLossBackward0", "CtcLossBackward1")
+def _ctc_loss(c):
+    """F.ctc_loss: the gradient PyTorch's kernel gives log_probs (exp(lp) - posterior, the one for logits under a
+    log_softmax), times each batch element's incoming gradient; 0 beyond an element's input length."""
+    lp, la, nll, g = c.s["log_probs"], c.s["result1"], c.s["result0"], c.g
+    blank, zero_inf = c.a["blank"], c.a["zero_infinity"]
+    targets = c.s["targets"]
+    lengths = [c.a.get(k) if c.a.get(k) is not None else c.s.get(k) for k in ("input_lengths", "target_lengths")]
+    n_in, n_tg = (np.asarray(x).reshape(-1).astype(np.int64) for x in lengths)
+    lpv, nllv = np.asarray(lp), np.asarray(nll).reshape(-1)
+    if lpv.ndim != 3:
+        raise Unsupported("ctc_loss of unbatched log_probs")
+    if not np.all(np.isfinite(lpv)):
+        raise Unsupported("ctc_loss with infinite or NaN log_probs")
+    coef = c.zeros(lpv.shape)
+    off = np.concatenate([[0], np.cumsum(n_tg)])
+    for b in range(lpv.shape[1]):
+        if zero_inf and nllv[b] == np.inf:
+            continue
+        if not np.isfinite(nllv[b]):
+            raise Unsupported("ctc_loss with an impossible alignment (an infinite loss) without zero_infinity")
+        t_b, l_b = int(n_in[b]), int(n_tg[b])
+        if t_b == 0:
+            continue
+        tg = targets[off[b]: off[b + 1]] if targets.ndim == 1 else targets[b, :l_b]
+        lab = np.full(2 * l_b + 1, blank, dtype=np.int64)
+        lab[1::2] = tg
+        coef[:t_b, b, :] = _ctc_coefficients(lp[:t_b, b, :], la[b, :t_b, :2 * l_b + 1], nll[b], lab, t_b)
+    gb = g.reshape(-1)
+    return (coef * gb[None, :, None],) + (None,) * (len(c.in_shapes) - 1)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .indexing import along
-from .table import norm_dims, rule, unsqueeze_to
+from .table import Unsupported, norm_dims, rule, unsqueeze_to
 
 
 @rule("SumBackward0")
@@ -281,3 +281,49 @@ def _prod(c):  # d prod / dx_k = the product of the others (PyTorch: result / x 
                                                        axis=d), d), d)
         out = g * (head * tail)
     return (out.reshape(c.in_shapes[0]) if full else out,)
+
+
+@rule("SegmentReduceBackward0")
+def _segment_reduce(c):
+    """torch.segment_reduce along `axis`: each segment's gradient to its elements (sum: as is; mean: divided by the
+    segment's length; max/min: to the element equal to the result, or a NaN; prod: times result / element)."""
+    x, res, g, red = c.s["data"], c.s["result"], c.g, c.a["reduce"]
+    axis = c.a["axis"] % x.ndim
+    xv, rv = np.asarray(x), np.asarray(res)
+    outer, n, inner = math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:])
+    if c.s.get("offsets") is not None:
+        off = c.s["offsets"].reshape(outer, -1)
+        start, end = off[:, :-1], off[:, 1:]
+    else:
+        lengths = c.s["lengths"].reshape(outer, -1)
+        end = np.cumsum(lengths, axis=1)
+        start = end - lengths
+    segs = start.shape[1]
+    pos = np.arange(n)
+    inside = (pos[None, None, :] >= start[:, :, None]) & (pos[None, None, :] < end[:, :, None])  # (outer, segs, n)
+    seg = np.where(inside.any(axis=1), inside.argmax(axis=1), 0)  # (outer, n): the segment of each element
+    valid = inside.any(axis=1)[:, :, None]  # (outer, n, 1): elements in no segment get no gradient
+    rows = np.arange(outer)[:, None]
+    gx = g.reshape(outer, segs, inner)[rows, seg]  # (outer, n, inner): each element's segment's gradient
+    xs, rs = xv.reshape(outer, n, inner), rv.reshape(outer, segs, inner)[rows, seg]
+    if red == "sum":
+        out = gx
+    elif red == "mean":
+        out = gx / np.maximum(end - start, 1)[rows, seg][..., None]
+    elif red in ("max", "min"):
+        hit = (np.isnan(xs) | (xs == rs)) & valid
+        count = np.zeros((outer, segs, inner), dtype=np.int64)
+        np.add.at(count, (np.broadcast_to(rows[..., None], hit.shape), np.broadcast_to(seg[..., None], hit.shape),
+                          np.broadcast_to(np.arange(inner), hit.shape)), hit.astype(np.int64))
+        if count.max(initial=0) > 1:  # PyTorch then divides only the positive gradients by the count: not linear
+            raise Unsupported(f"segment_reduce {red} with a tie in a segment (PyTorch divides only the positive "
+                              "gradients by the number of tied elements, which is not linear in the gradient)")
+        out = np.where(hit, gx, 0.0)
+    elif red == "prod":
+        if np.any((np.isnan(xs) | (xs == 0)) & valid):
+            raise Unsupported("segment_reduce prod with a zero or NaN element (PyTorch multiplies out the other "
+                              "elements of the segment in its dtype)")
+        out = gx * rs / x.reshape(outer, n, inner)
+    else:
+        raise Unsupported(f"segment_reduce {red!r}")
+    return (np.where(valid, out, 0.0).reshape(x.shape),)

@@ -17,6 +17,8 @@ conv, norm, losses, attention); importing the package registers them all.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 RULES: dict = {}
@@ -109,6 +111,28 @@ def scatter_axis(g, idx, size, axis, zeros):  # out[.., idx[i], ..] += g[.., i, 
     out = zeros(tuple(shape))
     np.add.at(np.moveaxis(out, axis, 0), idx, np.moveaxis(g, axis, 0))
     return out
+
+
+def cpu_only(c, why: str):
+    """For a rule that reproduces a CPU kernel's own arithmetic (driver._ON_DEVICE): another device's node is left
+    unmirrored, with the reason."""
+    device = c.a.get("device")
+    if device is not None and device != "cpu":
+        raise Unsupported(f"{c.type} on {device}: {why}")
+
+
+def fma(a, b, c, ft):
+    """a b + c rounded once to `ft` (np.float32 or np.float64), as a fused multiply-add, for kernels whose compiler
+    fuses the two operations. float64 numbers: through exact rationals. float32 ones: a b + c in float64, rounded to
+    float32; the product is exact, so is the sum where its bits span at most 53 (the unnormalisation's (x + 1) s - 1/2
+    of grid_sample; the cubic filters' steps unless an argument is tiny, where a double rounding would still need the
+    float64 sum to fall exactly halfway between two float32 numbers)."""
+    if ft is np.float32:
+        return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.asarray(c, np.float64)).astype(np.float32)
+    return _fma64(np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(c, np.float64)).astype(np.float64)
+
+
+_fma64 = np.frompyfunc(lambda a, b, c: float(Fraction(a) * Fraction(b) + Fraction(c)), 3, 1)
 
 
 def round_to(dtype: str, a):
