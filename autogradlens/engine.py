@@ -21,7 +21,9 @@ modules the checkpointed function reaches is set aside while it runs and put bac
 
 from __future__ import annotations
 
+import functools
 import heapq
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -207,19 +209,20 @@ def _region_leaves(run, keep) -> list:
             if x.is_leaf and x.requires_grad:
                 found[id(x)] = x
         elif depth < 2:
-            parts = [getattr(x, "__self__", None), getattr(x, "func", None), *getattr(x, "args", ()),
-                     *(getattr(x, "keywords", None) or {}).values()]
-            if isinstance(x, (list, tuple)):
+            parts = []
+            if isinstance(x, functools.partial):
+                parts += [x.func, *x.args, *x.keywords.values()]
+            elif isinstance(x, (list, tuple)):
                 parts += list(x)
-            code, cells = getattr(x, "__code__", None), getattr(x, "__closure__", None) or ()
-            for c in cells:
-                try:
-                    parts.append(c.cell_contents)
-                except ValueError:  # an empty cell
-                    pass
-            if code is not None:
-                glob = getattr(x, "__globals__", {})
-                parts += [glob.get(n) for n in code.co_names]
+            elif inspect.ismethod(x):
+                parts += [x.__self__, x.__func__]
+            elif inspect.isfunction(x):
+                for c in x.__closure__ or ():
+                    try:
+                        parts.append(c.cell_contents)
+                    except ValueError:  # an empty cell
+                        pass
+                parts += [x.__globals__.get(n) for n in x.__code__.co_names]
             todo.extend((p, depth + 1) for p in parts if p is not None)
     return list(found.values())
 

@@ -2,6 +2,7 @@
 left alone), no .grad written (retain_grad() tensors wherever they are held), no process-wide state left changed
 by Ctrl-C, the same answers from many threads at once."""
 
+import functools
 import gc
 import os
 import subprocess
@@ -90,7 +91,7 @@ def _body(t):
     return BLOCK(t) * 2
 
 
-@pytest.mark.parametrize("region", ["module", "closure", "global", "lambda"])
+@pytest.mark.parametrize("region", ["module", "closure", "global", "lambda", "partial", "method"])
 def test_a_reentrant_checkpoints_inner_backward_leaves_every_grad_as_it_was(region):
     from torch.utils.checkpoint import checkpoint
     torch.manual_seed(0)
@@ -99,7 +100,9 @@ def test_a_reentrant_checkpoints_inner_backward_leaves_every_grad_as_it_was(regi
     def closure(t):
         return lin(t).sin()
     fn, block = {"module": (lin, lin), "closure": (closure, lin), "global": (_body, BLOCK[0]),
-                 "lambda": (lambda t: lin(t) + 1, lin)}[region]
+                 "lambda": (lambda t: lin(t) + 1, lin), "partial": (functools.partial(F.linear, weight=lin.weight,
+                                                                                      bias=lin.bias), lin),
+                 "method": (lin.forward, lin)}[region]
     x = torch.randn(2, 3, requires_grad=True)
     block.weight.grad = torch.ones(3, 3)  # one .grad held from before, one None
     held, values = block.weight.grad, block.weight.grad.clone()
