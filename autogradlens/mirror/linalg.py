@@ -592,8 +592,7 @@ def _spd_eigh(s, dtype, what):
     n = v.shape[-1]
     lam, q = np.linalg.eigh(np.tril(v) + _mT(np.tril(v, -1)))
     p = _EIG_P[0] * n * n + _EIG_P[1]
-    u = 2.0**-24 if dtype in ("float32", "complex64") else 2.0**-53
-    if lam.size and np.any(lam[..., 0] <= 2 * p * u * np.abs(lam).max(axis=-1)):
+    if lam.size and np.any(lam[..., 0] <= 2 * p * _unit(dtype) * np.abs(lam).max(axis=-1)):
         raise Unsupported(f"{what} of a matrix that is singular or not positive definite to {dtype} precision "
                           f"(smallest eigenvalue {float(lam[..., 0].min()):.3g}): PyTorch's eigendecomposition may "
                           "return it as zero or negative, where its backward divides by zero")
@@ -608,13 +607,28 @@ def _divisors(f_lam):  # D_ij = f(l_i) + f(l_j), on magnitudes with its own roun
     return f_lam[..., :, None] + f_lam[..., None, :]
 
 
-def _l1(x):  # sum |R| over each matrix of a batch, kept as a 1 x 1 matrix (magnitudes: linear in them)
-    return np.sum(x.m, axis=(-2, -1), keepdims=True)
+def _fro(x):
+    """The Frobenius norm of each matrix of a batch of magnitudes, as a 1 x 1 matrix: an upper bound of ||R||_F for
+    every R within them (|R| <= x.m elementwise), homogeneous and subadditive in them like the rule's other results."""
+    return np.sqrt(np.sum(np.square(x.m), axis=(-2, -1), keepdims=True))
 
 
-def _plus_uniform(x, extra):  # magnitudes x (a Mag) plus a nonnegative array broadcast over each matrix
+def _perturbed_range(lam, p, dtype):
+    """(l_min - p u l_max, l_max) per matrix, 1 x 1: the smallest eigenvalue of any matrix within the eigensolver's
+    backward error (_spd_eigh refused l_min <= 2 p u l_max, so it is at least half of l_min), and the largest."""
+    hi = np.abs(lam).max(axis=-1)[..., None, None]
+    return lam[..., 0, None, None] - p * _unit(dtype) * hi, hi
+
+
+def _unit(dtype):
+    return 2.0**-24 if dtype in ("float32", "complex64") else 2.0**-53
+
+
+def _plus_uniform(x, extra):
+    """Magnitudes x (a Mag) plus a nonnegative absolute allowance per matrix, divided by x's rounding count n: the
+    bound multiplies magnitudes by gamma_n(u) >= n u (bounds.bound_of), which gives the allowance times u back."""
     x = Mag.of(x)
-    return Mag(x.m + np.broadcast_to(extra, x.shape), None, x.c)
+    return Mag(x.m + np.broadcast_to(extra / max(1, x.n), x.shape), None, x.c)
 
 
 @rule("LinalgMatrixSqrthBackward0")
@@ -633,9 +647,9 @@ def _matrix_sqrth(c):
     ga = _spectral(q, _divisors(root), gs)
     if not mag:
         return (ga,)
-    lo, hi = lam[..., 0, None, None] / 2, np.abs(lam).max(axis=-1)[..., None, None]
+    lo, hi = _perturbed_range(lam, p, dtype)
     k = p * (hi / (4 * lo**1.5) + 4 / (2 * np.sqrt(lo)))
-    return (_plus_uniform(ga, k * _l1(Mag.of(c.g))),)
+    return (_plus_uniform(ga, k * _fro(Mag.of(c.g))),)
 
 
 @rule("LinalgPolarBackward0")
@@ -651,7 +665,7 @@ def _polar(c):
     lam, q, p = _spd_eigh(h, dtype, "polar")
     mag = isinstance(c.g if gu is None else gu, Mag)
     d = _divisors(Mag.of(lam) if mag else lam)
-    ga, r_l1 = None, None
+    ga, r_fro = None, None
     if gu is not None:
         cm = _mT(u) @ gu
         ga = _solve_right(gu - u @ cm, h) + u @ _spectral(q, d, cm - _mT(cm))
@@ -661,16 +675,16 @@ def _polar(c):
     if not mag:
         return (ga,)
     uv, av = (x.v if isinstance(x, Mag) else np.asarray(x) for x in (u, a))
-    lo, hi = lam[..., 0, None, None] / 2, np.abs(lam).max(axis=-1)[..., None, None]
+    lo, hi = _perturbed_range(lam, p, dtype)
     k = p * (hi / (2 * lo**2) + 4 / (2 * lo))  # the Sylvester solution's allowance per unit of ||R||_F
     if gu is not None:
         nu = np.linalg.norm(uv, ord=2, axis=(-2, -1))[..., None, None]
-        r_l1 = 2 * nu * nu * _l1(Mag.of(gu))  # ||U X(R)||: ||U|| (||R|| <= 2 ||U|| ||gU||)
+        r_fro = 2 * nu * nu * _fro(Mag.of(gu))  # ||U X(R)||: ||U|| (||R|| <= 2 ||U|| ||gU||)
     if gh is not None:
         na = np.linalg.norm(av, ord=2, axis=(-2, -1))[..., None, None]
-        t = 2 * na * _l1(Mag.of(gh))
-        r_l1 = t if r_l1 is None else r_l1 + t
-    return (_plus_uniform(ga, k * r_l1),)
+        t = 2 * na * _fro(Mag.of(gh))  # ||A X(R)||: ||A|| (||R|| <= 2 ||gH||)
+        r_fro = t if r_fro is None else r_fro + t
+    return (_plus_uniform(ga, k * r_fro),)
 
 
 def _syminvadj(x):  # X + X^H with the diagonal halved
