@@ -572,11 +572,13 @@ def _eigh(c):  # PyTorch's linalg_eig_backward for a symmetric matrix: V ((V^T g
 # backward error is gamma~_{cn^2}, Higham Thm 19.4; in practice it is a few n u). By the resolvent integrals
 # S^(1/2) = (2/pi) int_0^inf S (S + t^2)^-1 dt and X = int_0^inf e^-tS R e^-tS dt, the result moves under E by at most
 # ||E||_2 ||R||_F / (4 l_min^(3/2)) (square root) or ||E||_2 ||R||_F / (2 l_min^2) (Sylvester), and under Q~ - Q^ by
-# at most 4 p u ||R||_F max 1/D; l_min is taken halved (a perturbed matrix's smallest eigenvalue; the rules refuse one
-# below 2 p u ||S||_2, which PyTorch's eigensolver may return as zero or negative, where its backward divides by zero).
-# That sum, with ||R||_F <= sum |R| (linear in the gradient's magnitudes), is added to every element's magnitudes: the
-# bound's factor gamma_n(u) >= u turns it into the absolute error it allows. Normwise, so a matrix's elements of very
-# different sizes get a generous bound for the small ones; an ill-conditioned matrix (large ||S|| / l_min) a wide one.
+# at most 4 p u ||R||_F max 1/D; l_min is taken as l_min - p u ||S||_2 (a perturbed matrix's smallest eigenvalue; the
+# rules refuse l_min <= 2 p u ||S||_2, which PyTorch's eigensolver may return as zero or negative, where its backward
+# divides by zero). That sum, ||R||_F taken as the Frobenius norm of R's magnitudes, divided by the run's rounding count
+# n, is added to every element's magnitudes: the bound's factor gamma_n(u) >= n u turns it back into the absolute error
+# it allows. Normwise, so a matrix's elements of very different sizes get a generous bound for the small ones, and an
+# ill-conditioned matrix (large ||S|| / l_min) a wide one: honest, but too wide to catch much in float32 beyond a
+# condition number of about 1e3 (polar: its Sylvester term grows with ||H|| / l_min^2).
 
 _EIG_P = (4, 8)  # p(n) = 4 n^2 + 8 (NOTE [recomputed eigendecomposition])
 
