@@ -174,6 +174,19 @@ def test_the_bound_covers_a_float32_evaluation_and_is_not_vacuous(n, cond):
         assert b.max() < 1e-2 * np.abs(exact).max()
 
 
+def test_polar_bound_is_the_same_for_an_absent_and_a_zero_gradient_of_U():
+    """The eigensolver allowance (NOTE [recomputed eigendecomposition]) is added whichever outputs have gradients: an
+    absent gU (only H used) bounds like a zero one, within rounding-count differences."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 3)) @ np.diag([1.0, 0.1, 0.02])
+    u, h = _polar_np(x)
+    gh = rng.standard_normal((3, 3))
+    saved, shapes = {"A": x, "U": u, "H": h}, ([x.shape], [u.shape, h.shape])
+    absent = _bound(POLAR, [None, gh], saved, *shapes, "float32")
+    zero = _bound(POLAR, [np.zeros(u.shape), gh], saved, *shapes, "float32")
+    assert 0.2 < absent.max() / zero.max() < 5
+
+
 def test_a_singular_or_indefinite_matrix_is_unmirrored_with_the_reason():
     rng = np.random.default_rng(5)
     g = rng.standard_normal((3, 3))

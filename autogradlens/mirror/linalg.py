@@ -665,7 +665,7 @@ def _polar(c):
     if (gu is None and gh is None) or not np.size(h) or not np.size(a):  # (or no matrix, or no column)
         return (c.zeros(a.shape),)
     lam, q, p = _spd_eigh(h, dtype, "polar")
-    mag = isinstance(c.g if gu is None else gu, Mag)
+    mag = isinstance(gh if gu is None else gu, Mag)
     d = _divisors(Mag.of(lam) if mag else lam)
     ga, r_fro = None, None
     if gu is not None:
