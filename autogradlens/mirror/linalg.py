@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .bounds import Mag
+from .bounds import Mag, unit_roundoff
 from .reductions import pnorm_grad
 from .table import Unsupported, complex_ok, rule
 
@@ -594,7 +594,7 @@ def _spd_eigh(s, dtype, what):
     n = v.shape[-1]
     lam, q = np.linalg.eigh(np.tril(v) + _mT(np.tril(v, -1)))
     p = _EIG_P[0] * n * n + _EIG_P[1]
-    if lam.size and np.any(lam[..., 0] <= 2 * p * _unit(dtype) * np.abs(lam).max(axis=-1)):
+    if lam.size and np.any(lam[..., 0] <= 2 * p * unit_roundoff(dtype) * np.abs(lam).max(axis=-1)):
         raise Unsupported(f"{what} of a matrix that is singular or not positive definite to {dtype} precision "
                           f"(smallest eigenvalue {float(lam[..., 0].min()):.3g}): PyTorch's eigendecomposition may "
                           "return it as zero or negative, where its backward divides by zero")
@@ -619,11 +619,7 @@ def _perturbed_range(lam, p, dtype):
     """(l_min - p u l_max, l_max) per matrix, 1 x 1: the smallest eigenvalue of any matrix within the eigensolver's
     backward error (_spd_eigh refused l_min <= 2 p u l_max, so it is at least half of l_min), and the largest."""
     hi = np.abs(lam).max(axis=-1)[..., None, None]
-    return lam[..., 0, None, None] - p * _unit(dtype) * hi, hi
-
-
-def _unit(dtype):
-    return 2.0**-24 if dtype in ("float32", "complex64") else 2.0**-53
+    return lam[..., 0, None, None] - p * unit_roundoff(dtype) * hi, hi
 
 
 def _plus_uniform(x, extra):
