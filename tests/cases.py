@@ -650,6 +650,21 @@ def _linalg_more(r):
 CASES["linalg_more"] = _linalg_more
 
 
+def _linalg_torch214(r):
+    """linalg.matrix_sqrth (a batch of symmetric positive-definite matrices) and linalg.polar (tall and square, a
+    batch; both outputs), well conditioned whatever r.n: ops of torch 2.14 (tests/test_rules_torch214.py)."""
+    n = r.n
+    a = r(2, n, n)
+    out = weighted(r, torch.linalg.matrix_sqrth(a @ a.mT + n * torch.eye(n, dtype=r.dtype)))
+    u, h = torch.linalg.polar(r(2, n + 2, n) + (2 * n + 2) * torch.eye(n + 2, n, dtype=r.dtype))
+    out = out + weighted(r, u) + weighted(r, h)
+    return out + weighted(r, torch.linalg.polar(r(n, n) + 2 * n * torch.eye(n, dtype=r.dtype)).U)
+
+
+if hasattr(torch.linalg, "matrix_sqrth") and hasattr(torch.linalg, "polar"):  # torch >= 2.14
+    CASES["linalg_torch214"] = _linalg_torch214
+
+
 def _grid_sample(r):  # grid values ~ N(0, 1): inside and outside [-1, 1]
     out = 0
     for mode, pad, align in (("bilinear", "zeros", False), ("bilinear", "border", True),

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .bounds import Mag
+from .bounds import Mag, unit_roundoff
 from .reductions import pnorm_grad
 from .table import Unsupported, complex_ok, rule
 
@@ -558,6 +558,131 @@ def _eigh(c):  # PyTorch's linalg_eig_backward for a symmetric matrix: V ((V^T g
     if gl is not None:
         ga = ga + gl[..., :, None] * np.eye(n)
     return (v @ (ga @ _mT(v)),)
+
+
+# NOTE [recomputed eigendecomposition] linalg.matrix_sqrth's backward (linalg_matrix_sqrth_differential) and
+# linalg.polar's (linalg_polar_backward) do not use saved factors: PyTorch computes an eigendecomposition Q diag(l) Q^H
+# of a saved symmetric positive-definite matrix (matrix_sqrth's input, polar's H) in its dtype, then
+# Q ((Q^H R Q) / D) Q^H with D_ij = f(l_i) + f(l_j) (f = sqrt for the square root's derivative, the identity for the
+# Sylvester solve H X + X H = R). The mirror computes the same from the saved matrix in float64 (numpy's eigh, which
+# reads its lower triangle, as PyTorch's does); the run on magnitudes bounds the products and the divisions (D's own
+# rounding included) as for eigh above, and adds what neither run sees: PyTorch's eigenvectors are those of a nearby
+# matrix, not its own. A backward-stable symmetric eigensolver gives Q~ within p u of an orthogonal Q^ with
+# Q^ diag(l~) Q^^H = S + E, ||E||_2 <= p u ||S||_2; p = 4 n^2 + 8 is assumed (Householder tridiagonalisation's normwise
+# backward error is gamma~_{cn^2}, Higham Thm 19.4; in practice it is a few n u). By the resolvent integrals
+# S^(1/2) = (2/pi) int_0^inf S (S + t^2)^-1 dt and X = int_0^inf e^-tS R e^-tS dt, the result moves under E by at most
+# ||E||_2 ||R||_F / (4 l_min^(3/2)) (square root) or ||E||_2 ||R||_F / (2 l_min^2) (Sylvester), and under Q~ - Q^ by
+# at most 4 p u ||R||_F max 1/D; l_min is taken as l_min - p u ||S||_2 (a perturbed matrix's smallest eigenvalue; the
+# rules refuse l_min <= 2 p u ||S||_2, which PyTorch's eigensolver may return as zero or negative, where its backward
+# divides by zero). That sum, ||R||_F taken as the Frobenius norm of R's magnitudes, divided by the run's rounding count
+# n, is added to every element's magnitudes: the bound's factor gamma_n(u) >= n u turns it back into the absolute error
+# it allows. Normwise, so a matrix's elements of very different sizes get a generous bound for the small ones, and an
+# ill-conditioned matrix (large ||S|| / l_min) a wide one: honest, but too wide to catch much in float32 beyond a
+# condition number of about 1e3 (polar: its Sylvester term grows with ||H|| / l_min^2).
+
+_EIG_P = (4, 8)  # p(n) = 4 n^2 + 8 (NOTE [recomputed eigendecomposition])
+
+
+def _spd_eigh(s, dtype, what):
+    """(l, Q, p) of the lower triangle of a saved symmetric matrix (values; Mags' values), refusing one that is not
+    positive definite to the precision of `dtype` (NOTE [recomputed eigendecomposition])."""
+    v = s.v if isinstance(s, Mag) else np.asarray(s, dtype=np.float64)
+    if v.dtype.kind not in "f":
+        raise Unsupported(f"{what} of a complex matrix: the mirror's rule is real")
+    if not np.all(np.isfinite(v)):
+        raise Unsupported(f"{what} of a matrix with a NaN or an infinity")
+    n = v.shape[-1]
+    lam, q = np.linalg.eigh(np.tril(v) + _mT(np.tril(v, -1)))
+    p = _EIG_P[0] * n * n + _EIG_P[1]
+    if lam.size and np.any(lam[..., 0] <= 2 * p * unit_roundoff(dtype) * np.abs(lam).max(axis=-1)):
+        raise Unsupported(f"{what} of a matrix that is singular or not positive definite to {dtype} precision "
+                          f"(smallest eigenvalue {float(lam[..., 0].min()):.3g}): PyTorch's eigendecomposition may "
+                          "return it as zero or negative, where its backward divides by zero")
+    return lam, q, p
+
+
+def _spectral(q, d, r):  # Q ((Q^T R Q) / D) Q^T
+    return q @ ((_mT(q) @ (r @ q)) / d) @ _mT(q)
+
+
+def _divisors(f_lam):  # D_ij = f(l_i) + f(l_j), on magnitudes with its own rounding (f_lam: a Mag, or values)
+    return f_lam[..., :, None] + f_lam[..., None, :]
+
+
+def _fro(x):
+    """The Frobenius norm of each matrix of a batch of magnitudes, as a 1 x 1 matrix: an upper bound of ||R||_F for
+    every R within them (|R| <= x.m elementwise), homogeneous and subadditive in them like the rule's other results."""
+    return np.sqrt(np.sum(np.square(x.m), axis=(-2, -1), keepdims=True))
+
+
+def _perturbed_range(lam, p, dtype):
+    """(l_min - p u l_max, l_max) per matrix, 1 x 1: the smallest eigenvalue of any matrix within the eigensolver's
+    backward error (_spd_eigh refused l_min <= 2 p u l_max, so it is at least half of l_min), and the largest."""
+    hi = np.abs(lam).max(axis=-1)[..., None, None]
+    return lam[..., 0, None, None] - p * unit_roundoff(dtype) * hi, hi
+
+
+def _plus_uniform(x, extra):
+    """Magnitudes x (a Mag) plus a nonnegative absolute allowance per matrix, divided by x's rounding count n: the
+    bound multiplies magnitudes by gamma_n(u) >= n u (bounds.bound_of), which gives the allowance times u back."""
+    x = Mag.of(x)
+    return Mag(x.m + np.broadcast_to(extra / max(1, x.n), x.shape), None, x.c)
+
+
+@rule("LinalgMatrixSqrthBackward0")
+def _matrix_sqrth(c):
+    """PyTorch's linalg_matrix_sqrth_differential: S = A's lower triangle made symmetric, S = Q diag(l) Q^T, the
+    gradient Q ((Q^T sym(G) Q) / (sqrt(l_i) + sqrt(l_j))) Q^T, sym(G) = (G + G^T) / 2 (the square root's Frechet
+    derivative at S is self-adjoint). S recomputed from the saved input (NOTE [recomputed eigendecomposition])."""
+    a = c.s["self"]
+    dtype = c.in_dtypes[0] if c.in_dtypes else "float64"
+    if not np.size(a):  # no matrix, or 0 x 0 ones
+        return (c.zeros(a.shape),)
+    lam, q, p = _spd_eigh(a, dtype, "matrix_sqrth")
+    mag = isinstance(c.g, Mag)
+    root = np.sqrt(Mag.of(lam) if mag else lam)
+    gs = 0.5 * (c.g + _mT(c.g))
+    ga = _spectral(q, _divisors(root), gs)
+    if not mag:
+        return (ga,)
+    lo, hi = _perturbed_range(lam, p, dtype)
+    k = p * (hi / (4 * lo**1.5) + 4 / (2 * np.sqrt(lo)))
+    return (_plus_uniform(ga, k * _fro(Mag.of(c.g))),)
+
+
+@rule("LinalgPolarBackward0")
+def _polar(c):
+    """PyTorch's linalg_polar_backward, A = U H (m >= n, full column rank): outputs (U, H). With C = U^T gU,
+    gA = (gU - U C) H^-1 + U X(C - C^T) + A X(gH + gH^T), X(R) the solution of H X + X H = R, from H's
+    eigendecomposition (NOTE [recomputed eigendecomposition]); H^-1 by a solve (LU, as linalg.solve)."""
+    a, h, u = c.s["A"], c.s["H"], c.s["U"]
+    gu, gh = (list(c.gs) + [None, None])[:2]
+    dtype = c.in_dtypes[0] if c.in_dtypes else "float64"
+    if (gu is None and gh is None) or not np.size(h) or not np.size(a):  # (or no matrix, or no column)
+        return (c.zeros(a.shape),)
+    lam, q, p = _spd_eigh(h, dtype, "polar")
+    mag = isinstance(gh if gu is None else gu, Mag)
+    d = _divisors(Mag.of(lam) if mag else lam)
+    ga, r_fro = None, None
+    if gu is not None:
+        cm = _mT(u) @ gu
+        ga = _solve_right(gu - u @ cm, h) + u @ _spectral(q, d, cm - _mT(cm))
+    if gh is not None:
+        t = a @ _spectral(q, d, gh + _mT(gh))
+        ga = t if ga is None else ga + t
+    if not mag:
+        return (ga,)
+    uv, av = (x.v if isinstance(x, Mag) else np.asarray(x) for x in (u, a))
+    lo, hi = _perturbed_range(lam, p, dtype)
+    k = p * (hi / (2 * lo**2) + 4 / (2 * lo))  # the Sylvester solution's allowance per unit of ||R||_F
+    if gu is not None:
+        nu = np.linalg.norm(uv, ord=2, axis=(-2, -1))[..., None, None]
+        r_fro = 2 * nu * nu * _fro(Mag.of(gu))  # ||U X(R)||: ||U|| (||R|| <= 2 ||U|| ||gU||)
+    if gh is not None:
+        na = np.linalg.norm(av, ord=2, axis=(-2, -1))[..., None, None]
+        t = 2 * na * _fro(Mag.of(gh))  # ||A X(R)||: ||A|| (||R|| <= 2 ||gH||)
+        r_fro = t if r_fro is None else r_fro + t
+    return (_plus_uniform(ga, k * r_fro),)
 
 
 def _syminvadj(x):  # X + X^H with the diagonal halved
