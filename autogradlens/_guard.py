@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from contextlib import contextmanager
+import weakref
 
 __all__ = ["collector_paused", "undo"]
 
@@ -54,13 +54,26 @@ def _resume(token) -> None:
             gc.enable()
 
 
-@contextmanager
-def collector_paused():
+class collector_paused:
     """The garbage collector off inside (many short-lived objects, no cycles: a collection would only rescan the
-    heap), back on when the last of the blocks that paused it, in any thread, ends."""
-    token = object()
-    try:
-        _pause(token)
-        yield
-    finally:
-        undo(lambda: _resume(token))
+    heap), back on when the last of the blocks that paused it, in any thread, ends.
+
+    Ctrl-C may land anywhere: right after the pause inside __enter__ (where the interpreter handles pending signals
+    after a call; undone there), inside the resume (each step is idempotent and run again), or at the very start of
+    __exit__, before it does anything: then the resume runs when the unexited block is dropped (weakref.finalize)."""
+
+    __slots__ = ("_token", "_finalizer", "__weakref__")
+
+    def __enter__(self):
+        self._token = token = object()
+        self._finalizer = weakref.finalize(self, _resume, token)
+        try:
+            _pause(token)
+        except BaseException:
+            undo(lambda: _resume(token), self._finalizer.detach)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        token = self._token
+        undo(lambda: _resume(token), self._finalizer.detach)

@@ -231,6 +231,53 @@ def test_the_collector_is_restored_when_an_interrupt_lands_while_pausing_or_resu
     assert gc.isenabled()
 
 
+def test_an_interrupt_at_any_line_of_pausing_or_resuming_leaves_the_collector_on():
+    """Ctrl-C at each line the interpreter runs while a block pauses the collector and resumes it (the guard's
+    own code and weakref's): afterwards the collector is on and no pause is left registered. (A signal landing
+    after __enter__'s last call, or in the middle of a finalizer's bookkeeping, once left it off for good.) Not
+    inside _pause and _resume: their work is under a lock whose `with` a signal cannot split (a tracer can, at the
+    line events of the statement's exit); the test below interrupts them right after they change the collector."""
+    import sys
+    from autogradlens import _guard
+
+    def block():
+        with _guard.collector_paused():
+            pass
+    lines, n = [], 0
+    sys.settrace(lambda frame, event, arg: (lambda f, e, a: lines.append(1)) if event == "call" else None)
+    try:
+        block()
+    finally:
+        sys.settrace(None)
+    assert len(lines) > 10
+    while True:
+        seen = [0]
+
+        def tracer(frame, event, arg, n=n):
+            if frame.f_code in (_guard._pause.__code__, _guard._resume.__code__):
+                return None
+
+            def local(f, e, a):
+                if e == "line":
+                    seen[0] += 1
+                    if seen[0] == n + 1:
+                        raise KeyboardInterrupt
+                return local
+            return local
+        sys.settrace(tracer)
+        try:
+            block()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        assert gc.isenabled() and not _guard._pausers, f"interrupt at line event {n + 1}"
+        if seen[0] <= n:  # the whole block ran without reaching line n + 1: every line was tried
+            break
+        n += 1
+    assert 10 < n < 1000
+
+
 @pytest.mark.parametrize("fn", ["disable", "enable"])
 def test_an_interrupt_right_after_the_collector_changes_is_undone(monkeypatch, fn):
     """Ctrl-C landing just after mirror paused the collector (or just as it turns it back on) once left it off."""
