@@ -26,6 +26,20 @@ class Rand:
         return torch.randint(0, high, shape, generator=self.g)
 
 
+def checked(rep, types, *, notes_ok: bool = False) -> list:
+    """A MirrorReport with no mismatch anywhere (locally or end to end), nothing unmirrored, no note (with `notes_ok`,
+    none but a rule failing or a bound falling back), and the nodes of `types` (a name or a collection) compared:
+    their rows, each a match with a bound."""
+    types = {types} if isinstance(types, str) else set(types)
+    bad = [(r["type"], r["status"], r["note"]) for r in rep.rows
+           if r["status"] != "match" or r.get("e2e_status") == "mismatch"
+           or ((r["note"] or "").startswith(("rule failed", "bound:")) if notes_ok else r["note"])]
+    assert not bad and rep.ok and not rep.unmirrored, rep.to_text()
+    rows = [r for r in rep.rows if r["type"] in types]
+    assert rows and all(r["status"] == "match" and r["bound"] is not None for r in rows), rep.to_text()
+    return rows
+
+
 def weighted(r, out):
     """A scalar loss with a random upstream gradient (not all ones)."""
     return (out * torch.randn(out.shape, generator=r.g, dtype=out.dtype)).sum()

@@ -238,6 +238,7 @@ def test_an_interrupt_at_any_line_of_pausing_or_resuming_leaves_the_collector_on
     inside _pause and _resume: their work is under a lock whose `with` a signal cannot split (a tracer can, at the
     line events of the statement's exit); the test below interrupts them right after they change the collector."""
     import sys
+
     from autogradlens import _guard
 
     def block():

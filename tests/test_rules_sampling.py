@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cases import checked
 
 import autogradlens as lens
 from autogradlens.mirror import conv, sampling, table
@@ -27,14 +28,6 @@ def _grid_loss(dtype, shape, out, mode, pad, align, spread=1.2, seed=0, snap=Non
     return (y * torch.randn(y.shape, dtype=dtype, generator=g)).sum(), {k: v for k, v in leaves.items() if k in grad}
 
 
-def _checked(rep, types):
-    """No mismatch anywhere, nothing unmirrored, and the node of `types` compared (a row with a bound)."""
-    bad = [(r["type"], r["status"], r["note"]) for r in rep.rows
-           if r["status"] != "match" or r.get("e2e_status") == "mismatch" or r["note"]]
-    assert not bad and rep.ok, rep.to_text()
-    rows = [r for r in rep.rows if r["type"] in types]
-    assert rows and all(r["status"] == "match" and r["bound"] is not None for r in rows)
-
 
 CASES_2D = [((2, 3, 5, 7), (4, 6)), ((1, 2, 1, 4), (3, 3)), ((1, 1, 6, 2), (2, 5))]
 
@@ -46,7 +39,7 @@ CASES_2D = [((2, 3, 5, 7), (4, 6)), ((1, 2, 1, 4), (3, 3)), ((1, 1, 6, 2), (2, 5
 def test_grid_sample_2d_matches_pytorch(dtype, mode, pad, align):
     for (shape, out), (spread, snap) in itertools.product(CASES_2D, [(1.2, None), (3.5, None), (1.0, 4), (1.1, 12)]):
         loss, leaves = _grid_loss(dtype, shape, out, mode, pad, align, spread, snap=snap)
-        _checked(lens.mirror(loss, params=leaves, mode="tensor"), GRID_TYPES)
+        checked(lens.mirror(loss, params=leaves, mode="tensor"), GRID_TYPES)
 
 
 @DTYPES
@@ -57,7 +50,7 @@ def test_grid_sample_3d_matches_pytorch(dtype, mode, pad, align):
     for shape, out in [((2, 2, 3, 4, 5), (2, 3, 2)), ((1, 3, 1, 2, 3), (1, 4, 2))]:
         for spread, snap in [(1.2, None), (3.0, None), (1.0, 4)]:
             loss, leaves = _grid_loss(dtype, shape, out, mode, pad, align, spread, snap=snap)
-            _checked(lens.mirror(loss, params=leaves, mode="tensor"), GRID_TYPES)
+            checked(lens.mirror(loss, params=leaves, mode="tensor"), GRID_TYPES)
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2], ids=["bilinear", "nearest", "bicubic"])
@@ -73,14 +66,14 @@ def test_the_scalar_2d_fallback_kernel_matches_pytorch(mode, pad, align):
         grid = (torch.round(grid * snap) / snap if snap else grid).requires_grad_()
         y = torch._grid_sampler_2d_cpu_fallback(x, grid, mode, pad, align)
         loss = (y * torch.randn(y.shape, generator=g)).sum()
-        _checked(lens.mirror(loss, params={"x": x, "grid": grid}, mode="tensor"), GRID_TYPES)
+        checked(lens.mirror(loss, params={"x": x, "grid": grid}, mode="tensor"), GRID_TYPES)
 
 
 @pytest.mark.parametrize("grad", [("x",), ("grid",)])
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
 def test_grid_sample_with_one_input_needing_a_gradient(grad, mode):
     loss, leaves = _grid_loss(torch.float32, (2, 3, 5, 7), (4, 6), mode, "border", False, grad=grad)
-    _checked(lens.mirror(loss, params=leaves, mode="tensor"), GRID_TYPES)
+    checked(lens.mirror(loss, params=leaves, mode="tensor"), GRID_TYPES)
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
@@ -88,7 +81,7 @@ def test_grid_sample_in_scalar_mode(mode):
     loss, leaves = _grid_loss(torch.float64, (1, 2, 3, 4), (2, 3), mode, "reflection", False, 1.5)
     rep = lens.mirror(loss, params=leaves, mode="scalar")
     assert rep.mode == "scalar"
-    _checked(rep, GRID_TYPES)
+    checked(rep, GRID_TYPES)
 
 
 _OFF = [("bilinear", "zeros", "grid"), ("bilinear", "reflection", "grid"), ("bicubic", "border", "grid"),
@@ -135,10 +128,10 @@ def _aa_loss(dtype, shape, size, mode, align, scale=None, seed=0):
 def test_antialiased_upsampling_matches_pytorch(dtype, mode, align):
     for shape, size in itertools.product([(2, 3, 9, 11), (1, 2, 16, 7)], [(4, 5), (3, 20), (16, 7), (1, 1), (30, 2)]):
         loss, leaves = _aa_loss(dtype, shape, size, mode, align)
-        _checked(lens.mirror(loss, params=leaves, mode="tensor"), AA_TYPES)
+        checked(lens.mirror(loss, params=leaves, mode="tensor"), AA_TYPES)
     for scale in (0.3, 0.55, 1.7):
         loss, leaves = _aa_loss(dtype, (1, 2, 13, 10), None, mode, align, scale)
-        _checked(lens.mirror(loss, params=leaves, mode="tensor"), AA_TYPES)
+        checked(lens.mirror(loss, params=leaves, mode="tensor"), AA_TYPES)
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic", "lanczos"])
@@ -176,7 +169,7 @@ def test_antialiased_filters_bounded_where_the_kernels_arithmetic_is_unknown(dty
     monkeypatch.setattr(conv, "_aa_arithmetic", lambda kind, dtype: None)
     for shape, size in [((2, 3, 9, 11), (4, 5)), ((1, 2, 16, 7), (3, 20)), ((2, 1, 17, 12), (5, 4))]:
         loss, leaves = _aa_loss(dtype, shape, size, mode, False)
-        _checked(lens.mirror(loss, params=leaves, mode="tensor"), AA_TYPES)
+        checked(lens.mirror(loss, params=leaves, mode="tensor"), AA_TYPES)
     if dtype == torch.float64:
         loss, leaves = _aa_loss(dtype, (2, 3, 17, 12), (5, 4), mode, False)
         leaves["x"].register_hook(lambda gr: gr * (1 + 1e-6))
@@ -229,4 +222,4 @@ def test_a_kernel_whose_coordinates_the_rule_does_not_reproduce_leaves_the_node_
     rep = lens.mirror(loss, params=leaves, mode="tensor")
     assert rep.ok and [r["status"] for r in rep.rows if r["type"] in GRID_TYPES] == ["unmirrored"]
     loss, leaves = _grid_loss(torch.float32, (1, 2, 3, 4), (2, 3), "bilinear", "zeros", True)  # no unnormalising sum
-    _checked(lens.mirror(loss, params=leaves, mode="tensor"), GRID_TYPES)
+    checked(lens.mirror(loss, params=leaves, mode="tensor"), GRID_TYPES)

@@ -4,6 +4,7 @@ there) left unmirrored with the reason; a wrong gradient caught."""
 
 import pytest
 import torch
+from cases import checked
 
 import autogradlens as lens
 
@@ -26,12 +27,6 @@ def _loss(dtype, reduce, kind="lengths", axis=0, initial=None, seed=0, ties=Fals
     return (y * torch.randn(y.shape, dtype=dtype, generator=g)).sum(), {"x": x}
 
 
-def _checked(rep):
-    bad = [(r["type"], r["status"], r["note"]) for r in rep.rows
-           if r["status"] != "match" or r.get("e2e_status") == "mismatch" or r["note"]]
-    assert not bad and rep.ok, rep.to_text()
-    assert [r["status"] for r in rep.rows if r["type"] == "SegmentReduceBackward0"] == ["match"]
-
 
 @DTYPES
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min", "prod"])
@@ -42,7 +37,7 @@ def test_segment_reduce_matches_pytorch(dtype, reduce, kind, axis):
     for init in (None, initial):
         for seed in range(3):
             loss, leaves = _loss(dtype, reduce, kind, axis, init, seed)
-            _checked(lens.mirror(loss, params=leaves, mode="tensor"))
+            checked(lens.mirror(loss, params=leaves, mode="tensor"), "SegmentReduceBackward0")
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "prod"])
@@ -50,7 +45,7 @@ def test_segment_reduce_in_scalar_mode(reduce):
     loss, leaves = _loss(torch.float64, reduce, "offsets", 1)
     rep = lens.mirror(loss, params=leaves, mode="scalar")
     assert rep.mode == "scalar"
-    _checked(rep)
+    checked(rep, "SegmentReduceBackward0")
 
 
 def test_ties_are_left_unmirrored_with_the_reason():
