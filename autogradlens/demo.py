@@ -61,8 +61,9 @@ def _timeline(w, step: int) -> str:
     return report.table(rows, limit=80, html_columns=("node",))
 
 
-def lecture_neuron():
-    """The lecture's neuron with Value, labelled as in the lecture, after backward()."""
+def lecture_neuron(exp: bool = False):
+    """The lecture's neuron with Value, labelled as in the lecture, after backward(); with `exp`, tanh written as
+    the lecture's notebook writes it, (e - 1) / (e + 1) with e = (2n).exp()."""
     def v(x, name):
         out = Value(x)
         try:
@@ -75,7 +76,11 @@ def lecture_neuron():
     x1w1, x2w2 = x1 * w1, x2 * w2
     x1w1x2w2 = x1w1 + x2w2
     n = x1w1x2w2 + b
-    o = n.tanh()
+    if exp:
+        e = (2 * n).exp()
+        o = (e - 1) / (e + 1)
+    else:
+        o = n.tanh()
     for val, name in ((x1w1, "x1*w1"), (x2w2, "x2*w2"), (x1w1x2w2, "x1*w1 + x2*w2"), (n, "n"), (o, "o")):
         try:
             val.label = name

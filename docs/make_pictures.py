@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import autogradlens as lens
-from autogradlens import Value, plots, render
+from autogradlens import plots, render
+from autogradlens.demo import lecture_neuron
 from autogradlens.examples import MLP
 
 OUT = Path(__file__).parent
@@ -36,25 +37,6 @@ def deep(norm: bool, depth: int = 8, width: int = 64):
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
-def lecture_neuron_exp():
-    """The micrograd lecture's neuron, tanh written with exp, as in the lecture's notebook."""
-    x1, x2 = Value(2.0, label="x1"), Value(0.0, label="x2")
-    w1, w2 = Value(-3.0, label="w1"), Value(1.0, label="w2")
-    b = Value(6.8813735870195432, label="b")
-    x1w1 = x1 * w1
-    x1w1.label = "x1*w1"
-    x2w2 = x2 * w2
-    x2w2.label = "x2*w2"
-    x1w1x2w2 = x1w1 + x2w2
-    x1w1x2w2.label = "x1*w1 + x2*w2"
-    n = x1w1x2w2 + b
-    n.label = "n"
-    e = (2 * n).exp()
-    o = (e - 1) / (e + 1)
-    o.label = "o"
-    o.backward()
-    return o
-
 
 def fitted(drawable, name: str, **opts) -> None:
     f = render.fit(drawable, render.COLUMN, **opts)
@@ -63,7 +45,7 @@ def fitted(drawable, name: str, **opts) -> None:
 
 
 def main():
-    fitted(lens.trace(lecture_neuron_exp()), "neuron.svg")
+    fitted(lens.trace(lecture_neuron(exp=True)), "neuron.svg")
 
     torch.manual_seed(0)
     model = MLP((64, 16, 10))
