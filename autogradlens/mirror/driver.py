@@ -616,12 +616,7 @@ class Step:
                         d = np.where((mc == lc) | (np.isnan(mc) & np.isnan(lc)), 0.0, d)
                     e = np.abs(d, out=d)
                     e = np.add(bc, e, out=e)
-                if u is not None:
-                    r = np.abs(lc, dtype=np.float64)
-                    r *= u
-                    r += eta
-                    e = np.add(r, e, out=r)
-                ec[...] = e
+                ec[...] = _plus_rounding(e, lc, u, eta)
             outs = it.operands[len(ops):]
         check = _IDENTICAL if identical else judge.result()
         return check, math.nan if nan else top, outs[0], outs[1] if lazy_m else mine
@@ -858,18 +853,20 @@ def _bound_out(b, m, local, dtype) -> np.ndarray:
     u, eta = (unit_roundoff(dtype), UNDERFLOW[dtype]) if dtype in UNDERFLOW and dtype != "float64" else (None, 0.0)
     with it:
         for bc, mc, lc, ec in it:
-            d = mc - lc
-            if not np.isfinite(np.add.reduce(d, axis=None)):
-                d = np.where((mc == lc) | (np.isnan(mc) & np.isnan(lc)), 0.0, d)
+            d = _difference(mc, lc)
             ad = np.abs(d) if np.iscomplexobj(d) else np.abs(d, out=d)
-            e = np.add(bc, ad, out=ad)
-            if u is not None:
-                r = np.abs(lc, dtype=np.float64)
-                r *= u
-                r += eta
-                e = np.add(r, e, out=r)
-            ec[...] = e
+            ec[...] = _plus_rounding(np.add(bc, ad, out=ad), lc, u, eta)
         return it.operands[-1]
+
+
+def _plus_rounding(e, lc, u, eta):
+    """e + rounding(local): |local| u + eta added, for a graph dtype below float64 (u None: e itself)."""
+    if u is None:
+        return e
+    r = np.abs(lc, dtype=np.float64)
+    r *= u
+    r += eta
+    return np.add(r, e, out=r)
 
 
 def _magnitude(d):
