@@ -16,18 +16,34 @@ from autogradlens.examples import makemore
 
 def lecture_expression():
     """The micrograd lecture's first expression, labelled as in the lecture, after backward()."""
-    a = Value(2.0, label="a")
-    b = Value(-3.0, label="b")
-    c = Value(10.0, label="c")
+    L = lecture_values(Value)["L"]
+    L.backward()
+    return lens.trace(L)
+
+
+def lecture_values(V):
+    """The micrograd lecture's first expression L = (a*b + c) * f as Values of class `V` (lens's or micrograd's),
+    labelled, by label; nothing computed backward."""
+    def v(label, x):
+        out = V(x)
+        out.label = label
+        return out
+    a, b, c, f = v("a", 2.0), v("b", -3.0), v("c", 10.0), v("f", -2.0)
     e = a * b
     e.label = "e"
     d = e + c
     d.label = "d"
-    f = Value(-2.0, label="f")
     L = d * f
     L.label = "L"
-    L.backward()
-    return lens.trace(L)
+    return {k: x for k, x in zip("abcdefL", (a, b, c, d, e, f, L))}
+
+
+def by_hand(vs, **wrong):
+    """Set the lecture's gradients by hand on lecture_values(), some of them `wrong`."""
+    grads = {"L": 1.0, "f": 4.0, "d": -2.0, "c": -2.0, "e": -2.0, "a": 6.0, "b": -4.0}  # the lecture's
+    grads.update(wrong)
+    for k, g in grads.items():
+        vs[k].grad = g
 
 
 def lecture_neuron_exp():

@@ -99,15 +99,8 @@ def test_lens_check_pictures_fit_the_column(browser):
     m = browser.notebook(rep)
     readable(m)
     assert rep.first_wrong in texts(m) and "logprobs" in texts(m)
-    a, b, c, f = (lens.Value(x, label=k) for x, k in ((2.0, "a"), (-3.0, "b"), (10.0, "c"), (-2.0, "f")))
-    e = a * b
-    e.label = "e"
-    d = e + c
-    d.label = "d"
-    L = d * f
-    L.label = "L"
-    L.grad, f.grad, d.grad, c.grad, e.grad = 1.0, 4.0, -2.0, -2.0, -2.0
-    a.grad, b.grad = b.data, -4.0  # a.grad forgets e.grad
-    m = browser.notebook(lens.check(L))
+    vs = gallery.lecture_values(lens.Value)
+    gallery.by_hand(vs, a=-3.0)  # a.grad forgets e.grad: b.data, the local derivative only
+    m = browser.notebook(lens.check(vs["L"]))
     readable(m)
     assert {"first wrong: a", "b", "L"} <= texts(m)  # the marked value says so on its first line

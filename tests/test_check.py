@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from gallery import by_hand, lecture_values
 from micrograd.engine import Value as MicrogradValue
 
 import autogradlens as lens
@@ -138,40 +139,20 @@ def test_a_line_right_given_a_wrong_upstream_inherits_and_says_which():
 
 # ----------------------------------------------------------------------------- Values (the micrograd lecture)
 
-def _values(V):
-    def v(label, x):
-        out = V(x)
-        out.label = label
-        return out
-    a, b, c, f = v("a", 2.0), v("b", -3.0), v("c", 10.0), v("f", -2.0)
-    e = a * b
-    e.label = "e"
-    d = e + c
-    d.label = "d"
-    L = d * f
-    L.label = "L"
-    return {k: x for k, x in zip("abcdefL", (a, b, c, d, e, f, L))}
-
-
-def _by_hand(vs, **wrong):
-    grads = {"L": 1.0, "f": 4.0, "d": -2.0, "c": -2.0, "e": -2.0, "a": 6.0, "b": -4.0}  # the lecture's
-    grads.update(wrong)
-    for k, g in grads.items():
-        vs[k].grad = g
 
 
 @pytest.mark.parametrize("V", [lens.Value, MicrogradValue], ids=["lens", "micrograd"])
 def test_gradients_set_by_hand_are_graded(V):
-    vs = _values(V)
-    _by_hand(vs)
+    vs = lecture_values(V)
+    by_hand(vs)
     rep = lens.check(vs["L"])
     assert rep.ok and [r["name"] for r in rep.rows][0] == "L" and {r["name"] for r in rep.rows} == set("abcdefL")
     assert vs["a"].grad == 6.0  # nothing changed
-    _by_hand(vs, a=-3.0)  # b.data: the local derivative, without e's gradient
+    by_hand(vs, a=-3.0)  # b.data: the local derivative, without e's gradient
     rep = lens.check(vs["L"])
     a = next(r for r in rep.rows if r["name"] == "a")
     assert rep.first_wrong == "a" and a["diagnosis"] == "local_only" and "chain rule" in a["hint"]
-    _by_hand(vs, e=2.0, a=-6.0, b=4.0)  # e's sign wrong; a and b follow from it correctly
+    by_hand(vs, e=2.0, a=-6.0, b=4.0)  # e's sign wrong; a and b follow from it correctly
     rep = lens.check(vs["L"])
     assert rep.first_wrong == "e" and {r["name"]: r["status"] for r in rep.rows if r["name"] in "ab"} == \
         {"a": "inherits", "b": "inherits"}
