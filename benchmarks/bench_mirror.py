@@ -10,7 +10,9 @@ mirror / (forward+backward) is what the issue's targets are about (ResNet-18 and
 100,000-node chain under 5 s). `--rounds` repeats the pair of processes (this checkout, then `--before`), and
 the table shows the range over rounds. The columns `capture` and `trace` are the parts of the mirror spent in
 PyTorch's own backward pass with the gradients converted to numpy (autogradlens.capture) and in reading the
-graph (lens.trace's walk).
+graph (lens.trace's walk). `--breakdown` adds, per model, where the rest goes (rules on values, on magnitudes,
+the mirror's own float32 products, checks and carried bounds, saved tensors converted, the kernel's time zeroing
+fresh memory), in seconds and in forward+backwards.
 
 Models: the small ones from before (mlp, cnn, gpt block, makemore), torchvision's ResNet-18 (batch 2 at
 224x224, training mode), a GPT-2 in transformers' layout (4 layers, 256 wide, 2 x 64 tokens; `gpt2` with GPT-2's
@@ -24,6 +26,7 @@ import argparse
 import atexit
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -97,13 +100,62 @@ def _small_gpt():
 KEEP = []
 
 
-def child(name: str, repeat: int, runs: int) -> dict:
+# --breakdown: where a mirror's CPU time goes. Each category times the outermost call of its functions (a nested
+# call of another category counts where it was called from), so the parts add up; "kernel" is the system time of the
+# process (page faults: the kernel zeroing the fresh memory of big arrays), counted apart from the user time.
+PARTS = {
+    "read graph": [("mirror_pkg", "traced"), ("mirror_pkg", "read_ops")],
+    "PyTorch's backward": [("mirror_pkg", "capture")],
+    "rules on values": [("driver", "run_rule")],
+    "rules on magnitudes": [("driver.Step", "_bound")],
+    "mirror's own (float32)": [("driver.Step", "_mine32")],
+    "checks and carried bounds": [("driver.Step", "_incoming"), ("driver.Step", "_out"), ("driver.Step", "_differences"),
+                                  ("verdicts", "_compare"), ("driver", "_bound_out"), ("driver.Flow", "__add__")],
+    "saved tensors to arrays": [("driver._Saved", "view")],
+    "rows and leaves": [("mirror_pkg", "verdict_rows")],
+}
+
+
+def _instrument(mirror_pkg):
+    """Wraps the functions of PARTS with CPU timers (user time); returns the dict they add to."""
+    from autogradlens.mirror import driver, verdicts
+    spent = dict.fromkeys(PARTS, 0.0)
+    depth = [0]
+    homes = {"mirror_pkg": mirror_pkg, "driver": driver, "verdicts": verdicts, "driver.Step": driver.Step,
+             "driver.Flow": driver.Flow, "driver._Saved": driver._Saved}
+
+    def user():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+
+    for part, names in PARTS.items():
+        for home, name in names:
+            obj = homes[home]
+            orig = getattr(obj, name)
+
+            def timed(*a, _orig=orig, _part=part, **k):
+                if depth[0]:
+                    return _orig(*a, **k)
+                depth[0] += 1
+                t0 = user()
+                try:
+                    return _orig(*a, **k)
+                finally:
+                    spent[_part] += user() - t0
+                    depth[0] -= 1
+            setattr(obj, name, timed)
+            if home == "driver" and name == "run_rule":  # Step calls it by the module's global name
+                driver.run_rule = timed
+    return spent
+
+
+def child(name: str, repeat: int, runs: int, breakdown: bool = False) -> dict:
     """Runs in a fresh process: fwd+bwd and mirror times of one model (CPU seconds)."""
     import torch
     torch.set_num_threads(1)
     torch.manual_seed(0)
     import autogradlens as lens
     import autogradlens.mirror as mirror_pkg
+    spent = _instrument(mirror_pkg) if breakdown else None
     parts = {"capture": 0.0, "traced": 0.0}
     for part in parts:  # the mirror package calls these by the names it imported: time them there
         orig = getattr(mirror_pkg, part)
@@ -127,13 +179,20 @@ def child(name: str, repeat: int, runs: int) -> dict:
         t0 = time.process_time()
         f().backward()
         fb.append(time.process_time() - t0)
+    split = []
     for _ in range(runs):
         loss = f()
         for p in parts:
             parts[p] = 0.0
+        if spent is not None:
+            spent.update(dict.fromkeys(spent, 0.0))
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.process_time()
         rep = lens.mirror(loss, params=params, mode="tensor")
         mir.append(time.process_time() - t0)
+        if spent is not None:
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            split.append({**spent, "kernel": r1.ru_stime - r0.ru_stime, "total": mir[-1]})
         cap.append(parts["capture"])
         tra.append(parts["traced"])
         assert rep.ok, rep.to_text()
@@ -141,13 +200,17 @@ def child(name: str, repeat: int, runs: int) -> dict:
             KEEP.append(loss)  # freeing a 100k-deep graph can overflow PyTorch's C stack; the process exits instead
         del loss, rep
     med = statistics.median
-    return {"fb": med(fb) if fb else None, "mirror": med(mir), "capture": med(cap), "trace": med(tra)}
+    out = {"fb": med(fb) if fb else None, "mirror": med(mir), "capture": med(cap), "trace": med(tra)}
+    if split:  # the run with the median total
+        out["split"] = sorted(split, key=lambda x: x["total"])[len(split) // 2]
+    return out
 
 
-def run_child(name, root, repeat, runs) -> dict:
+def run_child(name, root, repeat, runs, breakdown=False) -> dict:
     env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name, "--repeat", str(repeat),
-                          "--runs", str(runs)], env=env, capture_output=True, text=True, check=False, cwd=HERE)
+                          "--runs", str(runs)] + ["--breakdown"] * breakdown, env=env, capture_output=True,
+                         text=True, check=False, cwd=HERE)
     if out.returncode:
         raise SystemExit(f"{name} in {root} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -179,10 +242,12 @@ def main():
     ap.add_argument("--repeat", type=int, default=7, help="forward+backward passes per process")
     ap.add_argument("--runs", type=int, default=3, help="mirrors per process")
     ap.add_argument("--rounds", type=int, default=1, help="processes per checkout, interleaved")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print where the mirror's time goes (this checkout; the timers add a little)")
     ap.add_argument("--child")
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.repeat, a.runs)), flush=True)
+        print(json.dumps(child(a.child, a.repeat, a.runs, a.breakdown)), flush=True)
         os._exit(0)  # PyTorch 2.13 can overflow the C stack freeing a 100k-deep graph: leave without freeing
     roots = {"now": os.path.dirname(HERE)}
     if a.before:
@@ -194,7 +259,7 @@ def main():
         for _ in range(a.rounds):
             for k, root in roots.items():
                 slow = name in ("chain100k",) or (k == "before" and name in ("resnet18", "gpt2"))
-                res[k].append(run_child(name, root, a.repeat, 1 if slow else a.runs))
+                res[k].append(run_child(name, root, a.repeat, 1 if slow else a.runs, a.breakdown and k == "now"))
         for k in roots:
             rs = res[k]
             ratio = [r["mirror"] / r["fb"] for r in rs if r["fb"]]
@@ -202,6 +267,19 @@ def main():
                   f"{_span([r['mirror'] for r in rs], '{:.2f}'):>12s} "
                   f"{_span([r['capture'] for r in rs], '{:.2f}'):>10s} "
                   f"{_span([r['trace'] for r in rs], '{:.2f}'):>9s} {_span(ratio, '{:.1f}x'):>10s}", flush=True)
+        if a.breakdown:
+            _print_split(name, res["now"])
+
+
+def _print_split(name, rs):
+    """The breakdown of each round's median mirror: seconds and times the forward+backward."""
+    for r in rs:
+        sp, fb = r["split"], r["fb"]
+        sp["other"] = sp["total"] - sp["kernel"] - sum(sp[p] for p in PARTS)
+        unit, k = ("s", 1.0) if sp["total"] >= 1 else ("ms", 1e3)
+        print(f"  {name}: mirror {sp['total'] * k:.{2 if unit == 's' else 1}f} {unit} = " + ", ".join(
+            f"{p} {sp[p] * k:.{2 if unit == 's' else 1}f}" + (f" ({sp[p] / fb:.1f}x)" if fb else "")
+            for p in [*PARTS, "kernel", "other"] if sp[p] >= 0.01 * sp["total"]), flush=True)
 
 
 if __name__ == "__main__":

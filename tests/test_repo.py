@@ -127,3 +127,23 @@ def test_the_redefinition_check_finds_a_shadowed_helper():
 @pytest.mark.parametrize("path", sorted((ROOT / "autogradlens").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_module_defines_a_top_level_name_twice(path):
     assert top_level_redefinitions(path.read_text()) == [], f"{path.name} defines these twice"
+
+
+def test_the_mirror_benchmark_breakdown_times_functions_that_exist():
+    """benchmarks/bench_mirror.py --breakdown wraps the mirror's functions by name: a rename would crash it (or,
+    for a name the package no longer calls, time nothing), so every name must still be one the mirror calls."""
+    import importlib.util
+
+    import autogradlens.mirror as mirror_pkg
+    from autogradlens.mirror import driver, verdicts
+    spec = importlib.util.spec_from_file_location("bench_mirror", ROOT / "benchmarks" / "bench_mirror.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    homes = {"mirror_pkg": mirror_pkg, "driver": driver, "verdicts": verdicts, "driver.Step": driver.Step,
+             "driver.Flow": driver.Flow, "driver._Saved": driver._Saved}
+    source = "".join(p.read_text() for p in (ROOT / "autogradlens" / "mirror").glob("*.py"))
+    for part, names in bench.PARTS.items():
+        for home, name in names:
+            assert callable(getattr(homes[home], name, None)), f"{part}: {home}.{name} is gone"
+            uses = len(re.findall(rf"\b{re.escape(name)}\b", source)) - len(re.findall(rf"def {name}\b", source))
+            assert name.startswith("__") or uses > 0, f"{part}: nothing in the mirror refers to {name} any more"
