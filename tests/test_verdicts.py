@@ -517,3 +517,34 @@ def test_the_mirror_keeps_none_of_pytorchs_memory_after_it_returns():
     rep = lens.mirror(loss, params=params, mode="tensor")
     assert rep.ok and conv._LAST_COLS == []
     assert all(g.flags.writeable and g.base is None for g in rep.grads.values())
+
+
+def test_matrix_product_gradients_are_laid_out_as_pytorch_lays_them_out(monkeypatch):
+    """A column-major factor (nn.Linear's transposed weight, a transposed input) gets its gradient column-major from
+    PyTorch (mm_mat1/mat2_backward); the rule's local result comes out the same way, so the checks read the two in
+    flat chunks rather than tiles (bench_mirror.py measures what that saves), with the same numbers either way."""
+    ours = {}
+    orig = driver.run_rule
+
+    def recording(op, gs, saved, ctx=table.Ctx, scalar=False):
+        out = orig(op, gs, saved, ctx, scalar)
+        if ctx is table.Ctx and op.type in ("MmBackward0", "AddmmBackward0") and op.type not in ours:
+            ours[op.type] = out
+        return out
+    monkeypatch.setattr(driver, "run_rule", recording)
+    torch.manual_seed(0)
+    w, h, b = (torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((7, 5), (5, 4), (7,)))
+    for y in (h.t() @ w.t(), torch.addmm(b, h.t(), w.t()), F.linear(h.t(), w, b), h.t().contiguous() @ w.t()):
+        ours.clear()
+        theirs = {}
+        y.grad_fn.register_hook(lambda gi, go: theirs.update(gi=gi))
+        loss = (y * torch.randn(y.shape, dtype=torch.float64)).sum()
+        assert lens.mirror(loss, mode="tensor").ok
+        loss.backward()
+        (got,) = ours.values()
+        for o, t in zip(got, theirs["gi"]):
+            if t is None or t.ndim < 2:
+                continue
+            assert np.allclose(o, t.numpy(), rtol=1e-12, atol=0)
+            assert (o.strides[0] < o.strides[1]) == (t.stride(0) < t.stride(1)), (y.grad_fn, o.strides, t.stride())
+    assert driver.run_rule is recording  # (the mirror called it by the module's name)

@@ -92,6 +92,8 @@ def _as_array(t: torch.Tensor) -> np.ndarray:
         a = np.array(d.tolist(), dtype=np.float64 if d.is_floating_point() else _NP_INT.get(d.dtype, None))
         a = a.reshape(tuple(d.shape))  # (an empty tensor's list has lost its trailing sizes)
     else:
+        if d.is_floating_point() and d.element_size() < 8 and not d.is_contiguous():
+            d = d.contiguous()  # (reordered in its own dtype first, a transposed weight for one: half the bytes moved)
         a = (d.to("cpu", torch.float64, copy=True, memory_format=torch.contiguous_format).numpy(force=True)
              if d.is_floating_point() else to_numpy(d))
     a.flags.writeable = False  # shared by the nodes that saved it: a rule must not change it

@@ -16,14 +16,33 @@ def _addmm(c):
     m1, m2, alpha, beta = c.s.get("mat1"), c.s.get("mat2"), c.a["alpha"], c.a["beta"]
     g = c.g if alpha == 1 else c.g * alpha
     return (c.g if beta == 1 else c.g * beta,
-            None if m2 is None else g @ m2.T,
-            None if m1 is None else m1.T @ g)
+            None if m2 is None else _left(c, "mat1", g, m2),
+            None if m1 is None else _right(c, "mat2", g, m1))
 
 
 @rule("MmBackward0")
 def _mm(c):
     a, b = c.s.get("self"), c.s.get("mat2")
-    return (None if b is None else c.g @ b.T, None if a is None else a.T @ c.g)
+    return (None if b is None else _left(c, "self", c.g, b), None if a is None else _right(c, "mat2", c.g, a))
+
+
+def _left(c, name, g, m2):
+    """g @ m2^T, the gradient of the left factor `name`, laid out as PyTorch lays it out (_column_major)."""
+    return (m2 @ g.T).T if _column_major(c, name) else g @ m2.T
+
+
+def _right(c, name, g, m1):
+    """m1^T @ g, the gradient of the right factor `name`, laid out as PyTorch lays it out (_column_major)."""
+    return (g.T @ m1).T if _column_major(c, name) else m1.T @ g
+
+
+def _column_major(c, name) -> bool:
+    """Was the factor `name` column-major (a transposed weight: nn.Linear's)? PyTorch's mm_mat1/mat2_backward then
+    multiply the transposed product and hand the gradient over column-major; the rule does the same, so the two
+    gradients share a layout and the checks read them in flat chunks, not tiles (each element is the same dot
+    product either way)."""
+    st, sz = c.a.get(f"{name}_sym_strides"), c.a.get(f"{name}_sym_sizes")
+    return st is not None and len(st) == 2 and st[0] == 1 and st[1] == sz[0]
 
 
 @rule("BmmBackward0")
