@@ -109,8 +109,9 @@ PARTS = {
     "rules on values": [("driver", "run_rule")],
     "rules on magnitudes": [("driver.Step", "_bound")],
     "mirror's own (float32)": [("driver.Step", "_mine32")],
-    "checks and carried bounds": [("driver.Step", "_incoming"), ("driver.Step", "_out"), ("driver.Step", "_differences"),
-                                  ("verdicts", "_compare"), ("driver", "_bound_out"), ("driver.Flow", "__add__")],
+    "checks and carried bounds": [("driver.Step", "_incoming"), ("driver.Step", "_out"),
+                                  ("driver.Step", "_differences"), ("verdicts", "_compare"), ("driver", "_bound_out"),
+                                  ("driver.Flow", "__add__")],
     "saved tensors to arrays": [("driver._Saved", "view")],
     "rows and leaves": [("mirror_pkg", "verdict_rows")],
 }
