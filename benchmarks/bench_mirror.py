@@ -117,20 +117,27 @@ PARTS = {
 }
 
 
-def _instrument(mirror_pkg):
-    """Wraps the functions of PARTS with CPU timers (user time); returns the dict they add to."""
+def homes() -> dict:
+    """Where the names of PARTS live."""
+    import autogradlens.mirror as mirror_pkg
     from autogradlens.mirror import driver, verdicts
+    return {"mirror_pkg": mirror_pkg, "driver": driver, "verdicts": verdicts, "driver.Step": driver.Step,
+            "driver.Flow": driver.Flow, "driver._Saved": driver._Saved}
+
+
+def _instrument():
+    """Wraps the functions of PARTS with CPU timers (user time); returns the dict they add to."""
+    from autogradlens.mirror import driver
     spent = dict.fromkeys(PARTS, 0.0)
     depth = [0]
-    homes = {"mirror_pkg": mirror_pkg, "driver": driver, "verdicts": verdicts, "driver.Step": driver.Step,
-             "driver.Flow": driver.Flow, "driver._Saved": driver._Saved}
+    where = homes()
 
     def user():
         return resource.getrusage(resource.RUSAGE_SELF).ru_utime
 
     for part, names in PARTS.items():
         for home, name in names:
-            obj = homes[home]
+            obj = where[home]
             orig = getattr(obj, name)
 
             def timed(*a, _orig=orig, _part=part, **k):
@@ -156,7 +163,7 @@ def child(name: str, repeat: int, runs: int, breakdown: bool = False) -> dict:
     torch.manual_seed(0)
     import autogradlens as lens
     import autogradlens.mirror as mirror_pkg
-    spent = _instrument(mirror_pkg) if breakdown else None
+    spent = _instrument() if breakdown else None
     parts = {"capture": 0.0, "traced": 0.0}
     for part in parts:  # the mirror package calls these by the names it imported: time them there
         orig = getattr(mirror_pkg, part)

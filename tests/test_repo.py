@@ -134,13 +134,10 @@ def test_the_mirror_benchmark_breakdown_times_functions_that_exist():
     for a name the package no longer calls, time nothing), so every name must still be one the mirror calls."""
     import importlib.util
 
-    import autogradlens.mirror as mirror_pkg
-    from autogradlens.mirror import driver, verdicts
     spec = importlib.util.spec_from_file_location("bench_mirror", ROOT / "benchmarks" / "bench_mirror.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    homes = {"mirror_pkg": mirror_pkg, "driver": driver, "verdicts": verdicts, "driver.Step": driver.Step,
-             "driver.Flow": driver.Flow, "driver._Saved": driver._Saved}
+    homes = bench.homes()
     source = "".join(p.read_text() for p in (ROOT / "autogradlens" / "mirror").glob("*.py"))
     for part, names in bench.PARTS.items():
         for home, name in names:
