@@ -3,11 +3,10 @@ notebook cell would end on (a Trace, a MirrorReport)."""
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from models import encoder
 
 import autogradlens as lens
 from autogradlens import Value
@@ -135,10 +134,7 @@ def resnet18_mirror():
 def transformer2():
     """A 2-layer transformer encoder, traced without lens.modules (modules inferred from the parameters)."""
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=True), 2,
-                                  enable_nested_tensor=False)
+    m = encoder(32, 4, 64, 2)
     return lens.trace(m(torch.randn(2, 6, 32)).pow(2).mean(), params=m)
 
 

@@ -125,12 +125,17 @@ def inplace(dtype=torch.float64):
     return (h * h).sum(), {"w": w}
 
 
-def transformer(dtype=torch.float64):
+def encoder(width: int, heads: int, ff: int, layers: int) -> nn.TransformerEncoder:
+    """nn.TransformerEncoder of `layers` batch-first layers (dropout 0.1), without its nested-tensor warning."""
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True), 1,
-                                  enable_nested_tensor=False).to(dtype).train()
+        return nn.TransformerEncoder(nn.TransformerEncoderLayer(width, heads, ff, dropout=0.1, batch_first=True),
+                                     layers, enable_nested_tensor=False)
+
+
+def transformer(dtype=torch.float64):
+    m = encoder(8, 2, 16, 1).to(dtype).train()
     return m(torch.randn(2, 4, 8, dtype=dtype)).pow(2).mean(), m
 
 

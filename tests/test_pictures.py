@@ -3,20 +3,19 @@ collapsed big graphs, the matplotlib fallback, and the one drawing façade."""
 
 import html
 import re
-import warnings
 
 import matplotlib
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from models import mlp_ce, transformer
+from models import encoder, mlp_ce, transformer
 
 import autogradlens as lens
 from autogradlens import _deps, plots, render, report
 from autogradlens.diffing import GraphDiff
 from autogradlens.mirror import MirrorReport
-from autogradlens.render import Drawable
+from autogradlens.render import Drawable, _drawn
 from autogradlens.tracing import Trace
 
 
@@ -221,20 +220,7 @@ def test_modules_from_parameters_alone():
 
 def _transformer2():
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True), 2,
-                                  enable_nested_tensor=False)
-    return m
-
-
-def _drawn(spec) -> list:
-    out, stack = list(spec["nodes"]), list(spec["clusters"])
-    while stack:
-        c = stack.pop()
-        out += c["nodes"]
-        stack += c.get("clusters", [])
-    return out
+    return encoder(8, 2, 16, 2)
 
 
 @pytest.mark.parametrize("record", [False, True])
