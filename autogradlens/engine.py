@@ -71,6 +71,18 @@ class Run(NamedTuple):
     ran: list
 
 
+def consumer_counts(order: list, nexts: list) -> tuple[dict, list]:
+    """(node -> its position in `order`, per position how many next_functions slots point at the node): the
+    dependencies the engine waits for before it runs a node."""
+    index = {fn: i for i, fn in enumerate(order)}
+    counts = [0] * len(order)
+    for nf in nexts:
+        for f, _ in nf:
+            if f is not None:
+                counts[index[f]] += 1
+    return index, counts
+
+
 def run(order: list, nexts: list, seeds: dict, *, force: dict | None = None, parts: set | None = None,
         hooks: dict | None = None, keep: tuple = (), strict: bool = True) -> Run:
     """PyTorch's backward over a walked graph (`order`: its nodes, `nexts`: their next_functions, as
@@ -85,12 +97,7 @@ def run(order: list, nexts: list, seeds: dict, *, force: dict | None = None, par
     sends UNKNOWN on instead of raising.
     """
     force, parts, hooks, ran = force or {}, parts or set(), hooks or {}, []
-    index = {fn: i for i, fn in enumerate(order)}
-    deps = [0] * len(order)
-    for nf in nexts:
-        for f, _ in nf:
-            if f is not None:
-                deps[index[f]] += 1
+    index, deps = consumer_counts(order, nexts)
     buffers: dict = {}
     got: dict = {}
     for (fn, nr), gs in seeds.items():

@@ -17,6 +17,7 @@ import torch
 
 from .._torch import is_custom_function, is_freed, is_stale, saved_names, saved_value, version
 from ..capture import read_only, to_numpy
+from ..engine import consumer_counts
 from ..errors import LensRuntimeError
 from . import conv
 from .bounds import (
@@ -312,12 +313,7 @@ def replay(order: list, ops: dict, seeds: dict, step) -> dict:
 def consumers_first(order: list, nexts: list, ids: dict) -> list[str]:
     """Node ids with every consumer before its producers: Kahn's algorithm over the walk's DFS order (the
     earliest-walked ready node first), so rows read from the loss down, deterministically."""
-    pos = {fn: i for i, fn in enumerate(order)}
-    indeg = [0] * len(order)
-    for nf in nexts:
-        for f, _ in nf:
-            if f is not None:
-                indeg[pos[f]] += 1
+    pos, indeg = consumer_counts(order, nexts)
     ready, out = sorted((i for i, d in enumerate(indeg) if d == 0), reverse=True), []
     while ready:
         i = ready.pop()
