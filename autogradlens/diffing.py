@@ -18,7 +18,7 @@ import torch
 
 from . import report
 from .errors import LensTypeError
-from .render import COLORS, COLUMN, Drawable, short_shape, trace_spec
+from .render import COLORS, COLUMN, Drawable, _drawn, short_shape, trace_spec
 from .tracing import Trace, trace
 
 __all__ = ["GraphDiff", "diff"]
@@ -255,7 +255,7 @@ class GraphDiff(Drawable):
                              {"label": "b", "nodes": sb["nodes"], "clusters": sb["clusters"]}],
                 "legend": [("removed (only in a)", "removed", "box"), ("added (only in b)", "added", "box"),
                            ("changed", "changed", "box"), ("same", "op", "box")]}
-        shown = {n for c in spec["clusters"] for n, _ in _all_nodes(c)}
+        shown = {n for c in spec["clusters"] for n, _ in _drawn(c)}
         pairs = [("a/" + x, "b/" + y) for x, y in self.matched if "a/" + x in shown and "b/" + y in shown]
         if len(pairs) <= ALIGN_LIMIT:  # matched pairs side by side (newrank lets ranks cross clusters)
             spec["attrs"]["newrank"] = "true"
@@ -277,15 +277,6 @@ class GraphDiff(Drawable):
     def _repr_html_(self) -> str:
         return (f"<p><b>{report.esc(repr(self))}</b></p>" + report.svg(self.to_svg(width=COLUMN))
                 + report.pre(self.to_text()))
-
-
-def _all_nodes(c: dict) -> list:
-    out, stack = [], [c]
-    while stack:
-        x = stack.pop()
-        out += x["nodes"]
-        stack += x.get("clusters", [])
-    return out
 
 
 def _brief(d: dict) -> str:

@@ -737,8 +737,8 @@ def _legend(show_saved: bool) -> list:
 
 
 def _drawn(spec: dict) -> list:
-    """Every (name, style) a spec draws, clusters included."""
-    out, stack = list(spec["nodes"]), list(spec["clusters"])
+    """Every (name, style) a spec (or one of its clusters) draws, clusters included."""
+    out, stack = list(spec["nodes"]), list(spec.get("clusters", []))
     while stack:
         c = stack.pop()
         out += c["nodes"]
