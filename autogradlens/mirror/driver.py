@@ -36,7 +36,7 @@ from .bounds import (
     rounding,
     unit_roundoff,
 )
-from .scalar import as_values, floats
+from .scalar import as_values, floats, numbers
 from .table import COMPLEX_RULES, CUSTOM_FUNCTION, NO_RULE, RULES, Ctx, Unsupported, sum_to
 
 # A rule that cannot run on magnitudes (bounds.Mag) falls back to a relative bound of this many roundings
@@ -554,7 +554,7 @@ class Step:
                 out.append(Flow(m, fused[i][2], None, _u_of(op, i)))
                 continue
             if carried[i] is None and np.size(m) > CHUNK:  # |mine - local| and E in one pass, chunk by chunk
-                out.append(Flow(m, _bound_out(bound[i], floats(m), _numbers(local[i]), op.in_dtypes[i]), None,
+                out.append(Flow(m, _bound_out(bound[i], floats(m), numbers(local[i]), op.in_dtypes[i]), None,
                                 _u_of(op, i)))
                 continue
             c = _magnitude(_difference(floats(m), floats(local[i]))) if carried[i] is None else carried[i]
@@ -724,11 +724,6 @@ class Step:
 
 
 _IDENTICAL = ("match", True, 0.0, 0.0)  # what verdicts._compare finds for two arrays with the same elements
-
-
-def _numbers(a):
-    """An array as numbers: float32 and float64 arrays as they are (their arithmetic with float64 is float64)."""
-    return a if isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64) else floats(a)
 
 
 def _big_pair(m, t) -> bool:

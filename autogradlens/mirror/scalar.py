@@ -76,6 +76,12 @@ def floats(a) -> np.ndarray:
     return np.array(flat, dtype=np.float64).reshape(a.shape)
 
 
+def numbers(a) -> np.ndarray:
+    """An array as the checks read it: a float32 or float64 array as it is (exact in float64 arithmetic), anything
+    else through `floats`."""
+    return a if isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64) else floats(a)
+
+
 def scalar_cost(nodes) -> int:
     """About how many Values mode="scalar" creates: the mirror runs every rule twice (the local check from
     PyTorch's incoming gradient, then its own end-to-end pass), each time making about one Value per element

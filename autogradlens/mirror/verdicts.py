@@ -62,7 +62,7 @@ import torch
 from ..capture import read_only
 from .bounds import CHUNK, REAL_OF, UNDERFLOW, chunks, rounding, unit_roundoff
 from .driver import unreadable
-from .scalar import floats
+from .scalar import floats, numbers
 from .table import NO_RULE, RULES, round_to
 
 
@@ -79,7 +79,7 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
     Floating-point warnings are the caller's to silence."""
     if np.iscomplexobj(m) or np.iscomplexobj(t):
         return _compare_special(*_shaped(np.asarray(m), np.asarray(t)), None, bound, dtype)
-    m, t = floats(m), _numbers(t)
+    m, t = floats(m), numbers(t)
     if m.shape != t.shape:
         try:
             m = np.broadcast_to(m, t.shape)
@@ -106,11 +106,6 @@ def _compare(m, t, bound, dtype: str) -> tuple[str, bool, float, float] | None:
     scale = max(float(np.max(t, initial=0.0)), -float(np.min(t, initial=0.0)))
     max_rel = max_abs / scale if scale else (0.0 if max_abs == 0 else math.inf)
     return ("match" if ok else "mismatch"), max_abs == 0, max_abs, max_rel
-
-
-def _numbers(t: np.ndarray) -> np.ndarray:
-    """PyTorch's gradient as compared: a float32 or float64 array as it is (exact in float64 arithmetic)."""
-    return t if isinstance(t, np.ndarray) and t.dtype in (np.float32, np.float64) else floats(t)
 
 
 def _compare_chunks(m, t, bound, dtype: str) -> tuple[str, bool, float, float]:
