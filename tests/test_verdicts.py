@@ -547,3 +547,77 @@ def test_matrix_product_gradients_are_laid_out_as_pytorch_lays_them_out(monkeypa
                 continue
             assert np.allclose(o, t.numpy(), rtol=1e-12, atol=0)
             assert (o.strides[0] < o.strides[1]) == (t.stride(0) < t.stride(1)), (y.grad_fn, o.strides, t.stride())
+
+
+def _token_model(dtype, pad=None, tied=True):
+    """A big token table (5,000 x 32 > bounds.CHUNK elements) of which a batch names a few rows, tied to the head as
+    GPT-2's is (the weight's gradient is then the sum of both)."""
+    torch.manual_seed(0)
+    emb = nn.Embedding(5000, 32, padding_idx=pad).to(dtype)
+    idx = torch.randint(0, 5000, (3, 9))
+    idx[0, :3] = idx[1, 0]  # a row named several times: its gradient is a sum
+    if pad is not None:
+        idx[2, 4] = pad
+    h = torch.tanh(emb(idx))
+    logits = h @ (emb.weight if tied else torch.randn(5000, 32, dtype=dtype)).t()
+    return F.cross_entropy(logits.reshape(-1, 5000), torch.randint(0, 5000, (27,))), {"weight": emb.weight}
+
+
+@pytest.mark.parametrize("dtype,pad,tied", [(torch.float64, None, True), (torch.float32, None, True),
+                                            (torch.float32, 7, False), (torch.bfloat16, None, True)],
+                         ids=["f64", "f32", "f32-padding", "bf16"])
+def test_a_big_embedding_is_run_on_the_rows_its_indices_name_with_the_same_numbers(monkeypatch, dtype, pad, tied):
+    """driver._few_rows: the rule, its magnitudes and the mirror's own gradient on the named rows and one other, spread
+    over the table: every row, verdict and gradient as the run on the whole table gives them."""
+    taken = []
+    orig = driver._few_rows
+
+    def spy(op, torch_out):
+        got = orig(op, torch_out)
+        if op.type == "EmbeddingBackward0":
+            taken.append(got is not None)
+        return got
+    flows = []  # what reached the leaves: the mirror's gradient and its carried bound E
+
+    def replay(*a):
+        flows.append(driver.replay(*a))
+        return flows[-1]
+    monkeypatch.setattr(driver, "_few_rows", spy)
+    monkeypatch.setattr(lens.mirror, "replay", replay)
+    loss, params = _token_model(dtype, pad, tied)
+    few = lens.mirror(loss, params=params, mode="tensor")
+    assert taken == [True]
+    monkeypatch.setattr(driver, "_few_rows", lambda op, torch_out: None)
+    whole = lens.mirror(loss, params=params, mode="tensor")
+    assert few.ok and whole.ok
+    assert few.rows == whole.rows
+    assert few.grads.keys() == whole.grads.keys() == {"weight"}
+    assert few.grads["weight"].tobytes() == whole.grads["weight"].tobytes()
+    assert flows[0].keys() == flows[1].keys()
+    for k, f in flows[0].items():
+        other = flows[1][k]
+        assert f.g.tobytes() == other.g.tobytes() and np.asarray(f.e).tobytes() == np.asarray(other.e).tobytes()
+    if pad is not None:
+        assert not few.grads["weight"][pad].any()
+
+
+def test_a_stray_value_in_a_row_no_index_names_is_a_mismatch(monkeypatch):
+    """PyTorch's embedding gradient with a value in a row the indices do not name: _few_rows counts it and hands the
+    node to the run on the whole table, whose local check reports it (as it would without _few_rows)."""
+    loss, params = _token_model(torch.float32, tied=False)
+    orig = driver.Step.__call__
+
+    def planted(self, op, flows):
+        if op.type == "EmbeddingBackward0":
+            (t,) = self.seen_out[op.id]
+            named = set(op.saved["indices"].reshape(-1).tolist())
+            row = max(set(range(5000)) - named)  # (not the first unnamed row: _few_rows runs that one)
+            t = t.clone()
+            t[row, 3] = 0.25
+            self.seen_out[op.id] = (t,)
+        return orig(self, op, flows)
+    monkeypatch.setattr(driver.Step, "__call__", planted)
+    rep = lens.mirror(loss, params=params, mode="tensor")
+    (row,) = [r for r in rep.rows if r["type"] == "EmbeddingBackward0"]
+    assert row["status"] == "mismatch" and row["max_abs"] == 0.25
+    assert not rep.ok

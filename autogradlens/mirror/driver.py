@@ -459,11 +459,25 @@ class Step:
                                                if f is not None and t is not None])
         e2e_bound = self.largest([f.e for f in flows if f is not None])
         try:
+            few = None if self.scalar else _few_rows(op, torch_out)
+            if few is not None:
+                return self._few(op, *few, flows, torch_in)
             return self._run(op, flows, torch_in, torch_out)
         finally:
             self.saved.done(op.saved)
             local, bound = self.verdicts.get(op.id, (None, None))
             self.verdicts[op.id] = (local, bound, e2e, e2e_bound)
+
+    def _few(self, op, sub, rows, t, flows, torch_in):
+        """An embedding run on the rows its indices name and one they do not (_few_rows), its results spread over the
+        whole weight: every other row as that one. The same numbers as the run on the whole weight, row for row."""
+        try:
+            out = self._run(sub, flows, torch_in, [t])
+        finally:
+            self.saved.done(sub.saved)
+        n = op.in_shapes[0][0]
+        return [None if f is None else Flow(*(None if x is None else _spread(x, rows, n) for x in f[:3]), f.u)
+                for f in out]
 
     def _incoming(self, slot, f, t, dtype):
         """The end-to-end check of one incoming gradient (verdicts._compare); for a big real one, in the same pass
@@ -721,6 +735,49 @@ class Step:
             return [None if m is None or t is None else
                     gamma(FALLBACK_UNITS, u) * np.maximum(np.abs(floats(m)), np.abs(t))
                     for m, t in zip(local, torch_out)]
+
+
+def _few_rows(op: Op, torch_out):
+    """For an embedding whose indices name few rows of a big weight (a language model's token table): (the op on
+    those rows and one row they do not name, the rows, PyTorch's gradient on them). Elsewhere the rule's gradient, its
+    magnitudes and the mirror's own are what they are on that one row, and PyTorch's is zero: counted here (one pass;
+    a nonzero there takes the run on the whole weight, which reports it). None: the run on the whole weight."""
+    if op.type != "EmbeddingBackward0" or op.note is not None or op.attrs.get("scale_grad_by_freq") or is_complex(op):
+        return None
+    shape, idx = op.in_shapes[0], op.saved.get("indices")
+    t = torch_out[0] if torch_out else None
+    if (shape is None or len(shape) != 2 or math.prod(shape) <= CHUNK or op.nexts[0] is None
+            or not isinstance(t, np.ndarray) or t.shape != tuple(shape) or idx is None or idx.device.type != "cpu"):
+        return None
+    named, where = np.unique(idx.numpy(force=True).reshape(-1), return_inverse=True)
+    if 2 * (named.size + 1) > shape[0] or (named.size and (named[0] < 0 or named[-1] >= shape[0])):
+        return None
+    gap = np.flatnonzero(named != np.arange(named.size))  # the first row not named
+    rows = np.append(named, gap[0] if gap.size else named.size)
+    pick = t[rows]
+    if np.count_nonzero(pick) != np.count_nonzero(t):
+        return None
+    pad = op.attrs.get("padding_idx")
+    if pad is not None and pad >= 0:
+        pad = int(np.flatnonzero(rows == pad)[0]) if np.any(rows == pad) else -1
+    sub = op._replace(in_shapes=[(rows.size, shape[1])] + list(op.in_shapes[1:]),
+                      attrs={**op.attrs, "weight_sym_argsize_0": rows.size, "padding_idx": pad},
+                      saved={**op.saved, "indices": torch.from_numpy(where.reshape(tuple(idx.shape)))})
+    return sub, rows, pick
+
+
+def _spread(x, rows, n):
+    """A (rows, d) array of _Step._few over all n rows: row i of x at rows[i]; every row not named as the last one."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        return x
+    rest = x[-1]
+    if not np.any(rest) and not np.any(np.signbit(rest)):  # +0.0: pages the kernel maps as zeros
+        out = np.zeros((n, x.shape[1]), x.dtype)
+    else:
+        out = np.empty((n, x.shape[1]), x.dtype)
+        out[...] = rest
+    out[rows[:-1]] = x[:-1]
+    return out
 
 
 _IDENTICAL = ("match", True, 0.0, 0.0)  # what verdicts._compare finds for two arrays with the same elements
