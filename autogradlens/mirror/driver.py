@@ -767,7 +767,7 @@ def _few_rows(op: Op, torch_out):
 
 
 def _spread(x, rows, n):
-    """A (rows, d) array of _Step._few over all n rows: row i of x at rows[i]; every row not named as the last one."""
+    """A (rows, d) array of Step._few over all n rows: row i of x at rows[i]; every row not named as the last one."""
     if not isinstance(x, np.ndarray) or x.ndim != 2:
         return x
     rest = x[-1]
