@@ -759,7 +759,8 @@ def _few_rows(op: Op, torch_out):
         return None
     pad = op.attrs.get("padding_idx")
     if pad is not None and pad >= 0:
-        pad = int(np.flatnonzero(rows == pad)[0]) if np.any(rows == pad) else -1
+        hit = np.flatnonzero(rows == pad)
+        pad = int(hit[0]) if hit.size else -1
     sub = op._replace(in_shapes=[(rows.size, shape[1])] + list(op.in_shapes[1:]),
                       attrs={**op.attrs, "weight_sym_argsize_0": rows.size, "padding_idx": pad},
                       saved={**op.saved, "indices": torch.from_numpy(where.reshape(tuple(idx.shape)))})
