@@ -189,8 +189,26 @@ def test_a_node_on_another_device_is_left_unmirrored(kind):
                   ["float32", "float32"])
     with pytest.raises(table.Unsupported, match="cuda:0"):
         table.RULES[kind](c)
+    del c.a["device"]  # a rule told no device (a caller that forgot it) refuses too
+    with pytest.raises(table.Unsupported, match="an unknown device"):
+        table.RULES[kind](c)
     c.a["device"] = "cpu"
     assert table.RULES[kind](c)[0].shape == (1, 1, 4, 4)
+    assert kind in table.CPU_KERNEL  # (so the driver hands the node's device over)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_precision_grid_sample_is_left_unmirrored_not_a_false_alarm(dtype):
+    """The CPU kernel picks a half-precision grid's pixels in that precision, which the rule does not reproduce: every
+    mode and padding is unmirrored with the reason (float16 nearest with reflection was a mismatch on correct
+    gradients before), and the loss is ok."""
+    for mode, pad, align in itertools.product(["bilinear", "nearest", "bicubic"], ["zeros", "border", "reflection"],
+                                              [False, True]):
+        for seed in range(3):
+            loss, leaves = _grid_loss(dtype, (1, 2, 5, 6), (4, 3), mode, pad, align, seed=seed)
+            rep = lens.mirror(loss, params=leaves, mode="tensor")
+            (row,) = [r for r in rep.rows if r["type"] in GRID_TYPES]
+            assert rep.ok and row["status"] == "unmirrored" and f"grid_sample in {str(dtype)[6:]}" in row["note"]
 
 
 def test_infinite_input_values_are_mirrored_and_a_nan_grid_is_left_unmirrored():

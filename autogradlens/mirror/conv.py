@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .bounds import Mag, _product
-from .table import cpu_only, fma, rule, scatter_axis
+from .table import Unsupported, cpu_only, fma, rule, scatter_axis
 
 
 @rule("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0", "FractionalMaxPool2DBackward0",
@@ -586,13 +586,17 @@ _AA_KINDS = {"UpsampleBilinear2DAaBackward0": "bilinear", "UpsampleBicubic2DAaBa
              "UpsampleLanczos2DAaBackward0": "lanczos"}
 
 
-@rule(*_AA_KINDS)
+@rule(*_AA_KINDS, cpu_kernel=True)
 def _upsample_aa(c):  # the CPU kernel adds (wx wy) g into each input element the filter reaches
     cpu_only(c, "the rule computes the CPU kernel's filter weights (CUDA's compute them otherwise)")
     sizes, g = c.a["self_sym_sizes"], c.g
-    ft = np.float64 if c.in_dtypes[0] == "float64" else np.float32
+    dtype = c.in_dtypes[0]
+    if dtype not in ("float32", "float64"):
+        raise Unsupported(f"antialiased upsampling in {dtype}: the rule computes the CPU kernel's float32 and float64 "
+                          "filter weights only")
+    ft = np.float64 if dtype == "float64" else np.float32
     kind = _AA_KINDS[c.type]
-    arith = _aa_arithmetic(kind, "float64" if ft is np.float64 else "float32")
+    arith = _aa_arithmetic(kind, dtype)
     mats = [_aa_weights(sizes[2 + i], g.shape[2 + i], c.a["align_corners"], sc, ft, kind, isinstance(g, Mag), arith)
             for i, sc in enumerate(_scales(c, 2))]
     return (_separable(g, mats),)

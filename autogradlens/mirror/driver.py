@@ -37,7 +37,7 @@ from .bounds import (
     unit_roundoff,
 )
 from .scalar import as_values, floats, numbers
-from .table import COMPLEX_RULES, CUSTOM_FUNCTION, NO_RULE, RULES, Ctx, Unsupported, sum_to
+from .table import COMPLEX_RULES, CPU_KERNEL, CUSTOM_FUNCTION, NO_RULE, RULES, Ctx, Unsupported, sum_to
 
 # A rule that cannot run on magnitudes (bounds.Mag) falls back to a relative bound of this many roundings
 # of the graph dtype on the larger of the two results (a row note says so; tests keep every rule off it).
@@ -174,20 +174,13 @@ def read_ops(tr, walk, freed_ok: bool = False) -> dict:
             note = CUSTOM_FUNCTION
         dtype, cuda = lowest([d["dtype"], *in_dtypes]), (d["device"] or "").startswith("cuda")
         attrs = d["attrs"] if d["type"] not in _GEOMETRY else {**d["attrs"], "input_geometry": _geometry(nf[0][0])}
-        if d["type"] in _ON_DEVICE:
+        if d["type"] in CPU_KERNEL:
             attrs = {**attrs, "device": d["device"]}
         ops[nid] = Op(nid, d["type"], d.get("name"), nexts, in_shapes, in_dtypes, list(d["outputs"]),
                        dtype, d["dtype"] or "float64", attrs, saved, note,
                        cuda and dtype == "float32" and d["type"] in tf32,
                        cuda and dtype in ("float16", "bfloat16") and d["type"].startswith(_ATOMIC))
     return ops
-
-
-# Nodes whose rule reproduces the CPU kernel's own arithmetic (where a grid point falls, filter weights): their
-# rules read the device (attrs["device"]) and leave other devices' nodes unmirrored.
-_ON_DEVICE = frozenset({"GridSampler2DBackward0", "GridSampler3DBackward0", "GridSampler2DCpuFallbackBackward0",
-                        "UpsampleBilinear2DAaBackward0", "UpsampleBicubic2DAaBackward0",
-                        "UpsampleLanczos2DAaBackward0"})
 
 
 # Nodes whose rule needs the input's strides and storage offset (as_strided indexes the storage itself): known

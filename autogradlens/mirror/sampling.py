@@ -236,7 +236,7 @@ class _Pixels:
         return np.moveaxis(self.grad.reshape((self.n,) + tuple(self.sizes) + (self.ch,)), -1, 1)
 
 
-@rule("GridSampler2DBackward0", "GridSampler3DBackward0", "GridSampler2DCpuFallbackBackward0")
+@rule("GridSampler2DBackward0", "GridSampler3DBackward0", "GridSampler2DCpuFallbackBackward0", cpu_kernel=True)
 def _grid_sample(c):
     cpu_only(c, "the rule decides which pixels a point reads as the CPU kernel does (CUDA's rounds its coordinates "
                 "otherwise)")
@@ -250,14 +250,18 @@ def _grid_sample(c):
     # fallback op), 3-d ones the scalar one
     kernel = "scalar3d" if k == 3 else "fallback2d" if c.type == "GridSampler2DCpuFallbackBackward0" else "vec2d"
     vec = kernel == "vec2d"
-    ft = np.float64 if next((d for d in c.in_dtypes if d), None) == "float64" else np.float32
+    dtype = next((d for d in c.in_dtypes if d), None)
+    if dtype not in ("float32", "float64"):  # (float16 and bfloat16 grids pick their pixels in their own precision)
+        raise Unsupported(f"grid_sample in {dtype}: the CPU kernel computes the coordinates in {dtype}, which the rule "
+                          "does not reproduce (float32 and float64 only)")
+    ft = np.float64 if dtype == "float64" else np.float32
     want_in = len(c.in_shapes) > 0 and c.in_shapes[0] is not None
     want_grid = len(c.in_shapes) > 1 and c.in_shapes[1] is not None
     gv = np.asarray(grid)  # the grid's values (on magnitudes too)
     if not np.all(np.isfinite(gv)):
         raise Unsupported("grid_sample at a NaN or infinite grid value (the kernels clamp a NaN coordinate to 0 or "
                           "leave it out, by padding mode)")
-    fused = not align and _fuses("float64" if ft is np.float64 else "float32", kernel)
+    fused = not align and _fuses(dtype, kernel)
     if fused is None:
         raise Unsupported("this PyTorch's grid_sample kernel computes its coordinates otherwise than the rule "
                           "reproduces (neither (x + 1) s - 1/2 rounded twice nor fused)")

@@ -38,10 +38,17 @@ class Unsupported(Exception):
     """A rule met a case it does not handle (the mirror then passes PyTorch's gradients through)."""
 
 
-def rule(*names):
+# Node types whose rule reproduces a CPU kernel's own arithmetic (where a grid point falls, filter weights): the driver
+# hands them the node's device (attrs["device"]) and `cpu_only` leaves another device's node unmirrored.
+CPU_KERNEL: set = set()
+
+
+def rule(*names, cpu_kernel: bool = False):
     def register(fn):
         for n in names:
             RULES[n] = fn
+        if cpu_kernel:
+            CPU_KERNEL.update(names)
         return fn
     return register
 
@@ -114,11 +121,11 @@ def scatter_axis(g, idx, size, axis, zeros):  # out[.., idx[i], ..] += g[.., i, 
 
 
 def cpu_only(c, why: str):
-    """For a rule that reproduces a CPU kernel's own arithmetic (driver._ON_DEVICE): another device's node is left
-    unmirrored, with the reason."""
+    """For a rule that reproduces a CPU kernel's own arithmetic (registered with ``rule(..., cpu_kernel=True)``):
+    another device's node, or one whose device is not known, is left unmirrored, with the reason."""
     device = c.a.get("device")
-    if device is not None and device != "cpu":
-        raise Unsupported(f"{c.type} on {device}: {why}")
+    if device != "cpu":
+        raise Unsupported(f"{c.type} on {device or 'an unknown device'}: {why}")
 
 
 def fma(a, b, c, ft):
