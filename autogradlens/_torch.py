@@ -216,20 +216,40 @@ _INPLACE_HINT = {False: " Hint: enable anomaly detection to find the operation t
 def mark_thread(on: bool) -> None:
     """Mark (or unmark) the calling thread as the watching one; `in_marked_thread()` is True there and in the
     autograd threads running its backward passes (PyTorch propagates this thread-local state)."""
-    if on:
-        torch._C._stash_obj_in_tls(_TLS_KEY, True)
-    elif torch._C._is_key_in_tls(_TLS_KEY):
-        if _REMOVE is None:  # torch < 2.13 cannot remove a key: it stays, with the value False
-            torch._C._stash_obj_in_tls(_TLS_KEY, False)
-        else:
-            _REMOVE(_TLS_KEY)
-
-
-_REMOVE = getattr(torch._C, "_remove_obj_from_tls", None)
+    _stash(_TLS_KEY, True if on else None)
 
 
 def in_marked_thread() -> bool:
-    return torch._C._is_key_in_tls(_TLS_KEY) and torch._C._get_obj_in_tls(_TLS_KEY)
+    return torch._C._is_key_in_tls(_TLS_KEY) and bool(torch._C._get_obj_in_tls(_TLS_KEY))
+
+
+_REPLAY_KEY = "autogradlens.replay"  # how many of lens's own runs over a graph (engine.run) the thread is inside
+
+
+def replay_mark(on: bool) -> None:
+    """Enter (True) or leave (False) lens's own run over a graph in this thread: `in_replay()` is True inside, also in
+    the autograd threads serving a backward PyTorch runs from it (a reentrant checkpoint's inner one)."""
+    depth = (torch._C._get_obj_in_tls(_REPLAY_KEY) or 0) if torch._C._is_key_in_tls(_REPLAY_KEY) else 0
+    depth = depth + 1 if on else max(depth - 1, 0)
+    _stash(_REPLAY_KEY, depth or None)
+
+
+def in_replay() -> bool:
+    return torch._C._is_key_in_tls(_REPLAY_KEY) and bool(torch._C._get_obj_in_tls(_REPLAY_KEY))
+
+
+def _stash(key: str, value) -> None:
+    """Set thread-local `key` (PyTorch's TLS, which it copies to the threads serving a backward); None removes it."""
+    if value is not None:
+        torch._C._stash_obj_in_tls(key, value)
+    elif torch._C._is_key_in_tls(key):
+        if _REMOVE is None:  # torch < 2.13 cannot remove a key: it stays, with a false value
+            torch._C._stash_obj_in_tls(key, False)
+        else:
+            _REMOVE(key)
+
+
+_REMOVE = getattr(torch._C, "_remove_obj_from_tls", None)
 
 
 def unpack_hook(fn, slot: str):

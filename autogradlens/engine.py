@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._torch import call_node, checkpoint_function, input_metadata, sequence_nr, tensor_hooks
+from ._torch import call_node, checkpoint_function, input_metadata, replay_mark, sequence_nr, tensor_hooks
 
 __all__ = ["UNKNOWN", "Run", "run"]
 
@@ -106,49 +106,53 @@ def run(order: list, nexts: list, seeds: dict, *, force: dict | None = None, par
     incoming, reached, outgoing, leaves, failed = {}, {}, {}, {}, {}
     ready = [(_key(fn), index[fn]) for fn in order if deps[index[fn]] == 0]
     heapq.heapify(ready)
-    with torch.no_grad():
-        while ready:
-            _, i = heapq.heappop(ready)
-            fn = order[i]
-            n_in = _n_inputs(fn)
-            grads = [buffers.pop((fn, nr), None) for nr in range(n_in)]
-            for nr in range(n_in):
-                h = hooks.get((fn, nr))
-                if h is not None and grads[nr] is not None and grads[nr] is not UNKNOWN:
-                    grads[nr] = _apply_hooks(h, grads[nr])
-            ran.append(fn)
-            if _is_leaf(fn):
-                if callable(force):
-                    reached[fn] = [grads[0]]
-                    grads[0] = force(fn, 0, grads[0])
-                elif (fn, 0) in force:
-                    reached[fn], grads[0] = [grads[0]], force[(fn, 0)]
-                leaves[fn] = grads[0]
-            else:
-                reached[fn] = list(grads)
+    replay_mark(True)  # a watch takes neither this run nor a backward PyTorch runs inside it for training
+    try:
+        with torch.no_grad():
+            while ready:
+                _, i = heapq.heappop(ready)
+                fn = order[i]
+                n_in = _n_inputs(fn)
+                grads = [buffers.pop((fn, nr), None) for nr in range(n_in)]
                 for nr in range(n_in):
+                    h = hooks.get((fn, nr))
+                    if h is not None and grads[nr] is not None and grads[nr] is not UNKNOWN:
+                        grads[nr] = _apply_hooks(h, grads[nr])
+                ran.append(fn)
+                if _is_leaf(fn):
                     if callable(force):
-                        grads[nr] = force(fn, nr, grads[nr])
-                    elif (fn, nr) in force:
-                        grads[nr] = force[(fn, nr)]
-                incoming[fn] = grads
-                outs = _call(fn, grads, keep, strict, failed)
-                sent = []
-                for slot, ((f, nr), g) in enumerate(zip(nexts[i], outs)):
-                    if f is None or g is None:
-                        sent.append(None)
-                        continue
-                    if g is not UNKNOWN:
-                        g = _validate(g, f, nr)
-                    sent.append(g)
-                    _add(buffers, got, parts, f, nr, fn, slot, g)
-                outgoing[fn] = sent
-            for f, _ in nexts[i]:
-                if f is not None:
-                    j = index[f]
-                    deps[j] -= 1
-                    if deps[j] == 0:
-                        heapq.heappush(ready, (_key(f), j))
+                        reached[fn] = [grads[0]]
+                        grads[0] = force(fn, 0, grads[0])
+                    elif (fn, 0) in force:
+                        reached[fn], grads[0] = [grads[0]], force[(fn, 0)]
+                    leaves[fn] = grads[0]
+                else:
+                    reached[fn] = list(grads)
+                    for nr in range(n_in):
+                        if callable(force):
+                            grads[nr] = force(fn, nr, grads[nr])
+                        elif (fn, nr) in force:
+                            grads[nr] = force[(fn, nr)]
+                    incoming[fn] = grads
+                    outs = _call(fn, grads, keep, strict, failed)
+                    sent = []
+                    for slot, ((f, nr), g) in enumerate(zip(nexts[i], outs)):
+                        if f is None or g is None:
+                            sent.append(None)
+                            continue
+                        if g is not UNKNOWN:
+                            g = _validate(g, f, nr)
+                        sent.append(g)
+                        _add(buffers, got, parts, f, nr, fn, slot, g)
+                    outgoing[fn] = sent
+                for f, _ in nexts[i]:
+                    if f is not None:
+                        j = index[f]
+                        deps[j] -= 1
+                        if deps[j] == 0:
+                            heapq.heappush(ready, (_key(f), j))
+    finally:
+        replay_mark(False)
     return Run(incoming, reached, outgoing, leaves, {k: got[k] for k in parts if k in got}, failed, ran)
 
 
@@ -183,8 +187,8 @@ def _apply_hooks(t: torch.Tensor, g):
 def _call(fn, grads: list, keep: tuple, strict: bool, failed: dict) -> list:
     if any(g is UNKNOWN for g in grads):
         return [UNKNOWN] * len(fn.next_functions)
-    run = checkpoint_function(fn)
-    saved = [(t, t.grad) for t in _region_leaves(run, keep)] if run is not None else ()
+    region = checkpoint_function(fn)
+    saved = [(t, t.grad) for t in _region_leaves(region, keep)] if region is not None else ()
     for t, _ in saved:  # the inner backward then makes new .grad tensors (it would add into the old ones in place)
         t.grad = None
     try:

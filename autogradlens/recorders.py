@@ -38,8 +38,6 @@ import torch
 from ._torch import (
     current_node,
     dense,
-    graph_task_id,
-    in_marked_thread,
     inplace_error,
     measurable,
     no_compile,
@@ -311,14 +309,8 @@ class Recorder:
             hooked.pop()
 
     def live(self) -> bool:
-        """Should a hook firing now record? Only in an active watch, in the watching thread's work."""
-        w = self.w
-        return w._active and (get_ident() == w._tid or in_marked_thread())
-
-    def in_backward(self) -> bool:
-        """live(), for a tensor hook: also inside a backward PyTorch runs (lens.mirror, lens.check and
-        trace(grads=True) call the graph's nodes themselves and apply a leaf's hooks outside any)."""
-        return self.live() and graph_task_id() >= 0
+        """Should a hook firing now record? (Watch.observing)"""
+        return self.w.observing()
 
 
 # ----------------------------------------------------------------------------- forward, backward passes
@@ -656,7 +648,7 @@ class Gradients(Recorder):
 
     def _pre(self, name, ref):
         def hook(grad):
-            if not self.in_backward():
+            if not self.live():
                 return
             w = self.w
             w._sync()
@@ -788,7 +780,7 @@ class Retain(Recorder):
 
     def _grad(self, name):
         def hook(grad):
-            if not self.in_backward():
+            if not self.live():
                 return
             w = self.w
             w._sync()

@@ -43,7 +43,7 @@ import torch
 
 from . import recorders as rec
 from ._files import csv_cell, dumps
-from ._torch import engine_call, graph_task_id, in_marked_thread, mark_thread, queue_callback
+from ._torch import engine_call, graph_task_id, in_marked_thread, in_replay, mark_thread, queue_callback
 from .errors import LensRuntimeError, LensTypeError, LensValueError
 from .recorders import EVENTS, FIELDS, STEP_DERIVED, STEP_PER_PARAM, STEP_SCALARS, value
 
@@ -555,9 +555,15 @@ class Watch:
         self._top, self._tasks = None, set()
 
     # ------------------------------------------------------------------ backward passes
+    def observing(self) -> bool:
+        """Should a hook firing now record? Only in an active watch, in the watching thread's work, outside lens's own
+        runs over a graph (lens.mirror, lens.check, trace(grads=True)) and the backward passes PyTorch runs inside
+        them (a reentrant checkpoint's)."""
+        return self._active and (threading.get_ident() == self._tid or in_marked_thread()) and not in_replay()
+
     def _output_hook(self, grad_outputs):
         """On the grad_fn of the model's outputs: every backward through the model runs it."""
-        if self._active and (threading.get_ident() == self._tid or in_marked_thread()):
+        if self.observing():
             self._sync()
 
     def _sync(self) -> None:

@@ -144,6 +144,29 @@ def test_a_marked_thread_is_seen_there_and_in_its_backward_only(monkeypatch, rem
     assert seen == {"backward": True, "other thread": False, "marked": True, "unmarked": False}
 
 
+@pytest.mark.parametrize("removable", [True, False], ids=["torch>=2.13", "no _remove_obj_from_tls"])
+def test_the_replay_mark_nests_and_reaches_a_backward_run_inside_it(monkeypatch, removable):
+    if not removable:
+        monkeypatch.setattr(_torch, "_REMOVE", None)
+    seen = []
+    x = torch.randn(3, requires_grad=True)
+    y = x.exp()
+    y.register_hook(lambda g: seen.append(_torch.in_replay()))
+    assert not _torch.in_replay()
+    _torch.replay_mark(True)
+    _torch.replay_mark(True)  # (lens.check inside lens.mirror's hooks, say)
+    _torch.replay_mark(False)
+    try:
+        assert _torch.in_replay()
+        y.sum().backward(retain_graph=True)
+    finally:
+        _torch.replay_mark(False)
+    assert not _torch.in_replay()
+    _torch.replay_mark(False)  # one too many is harmless
+    y.sum().backward()
+    assert seen == [True, False] and not _torch.in_replay()
+
+
 def test_the_in_place_error_names_nodes_as_this_torch_does(monkeypatch):
     """torch 2.13 says "output 0 of Exp", torch 2.11 (seen on the GPU machine) "output 0 of ExpBackward0":
     inplace_error follows the style found by asking PyTorch once."""

@@ -366,6 +366,31 @@ def test_mirror_trace_and_check_inside_a_watch_are_not_its_backward_passes():
             assert run(look, opt) == plain
 
 
+def test_a_reentrant_checkpoints_inner_backward_inside_a_mirror_is_not_the_watchs_either():
+    """lens's own run over the graph calls a reentrant checkpoint's node, which runs a real torch.autograd.backward
+    (and the checkpointed forward again): neither is a training step of the watch (it counted 4 steps for 2, or 8
+    under lens.check, before engine.run marked its thread)."""
+    torch.manual_seed(0)
+    m = nn.ModuleDict({"body": nn.Sequential(nn.Linear(3, 4), nn.Tanh()), "head": nn.Linear(4, 1)})
+
+    def run(look):
+        torch.manual_seed(1)
+        with lens.watch(m) as w:
+            for _ in range(2):
+                m.zero_grad()
+                x = torch.randn(5, 3, requires_grad=True)
+                loss = m["head"](checkpoint(m["body"], x, use_reentrant=True)).pow(2).mean()
+                look(loss)
+                loss.backward()
+        return [(s["loss"], s["backward_passes"]) for s in w.steps], [e.kind for e in w.events]
+
+    plain = run(lambda loss: None)
+    assert [passes for _, passes in plain[0]] == [1, 1]
+    for look in (lambda loss: lens.mirror(loss, params=m), lambda loss: lens.trace(loss, params=m, grads=True),
+                 lambda loss: lens.check(loss, {"head.weight": torch.zeros(1, 4)}, params=m)):
+        assert run(look) == plain
+
+
 def test_another_threads_forward_of_the_same_model_leaves_the_watchs_saved_tensor_hooks_alone():
     from autogradlens._torch import top_saved_hooks
     mine_inside, theirs_done, me = threading.Event(), threading.Event(), threading.get_ident()
