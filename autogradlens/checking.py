@@ -433,9 +433,8 @@ class _Graph:
             prop = np.abs(reached) if isinstance(reached, np.ndarray) else 0.0
             b = _bound(M.get(p.name), dtype)
             if b is None:
-                b = _estimate(p, t, M.get(p.name), self.depth.get(p.nid, 1), dtype)
-                self.generous[p.name] = prop + 3 * _generous(p, t, self.depth.get(p.nid, 1), dtype) + \
-                    _U.get(dtype, 0.0) * np.abs(t)
+                b, top = _estimate(p, t, self.depth.get(p.nid, 1), dtype)
+                self.generous[p.name] = prop + 3 * top + _U.get(dtype, 0.0) * np.abs(t)
             e = np.broadcast_to(prop + 3 * b + _U.get(dtype, 0.0) * np.abs(t), tuple(p.t.shape))
             E[p.name] = e
             if p.usable is None:
@@ -612,23 +611,16 @@ def _bound(mag, dtype: str) -> np.ndarray | None:
     return gamma(n, unit_roundoff(dtype)) * mag.m + n * UNDERFLOW.get(dtype, 0.0)
 
 
-def _estimate(p, t, mag, depth: int, dtype: str) -> np.ndarray:
+def _estimate(p, t, depth: int, dtype: str) -> tuple[np.ndarray, float]:
     """Where the magnitudes are missing (a node whose saved tensors are gone and cannot be taken from the named
     tensors): M estimated as |L| + |T|, with 4 roundings (an elementary function's) per node from the loss. Not
-    a bound: a line that cancels (1 - y**2 near y = 1) rounds by more, so a difference beyond it but within
-    _generous is `unknown`, not `wrong`."""
+    a bound: a line that cancels (1 - y**2 near y = 1) rounds by more, so a difference beyond it but within the
+    generous one (the second result: the same roundings of the line's largest values, as a cancelling element rounds
+    like the tensor's largest ones, not like itself) is `unknown`, not `wrong`."""
     from .mirror.bounds import gamma
-    m = np.abs(t) + (np.abs(_np(p.usable)) if p.usable is not None else 0.0)
-    return gamma(4 * depth, _U.get(dtype, _U["float32"])) * m
-
-
-def _generous(p, t, depth: int, dtype: str) -> float:
-    """What rounding could plausibly give where M is estimated: _estimate's roundings of the largest values of the
-    line (a cancelling element rounds like the tensor's largest ones, not like itself)."""
-    from .mirror.bounds import gamma
-    top = float(np.max(np.abs(t), initial=0.0)) + (float(np.max(np.abs(_np(p.usable)), initial=0.0))
-                                                  if p.usable is not None else 0.0)
-    return gamma(4 * depth, _U.get(dtype, _U["float32"])) * top
+    k = gamma(4 * depth, _U.get(dtype, _U["float32"]))
+    at, au = np.abs(t), (np.abs(_np(p.usable)) if p.usable is not None else 0.0)
+    return k * (at + au), k * (float(np.max(at, initial=0.0)) + float(np.max(au, initial=0.0)))
 
 
 def _dtype(t: torch.Tensor) -> str:
@@ -705,7 +697,7 @@ def _grade(p: _Pos, t, c, e, mag, parts, status: dict, ups: set, alive: bool, tr
                            "alone suggest, less than a long chain of roundings could give, and backward() freed the "
                            "tensors that bound it; call lens.check before loss.backward() (or after "
                            "backward(retain_graph=True)) for a verdict")
-        e = line_tol = np.maximum(e, generous)
+        e = line_tol = np.broadcast_to(generous, t.shape)  # (at least e everywhere: its terms at the largest values)
     if _shape_bad(p) and not up_shapes:  # the shape went wrong in this line
         return wrong(c if known_c else t, line_tol, [])
     if known_c:
