@@ -255,7 +255,7 @@ class GraphDiff(Drawable):
                              {"label": "b", "nodes": sb["nodes"], "clusters": sb["clusters"]}],
                 "legend": [("removed (only in a)", "removed", "box"), ("added (only in b)", "added", "box"),
                            ("changed", "changed", "box"), ("same", "op", "box")]}
-        shown = {n for c in spec["clusters"] for n, _ in _drawn(c)}
+        shown = {n for n, _ in _drawn(spec)}
         pairs = [("a/" + x, "b/" + y) for x, y in self.matched if "a/" + x in shown and "b/" + y in shown]
         if len(pairs) <= ALIGN_LIMIT:  # matched pairs side by side (newrank lets ranks cross clusters)
             spec["attrs"]["newrank"] = "true"
