@@ -375,15 +375,19 @@ def _upsample_nearest(c):
     return (g,)
 
 
+def _pixel_scale(n_in, n_out, align, scale, ft):
+    """PyTorch's area_pixel_compute_scale in `ft`: input pixels per output pixel."""
+    if align:
+        return ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
+    return ft(1.0 / scale) if scale else ft(n_in) / ft(n_out)
+
+
 def _linear_weights(n_in, n_out, align, scale, ft=np.float64):
     """(n_out, n_in) matrix of PyTorch's linear interpolation (area_pixel_compute_source_index), computed in `ft` as
     the CPU kernel does (its opmath type: float32 for float32 and half tensors, float64 for float64)."""
-    if align:
-        r = ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
-        src = r * np.arange(n_out, dtype=ft)
-    else:
-        r = ft(1.0 / scale) if scale else ft(n_in) / ft(n_out)
-        src = np.maximum(r * (np.arange(n_out, dtype=ft) + ft(0.5)) - ft(0.5), ft(0))
+    r = _pixel_scale(n_in, n_out, align, scale, ft)
+    src = r * np.arange(n_out, dtype=ft) if align else \
+        np.maximum(r * (np.arange(n_out, dtype=ft) + ft(0.5)) - ft(0.5), ft(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam = (src - i0.astype(ft)).astype(ft)
@@ -407,12 +411,9 @@ def _cubic_weights(n_in, n_out, align, scale, ft):
     """(n_out, n_in) matrix of PyTorch's bicubic interpolation (A = -0.75, the four taps clamped to the border),
     computed in `ft` as the CPU kernel does (float32 for float32 and half tensors, float64 for float64)."""
     one = ft(1)
-    if align:
-        sc = ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
-        real = sc * np.arange(n_out, dtype=ft)
-    else:
-        sc = ft(1.0 / scale) if scale else ft(n_in) / ft(n_out)
-        real = sc * (np.arange(n_out, dtype=ft) + ft(0.5)) - ft(0.5)  # not clamped at 0 for cubic
+    sc = _pixel_scale(n_in, n_out, align, scale, ft)
+    real = sc * np.arange(n_out, dtype=ft) if align else \
+        sc * (np.arange(n_out, dtype=ft) + ft(0.5)) - ft(0.5)  # not clamped at 0 for cubic
     i0 = np.minimum(np.floor(real).astype(np.int64), n_in - 1)
     t = np.clip(real - i0.astype(ft), ft(0), one)
     a = ft(-0.75)
@@ -509,10 +510,7 @@ def _aa_weights(n_in, n_out, align, scale, ft, kind, mags, arith):
     "fused" (_aa_arithmetic). `arith` None (a kernel whose filter arithmetic is not reproduced): the filter and the
     normalisation in float64, and with `mags` on magnitudes (a Mag), bounded as the rule's own arithmetic."""
     taps = _TAPS[kind]
-    if align:
-        sc = ft(n_in - 1) / ft(n_out - 1) if n_out > 1 else ft(0)
-    else:
-        sc = ft(1.0 / scale) if scale else ft(n_in) / ft(n_out)
+    sc = _pixel_scale(n_in, n_out, align, scale, ft)
     big = float(sc) >= 1.0
     support = ft(taps * 0.5 * float(sc)) if big else ft(taps * 0.5)
     width = int(math.ceil(float(support))) * 2 + 1

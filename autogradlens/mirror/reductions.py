@@ -301,8 +301,9 @@ def _segment_reduce(c):
     segs = start.shape[1]
     pos = np.arange(n)
     inside = (pos[None, None, :] >= start[:, :, None]) & (pos[None, None, :] < end[:, :, None])  # (outer, segs, n)
-    seg = np.where(inside.any(axis=1), inside.argmax(axis=1), 0)  # (outer, n): the segment of each element
-    valid = inside.any(axis=1)[:, :, None]  # (outer, n, 1): elements in no segment get no gradient
+    covered = inside.any(axis=1)  # (outer, n): elements in no segment get no gradient
+    seg = np.where(covered, inside.argmax(axis=1), 0)  # (outer, n): the segment of each element
+    valid = covered[:, :, None]
     rows = np.arange(outer)[:, None]
     gx = g.reshape(outer, segs, inner)[rows, seg]  # (outer, n, inner): each element's segment's gradient
     xs, rs = xv.reshape(outer, n, inner), rv.reshape(outer, segs, inner)[rows, seg]
@@ -313,8 +314,7 @@ def _segment_reduce(c):
     elif red in ("max", "min"):
         hit = (np.isnan(xs) | (xs == rs)) & valid
         count = np.zeros((outer, segs, inner), dtype=np.int64)
-        np.add.at(count, (np.broadcast_to(rows[..., None], hit.shape), np.broadcast_to(seg[..., None], hit.shape),
-                          np.broadcast_to(np.arange(inner), hit.shape)), hit.astype(np.int64))
+        np.add.at(count, (rows, seg), hit.astype(np.int64))  # ((outer, n) positions, each an inner row)
         if count.max(initial=0) > 1:  # PyTorch then divides only the positive gradients by the count: not linear
             raise Unsupported(f"segment_reduce {red} with a tie in a segment (PyTorch divides only the positive "
                               "gradients by the number of tied elements, which is not linear in the gradient)")
