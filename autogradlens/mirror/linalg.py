@@ -605,9 +605,7 @@ _EIG_P = (4, 8)  # p(n) = 4 n^2 + 8 (NOTE [recomputed eigendecomposition])
 def _spd_eigh(s, dtype, what):
     """(l, Q, p) of the lower triangle of a saved symmetric matrix (values; Mags' values), refusing one that is not
     positive definite to the precision of `dtype` (NOTE [recomputed eigendecomposition])."""
-    v = s.v if isinstance(s, Mag) else np.asarray(s, dtype=np.float64)
-    if v.dtype.kind not in "f":
-        raise Unsupported(f"{what} of a complex matrix: the mirror's rule is real")
+    v = s.v if isinstance(s, Mag) else np.asarray(s, dtype=np.float64)  # (complex inputs: refused by the driver)
     if not np.all(np.isfinite(v)):
         raise Unsupported(f"{what} of a matrix with a NaN or an infinity")
     n = v.shape[-1]
