@@ -40,6 +40,31 @@ def checked(rep, types, *, notes_ok: bool = False) -> list:
     return rows
 
 
+def a_hooked_input_is_caught(params: dict, loss) -> None:
+    """A hook on the input "a" scaling its gradient by 1 + 1e-6 (it no longer follows the mathematics): the mirror
+    finds a mismatch where it arrives, at a leaf."""
+    import autogradlens as lens
+    params["a"].register_hook(lambda g: g * (1 + 1e-6))
+    rep = lens.mirror(loss, params=params, mode="tensor")
+    assert not rep.ok
+    assert any(r["status"] == "mismatch" for r in rep.rows if r["kind"] == "leaf")
+
+
+def a_rule_off_is_a_mismatch_at_its_node(node: str, params: dict, loss, monkeypatch) -> None:
+    """The rule for `node` made 1e-6 off (relative): its bound is tight enough (float64) to flag the node itself."""
+    import numpy as np
+
+    import autogradlens as lens
+    from autogradlens.mirror import table
+    orig = table.RULES[node]
+
+    def wrong(c):
+        return tuple(o if o is None or not isinstance(o, np.ndarray) else o * (1 + 1e-6) for o in orig(c))
+    monkeypatch.setitem(table.RULES, node, wrong)
+    rep = lens.mirror(loss, params=params, mode="tensor")
+    assert [r["status"] for r in rep.rows if r["type"] == node] == ["mismatch"]
+
+
 def weighted(r, out):
     """A scalar loss with a random upstream gradient (not all ones)."""
     return (out * torch.randn(out.shape, generator=r.g, dtype=out.dtype)).sum()
